@@ -1,0 +1,1 @@
+//! control-plane client (owner: client helper)

@@ -1,0 +1,10 @@
+//! mesh: a sidecar service mesh. Crate map, one line per module:
+#![forbid(unsafe_code)]
+
+pub mod balance; //     load balancers: P2C peak-EWMA, round-robin
+pub mod control; //     mesh-control: registry, leases, store, VIPs, HTTP API, watch; API client
+pub mod discovery; //   proxy side of discovery: watch client, routing table, snapshot cache, registration agent
+pub mod model; //       wire types shared by proxy, control plane and CLI (no tokio)
+pub mod net; //         the proxy's own marked sockets
+pub mod proxy; //       data plane: intercept (iptables), dns, outbound, admin
+pub mod telemetry; //   logging setup and metrics

@@ -1,0 +1,162 @@
+//! Wire types shared by the proxy, the control plane and the CLI.
+//!
+//! Nothing here touches tokio or sockets: these are the JSON shapes of the
+//! `/v1` API and the watch stream, plus the validation that turns untrusted
+//! input into them. Validation reports every bad field at once.
+
+mod duration;
+mod register;
+mod validate;
+
+pub use duration::{format_duration, parse_duration};
+pub use register::{RegisterRequest, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};
+pub use validate::{validate_instance_id, validate_service_name, FieldError, FieldErrors};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+/// Health of one instance as its own sidecar last reported it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Checked and answering: routable.
+    #[default]
+    Up,
+    /// Checked and failing: kept in the registry, never routed to.
+    Down,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+/// One registered instance of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// Unique within its service; chosen by the registrant or generated.
+    pub id: String,
+    pub service: String,
+    /// Where callers (their sidecars) reach this instance.
+    pub address: IpAddr,
+    pub port: u16,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub health: Health,
+    /// Lease length in seconds; `None` means a static registration that
+    /// stays until it is deregistered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A service, its virtual IP and its instances.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    #[serde(default)]
+    pub instances: Vec<Instance>,
+}
+
+/// The whole registry at one revision. Services are sorted by name and
+/// instances by id, so equal registries serialize identically.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub revision: u64,
+    #[serde(default)]
+    pub services: Vec<ServiceInfo>,
+}
+
+/// One line of the watch stream (`GET /v1/watch?since=REV`, NDJSON).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum WatchEvent {
+    /// The full registry; replaces whatever the watcher held. Sent first
+    /// when `since` is 0, unknown, or too far behind the change log.
+    Snapshot { snapshot: Snapshot },
+    /// An instance was added or changed (health, metadata, address). `vip`
+    /// is its service's VIP, so the first instance also creates the service.
+    Upsert {
+        revision: u64,
+        vip: Ipv4Addr,
+        instance: Instance,
+    },
+    /// An instance left: deregistered, or its lease expired.
+    Remove {
+        revision: u64,
+        service: String,
+        id: String,
+        reason: RemoveReason,
+    },
+    /// Nothing changed; proves the stream is alive.
+    Keepalive { revision: u64 },
+}
+
+impl WatchEvent {
+    pub fn revision(&self) -> u64 {
+        match self {
+            WatchEvent::Snapshot { snapshot } => snapshot.revision,
+            WatchEvent::Upsert { revision, .. }
+            | WatchEvent::Remove { revision, .. }
+            | WatchEvent::Keepalive { revision } => *revision,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RemoveReason {
+    Deregistered,
+    LeaseExpired,
+}
+
+/// `POST /v1/services/{service}/instances` answer (201).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    pub revision: u64,
+    pub vip: Ipv4Addr,
+    pub instance: Instance,
+}
+
+/// `PUT /v1/services/{service}/instances/{id}/heartbeat` body. Renews the
+/// lease and reports health; an unknown instance answers 404, and the
+/// sidecar registers again at once.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub health: Health,
+}
+
+/// A row of `GET /v1/services`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub instances: usize,
+    pub healthy: usize,
+}
+
+/// `GET /v1/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlStatus {
+    pub revision: u64,
+    pub services: usize,
+    pub instances: usize,
+    /// True while evictions are suspended because too many leases expired
+    /// at once (the Eureka rule).
+    pub self_preservation: bool,
+}
+
+/// The JSON body of every 4xx/5xx the control plane returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldError>,
+}

@@ -1,0 +1,1 @@
+//! iptables interception (owner: intercept helper)
