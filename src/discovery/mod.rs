@@ -1,1 +1,16 @@
-//! (filled in by its owner)
+//! The proxy side of discovery: what the proxy knows of the registry and
+//! how it stays current.
+
+mod agent; //     registers the local app, heartbeats, checks its health
+mod backoff; //   jittered exponential backoff for reconnects
+mod cache; //     last snapshot on disk
+mod directory; // registry state → routing table
+mod table; //     immutable routing table read by the request path
+mod watch; //     watch stream client loop
+
+pub use agent::{AgentConfig, AgentState, HealthCheck, RegistrationAgent};
+pub use backoff::Backoff;
+pub use cache::SnapshotCache;
+pub use directory::Directory;
+pub use table::{Endpoint, Service, Table, TableState};
+pub use watch::{run_cache_writer, run_watch, WATCH_IDLE_TIMEOUT};

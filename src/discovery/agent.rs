@@ -1,0 +1,217 @@
+//! Registers the local app with the control plane and keeps it there.
+//!
+//! The agent owns three clocks: health checks every `health_interval`,
+//! heartbeats every third of the lease (so two may be lost before the lease
+//! runs out), and reconnect backoff. A health change is reported at once
+//! rather than at the next heartbeat, so callers stop routing to a failing
+//! app within one check interval. On shutdown it deregisters, so callers
+//! stop routing here before the proxy starts draining.
+
+use super::Backoff;
+use crate::control::client::{ClientError, ControlClient};
+use crate::model::{Health, RegisterRequest};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Consecutive failed checks before the app is reported down.
+const FALL: u32 = 2;
+const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub enum HealthCheck {
+    /// GET this path on the app; any status below 400 is healthy.
+    Http { path: String },
+    /// A TCP connect to the app port succeeds.
+    Tcp,
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub service: String,
+    pub instance_id: String,
+    pub advertise: IpAddr,
+    pub app_port: u16,
+    pub metadata: BTreeMap<String, String>,
+    pub check: HealthCheck,
+    pub health_interval: Duration,
+    pub lease_ttl: Duration,
+}
+
+/// What `/state` shows about the local registration.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AgentState {
+    pub service: String,
+    pub instance_id: String,
+    pub registered: bool,
+    pub health: Option<Health>,
+    pub last_error: Option<String>,
+}
+
+pub struct RegistrationAgent {
+    cfg: AgentConfig,
+    client: ControlClient,
+    /// Shared with the admin server.
+    state: Arc<Mutex<AgentState>>,
+}
+
+impl RegistrationAgent {
+    pub fn new(cfg: AgentConfig, client: ControlClient) -> Self {
+        let state = AgentState {
+            service: cfg.service.clone(),
+            instance_id: cfg.instance_id.clone(),
+            ..Default::default()
+        };
+        RegistrationAgent {
+            cfg,
+            client,
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    pub fn state(&self) -> Arc<Mutex<AgentState>> {
+        self.state.clone()
+    }
+
+    /// Runs until `shutdown`, then deregisters (bounded) and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let heartbeat_every = (self.cfg.lease_ttl / 3).max(Duration::from_millis(100));
+        let mut health = Health::Up;
+        let mut failures = 0u32;
+        let mut registered = false;
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut next_heartbeat = Instant::now();
+        let mut next_check = Instant::now();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(next_check.min(next_heartbeat)) => {}
+                () = shutdown.cancelled() => break,
+            }
+            let now = Instant::now();
+            if now >= next_check {
+                next_check = now + self.cfg.health_interval;
+                let ok = self.check().await;
+                failures = if ok { 0 } else { failures + 1 };
+                let observed = if ok {
+                    Health::Up
+                } else if failures >= FALL {
+                    Health::Down
+                } else {
+                    health
+                };
+                if observed != health {
+                    tracing::info!(
+                        from = health.as_str(),
+                        to = observed.as_str(),
+                        "app health changed"
+                    );
+                    health = observed;
+                    next_heartbeat = now; // report it now
+                }
+                self.update(|s| s.health = Some(health));
+            }
+            if Instant::now() < next_heartbeat {
+                continue;
+            }
+            let result = if registered {
+                self.client
+                    .heartbeat(&self.cfg.service, &self.cfg.instance_id, health)
+                    .await
+            } else {
+                self.register(health).await
+            };
+            match result {
+                Ok(()) => {
+                    if !registered {
+                        tracing::info!(service = %self.cfg.service, id = %self.cfg.instance_id, "registered");
+                    }
+                    registered = true;
+                    backoff.reset();
+                    next_heartbeat = Instant::now() + heartbeat_every;
+                    self.update(|s| {
+                        s.registered = true;
+                        s.last_error = None;
+                    });
+                }
+                Err(ClientError::UnknownInstance) => {
+                    // The control plane forgot us (restart, eviction): register again at once.
+                    tracing::warn!("control plane does not know this instance; registering again");
+                    registered = false;
+                    next_heartbeat = Instant::now();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "registration/heartbeat failed; retrying");
+                    next_heartbeat = Instant::now() + backoff.next_delay();
+                    self.update(|s| s.last_error = Some(e.to_string()));
+                }
+            }
+        }
+        if registered {
+            let dereg = self
+                .client
+                .deregister(&self.cfg.service, &self.cfg.instance_id);
+            match tokio::time::timeout(Duration::from_secs(2), dereg).await {
+                Ok(Ok(())) => tracing::info!("deregistered"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "deregistration failed; the lease will expire")
+                }
+                Err(_) => tracing::warn!("deregistration timed out; the lease will expire"),
+            }
+            self.update(|s| s.registered = false);
+        }
+    }
+
+    async fn register(&self, health: Health) -> Result<(), ClientError> {
+        let req = RegisterRequest {
+            id: Some(self.cfg.instance_id.clone()),
+            address: self.cfg.advertise,
+            port: self.cfg.app_port,
+            metadata: self.cfg.metadata.clone(),
+            ttl: Some(self.cfg.lease_ttl.as_secs().max(1)),
+            health,
+        };
+        self.client
+            .register(&self.cfg.service, &req)
+            .await
+            .map(|_| ())
+    }
+
+    async fn check(&self) -> bool {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.cfg.app_port);
+        let probe = async {
+            match &self.cfg.check {
+                HealthCheck::Tcp => crate::net::connect(addr, Default::default()).await.is_ok(),
+                HealthCheck::Http { path } => http_check(addr, path).await.unwrap_or(false),
+            }
+        };
+        tokio::time::timeout(CHECK_TIMEOUT, probe)
+            .await
+            .unwrap_or(false)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut AgentState)) {
+        if let Ok(mut s) = self.state.lock() {
+            f(&mut s);
+        }
+    }
+}
+
+async fn http_check(
+    addr: SocketAddr,
+    path: &str,
+) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = crate::net::connect(addr, Default::default()).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, format!("localhost:{}", addr.port()))
+        .header(http::header::USER_AGENT, "mesh-proxy-health")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let resp = send.send_request(req).await?;
+    Ok(resp.status().as_u16() < 400)
+}

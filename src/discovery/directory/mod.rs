@@ -1,0 +1,238 @@
+//! The proxy's view of the registry: applies watch events and snapshots,
+//! and publishes an immutable [`Table`] for the request path.
+//!
+//! Writers (the watch task, the cache loader) are serialized by a mutex;
+//! readers never lock: they load the current `Arc<Table>` from an ArcSwap.
+
+use super::table::{Endpoint, Service, Table};
+use crate::balance::{Algorithm, Balancer, EndpointStats};
+use crate::model::{Health, ServiceInfo, Snapshot, WatchEvent};
+use crate::telemetry::ProxyMetrics;
+use arc_swap::ArcSwap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// The registry as this proxy knows it.
+pub struct Directory {
+    /// What the request path and DNS read.
+    table: ArcSwap<Table>,
+    /// The raw registry state, changed only by `apply` and `replace`.
+    inner: Mutex<Inner>,
+    /// Per-service balancer choice from `--lb`.
+    lb: HashMap<String, Algorithm>,
+    metrics: Arc<ProxyMetrics>,
+    /// Latest applied revision; `None` until a snapshot was loaded. The
+    /// cache writer and `/ready` wait on it.
+    revision_tx: watch::Sender<Option<u64>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    revision: u64,
+    services: BTreeMap<String, ServiceInfo>,
+    /// Balancer statistics by (service, instance id), kept while the
+    /// instance stays registered.
+    stats: HashMap<(String, String), Arc<EndpointStats>>,
+}
+
+impl Directory {
+    pub fn new(lb: HashMap<String, Algorithm>, metrics: Arc<ProxyMetrics>) -> Self {
+        Directory {
+            table: ArcSwap::from_pointee(Table::default()),
+            inner: Mutex::new(Inner::default()),
+            lb,
+            metrics,
+            revision_tx: watch::channel(None).0,
+        }
+    }
+
+    /// The current routing table (lock-free).
+    pub fn table(&self) -> Arc<Table> {
+        self.table.load_full()
+    }
+
+    /// Runs `f` on the current table without bumping its refcount.
+    pub fn with_table<T>(&self, f: impl FnOnce(&Table) -> T) -> T {
+        f(&self.table.load())
+    }
+
+    /// Latest applied revision, `None` before the first snapshot.
+    pub fn revision(&self) -> Option<u64> {
+        *self.revision_tx.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
+        self.revision_tx.subscribe()
+    }
+
+    /// The registry as currently known, for the on-disk cache.
+    pub fn snapshot(&self) -> Snapshot {
+        let inner = self.lock();
+        Snapshot {
+            revision: inner.revision,
+            services: inner.services.values().cloned().collect(),
+        }
+    }
+
+    /// Replaces everything with `snap`.
+    pub fn replace(&self, snap: Snapshot) {
+        let mut inner = self.lock();
+        inner.revision = snap.revision;
+        inner.services = snap
+            .services
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        let live: std::collections::HashSet<(String, String)> = inner
+            .services
+            .values()
+            .flat_map(|s| s.instances.iter().map(|i| (s.name.clone(), i.id.clone())))
+            .collect();
+        inner.stats.retain(|k, _| live.contains(k));
+        let Inner {
+            revision,
+            services,
+            stats,
+        } = &mut *inner;
+        let services: Vec<Arc<Service>> = services
+            .values()
+            .map(|s| Arc::new(self.build(s, stats)))
+            .collect();
+        self.publish(Table::new(*revision, services));
+    }
+
+    /// Applies one watch event. Events at or below the current revision
+    /// (a replay after reconnect) are ignored.
+    pub fn apply(&self, event: WatchEvent) {
+        let (service, revision) = match event {
+            WatchEvent::Snapshot { snapshot } => return self.replace(snapshot),
+            WatchEvent::Keepalive { .. } => return,
+            WatchEvent::Upsert {
+                revision,
+                vip,
+                instance,
+            } => {
+                let mut inner = self.lock();
+                if self.revision().is_some() && revision <= inner.revision {
+                    return;
+                }
+                let name = instance.service.clone();
+                let svc = inner
+                    .services
+                    .entry(name.clone())
+                    .or_insert_with(|| ServiceInfo {
+                        name: name.clone(),
+                        vip,
+                        instances: Vec::new(),
+                    });
+                svc.vip = vip;
+                match svc.instances.iter_mut().find(|i| i.id == instance.id) {
+                    Some(slot) => *slot = instance,
+                    None => {
+                        svc.instances.push(instance);
+                        svc.instances.sort_by(|a, b| a.id.cmp(&b.id));
+                    }
+                }
+                (name, revision)
+            }
+            WatchEvent::Remove {
+                revision,
+                service,
+                id,
+                ..
+            } => {
+                let mut inner = self.lock();
+                if self.revision().is_some() && revision <= inner.revision {
+                    return;
+                }
+                if let Some(svc) = inner.services.get_mut(&service) {
+                    svc.instances.retain(|i| i.id != id);
+                }
+                inner.stats.remove(&(service.clone(), id));
+                (service, revision)
+            }
+        };
+        self.rebuild_one(&service, revision);
+    }
+
+    fn rebuild_one(&self, name: &str, revision: u64) {
+        let mut inner = self.lock();
+        inner.revision = revision;
+        let Some(info) = inner.services.get(name).cloned() else {
+            return;
+        };
+        let rebuilt = Arc::new(self.build(&info, &mut inner.stats));
+        let old = self.table.load();
+        let services = old
+            .services()
+            .filter(|s| s.name != name)
+            .cloned()
+            .chain(std::iter::once(rebuilt));
+        self.publish(Table::new(revision, services));
+    }
+
+    fn build(
+        &self,
+        info: &ServiceInfo,
+        stats: &mut HashMap<(String, String), Arc<EndpointStats>>,
+    ) -> Service {
+        let all: Vec<Arc<Endpoint>> = info
+            .instances
+            .iter()
+            .map(|i| {
+                let stats = stats
+                    .entry((info.name.clone(), i.id.clone()))
+                    .or_default()
+                    .clone();
+                Arc::new(Endpoint {
+                    id: i.id.clone(),
+                    addr: SocketAddr::new(i.address, i.port),
+                    health: i.health,
+                    stats,
+                })
+            })
+            .collect();
+        let ready: Vec<Arc<Endpoint>> = all
+            .iter()
+            .filter(|e| e.health == Health::Up)
+            .cloned()
+            .collect();
+        self.metrics
+            .set_endpoints(&info.name, ready.len(), all.len() - ready.len());
+        let algorithm = self.lb.get(&info.name).copied().unwrap_or_default();
+        Service {
+            name: info.name.clone(),
+            vip: info.vip,
+            ready,
+            all,
+            balancer: Balancer::new(algorithm),
+            metrics: self.metrics.service(&info.name),
+        }
+    }
+
+    fn publish(&self, table: Table) {
+        let rev = table.revision;
+        self.table.store(Arc::new(table));
+        self.metrics
+            .revision
+            .set(i64::try_from(rev).unwrap_or(i64::MAX));
+        self.revision_tx.send_replace(Some(rev));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave Inner half-updated in
+        // a way that matters more than stopping routing would; keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl crate::proxy::dns::VipLookup for Directory {
+    fn vip(&self, service: &str) -> Option<Ipv4Addr> {
+        self.table.load().by_name(service).map(|s| s.vip)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! The routing table the request path reads: immutable, swapped whole.
+
+use crate::balance::{Algorithm, Balancer, EndpointStats, HasStats};
+use crate::model::Health;
+use crate::telemetry::ServiceMetrics;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+/// One instance as the proxy routes to it.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub health: Health,
+    /// Load statistics, shared with every later table that holds this
+    /// endpoint so the balancer's knowledge survives registry changes.
+    pub stats: Arc<EndpointStats>,
+}
+
+impl HasStats for Arc<Endpoint> {
+    fn stats(&self) -> &Arc<EndpointStats> {
+        &self.stats
+    }
+}
+
+/// A destination service with everything the request path needs.
+#[derive(Debug)]
+pub struct Service {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    /// Endpoints that may receive traffic (healthy).
+    pub ready: Vec<Arc<Endpoint>>,
+    /// Every registered endpoint, for `/state`.
+    pub all: Vec<Arc<Endpoint>>,
+    pub balancer: Balancer,
+    /// Metric handles resolved once, so requests only bump atomics.
+    pub metrics: ServiceMetrics,
+}
+
+/// Services by name and by VIP, at one registry revision.
+#[derive(Debug, Default)]
+pub struct Table {
+    pub revision: u64,
+    by_name: HashMap<String, Arc<Service>>,
+    by_vip: HashMap<Ipv4Addr, Arc<Service>>,
+}
+
+impl Table {
+    pub fn new(revision: u64, services: impl IntoIterator<Item = Arc<Service>>) -> Self {
+        let mut t = Table {
+            revision,
+            ..Default::default()
+        };
+        for s in services {
+            t.by_vip.insert(s.vip, s.clone());
+            t.by_name.insert(s.name.clone(), s);
+        }
+        t
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Service>> {
+        self.by_name.get(name)
+    }
+
+    pub fn by_vip(&self, vip: Ipv4Addr) -> Option<&Arc<Service>> {
+        self.by_vip.get(&vip)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.by_name.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The `/state` view.
+    pub fn state(&self) -> TableState {
+        let mut services: Vec<ServiceState> = self
+            .by_name
+            .values()
+            .map(|s| ServiceState {
+                name: s.name.clone(),
+                vip: s.vip,
+                balancer: s.balancer.algorithm(),
+                endpoints: s
+                    .all
+                    .iter()
+                    .map(|e| EndpointState {
+                        id: e.id.clone(),
+                        addr: e.addr,
+                        state: if e.health == Health::Up {
+                            "ready"
+                        } else {
+                            "unhealthy"
+                        },
+                        in_flight: e.stats.pending(),
+                        ewma_ms: e.stats.ewma().as_secs_f64() * 1000.0,
+                    })
+                    .collect(),
+            })
+            .collect();
+        services.sort_by(|a, b| a.name.cmp(&b.name));
+        TableState {
+            revision: self.revision,
+            services,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TableState {
+    pub revision: u64,
+    pub services: Vec<ServiceState>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceState {
+    pub name: String,
+    pub vip: Ipv4Addr,
+    pub balancer: Algorithm,
+    pub endpoints: Vec<EndpointState>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EndpointState {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub state: &'static str,
+    pub in_flight: u32,
+    pub ewma_ms: f64,
+}

@@ -1,0 +1,138 @@
+//! The admin server: readiness, liveness, metrics, state, shutdown.
+
+use crate::discovery::{AgentState, Directory, TableState};
+use crate::telemetry::ProxyMetrics;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+/// What the admin handlers read.
+#[derive(Clone)]
+pub struct AdminState {
+    pub dir: Arc<Directory>,
+    pub metrics: Arc<ProxyMetrics>,
+    /// The local app's registration, when `--service` is set.
+    pub agent: Option<Arc<Mutex<AgentState>>>,
+    /// Set once every listener is bound.
+    pub listening: Arc<AtomicBool>,
+    /// Cancelled by `POST /shutdown` (and by signals elsewhere).
+    pub shutdown: CancellationToken,
+    pub control_url: String,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/ready", get(ready))
+        .route("/live", get(|| async { "live\n" }))
+        .route("/metrics", get(metrics))
+        .route("/state", get(proxy_state))
+        .route("/shutdown", post(shutdown))
+        .with_state(state)
+}
+
+async fn ready(State(s): State<AdminState>) -> Response {
+    let listening = s.listening.load(Ordering::Acquire);
+    match (listening, s.dir.revision()) {
+        (true, Some(rev)) => format!("ready (revision {rev})\n").into_response(),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "listeners not up yet\n").into_response(),
+        (true, None) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no registry snapshot yet (control plane unreachable and no cache)\n",
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(s): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+#[derive(Serialize)]
+struct StateView {
+    control: String,
+    control_connected: bool,
+    registry: TableState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    local: Option<AgentState>,
+}
+
+async fn proxy_state(State(s): State<AdminState>) -> Json<StateView> {
+    let local = s
+        .agent
+        .as_ref()
+        .and_then(|a| a.lock().ok().map(|g| g.clone()));
+    Json(StateView {
+        control: s.control_url.clone(),
+        control_connected: s.metrics.control_connected.get() == 1,
+        registry: s.dir.with_table(|t| t.state()),
+        local,
+    })
+}
+
+async fn shutdown(State(s): State<AdminState>) -> impl IntoResponse {
+    tracing::info!("shutdown requested over the admin API");
+    s.shutdown.cancel();
+    (StatusCode::ACCEPTED, "shutting down\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Snapshot;
+    use axum::body::Body;
+    use http::Request;
+    use tower::ServiceExt;
+
+    fn state() -> AdminState {
+        let metrics = Arc::new(ProxyMetrics::new());
+        AdminState {
+            dir: Arc::new(Directory::new(Default::default(), metrics.clone())),
+            metrics,
+            agent: None,
+            listening: Arc::new(AtomicBool::new(true)),
+            shutdown: CancellationToken::new(),
+            control_url: "http://127.0.0.1:15010".into(),
+        }
+    }
+
+    async fn status(s: &AdminState, method: &str, path: &str) -> u16 {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        router(s.clone())
+            .oneshot(req)
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test]
+    async fn ready_needs_a_snapshot() {
+        let s = state();
+        assert_eq!(status(&s, "GET", "/ready").await, 503);
+        s.dir.replace(Snapshot::default());
+        assert_eq!(status(&s, "GET", "/ready").await, 200);
+        assert_eq!(status(&s, "GET", "/live").await, 200);
+        assert_eq!(status(&s, "GET", "/metrics").await, 200);
+        assert_eq!(status(&s, "GET", "/state").await, 200);
+        assert!(!s.shutdown.is_cancelled());
+        assert_eq!(status(&s, "POST", "/shutdown").await, 202);
+        assert!(s.shutdown.is_cancelled());
+    }
+}

@@ -1,0 +1,252 @@
+//! Starting and stopping `mesh-proxy`.
+//!
+//! Shutdown phases, in order (SIGTERM, SIGINT or `POST /shutdown`):
+//! 1. **Deregister**: the control plane drops this instance, so callers'
+//!    proxies stop picking it before we stop serving.
+//! 2. **Drain**: stop accepting outbound connections; in-flight requests
+//!    finish, up to `--drain-timeout`.
+//! 3. **Stop**: DNS, admin, watch and cache writer end; exit 0.
+
+use super::admin::{self, AdminState};
+use super::config::ProxyArgs;
+use super::dns::{DnsConfig, DnsServer, VipLookup};
+use super::outbound::{HttpOutbound, OutboundServer};
+use crate::control::client::ControlClient;
+use crate::discovery::{
+    self, AgentConfig, Directory, HealthCheck, RegistrationAgent, SnapshotCache,
+};
+use crate::net::{ConnectOptions, MarkedConnector};
+use crate::telemetry::ProxyMetrics;
+use http::HeaderValue;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {flag} {addr}: {source}")]
+    Bind {
+        flag: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--control: {0}")]
+    Control(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Runs the proxy until a shutdown signal, then drains and returns.
+pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
+    let metrics = Arc::new(ProxyMetrics::new());
+    let dir = Arc::new(Directory::new(
+        args.lb.iter().cloned().collect(),
+        metrics.clone(),
+    ));
+    let cache = SnapshotCache::new(&args.cache_dir);
+    match cache.load() {
+        Ok(Some(snap)) => {
+            tracing::info!(revision = snap.revision, services = snap.services.len(), path = %cache.path().display(), "starting from the cached registry");
+            dir.replace(snap);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, path = %cache.path().display(), "ignoring unreadable registry cache")
+        }
+    }
+    let mark = (args.mark != 0).then_some(args.mark);
+    let client =
+        ControlClient::new(&args.control, mark).map_err(|e| ProxyError::Control(e.to_string()))?;
+
+    let outbound_l = bind("--outbound", args.outbound).await?;
+    let admin_l = bind("--admin", args.admin).await?;
+    let dns = DnsServer::bind(
+        DnsConfig {
+            listen: args.dns,
+            domain: args.domain.trim_matches('.').to_ascii_lowercase(),
+            resolv_conf: args.resolv_conf.clone(),
+            mark,
+        },
+        dir.clone() as Arc<dyn VipLookup>,
+    )
+    .await
+    .map_err(|source| ProxyError::Bind {
+        flag: "--dns",
+        addr: args.dns,
+        source,
+    })?;
+    let own_addrs = vec![
+        outbound_l.local_addr().unwrap_or(args.outbound),
+        admin_l.local_addr().unwrap_or(args.admin),
+        dns.local_addr(),
+    ];
+
+    let shutdown = CancellationToken::new(); // phase 2: stop accepting, drain
+    let stop = CancellationToken::new(); //     phase 3: everything else
+    let agent_stop = CancellationToken::new(); // phase 1: deregister
+    let listening = Arc::new(AtomicBool::new(false));
+
+    tokio::spawn(discovery::run_watch(
+        client.clone(),
+        dir.clone(),
+        metrics.clone(),
+        discovery::WATCH_IDLE_TIMEOUT,
+        stop.clone(),
+    ));
+    tokio::spawn(discovery::run_cache_writer(
+        dir.clone(),
+        cache,
+        stop.clone(),
+    ));
+
+    let agent = match agent_config(&args)? {
+        Some(cfg) => {
+            let agent = RegistrationAgent::new(cfg, client.clone());
+            let state = agent.state();
+            let token = agent_stop.clone();
+            Some((state, tokio::spawn(agent.run(token))))
+        }
+        None => None,
+    };
+
+    let admin_state = AdminState {
+        dir: dir.clone(),
+        metrics: metrics.clone(),
+        agent: agent.as_ref().map(|(s, _)| s.clone()),
+        listening: listening.clone(),
+        shutdown: shutdown.clone(),
+        control_url: args.control.clone(),
+    };
+    let admin_stop = stop.clone();
+    tokio::spawn(async move {
+        let app = admin::router(admin_state);
+        if let Err(e) = axum::serve(admin_l, app)
+            .with_graceful_shutdown(async move { admin_stop.cancelled().await })
+            .await
+        {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    let dns_stop = stop.clone();
+    tokio::spawn(async move {
+        if let Err(e) = dns.run(async move { dns_stop.cancelled().await }).await {
+            tracing::error!(error = %e, "DNS responder failed");
+        }
+    });
+
+    let connect = ConnectOptions {
+        mark,
+        timeout: args.connect_timeout,
+    };
+    let token = format!("mesh-{:08x}", fastrand::u32(..));
+    let via = HeaderValue::from_str(&format!("1.1 {token}"))
+        .map_err(|e| ProxyError::Config(e.to_string()))?;
+    let upstream =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(MarkedConnector { opts: connect });
+    let server = Arc::new(OutboundServer {
+        http: Arc::new(HttpOutbound {
+            dir: dir.clone(),
+            client: upstream,
+            metrics: metrics.clone(),
+            domain_suffix: format!(".{}", args.domain.trim_matches('.').to_ascii_lowercase()),
+            own_addrs,
+            via,
+            via_token: token,
+        }),
+        metrics: metrics.clone(),
+        vip_net: args.vip_cidr,
+        connect,
+    });
+    let outbound = tokio::spawn(server.serve(outbound_l, shutdown.clone(), args.drain_timeout));
+    listening.store(true, Ordering::Release);
+    tracing::info!(outbound = %args.outbound, admin = %args.admin, dns = %args.dns, control = %args.control, "mesh-proxy running");
+
+    tokio::select! {
+        () = signals() => {}
+        () = shutdown.cancelled() => {}
+    }
+    tracing::info!("shutting down: deregistering");
+    agent_stop.cancel();
+    if let Some((_, handle)) = agent {
+        let _ = handle.await;
+    }
+    tracing::info!(timeout = ?args.drain_timeout, "draining");
+    shutdown.cancel();
+    let _ = outbound.await;
+    stop.cancel();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { flag, addr, source })
+}
+
+fn agent_config(args: &ProxyArgs) -> Result<Option<AgentConfig>, ProxyError> {
+    let (Some(service), Some(app_port)) = (&args.service, args.app_port) else {
+        return Ok(None);
+    };
+    crate::model::validate_service_name(service)
+        .map_err(|why| ProxyError::Config(format!("--service {service:?}: {why}")))?;
+    let advertise = match args.advertise {
+        Some(ip) => ip,
+        None => first_ipv4().ok_or_else(|| {
+            ProxyError::Config("no non-loopback IPv4 address found; set --advertise".into())
+        })?,
+    };
+    let instance_id = args
+        .instance_id
+        .clone()
+        .unwrap_or_else(|| format!("{service}-{advertise}-{app_port}").replace(':', "."));
+    crate::model::validate_instance_id(&instance_id)
+        .map_err(|why| ProxyError::Config(format!("--instance-id {instance_id:?}: {why}")))?;
+    Ok(Some(AgentConfig {
+        service: service.clone(),
+        instance_id,
+        advertise,
+        app_port,
+        metadata: args.meta.iter().cloned().collect(),
+        check: match &args.health_path {
+            Some(path) => HealthCheck::Http { path: path.clone() },
+            None => HealthCheck::Tcp,
+        },
+        health_interval: args.health_interval,
+        lease_ttl: args.lease_ttl,
+    }))
+}
+
+/// The first IPv4 address on an up, non-loopback interface.
+fn first_ipv4() -> Option<IpAddr> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    addrs
+        .filter(|a| {
+            !a.flags
+                .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+        })
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|s| Ipv4Addr::from(s.ip())))
+        .map(IpAddr::V4)
+        .next()
+}
+
+async fn signals() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with POST /shutdown");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
