@@ -1,0 +1,182 @@
+//! The mesh's cast for end-to-end scenarios: a `hello` instance (python
+//! app + sidecar), a client sidecar, and the calls and observations the
+//! stories are told with (curl through the mesh, `mesh-ctl`, `/proc`).
+
+use super::bins::MESH_PROXY;
+use super::{path, poll, secs, strs, wait_for, words, Net, Pod, Proc};
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Port every app listens on inside its own pod.
+pub const APP_PORT: &str = "8000";
+/// Lease of the hello instances (`--lease-ttl`); eviction is measured
+/// against it.
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+const LEASE_TTL_ARG: &str = "2s";
+
+/// One instance of `hello`: its pod, the python app, and the sidecar.
+pub struct Hello {
+    pub pod: Pod,
+    pub app: Proc,
+    pub proxy: Proc,
+}
+
+impl Hello {
+    /// Starts the instance and waits until its sidecar is ready.
+    pub fn start(net: &Net, name: &str, ctrl_url: &str) -> Hello {
+        let hello = Hello::spawn(net, name, ctrl_url);
+        wait_ready(&hello.pod, &hello.proxy, secs(15));
+        hello
+    }
+
+    /// Starts app, interception and sidecar without waiting for readiness.
+    pub fn spawn(net: &Net, name: &str, ctrl_url: &str) -> Hello {
+        let pod = net.pod(name);
+        let app = start_app(net, &pod);
+        wait_for(&format!("{name}'s app"), secs(10), || {
+            app.assert_running();
+            (pod.curl(&format!("http://127.0.0.1:{APP_PORT}/name"), &[])
+                .0
+                == 200)
+                .then_some(())
+        });
+        intercept(&pod);
+        let cache = net.subdir(&format!("{name}-cache"));
+        let mut args = sidecar_args(ctrl_url, &cache);
+        let ip = pod.ip().to_string();
+        let own = format!(
+            "--service hello --app-port {APP_PORT} --advertise {ip} --instance-id {name} \
+             --lease-ttl {LEASE_TTL_ARG} --health-interval 200ms"
+        );
+        args.extend(words(&own).into_iter().map(String::from));
+        let proxy = pod.spawn(MESH_PROXY, &strs(&args), &[]);
+        Hello { pod, app, proxy }
+    }
+}
+
+/// python3's http.server serving one file, `name`, holding the pod's name.
+pub fn start_app(net: &Net, pod: &Pod) -> Proc {
+    let www = net.subdir(&format!("{}-www", pod.name()));
+    std::fs::write(www.join("name"), pod.name()).expect("write app content");
+    pod.spawn(
+        "python3",
+        &[
+            "-u",
+            "-m",
+            "http.server",
+            APP_PORT,
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+            &path(&www),
+        ],
+        &[],
+    )
+}
+
+/// `mesh-proxy init` with its defaults: transparent interception in `pod`.
+pub fn intercept(pod: &Pod) {
+    pod.run_ok(MESH_PROXY, &["init"]);
+}
+
+pub fn sidecar_args(ctrl_url: &str, cache: &Path) -> Vec<String> {
+    ["--control", ctrl_url, "--cache-dir", &path(cache)]
+        .map(String::from)
+        .to_vec()
+}
+
+/// Waits for the pod's sidecar admin `/ready` to answer 200.
+pub fn wait_ready(pod: &Pod, proxy: &Proc, within: Duration) -> Instant {
+    wait_for(&format!("{}'s sidecar /ready", pod.name()), within, || {
+        proxy.assert_running();
+        (pod.curl("http://127.0.0.1:15000/ready", &[]).0 == 200).then(Instant::now)
+    })
+}
+
+// === calls and observations ===
+
+/// One call from `pod`; the trimmed body if it answered 200.
+pub fn call(pod: &Pod, url: &str) -> Option<String> {
+    let (status, body) = pod.curl(url, &[]);
+    (status == 200).then(|| body.trim().to_string())
+}
+
+/// Calls `url` (at most 60 times, 15 s) until every name in `want` has
+/// answered; returns the number of calls.
+pub fn calls_until_seen(pod: &Pod, url: &str, want: &[&str]) -> usize {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut calls = 0;
+    let done = poll(secs(15), || {
+        calls += 1;
+        if let Some(body) = call(pod, url) {
+            seen.insert(body);
+        }
+        (want.iter().all(|w| seen.contains(*w)) || calls >= 60).then_some(())
+    });
+    assert!(
+        done.is_some() && want.iter().all(|w| seen.contains(*w)),
+        "after {calls} calls to {url} saw only {seen:?}, wanted {want:?}"
+    );
+    calls
+}
+
+/// `calls` calls to hello.mesh from `pod`, every one answered by `name`.
+pub fn expect_only(pod: &Pod, name: &str, calls: usize) {
+    for i in 0..calls {
+        let got = call(pod, "http://hello.mesh/name");
+        assert_eq!(got.as_deref(), Some(name), "call {i} of {calls}");
+    }
+}
+
+/// `mesh-ctl endpoints hello -o json`, run in `pod`; `None` unless it
+/// succeeded with JSON.
+pub fn endpoints(pod: &Pod, ctl: &str, ctrl_url: &str) -> Option<Value> {
+    let out = pod.run(
+        ctl,
+        &["--control", ctrl_url, "-o", "json", "endpoints", "hello"],
+    );
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Whether any object in `v` has `"id": id` (the output's exact shape is
+/// mesh-ctl's business; the instance id is the contract).
+pub fn lists_instance(v: &Value, id: &str) -> bool {
+    match v {
+        Value::Object(map) => {
+            map.get("id").and_then(Value::as_str) == Some(id)
+                || map.values().any(|v| lists_instance(v, id))
+        }
+        Value::Array(items) => items.iter().any(|v| lists_instance(v, id)),
+        _ => false,
+    }
+}
+
+/// The `health` of the object in `v` whose `"id"` is `id`, if any.
+pub fn instance_health(v: &Value, id: &str) -> Option<String> {
+    match v {
+        Value::Object(map) if map.get("id").and_then(Value::as_str) == Some(id) => map
+            .get("health")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        Value::Object(map) => map.values().find_map(|v| instance_health(v, id)),
+        Value::Array(items) => items.iter().find_map(|v| instance_health(v, id)),
+        _ => None,
+    }
+}
+
+/// Resident set size of a process, in MB, from /proc/<pid>/status.
+pub fn rss_mb(proc: &Proc) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proc.pid()))
+        .expect("read /proc/<pid>/status");
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kb / 1024.0
+}
