@@ -1,1 +1,0 @@
-//! DNS responder (owner: dns helper)
