@@ -7,7 +7,7 @@ use super::*;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Message, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, SOA};
-use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use std::collections::HashMap;
@@ -196,6 +196,29 @@ async fn unknown_mesh_name_is_nxdomain_with_short_negative_ttl() {
 }
 
 #[tokio::test]
+async fn non_in_class_is_not_implemented() {
+    let dns = start("").await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut msg = Message::new(7, MessageType::Query, OpCode::Query);
+    let mut query = Query::query(Name::from_ascii("hello.mesh.").unwrap(), RecordType::A);
+    query.set_query_class(DNSClass::CH);
+    msg.add_query(query);
+    sock.send_to(&msg.to_vec().unwrap(), dns.addr)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 512];
+    let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(reply.metadata.id, 7);
+    assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+    assert!(reply.answers.is_empty());
+    dns.shutdown().await;
+}
+
+#[tokio::test]
 async fn answers_over_tcp() {
     let dns = start("").await;
     let msg = tcp_query(dns.addr, "hello.mesh.", RecordType::A).await;
@@ -369,4 +392,25 @@ async fn start_upstream() -> (SocketAddr, JoinHandle<()>) {
         let _ = server.block_until_done().await;
     });
     (addr, task)
+}
+
+#[tokio::test]
+async fn forwarder_sockets_carry_the_mark() {
+    use hickory_resolver::net::runtime::RuntimeProvider;
+    use socket2::SockRef;
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipping: setting SO_MARK needs root");
+        return;
+    }
+    let runtime = super::forward::MarkedRuntime::new(Some(0x4d45));
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let udp = runtime.bind_udp(local, local).await.unwrap();
+    assert_eq!(SockRef::from(&udp).mark().unwrap(), 0x4d45);
+
+    let listener = TcpListener::bind(local).await.unwrap();
+    let tcp = runtime
+        .connect_tcp(listener.local_addr().unwrap(), None, Some(WAIT))
+        .await
+        .unwrap();
+    assert_eq!(SockRef::from(&tcp.0).mark().unwrap(), 0x4d45);
 }
