@@ -22,7 +22,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve (the default).
-    Run(ProxyArgs),
+    Run(Box<ProxyArgs>),
     /// Install (or with --remove, remove) the iptables interception rules
     /// in the current network namespace.
     Init(mesh::proxy::intercept::InitArgs),
@@ -33,12 +33,7 @@ fn main() -> ExitCode {
     mesh::telemetry::init_logging();
     let args = match cli.cmd {
         Some(Cmd::Init(init)) => {
-            let res = if init.remove {
-                mesh::proxy::intercept::remove(&init)
-            } else {
-                mesh::proxy::intercept::install(&init)
-            };
-            return match res {
+            return match mesh::proxy::intercept::run(&init) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("mesh-proxy init: {e}");
@@ -46,7 +41,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Some(Cmd::Run(args)) => args,
+        Some(Cmd::Run(args)) => *args,
         None => cli.run,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -18,7 +18,7 @@ use crate::discovery::{
 use crate::net::{ConnectOptions, MarkedConnector};
 use crate::telemetry::ProxyMetrics;
 use http::HeaderValue;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -231,7 +231,7 @@ fn first_ipv4() -> Option<IpAddr> {
             !a.flags
                 .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
         })
-        .filter_map(|a| a.address?.as_sockaddr_in().map(|s| Ipv4Addr::from(s.ip())))
+        .filter_map(|a| a.address?.as_sockaddr_in().map(|s| s.ip()))
         .map(IpAddr::V4)
         .next()
 }

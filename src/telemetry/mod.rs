@@ -9,7 +9,7 @@ pub use metrics::{ProxyMetrics, ServiceMetrics};
 pub fn init_logging() {
     let filter = std::env::var("MESH_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| "info,hickory_server=warn,hickory_proto=warn".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)

@@ -6,7 +6,7 @@ use super::VipLookup;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, SOA};
-use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use std::future::Future;
@@ -101,6 +101,10 @@ impl MeshHandler {
         let reply = match request.request_info() {
             Err(_) => error_reply(metadata, ResponseCode::FormErr),
             Ok(_) if request.metadata.op_code != OpCode::Query => {
+                error_reply(metadata, ResponseCode::NotImp)
+            }
+            // Mesh names and the forwarder are class IN only (no CHAOS `version.bind`).
+            Ok(info) if info.query.query_class() != DNSClass::IN => {
                 error_reply(metadata, ResponseCode::NotImp)
             }
             Ok(info) => {

@@ -64,6 +64,8 @@ pub struct DnsConfig {
 
 /// A bound, not yet running DNS responder (UDP and TCP on the same port).
 pub struct DnsServer {
+    /// The bound address, kept for logs and for callers that bound port 0.
+    addr: SocketAddr,
     /// Datagram listener; its port is also the TCP port.
     udp: UdpSocket,
     /// Stream listener for clients that retry over TCP after truncation.
@@ -82,23 +84,26 @@ impl DnsServer {
     pub async fn bind(cfg: DnsConfig, names: Arc<dyn VipLookup>) -> io::Result<DnsServer> {
         let zone = zone_name(&cfg.domain)?;
         let (udp, tcp) = bind_pair(cfg.listen).await?;
+        let addr = udp.local_addr()?;
         let forwarder = forward::Forwarder::from_resolv_conf(&cfg.resolv_conf, cfg.mark);
         let handler = MeshHandler::new(zone, names, forwarder);
-        Ok(DnsServer { udp, tcp, handler })
+        Ok(DnsServer {
+            addr,
+            udp,
+            tcp,
+            handler,
+        })
     }
 
     /// The bound address (the same port serves UDP and TCP).
     pub fn local_addr(&self) -> SocketAddr {
-        // Only fails for an unbound socket, and `bind` returned a bound one.
-        self.udp
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+        self.addr
     }
 
     /// Serves until `shutdown` completes, then stops accepting and returns
     /// once the in-flight connections are done.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
-        let addr = self.local_addr();
+        let addr = self.addr;
         let mut server = Server::new(self.handler);
         server.register_socket(self.udp);
         server.register_listener(self.tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);

@@ -1,17 +1,15 @@
 //! Responder tests over real loopback sockets. The "upstream" resolver is a
 //! second in-process hickory server on 127.0.0.1 serving `example.test`.
 
+mod upstream;
+
 use super::forward::parse_nameservers;
 use super::handler::{classify, Target, NEGATIVE_TTL, VIP_TTL};
 use super::*;
-use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Message, MessageType, Metadata, OpCode, Query, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, SOA};
-use hickory_server::proto::rr::{Name, RData, Record, RecordType};
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_server::proto::rr::rdata::A;
+use hickory_server::proto::rr::{DNSClass, Name, RData, RecordType};
 use std::collections::HashMap;
-use std::pin::Pin;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -196,6 +194,29 @@ async fn unknown_mesh_name_is_nxdomain_with_short_negative_ttl() {
 }
 
 #[tokio::test]
+async fn non_in_class_is_not_implemented() {
+    let dns = start("").await;
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut msg = Message::new(7, MessageType::Query, OpCode::Query);
+    let mut query = Query::query(Name::from_ascii("hello.mesh.").unwrap(), RecordType::A);
+    query.set_query_class(DNSClass::CH);
+    msg.add_query(query);
+    sock.send_to(&msg.to_vec().unwrap(), dns.addr)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 512];
+    let (n, _) = tokio::time::timeout(WAIT, sock.recv_from(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = Message::from_vec(&buf[..n]).unwrap();
+    assert_eq!(reply.metadata.id, 7);
+    assert_eq!(reply.metadata.response_code, ResponseCode::NotImp);
+    assert!(reply.answers.is_empty());
+    dns.shutdown().await;
+}
+
+#[tokio::test]
 async fn answers_over_tcp() {
     let dns = start("").await;
     let msg = tcp_query(dns.addr, "hello.mesh.", RecordType::A).await;
@@ -208,7 +229,7 @@ async fn answers_over_tcp() {
 
 #[tokio::test]
 async fn forwards_other_names_upstream() {
-    let (upstream, upstream_task) = start_upstream().await;
+    let (upstream, upstream_task) = upstream::start().await;
     let dns = start(&format!("# test\nnameserver {upstream}\n")).await;
 
     for tcp in [false, true] {
@@ -309,64 +330,23 @@ fn rejects_empty_domain() {
     assert_eq!(zone_name("Mesh.").unwrap().to_ascii(), "mesh.");
 }
 
-// === fake upstream resolver ===
-
-/// Authoritative for `test.`: `example.test A 192.0.2.1`, NXDOMAIN otherwise.
-struct Upstream;
-
-impl Upstream {
-    async fn answer<R: ResponseHandler>(&self, request: &Request, mut handle: R) -> ResponseInfo {
-        let mut metadata = Metadata::response_from_request(&request.metadata);
-        metadata.authoritative = true;
-        let zone = Name::from_ascii("test.").unwrap();
-        let mut answers = Vec::new();
-        let mut soa = Vec::new();
-        let qname = request.queries.queries()[0].name().to_string();
-        if qname == "example.test." {
-            let name = Name::from_ascii("example.test.").unwrap();
-            let a = RData::A(A(Ipv4Addr::new(192, 0, 2, 1)));
-            answers.push(Record::from_rdata(name, 60, a));
-        } else {
-            metadata.response_code = ResponseCode::NXDomain;
-            let data = SOA::new(zone.clone(), zone.clone(), 1, 60, 60, 60, 30);
-            soa.push(Record::from_rdata(zone, 30, RData::SOA(data)));
-        }
-        let response = MessageResponseBuilder::from_message_request(request).build(
-            metadata,
-            answers.iter(),
-            std::iter::empty(),
-            soa.iter(),
-            std::iter::empty(),
-        );
-        handle.send_response(response).await.unwrap()
+#[tokio::test]
+async fn forwarder_sockets_carry_the_mark() {
+    use hickory_resolver::net::runtime::RuntimeProvider;
+    use socket2::SockRef;
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("skipping: setting SO_MARK needs root");
+        return;
     }
-}
+    let runtime = super::forward::MarkedRuntime::new(Some(0x4d45));
+    let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let udp = runtime.bind_udp(local, local).await.unwrap();
+    assert_eq!(SockRef::from(&udp).mark().unwrap(), 0x4d45);
 
-impl RequestHandler for Upstream {
-    fn handle_request<'life0, 'life1, 'async_trait, R, T>(
-        &'life0 self,
-        request: &'life1 Request,
-        response_handle: R,
-    ) -> Pin<Box<dyn Future<Output = ResponseInfo> + Send + 'async_trait>>
-    where
-        R: 'async_trait + ResponseHandler,
-        T: 'async_trait + Time,
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(self.answer(request, response_handle))
-    }
-}
-
-async fn start_upstream() -> (SocketAddr, JoinHandle<()>) {
-    let (udp, tcp) = bind_pair("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let mut server = Server::new(Upstream);
-    server.register_socket(udp);
-    server.register_listener(tcp, WAIT, 8);
-    let task = tokio::spawn(async move {
-        let _ = server.block_until_done().await;
-    });
-    (addr, task)
+    let listener = TcpListener::bind(local).await.unwrap();
+    let tcp = runtime
+        .connect_tcp(listener.local_addr().unwrap(), None, Some(WAIT))
+        .await
+        .unwrap();
+    assert_eq!(SockRef::from(&tcp.0).mark().unwrap(), 0x4d45);
 }

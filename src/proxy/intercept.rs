@@ -1,1 +1,0 @@
-//! iptables interception (owner: intercept helper)
