@@ -121,3 +121,95 @@ impl Watcher {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::registry::RegistrySettings;
+    use crate::control::store::Store;
+    use crate::model::RegisterRequest;
+    use futures_util::StreamExt;
+
+    fn registry(dir: &std::path::Path, change_log_capacity: usize) -> Arc<Registry> {
+        let settings = RegistrySettings {
+            change_log_capacity,
+            broadcast_capacity: 2,
+            ..RegistrySettings::default()
+        };
+        let store = Store::open(dir).unwrap();
+        Arc::new(Registry::open(store, "127.100.0.0/16".parse().unwrap(), settings).unwrap())
+    }
+
+    fn register(reg: &Registry, port: u16) {
+        let doc = serde_json::json!({"address": "127.0.0.2", "port": port});
+        reg.register("web", RegisterRequest::from_json(&doc).unwrap())
+            .unwrap();
+    }
+
+    /// Opens a stream at the current revision, then commits 10 changes
+    /// before reading anything: the broadcast (capacity 2) overflows.
+    async fn lagged_lines(change_log_capacity: usize) -> Vec<WatchEvent> {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = registry(dir.path(), change_log_capacity);
+        register(&reg, 1);
+        let (_stop, shutdown) = watch::channel(false);
+        let body = watch_body(
+            reg.clone(),
+            1,
+            Duration::from_secs(60),
+            shutdown,
+            Gauge::default(),
+        );
+        let mut stream = body.into_data_stream();
+        for port in 2..=11 {
+            register(&reg, port);
+        }
+        let mut out = Vec::new();
+        while out.last().map(WatchEvent::revision) != Some(11) {
+            let frame = stream.next().await.unwrap().unwrap();
+            out.push(serde_json::from_slice(&frame).unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lagging_watcher_gets_a_snapshot_when_the_log_is_short() {
+        match lagged_lines(2).await.as_slice() {
+            [WatchEvent::Snapshot { snapshot }] => {
+                assert_eq!(snapshot.revision, 11);
+                assert_eq!(snapshot.services[0].instances.len(), 11);
+            }
+            other => panic!("expected one snapshot, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lagging_watcher_catches_up_from_the_log() {
+        let revs: Vec<u64> = lagged_lines(100)
+            .await
+            .iter()
+            .map(WatchEvent::revision)
+            .collect();
+        assert_eq!(
+            revs,
+            (2..=11).collect::<Vec<_>>(),
+            "every change once, in order"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_stream_and_the_gauge_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = registry(dir.path(), 10);
+        let (stop, shutdown) = watch::channel(false);
+        let gauge = Gauge::default();
+        let mut stream =
+            watch_body(reg, 0, Duration::from_secs(60), shutdown, gauge.clone()).into_data_stream();
+        assert_eq!(gauge.get(), 1);
+        assert!(stream.next().await.is_some(), "snapshot first");
+        stop.send(true).unwrap();
+        assert!(stream.next().await.is_none());
+        drop(stream);
+        assert_eq!(gauge.get(), 0);
+    }
+}
