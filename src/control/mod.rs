@@ -58,8 +58,7 @@ impl Default for ControlConfig {
         ControlConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 15010)),
             data_dir: PathBuf::from("./mesh-data"),
-            vip_cidr: VipCidr::new([127, 100, 0, 0].into(), 16)
-                .unwrap_or_else(|_| unreachable!("127.100.0.0/16 is a valid CIDR")),
+            vip_cidr: VipCidr::DEFAULT,
             sweep_interval: Duration::from_secs(1),
             self_preservation_threshold: 15,
             self_preservation_min: 3,
@@ -234,5 +233,50 @@ async fn sweep_loop(
             Ok(Err(e)) => tracing::error!(error = %e, "lease sweep failed"),
             Err(e) => tracing::error!(error = %e, "lease sweep task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RegisterRequest;
+
+    #[tokio::test]
+    async fn binds_port_zero_sweeps_leases_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ControlConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.path().to_path_buf(),
+            sweep_interval: Duration::from_millis(50),
+            ..ControlConfig::default()
+        };
+        let server = ControlServer::bind(config).await.unwrap();
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0);
+        let registry = server.registry();
+        let doc = serde_json::json!({"address": "127.0.0.2", "port": 1, "ttl": 1});
+        registry
+            .register("web", RegisterRequest::from_json(&doc).unwrap())
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async move {
+            let _ = stopped.await;
+        }));
+        tokio::net::TcpStream::connect(addr).await.unwrap();
+
+        // The sweeper evicts the 1s lease on its own.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while registry.status().instances > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "lease never swept");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(registry.revision(), 2);
+
+        stop.send(()).unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(10), task).await;
+        assert!(
+            matches!(result, Ok(Ok(Ok(())))),
+            "serve did not stop cleanly"
+        );
     }
 }

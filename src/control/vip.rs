@@ -30,6 +30,13 @@ pub struct VipExhausted {
 // === impl VipCidr ===
 
 impl VipCidr {
+    /// `127.100.0.0/16`: loopback space, so a packet to a VIP never leaves
+    /// the host even when interception is missing.
+    pub const DEFAULT: VipCidr = VipCidr {
+        network: Ipv4Addr::new(127, 100, 0, 0),
+        prefix: 16,
+    };
+
     pub fn new(network: Ipv4Addr, prefix: u8) -> Result<Self, String> {
         if prefix > 32 {
             return Err(format!("prefix /{prefix} is longer than 32"));
@@ -176,6 +183,7 @@ mod tests {
     #[test]
     fn parses_and_rejects() {
         let c: VipCidr = "127.100.0.0/16".parse().unwrap();
+        assert_eq!(c, VipCidr::DEFAULT);
         assert_eq!(c.capacity(), 65534);
         assert_eq!(c.to_string(), "127.100.0.0/16");
         assert!(c.contains("127.100.255.255".parse().unwrap()));

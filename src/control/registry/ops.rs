@@ -204,6 +204,10 @@ impl Registry {
     /// that the fault is more likely ours (a partition) than theirs: then
     /// nothing is evicted and self-preservation is on until a sweep finds
     /// the expired share back within the threshold.
+    ///
+    /// A heartbeat that lands while the eviction is being committed still
+    /// answers 200 but the instance goes anyway; its next heartbeat gets a
+    /// 404 and the sidecar re-registers, as after any eviction.
     pub fn sweep(&self, now: Instant) -> Result<SweepOutcome, RegistryError> {
         let _w = self.writer();
         let mut out = SweepOutcome::default();
