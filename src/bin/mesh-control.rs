@@ -1,1 +1,89 @@
-fn main() {}
+//! mesh-control: the registry daemon. Parses flags (each also `MESH_<FLAG>`),
+//! sets up logging from `MESH_LOG`, and runs `mesh::control` until SIGTERM
+//! or SIGINT.
+
+use clap::Parser;
+use mesh::control::vip::VipCidr;
+use mesh::control::{run, ControlConfig};
+use mesh::model::parse_duration;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// The mesh control plane: service registry with leases, VIPs and watch streams.
+#[derive(Parser, Debug)]
+#[command(name = "mesh-control", version)]
+struct Args {
+    /// Address of the HTTP API.
+    #[arg(long, env = "MESH_LISTEN", default_value = "127.0.0.1:15010")]
+    listen: SocketAddr,
+    /// Directory of the embedded store.
+    #[arg(long, env = "MESH_DATA_DIR", default_value = "./mesh-data")]
+    data_dir: PathBuf,
+    /// Network that service VIPs are allocated from.
+    #[arg(long, env = "MESH_VIP_CIDR", default_value = "127.100.0.0/16")]
+    vip_cidr: VipCidr,
+    /// How often expired leases are evicted.
+    #[arg(long, env = "MESH_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    sweep_interval: Duration,
+    /// Percent of leases expiring in one sweep that suspends evictions.
+    #[arg(long, env = "MESH_SELF_PRESERVATION_THRESHOLD", default_value_t = 15,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    self_preservation_threshold: u8,
+    /// Minimum number of expired leases for self-preservation to engage.
+    #[arg(long, env = "MESH_SELF_PRESERVATION_MIN", default_value_t = 3)]
+    self_preservation_min: usize,
+    /// Quiet time after which a watch stream sends a keep-alive line.
+    #[arg(long, env = "MESH_KEEPALIVE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    keepalive_interval: Duration,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = ControlConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        vip_cidr: args.vip_cidr,
+        sweep_interval: args.sweep_interval,
+        self_preservation_threshold: args.self_preservation_threshold,
+        self_preservation_min: args.self_preservation_min,
+        keepalive_interval: args.keepalive_interval,
+        ..ControlConfig::default()
+    };
+    match run(config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            tracing::warn!("cannot install signal handlers; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The HTTP/JSON API of mesh-control (`/v1/...`, `/metrics`, `/healthz`).
+//!
+//! `router(state)` is the whole API, so tests drive it with `oneshot`
+//! without sockets. Handlers validate input, then call the registry;
+//! mutations run on the blocking pool because a commit may wait for a disk
+//! flush.
+
+mod error;
+#[cfg(test)]
+mod tests;
+
+pub use error::ApiFailure;
+
+use crate::control::metrics::Metrics;
+use crate::control::registry::Registry;
+use crate::control::watch::watch_body;
+use crate::model::{
+    validate_instance_id, validate_service_name, ControlStatus, FieldErrors, Health, Heartbeat,
+    RegisterRequest, Registered, ServiceInfo, ServiceSummary, Snapshot,
+};
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// Quiet time after which a watch stream sends a keep-alive line.
+    pub keepalive: Duration,
+    /// Ends watch streams on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// `{"revision": N}`: the answer to heartbeat and deregister.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionReply {
+    pub revision: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct WatchParams {
+    #[serde(default)]
+    since: u64,
+}
+
+type ApiResult<T> = Result<T, ApiFailure>;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/v1/services", get(list_services))
+        .route("/v1/services/{service}", get(get_service))
+        .route("/v1/services/{service}/instances", post(register))
+        .route(
+            "/v1/services/{service}/instances/{id}",
+            axum::routing::delete(deregister),
+        )
+        .route(
+            "/v1/services/{service}/instances/{id}/heartbeat",
+            put(heartbeat),
+        )
+        .route("/v1/snapshot", get(snapshot))
+        .route("/v1/status", get(status))
+        .route("/v1/watch", get(watch))
+        .fallback(|| async { ApiFailure::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            let body = crate::model::ApiError {
+                error: "method not allowed on this endpoint".into(),
+                fields: Vec::new(),
+            };
+            (StatusCode::METHOD_NOT_ALLOWED, Json(body))
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    let text = st.metrics.render(&st.registry);
+    let ctype = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(header::CONTENT_TYPE, ctype)], text).into_response()
+}
+
+async fn list_services(State(st): State<AppState>) -> Json<Vec<ServiceSummary>> {
+    Json(st.registry.services())
+}
+
+async fn get_service(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<ServiceInfo>> {
+    let Path(service) = path.map_err(ApiFailure::path)?;
+    service_name(&service)?;
+    st.registry
+        .service(&service)
+        .map(Json)
+        .ok_or_else(|| ApiFailure::NotFound(format!("service {service:?} is not registered")))
+}
+
+async fn register(
+    State(st): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Registered>)> {
+    let Path(service) = path.map_err(ApiFailure::path)?;
+    let body = body.map_err(|e| ApiFailure::body(e, BODY_LIMIT))?;
+    // Report the path and the body problems together.
+    let mut errs = FieldErrors::default();
+    if let Err(why) = validate_service_name(&service) {
+        errs.push("service", why);
+    }
+    let req = match serde_json::from_slice::<Value>(&body) {
+        Err(e) => {
+            errs.push("(body)", format!("not valid JSON: {e}"));
+            None
+        }
+        Ok(doc) => match RegisterRequest::from_json(&doc) {
+            Ok(req) => Some(req),
+            Err(more) => {
+                errs.0.extend(more.0);
+                None
+            }
+        },
+    };
+    let req = match req {
+        Some(req) if errs.is_empty() => req,
+        _ => return Err(ApiFailure::Invalid(errs)),
+    };
+    let registry = st.registry.clone();
+    let done = tokio::task::spawn_blocking(move || registry.register(&service, req)).await??;
+    Ok((StatusCode::CREATED, Json(done)))
+}
+
+async fn heartbeat(
+    State(st): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<RevisionReply>> {
+    let Path((service, id)) = path.map_err(ApiFailure::path)?;
+    service_name(&service)?;
+    instance_id(&id)?;
+    let body = body.map_err(|e| ApiFailure::body(e, BODY_LIMIT))?;
+    let health = parse_heartbeat(&body)?;
+    let registry = st.registry.clone();
+    let revision =
+        tokio::task::spawn_blocking(move || registry.heartbeat(&service, &id, health)).await??;
+    Ok(Json(RevisionReply { revision }))
+}
+
+async fn deregister(
+    State(st): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<Json<RevisionReply>> {
+    let Path((service, id)) = path.map_err(ApiFailure::path)?;
+    service_name(&service)?;
+    instance_id(&id)?;
+    let registry = st.registry.clone();
+    let revision =
+        tokio::task::spawn_blocking(move || registry.deregister(&service, &id)).await??;
+    Ok(Json(RevisionReply { revision }))
+}
+
+async fn snapshot(State(st): State<AppState>) -> Json<Snapshot> {
+    Json(st.registry.snapshot())
+}
+
+async fn status(State(st): State<AppState>) -> Json<ControlStatus> {
+    Json(st.registry.status())
+}
+
+async fn watch(
+    State(st): State<AppState>,
+    params: Result<Query<WatchParams>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(params) = params.map_err(ApiFailure::query)?;
+    let body = watch_body(
+        st.registry.clone(),
+        params.since,
+        st.keepalive,
+        st.shutdown.clone(),
+        st.metrics.watchers.clone(),
+    );
+    let headers = [
+        (header::CONTENT_TYPE, "application/x-ndjson"),
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    Ok((headers, body).into_response())
+}
+
+fn service_name(name: &str) -> ApiResult<()> {
+    validate_service_name(name).map_err(|why| ApiFailure::field("service", why))
+}
+
+fn instance_id(id: &str) -> ApiResult<()> {
+    validate_instance_id(id).map_err(|why| ApiFailure::field("id", why))
+}
+
+/// `{"health": "up"|"down"}`, naming the bad field like registration does.
+fn parse_heartbeat(body: &[u8]) -> ApiResult<Health> {
+    let doc: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiFailure::field("(body)", format!("not valid JSON: {e}")))?;
+    let Some(obj) = doc.as_object() else {
+        return Err(ApiFailure::field("(body)", "must be a JSON object"));
+    };
+    let mut errs = FieldErrors::default();
+    for key in obj.keys().filter(|k| k.as_str() != "health") {
+        errs.push(key.clone(), "unknown field");
+    }
+    let health = match obj.get("health") {
+        None => {
+            errs.push("health", "is required");
+            None
+        }
+        Some(v) => match serde_json::from_value::<Heartbeat>(serde_json::json!({ "health": v })) {
+            Ok(hb) => Some(hb.health),
+            Err(_) => {
+                errs.push("health", "must be \"up\" or \"down\"");
+                None
+            }
+        },
+    };
+    match health {
+        Some(h) if errs.is_empty() => Ok(h),
+        _ => Err(ApiFailure::Invalid(errs)),
+    }
+}

@@ -1,0 +1,290 @@
+//! The registry: services, instances and their leases, the global revision,
+//! and the fan-out of changes to watchers.
+//!
+//! Concurrency: the live state sits behind a short-held `std::sync::Mutex`
+//! (never held across an await or a disk write). Mutations are serialised
+//! end to end by a second lock, `writer`: plan under the state lock, commit
+//! to redb with no state lock held, then apply and publish under the state
+//! lock. Readers therefore never wait for a disk flush, and changes reach
+//! the store, the change log and the broadcast in revision order.
+
+mod changelog;
+mod ops;
+#[cfg(test)]
+mod tests;
+
+pub use changelog::Change;
+pub use ops::SweepOutcome;
+
+use crate::control::store::{Store, StoreError, Write};
+use crate::control::vip::{VipAllocator, VipCidr, VipExhausted};
+use crate::model::{
+    ControlStatus, Health, Instance, ServiceInfo, ServiceSummary, Snapshot, WatchEvent,
+};
+use bytes::Bytes;
+use changelog::ChangeLog;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+/// Knobs of the registry that come from the command line.
+#[derive(Clone, Debug)]
+pub struct RegistrySettings {
+    /// Percent of leased instances that may expire in one sweep before
+    /// evictions are suspended (self-preservation).
+    pub self_preservation_threshold: u8,
+    /// ...and at least this many must expire for it to engage, so a lone
+    /// instance dying in a tiny registry is still evicted.
+    pub self_preservation_min: usize,
+    /// Changes kept for `since=REV` resumes.
+    pub change_log_capacity: usize,
+    /// Changes buffered per watcher before it is considered lagging.
+    pub broadcast_capacity: usize,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            self_preservation_threshold: 15,
+            self_preservation_min: 3,
+            change_log_capacity: 4096,
+            broadcast_capacity: 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("instance {id:?} of service {service:?} is not registered")]
+    UnknownInstance { service: String, id: String },
+    #[error(transparent)]
+    VipExhausted(#[from] VipExhausted),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a new watcher starts from.
+pub struct Subscription {
+    /// Lines to send before anything from `rx`: a snapshot, or the changes
+    /// since the watcher's revision.
+    pub backlog: Vec<Bytes>,
+    /// The revision the watcher is at once `backlog` is sent.
+    pub revision: u64,
+    /// Every later change. Subscribed under the state lock together with
+    /// `backlog`, so nothing is missed or repeated.
+    pub rx: broadcast::Receiver<Change>,
+}
+
+pub struct Registry {
+    /// Live state; held only for short sections that neither block nor await.
+    state: Mutex<State>,
+    /// Serialises mutations end to end (plan, disk commit, apply) so commits
+    /// land in revision order while readers keep using `state`.
+    writer: Mutex<()>,
+    /// Durable copy of VIPs, instances and the revision.
+    store: Store,
+    /// Fan-out of committed changes to watch streams.
+    changes: broadcast::Sender<Change>,
+    settings: RegistrySettings,
+}
+
+struct State {
+    /// Bumped by every change; persisted with it.
+    revision: u64,
+    /// Services are never deleted, so a VIP stays with its service.
+    services: BTreeMap<String, Service>,
+    vips: VipAllocator,
+    log: ChangeLog,
+    /// Set while the last sweep found too many leases expired at once.
+    self_preservation: bool,
+}
+
+struct Service {
+    vip: Ipv4Addr,
+    instances: BTreeMap<String, Entry>,
+}
+
+struct Entry {
+    instance: Instance,
+    /// `None` for static registrations, which never expire.
+    expires_at: Option<Instant>,
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// Loads the store. Leased instances come back with a fresh full lease:
+    /// a control-plane restart must not blank the registry.
+    pub fn open(
+        store: Store,
+        cidr: VipCidr,
+        settings: RegistrySettings,
+    ) -> Result<Self, RegistryError> {
+        let loaded = store.load()?;
+        let now = Instant::now();
+        let mut vips = VipAllocator::new(cidr);
+        let mut services = BTreeMap::new();
+        for (name, vip) in loaded.vips {
+            if !cidr.contains(vip) {
+                tracing::warn!(service = %name, %vip, %cidr, "VIP outside --vip-cidr; keeping it");
+            }
+            vips.mark_used(vip);
+            let instances = BTreeMap::new();
+            services.insert(name, Service { vip, instances });
+        }
+        let mut orphans = Vec::new();
+        for instance in loaded.instances {
+            let Some(svc) = services.get_mut(&instance.service) else {
+                orphans.push(instance);
+                continue;
+            };
+            let expires_at = lease_end(now, instance.ttl_secs);
+            svc.instances.insert(
+                instance.id.clone(),
+                Entry {
+                    instance,
+                    expires_at,
+                },
+            );
+        }
+        // A row without its service's VIP cannot be routed; report and skip.
+        for o in &orphans {
+            tracing::warn!(service = %o.service, id = %o.id, "stored instance has no VIP; ignored");
+        }
+        let (changes, _) = broadcast::channel(settings.broadcast_capacity.max(1));
+        let state = State {
+            revision: loaded.revision,
+            services,
+            vips,
+            log: ChangeLog::new(settings.change_log_capacity),
+            self_preservation: false,
+        };
+        Ok(Registry {
+            state: Mutex::new(state),
+            writer: Mutex::new(()),
+            store,
+            changes,
+            settings,
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not wedge the registry: the state is only
+        // changed after a successful commit, so it is consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn writer(&self) -> MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.state().revision
+    }
+
+    /// `GET /v1/services`, sorted by name.
+    pub fn services(&self) -> Vec<ServiceSummary> {
+        let st = self.state();
+        st.services
+            .iter()
+            .map(|(name, svc)| ServiceSummary {
+                name: name.clone(),
+                vip: svc.vip,
+                instances: svc.instances.len(),
+                healthy: svc
+                    .instances
+                    .values()
+                    .filter(|e| e.instance.health == Health::Up)
+                    .count(),
+            })
+            .collect()
+    }
+
+    pub fn service(&self, name: &str) -> Option<ServiceInfo> {
+        let st = self.state();
+        st.services.get(name).map(|svc| service_info(name, svc))
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        snapshot_of(&self.state())
+    }
+
+    pub fn status(&self) -> ControlStatus {
+        let st = self.state();
+        ControlStatus {
+            revision: st.revision,
+            services: st.services.len(),
+            instances: st.services.values().map(|s| s.instances.len()).sum(),
+            self_preservation: st.self_preservation,
+        }
+    }
+
+    /// Starts a watcher at `since`: the changes after it if the change log
+    /// still holds them, otherwise (or for 0) a snapshot.
+    pub fn subscribe(&self, since: u64) -> Subscription {
+        let st = self.state();
+        let rx = self.changes.subscribe();
+        let backlog = match st.log.since(since, st.revision) {
+            Some(lines) if since != 0 => lines,
+            _ => vec![encode(&WatchEvent::Snapshot {
+                snapshot: snapshot_of(&st),
+            })],
+        };
+        Subscription {
+            backlog,
+            revision: st.revision,
+            rx,
+        }
+    }
+
+    /// Records a committed change: bumps the revision, logs and broadcasts
+    /// it. Called under the state lock so order is revision order.
+    fn publish(&self, st: &mut State, event: &WatchEvent) {
+        st.revision = event.revision();
+        let change = Change {
+            revision: st.revision,
+            line: encode(event),
+        };
+        st.log.push(change.clone());
+        // No receivers is fine: nobody is watching right now.
+        let _ = self.changes.send(change);
+    }
+
+    fn commit(&self, revision: u64, writes: &[Write<'_>]) -> Result<(), RegistryError> {
+        Ok(self.store.commit(Some(revision), writes)?)
+    }
+}
+
+fn lease_end(now: Instant, ttl_secs: Option<u64>) -> Option<Instant> {
+    ttl_secs.map(|t| now + Duration::from_secs(t))
+}
+
+fn service_info(name: &str, svc: &Service) -> ServiceInfo {
+    ServiceInfo {
+        name: name.to_string(),
+        vip: svc.vip,
+        instances: svc.instances.values().map(|e| e.instance.clone()).collect(),
+    }
+}
+
+fn snapshot_of(st: &State) -> Snapshot {
+    Snapshot {
+        revision: st.revision,
+        services: st
+            .services
+            .iter()
+            .map(|(name, svc)| service_info(name, svc))
+            .collect(),
+    }
+}
+
+/// One NDJSON line. The wire types hold only strings, numbers and maps
+/// with string keys, which always serialise.
+pub fn encode(event: &WatchEvent) -> Bytes {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
