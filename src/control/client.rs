@@ -1,1 +1,371 @@
-//! control-plane client (owner: client helper)
+//! HTTP client for the control plane's `/v1` API.
+//!
+//! Used by mesh-proxy (registration, heartbeats, the discovery watch) and by
+//! mesh-ctl. Requests go over the proxy's marked sockets so interception
+//! rules let them through; every plain request has a connect deadline and
+//! an overall deadline, while a watch lives as long as its keep-alives do.
+
+mod connect;
+mod lines;
+mod watch;
+
+pub use lines::{LineSplitter, LineTooLong, MAX_LINE_BYTES};
+pub use watch::WatchStream;
+
+use crate::model::{
+    ApiError, ControlStatus, Health, Heartbeat, RegisterRequest, Registered, ServiceInfo,
+    ServiceSummary, Snapshot,
+};
+use crate::net::{ConnectOptions, MarkedConnector};
+use bytes::Bytes;
+use connect::ResolvingConnector;
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+/// Giving up on a TCP connect to the control plane after this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Giving up on a whole request (connect, send, read the body) after this long.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest non-watch response body read (a snapshot of a big registry).
+const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why a control-plane call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No HTTP answer: connect refused or timed out, name did not resolve,
+    /// connection broke, or the request ran past its deadline.
+    #[error("cannot reach control plane at {url}: {source}")]
+    Unreachable { url: String, source: io::Error },
+    /// The control plane answered with an error status.
+    #[error("{}", DisplayApi(*status, error))]
+    Api { status: u16, error: ApiError },
+    /// A heartbeat for an instance the control plane does not know (404):
+    /// the caller should register again.
+    #[error("instance is not registered with the control plane")]
+    UnknownInstance,
+    /// A watch stream stayed silent past its idle timeout.
+    #[error("watch stream idle: no event or keep-alive within the idle timeout")]
+    IdleTimeout,
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from control plane: {0}")]
+    Decode(String),
+    /// The base URL is not `http://host[:port]`.
+    #[error("invalid control plane URL: {0}")]
+    InvalidUrl(String),
+}
+
+impl ClientError {
+    /// An [`ClientError::Unreachable`] whose message is short: OS errors
+    /// become their kind (`connection refused`) instead of carrying the
+    /// `(os error 111)` noise.
+    fn unreachable(url: &str, err: io::Error) -> Self {
+        use io::ErrorKind as K;
+        let plain = matches!(
+            err.kind(),
+            K::ConnectionRefused
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::NotConnected
+                | K::BrokenPipe
+                | K::TimedOut
+                | K::NetworkUnreachable
+                | K::HostUnreachable
+                | K::AddrNotAvailable
+                | K::PermissionDenied
+        );
+        let source = if plain && err.raw_os_error().is_some() {
+            io::Error::new(err.kind(), err.kind().to_string())
+        } else {
+            err
+        };
+        ClientError::Unreachable {
+            url: url.to_string(),
+            source,
+        }
+    }
+}
+
+struct DisplayApi<'a>(u16, &'a ApiError);
+
+impl fmt::Display for DisplayApi<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (HTTP {})", self.1.error, self.0)?;
+        for field in &self.1.fields {
+            write!(f, "; {}: {}", field.field, field.reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// A cheap-to-clone handle on the control plane's API.
+#[derive(Clone, Debug)]
+pub struct ControlClient {
+    /// `http://host:port` as the user gave it, without a trailing slash;
+    /// request URIs are built on it and errors name it.
+    base_url: String,
+    /// Pooled HTTP/1 connections over marked, name-resolving sockets.
+    http: Client<ResolvingConnector, Full<Bytes>>,
+}
+
+impl ControlClient {
+    /// A client for `http://host[:port]` (no path, no https). `host` may be
+    /// an IP or a name; names are resolved when a connection is opened.
+    pub fn new(base_url: &str, mark: Option<u32>) -> Result<Self, ClientError> {
+        let base_url = check_base_url(base_url)?;
+        let inner = MarkedConnector {
+            opts: ConnectOptions {
+                mark,
+                timeout: CONNECT_TIMEOUT,
+            },
+        };
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(ResolvingConnector { inner });
+        Ok(ControlClient { base_url, http })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    pub async fn services(&self) -> Result<Vec<ServiceSummary>, ClientError> {
+        self.call(Method::GET, "/v1/services".into(), None).await
+    }
+
+    pub async fn service(&self, name: &str) -> Result<ServiceInfo, ClientError> {
+        let path = format!("/v1/services/{}", segment(name));
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, ClientError> {
+        self.call(Method::GET, "/v1/snapshot".into(), None).await
+    }
+
+    pub async fn status(&self) -> Result<ControlStatus, ClientError> {
+        self.call(Method::GET, "/v1/status".into(), None).await
+    }
+
+    pub async fn register(
+        &self,
+        service: &str,
+        req: &RegisterRequest,
+    ) -> Result<Registered, ClientError> {
+        let path = format!("/v1/services/{}/instances", segment(service));
+        self.call(Method::POST, path, Some(json_body(req)?)).await
+    }
+
+    /// Renews the lease and reports health; `UnknownInstance` on 404.
+    pub async fn heartbeat(
+        &self,
+        service: &str,
+        id: &str,
+        health: Health,
+    ) -> Result<(), ClientError> {
+        let path = format!(
+            "/v1/services/{}/instances/{}/heartbeat",
+            segment(service),
+            segment(id)
+        );
+        let body = json_body(&Heartbeat { health })?;
+        match self
+            .call::<serde_json::Value>(Method::PUT, path, Some(body))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ClientError::Api { status: 404, .. }) => Err(ClientError::UnknownInstance),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<(), ClientError> {
+        let path = format!(
+            "/v1/services/{}/instances/{}",
+            segment(service),
+            segment(id)
+        );
+        self.call::<serde_json::Value>(Method::DELETE, path, None)
+            .await
+            .map(drop)
+    }
+
+    /// Opens `GET /v1/watch?since=N`. Only the response headers have a
+    /// deadline; after that the stream lives while lines keep coming.
+    pub async fn watch(
+        &self,
+        since: u64,
+        idle_timeout: Duration,
+    ) -> Result<WatchStream, ClientError> {
+        let req = self.request(Method::GET, &format!("/v1/watch?since={since}"), None)?;
+        let resp = match tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(req)).await {
+            Err(_) => return Err(self.timed_out()),
+            Ok(res) => res.map_err(|e| self.transport(e))?,
+        };
+        let (parts, body) = resp.into_parts();
+        if !parts.status.is_success() {
+            let bytes = read_body(body, &self.base_url).await?;
+            return Err(api_error(parts.status, &bytes));
+        }
+        let body = body
+            .map_err(|e| Box::new(e) as watch::BodyError)
+            .boxed_unsync();
+        Ok(WatchStream::new(body, idle_timeout, self.base_url.clone()))
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: String,
+        body: Option<Bytes>,
+    ) -> Result<T, ClientError> {
+        let req = self.request(method, &path, body)?;
+        let exchange = async {
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| self.transport(e))?;
+            let (parts, body) = resp.into_parts();
+            let bytes = read_body(body, &self.base_url).await?;
+            Ok::<_, ClientError>((parts.status, bytes))
+        };
+        let (status, bytes) = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Err(_) => return Err(self.timed_out()),
+            Ok(res) => res?,
+        };
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(format!("{path}: {e}")))
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
+        let uri: Uri = format!("{}{path}", self.base_url)
+            .parse()
+            .map_err(|e| ClientError::InvalidUrl(format!("{}{path}: {e}", self.base_url)))?;
+        let mut builder = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        builder
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| ClientError::InvalidUrl(e.to_string()))
+    }
+
+    fn transport(&self, err: hyper_util::client::legacy::Error) -> ClientError {
+        // The useful part (refused, timed out, reset) is the io::Error at
+        // the bottom of the chain; hyper's own layers only say "connect".
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                let copy = match io.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(io.kind(), io.to_string()),
+                };
+                return ClientError::unreachable(&self.base_url, copy);
+            }
+            cur = e.source();
+        }
+        let msg = match std::error::Error::source(&err) {
+            Some(src) => format!("{err}: {src}"),
+            None => err.to_string(),
+        };
+        ClientError::unreachable(&self.base_url, io::Error::other(msg))
+    }
+
+    fn timed_out(&self) -> ClientError {
+        let msg = format!("no answer within {}s", REQUEST_TIMEOUT.as_secs());
+        ClientError::unreachable(&self.base_url, io::Error::new(io::ErrorKind::TimedOut, msg))
+    }
+}
+
+async fn read_body(body: hyper::body::Incoming, url: &str) -> Result<Bytes, ClientError> {
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ClientError::Decode(format!(
+            "response body larger than {MAX_BODY_BYTES} bytes"
+        ))),
+        Err(e) => Err(ClientError::unreachable(
+            url,
+            io::Error::other(format!("reading the response: {e}")),
+        )),
+    }
+}
+
+/// Non-2xx: the body should be an [`ApiError`]; anything else (a proxy's
+/// HTML page, say) is kept readable in the message.
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let error = serde_json::from_slice::<ApiError>(body).unwrap_or_else(|_| {
+        let text = String::from_utf8_lossy(&body[..body.len().min(200)])
+            .trim()
+            .to_string();
+        ApiError {
+            error: if text.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_lowercase()
+            } else {
+                text
+            },
+            fields: Vec::new(),
+        }
+    });
+    ClientError::Api {
+        status: status.as_u16(),
+        error,
+    }
+}
+
+fn json_body<T: serde::Serialize>(value: &T) -> Result<Bytes, ClientError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| ClientError::Decode(format!("encoding the request: {e}")))
+}
+
+/// Percent-encodes one path segment, so an odd name reaches the server
+/// (which names the bad field) instead of breaking the URI here.
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Accepts `http://host[:port][/]`; returns it without the trailing slash.
+fn check_base_url(url: &str) -> Result<String, ClientError> {
+    let bad = |why: &str| ClientError::InvalidUrl(format!("{url:?}: {why}"));
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => {
+            return Err(bad(&format!(
+                "scheme {other:?} is not supported; use http://"
+            )))
+        }
+        None => return Err(bad("expected http://host:port")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(bad("expected http://host:port with no path or query"));
+    }
+    Ok(url.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests;

@@ -163,7 +163,10 @@ impl RegisterRequest {
     }
 }
 
-fn metadata(m: &serde_json::Map<String, Value>, errs: &mut FieldErrors) -> BTreeMap<String, String> {
+fn metadata(
+    m: &serde_json::Map<String, Value>,
+    errs: &mut FieldErrors,
+) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if m.len() > MAX_METADATA_ENTRIES {
         errs.push(
@@ -176,7 +179,10 @@ fn metadata(m: &serde_json::Map<String, Value>, errs: &mut FieldErrors) -> BTree
     for (k, v) in m {
         let field = format!("metadata.{k}");
         if k.is_empty() || k.len() > 63 || k.chars().any(|c| c.is_control() || c == '=') {
-            errs.push(field, "keys are 1..=63 characters with no '=' or control characters");
+            errs.push(
+                field,
+                "keys are 1..=63 characters with no '=' or control characters",
+            );
             continue;
         }
         match v {
@@ -231,7 +237,10 @@ mod tests {
             assert!(f.iter().any(|g| g == want), "{want} missing from {f:?}");
         }
         assert_eq!(fields(json!({"address": "1.2.3.4", "port": 0})), ["port"]);
-        assert_eq!(fields(json!({"address": "1.2.3.4", "port": 70000})), ["port"]);
+        assert_eq!(
+            fields(json!({"address": "1.2.3.4", "port": 70000})),
+            ["port"]
+        );
         assert_eq!(fields(json!({"port": 1})), ["address"]);
         assert_eq!(fields(json!([1])), ["(body)"]);
     }
@@ -241,7 +250,10 @@ mod tests {
         let big: serde_json::Map<String, Value> = (0..40)
             .map(|i| (format!("k{i}"), Value::from("v")))
             .collect();
-        assert_eq!(fields(json!({"address": "1.2.3.4", "port": 1, "metadata": big})), ["metadata"]);
+        assert_eq!(
+            fields(json!({"address": "1.2.3.4", "port": 1, "metadata": big})),
+            ["metadata"]
+        );
         let huge = "v".repeat(5000);
         assert_eq!(
             fields(json!({"address": "1.2.3.4", "port": 1, "metadata": {"k": huge}})),
