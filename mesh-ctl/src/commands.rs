@@ -5,7 +5,7 @@
 use crate::cli::{Cli, Command, Output};
 use crate::output::{self, RenderError};
 use crate::watch;
-use mesh::control::client::{ClientError, ControlClient};
+use mesh::control::client::{error_summary, ClientError, ControlClient};
 use serde::Serialize;
 use std::io::{self, Write};
 use std::process::ExitCode;
@@ -39,7 +39,7 @@ impl CtlError {
         match self {
             CtlError::Stdout(e) if e.kind() == io::ErrorKind::BrokenPipe => None,
             CtlError::Client(ClientError::Api { status, error }) => {
-                let mut msg = format!("error: {} (HTTP {status})", error.error);
+                let mut msg = format!("error: {} (HTTP {status})", error_summary(error));
                 for f in &error.fields {
                     msg.push_str(&format!("\n  {}: {}", f.field, f.reason));
                 }
@@ -151,6 +151,21 @@ mod tests {
             },
         });
         assert_eq!(bad.exit_code(), 2);
+        // The server may fold the fields into its message; they print once.
+        let folded = CtlError::Client(ClientError::Api {
+            status: 400,
+            error: ApiError {
+                error: "invalid request: port: 70000 is outside 1..=65535".into(),
+                fields: vec![FieldError {
+                    field: "port".into(),
+                    reason: "70000 is outside 1..=65535".into(),
+                }],
+            },
+        });
+        assert_eq!(
+            folded.report().unwrap(),
+            "error: invalid request (HTTP 400)\n  port: 70000 is outside 1..=65535"
+        );
         assert_eq!(
             bad.report().unwrap(),
             "error: invalid registration (HTTP 400)\n  port: 70000 is outside 1..=65535"
