@@ -1,1 +1,28 @@
-fn main() {}
+//! mesh-ctl: the operator's command line for the mesh control plane.
+//!
+//! `cli` declares the commands (clap), `commands` runs them and maps every
+//! failure to an exit code, `output` renders tables, JSON and YAML, and
+//! `watch` follows the change stream.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod output;
+mod watch;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(rt) => rt.block_on(commands::run(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -95,11 +95,25 @@ struct DisplayApi<'a>(u16, &'a ApiError);
 
 impl fmt::Display for DisplayApi<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (HTTP {})", self.1.error, self.0)?;
+        write!(f, "{} (HTTP {})", error_summary(self.1), self.0)?;
         for field in &self.1.fields {
             write!(f, "; {}: {}", field.field, field.reason)?;
         }
         Ok(())
+    }
+}
+
+/// The headline of an API error without its field list, for callers that
+/// print the fields themselves: a server that already folded the fields
+/// into `error` ("invalid request: port: ...") gets them cut off there.
+pub fn error_summary(error: &ApiError) -> &str {
+    let Some(first) = error.fields.first() else {
+        return &error.error;
+    };
+    let folded = format!("{}: {}", first.field, first.reason);
+    match error.error.find(&folded) {
+        Some(0) | None => &error.error,
+        Some(at) => error.error[..at].trim_end_matches([' ', ':', ';', ',']),
     }
 }
 

@@ -50,6 +50,11 @@ fn api_errors_keep_fields_or_raw_text() {
         err.to_string(),
         "invalid registration (HTTP 400); port: 70000 is outside 1..=65535"
     );
+    let folded = br#"{"error":"invalid request: port: 70000 is outside 1..=65535","fields":[{"field":"port","reason":"70000 is outside 1..=65535"}]}"#;
+    assert_eq!(
+        api_error(StatusCode::BAD_REQUEST, folded).to_string(),
+        "invalid request (HTTP 400); port: 70000 is outside 1..=65535"
+    );
     let err = api_error(StatusCode::BAD_GATEWAY, b"<html>upstream down</html>");
     assert_eq!(err.to_string(), "<html>upstream down</html> (HTTP 502)");
     let err = api_error(StatusCode::NOT_FOUND, b"");

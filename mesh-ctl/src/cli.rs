@@ -1,0 +1,255 @@
+//! The command line: global flags, subcommands, and the parsers that turn
+//! `HOST:PORT`, `k=v` and durations into typed values (bad input is a
+//! usage error, exit 2, before anything is sent).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mesh::model::{parse_duration, Health, RegisterRequest};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mesh-ctl",
+    version,
+    about = "Read and change the mesh control plane"
+)]
+pub struct Cli {
+    /// Control-plane URL (http://host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "MESH_CONTROL_URL",
+        default_value = "http://127.0.0.1:15010",
+        value_name = "URL"
+    )]
+    pub control: String,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, env = "MESH_OUTPUT", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List services with their VIP and instance counts.
+    Services,
+    /// List the instances of one service.
+    Endpoints {
+        /// Service name.
+        service: String,
+    },
+    /// Register an instance (static unless --ttl is given).
+    Register(RegisterArgs),
+    /// Remove an instance.
+    Deregister {
+        /// Service name.
+        service: String,
+        /// Instance id (see `endpoints`).
+        id: String,
+    },
+    /// Follow registry changes as they happen (Ctrl-C to stop).
+    Watch {
+        /// Start after this revision (0: begin with a full snapshot).
+        #[arg(long, default_value_t = 0, value_name = "REV")]
+        since: u64,
+        /// Reconnect when the stream is silent this long (3 missed keep-alives).
+        #[arg(long, default_value = "15s", value_parser = parse_duration_arg)]
+        idle_timeout: Duration,
+    },
+    /// Show the control plane's revision, sizes and self-preservation state.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Service name (one DNS label: lowercase letters, digits, '-').
+    pub service: String,
+    /// Where callers reach the instance: an IP and a port (IPv6 as [::1]:80).
+    #[arg(value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub address: SocketAddr,
+    /// Instance id (default: HOST:PORT).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Lease length (e.g. 30s); without it the registration is static.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
+    pub ttl: Option<u64>,
+    /// Metadata entry; repeat for more.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub meta: Vec<(String, String)>,
+}
+
+impl RegisterArgs {
+    pub fn request(&self) -> RegisterRequest {
+        RegisterRequest {
+            id: self.id.clone(),
+            address: self.address.ip(),
+            port: self.address.port(),
+            metadata: self.meta.iter().cloned().collect::<BTreeMap<_, _>>(),
+            ttl: self.ttl,
+            health: Health::Up,
+        }
+    }
+}
+
+/// `10.0.0.1:8000` or `[::1]:8000`; the host must be an IP because the
+/// address is handed to every sidecar as is.
+pub fn parse_host_port(s: &str) -> Result<SocketAddr, String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("expected HOST:PORT, e.g. 10.0.0.1:8000, got {s:?}"));
+    };
+    let port = match port.parse::<u64>() {
+        Ok(p) if (1..=65535).contains(&p) => p as u16,
+        Ok(p) => return Err(format!("port: {p} is outside 1..=65535")),
+        Err(_) => return Err(format!("port: {port:?} is not a number")),
+    };
+    let ip = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        inner
+            .parse::<std::net::Ipv6Addr>()
+            .map(IpAddr::V6)
+            .map_err(|_| format!("host: {inner:?} is not an IPv6 address"))?
+    } else if host.contains(':') {
+        return Err(format!(
+            "host: write IPv6 addresses in brackets, e.g. [{host}]:{port}"
+        ));
+    } else {
+        host.parse::<IpAddr>().map_err(|_| {
+            format!("host: {host:?} is not an IP address (names are not accepted here)")
+        })?
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// `key=value`; the value may be empty or contain `=`.
+pub fn parse_meta(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, _)) if k.trim().is_empty() => Err(format!("{s:?}: the key is empty")),
+        Some((k, v)) => Ok((k.to_string(), v.to_string())),
+        None => Err(format!("{s:?}: expected KEY=VALUE")),
+    }
+}
+
+/// A lease in whole seconds, at least one.
+pub fn parse_ttl(s: &str) -> Result<u64, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+        return Err(format!(
+            "{s:?}: a lease is a whole number of seconds, at least 1s"
+        ));
+    }
+    Ok(d.as_secs())
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err("must be more than 0".into()),
+        d => Ok(d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(
+            parse_host_port("10.0.0.1:8000"),
+            Ok("10.0.0.1:8000".parse().unwrap())
+        );
+        assert_eq!(parse_host_port("[::1]:80"), Ok("[::1]:80".parse().unwrap()));
+        let err = |s: &str| parse_host_port(s).unwrap_err();
+        assert_eq!(err("10.0.0.1:70000"), "port: 70000 is outside 1..=65535");
+        assert_eq!(err("10.0.0.1:0"), "port: 0 is outside 1..=65535");
+        assert!(err("10.0.0.1:http").starts_with("port:"));
+        assert!(err("10.0.0.1").starts_with("expected HOST:PORT"));
+        assert!(err("::1:80").contains("brackets"));
+        assert!(err("[10.0.0.1]:80").starts_with("host:"));
+        assert!(err("localhost:80").contains("not an IP address"));
+    }
+
+    #[test]
+    fn meta_and_ttl() {
+        assert_eq!(parse_meta("zone=a"), Ok(("zone".into(), "a".into())));
+        assert_eq!(parse_meta("q=a=b"), Ok(("q".into(), "a=b".into())));
+        assert_eq!(parse_meta("empty="), Ok(("empty".into(), String::new())));
+        assert!(parse_meta("novalue").is_err());
+        assert!(parse_meta("=v").is_err());
+        assert_eq!(parse_ttl("1m"), Ok(60));
+        assert!(parse_ttl("500ms").is_err());
+        assert!(parse_ttl("1500ms").is_err());
+        assert!(parse_ttl("0").is_err());
+        assert!(parse_ttl("ten").is_err());
+    }
+
+    #[test]
+    fn register_command_line() {
+        let cli = Cli::try_parse_from([
+            "mesh-ctl",
+            "register",
+            "hello",
+            "[::1]:8080",
+            "--ttl",
+            "30s",
+            "--meta",
+            "zone=a",
+            "--meta",
+            "v=2",
+            "--id",
+            "h-1",
+            "-o",
+            "json",
+            "--control",
+            "http://localhost:1",
+        ])
+        .unwrap();
+        assert_eq!(cli.output, Output::Json);
+        assert_eq!(cli.control, "http://localhost:1");
+        let Command::Register(args) = cli.command else {
+            panic!("not register: {:?}", cli.command);
+        };
+        let req = args.request();
+        assert_eq!(req.address, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (req.port, req.ttl, req.id.as_deref()),
+            (8080, Some(30), Some("h-1"))
+        );
+        assert_eq!(req.metadata.len(), 2);
+        assert_eq!(req.metadata["v"], "2");
+    }
+
+    #[test]
+    fn bad_input_is_a_usage_error() {
+        for argv in [
+            &["mesh-ctl", "register", "hello", "10.0.0.1:70000"][..],
+            &[
+                "mesh-ctl",
+                "register",
+                "hello",
+                "10.0.0.1:80",
+                "--meta",
+                "x",
+            ],
+            &["mesh-ctl", "register", "hello"],
+            &["mesh-ctl", "services", "-o", "xml"],
+            &["mesh-ctl", "watch", "--since", "-1"],
+        ] {
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{argv:?}");
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Rendering answers for people (aligned tables, one-line summaries) and
+//! for programs (JSON, YAML). Pure functions: commands print what they get.
+
+use crate::cli::Output;
+use mesh::model::{
+    format_duration, ControlStatus, Instance, Registered, ServiceInfo, ServiceSummary, WatchEvent,
+};
+use serde::Serialize;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// A value could not be serialized (not expected for the API's types).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot render output: {0}")]
+pub struct RenderError(String);
+
+/// `value` as pretty JSON or YAML; `table` renders it for people.
+pub fn render<T: Serialize>(
+    format: Output,
+    value: &T,
+    table: impl FnOnce(&T) -> String,
+) -> Result<String, RenderError> {
+    match format {
+        Output::Table => Ok(table(value)),
+        Output::Json => serde_json::to_string_pretty(value).map_err(|e| RenderError(e.to_string())),
+        Output::Yaml => serde_norway::to_string(value)
+            .map(|s| s.trim_end().to_string())
+            .map_err(|e| RenderError(e.to_string())),
+    }
+}
+
+/// A table with a header line; see [`align`].
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut all = vec![headers.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    all.extend_from_slice(rows);
+    align(&all)
+}
+
+/// Columns padded to their widest cell, two spaces apart, no trailing blanks.
+fn align(rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            let w = cell.chars().count();
+            match widths.get_mut(i) {
+                Some(max) => *max = (*max).max(w),
+                None => widths.push(w),
+            }
+        }
+    }
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                line.push_str(cell);
+                line.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
+            }
+            line.trim_end().to_string()
+        })
+        .collect();
+    lines.join("\n")
+}
+
+pub fn services_table(services: &[ServiceSummary]) -> String {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.vip.to_string(),
+                s.instances.to_string(),
+                s.healthy.to_string(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "VIP", "INSTANCES", "HEALTHY"], &rows)
+}
+
+pub fn endpoints_table(info: &ServiceInfo) -> String {
+    let rows: Vec<Vec<String>> = info
+        .instances
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.clone(),
+                i.address.to_string(),
+                i.port.to_string(),
+                i.health.as_str().to_string(),
+                ttl(i),
+                metadata(i),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "ADDRESS", "PORT", "HEALTH", "TTL", "METADATA"],
+        &rows,
+    )
+}
+
+pub fn registered_line(r: &Registered) -> String {
+    let i = &r.instance;
+    let lease = match i.ttl_secs {
+        Some(_) => format!("ttl {}", ttl(i)),
+        None => "static".into(),
+    };
+    format!(
+        "registered {}/{} at {} {lease} (vip {}, revision {})",
+        i.service,
+        i.id,
+        host_port(i.address, i.port),
+        r.vip,
+        r.revision
+    )
+}
+
+/// Key-value lines for `status`; the URL says which control plane answered.
+pub fn status_table(url: &str, s: &ControlStatus) -> String {
+    let preservation = if s.self_preservation {
+        "ON (evictions suspended)"
+    } else {
+        "off"
+    };
+    let rows = [
+        ("control", url.to_string()),
+        ("revision", s.revision.to_string()),
+        ("services", s.services.to_string()),
+        ("instances", s.instances.to_string()),
+        ("self-preservation", preservation.to_string()),
+    ];
+    let rows: Vec<Vec<String>> = rows.into_iter().map(|(k, v)| vec![k.into(), v]).collect();
+    align(&rows)
+}
+
+/// One watch event for people: `REV  upsert hello/ID ADDR:PORT up`.
+/// Keep-alives carry no change and print nothing.
+pub fn event_line(ev: &WatchEvent) -> Option<String> {
+    let rev = ev.revision();
+    Some(match ev {
+        WatchEvent::Keepalive { .. } => return None,
+        WatchEvent::Snapshot { snapshot } => {
+            let instances: usize = snapshot.services.iter().map(|s| s.instances.len()).sum();
+            format!(
+                "{rev}  snapshot {} services, {instances} instances",
+                snapshot.services.len()
+            )
+        }
+        WatchEvent::Upsert { instance: i, .. } => format!(
+            "{rev}  upsert {}/{} {} {}",
+            i.service,
+            i.id,
+            host_port(i.address, i.port),
+            i.health.as_str()
+        ),
+        WatchEvent::Remove {
+            service,
+            id,
+            reason,
+            ..
+        } => {
+            let reason = serde_json::to_value(reason)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            format!("{rev}  remove {service}/{id} {reason}")
+        }
+    })
+}
+
+/// One watch event for programs: a JSON line, or a YAML document.
+pub fn event_doc(format: Output, ev: &WatchEvent) -> Result<Option<String>, RenderError> {
+    if matches!(ev, WatchEvent::Keepalive { .. }) {
+        return Ok(None);
+    }
+    match format {
+        Output::Table => Ok(event_line(ev)),
+        Output::Json => serde_json::to_string(ev)
+            .map(Some)
+            .map_err(|e| RenderError(e.to_string())),
+        Output::Yaml => {
+            render(Output::Yaml, ev, |_| String::new()).map(|y| Some(format!("---\n{y}")))
+        }
+    }
+}
+
+fn host_port(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+fn ttl(i: &Instance) -> String {
+    i.ttl_secs
+        .map_or("-".into(), |s| format_duration(Duration::from_secs(s)))
+}
+
+fn metadata(i: &Instance) -> String {
+    if i.metadata.is_empty() {
+        return "-".into();
+    }
+    let pairs: Vec<String> = i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
+}
+
+#[cfg(test)]
+mod tests;
