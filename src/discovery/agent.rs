@@ -80,7 +80,9 @@ impl RegistrationAgent {
     /// Runs until `shutdown`, then deregisters (bounded) and returns.
     pub async fn run(self, shutdown: CancellationToken) {
         let heartbeat_every = (self.cfg.lease_ttl / 3).max(Duration::from_millis(100));
-        let mut health = Health::Up;
+        // The first check decides the initial health outright, so an app
+        // that is not up yet is registered down, not routed to.
+        let mut health: Option<Health> = None;
         let mut failures = 0u32;
         let mut registered = false;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -96,24 +98,19 @@ impl RegistrationAgent {
                 next_check = now + self.cfg.health_interval;
                 let ok = self.check().await;
                 failures = if ok { 0 } else { failures + 1 };
-                let observed = if ok {
-                    Health::Up
-                } else if failures >= FALL {
-                    Health::Down
-                } else {
-                    health
+                let observed = match (ok, health) {
+                    (true, _) => Health::Up,
+                    (false, Some(h)) if failures < FALL => h,
+                    (false, _) => Health::Down,
                 };
-                if observed != health {
-                    tracing::info!(
-                        from = health.as_str(),
-                        to = observed.as_str(),
-                        "app health changed"
-                    );
-                    health = observed;
+                if health != Some(observed) {
+                    tracing::info!(health = observed.as_str(), "app health");
+                    health = Some(observed);
                     next_heartbeat = now; // report it now
                 }
-                self.update(|s| s.health = Some(health));
+                self.update(|s| s.health = health);
             }
+            let Some(health) = health else { continue };
             if Instant::now() < next_heartbeat {
                 continue;
             }
