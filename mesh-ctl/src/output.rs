@@ -167,6 +167,8 @@ pub fn event_line(ev: &WatchEvent) -> Option<String> {
                 .unwrap_or_default();
             format!("{rev}  remove {service}/{id} {reason}")
         }
+        WatchEvent::Policy { policy, .. } => format!("{rev}  policy {} applied", policy.service),
+        WatchEvent::PolicyRemoved { service, .. } => format!("{rev}  policy {service} deleted"),
     })
 }
 

@@ -65,6 +65,7 @@ mod tests {
         assert!(cache.load().unwrap().is_none());
         let snap = Snapshot {
             revision: 42,
+            policies: Vec::new(),
             services: vec![ServiceInfo {
                 name: "hello".into(),
                 vip: "127.100.0.1".parse().unwrap(),

@@ -1,7 +1,7 @@
 //! The routing table the request path reads: immutable, swapped whole.
 
 use crate::balance::{Algorithm, Balancer, EndpointStats, HasStats};
-use crate::model::Health;
+use crate::model::{Health, ServicePolicy};
 use crate::telemetry::ServiceMetrics;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -37,6 +37,8 @@ pub struct Service {
     pub balancer: Balancer,
     /// Metric handles resolved once, so requests only bump atomics.
     pub metrics: ServiceMetrics,
+    /// The resilience policy requests to this service run under.
+    pub policy: Arc<ServicePolicy>,
 }
 
 /// Services by name and by VIP, at one registry revision.

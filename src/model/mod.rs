@@ -5,10 +5,12 @@
 //! input into them. Validation reports every bad field at once.
 
 mod duration;
+pub mod policy;
 mod register;
 mod validate;
 
 pub use duration::{format_duration, parse_duration};
+pub use policy::{LoadBalancer, ServicePolicy};
 pub use register::{RegisterRequest, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};
 pub use validate::{validate_instance_id, validate_service_name, FieldError, FieldErrors};
 
@@ -71,6 +73,10 @@ pub struct Snapshot {
     pub revision: u64,
     #[serde(default)]
     pub services: Vec<ServiceInfo>,
+    /// Applied policies, sorted by service. A service without one runs the
+    /// default stack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<ServicePolicy>,
 }
 
 /// One line of the watch stream (`GET /v1/watch?since=REV`, NDJSON).
@@ -94,6 +100,13 @@ pub enum WatchEvent {
         id: String,
         reason: RemoveReason,
     },
+    /// A policy was applied (created or replaced).
+    Policy {
+        revision: u64,
+        policy: ServicePolicy,
+    },
+    /// A service's policy was deleted: it runs the defaults again.
+    PolicyRemoved { revision: u64, service: String },
     /// Nothing changed; proves the stream is alive.
     Keepalive { revision: u64 },
 }
@@ -104,6 +117,8 @@ impl WatchEvent {
             WatchEvent::Snapshot { snapshot } => snapshot.revision,
             WatchEvent::Upsert { revision, .. }
             | WatchEvent::Remove { revision, .. }
+            | WatchEvent::Policy { revision, .. }
+            | WatchEvent::PolicyRemoved { revision, .. }
             | WatchEvent::Keepalive { revision } => *revision,
         }
     }

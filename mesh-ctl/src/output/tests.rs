@@ -85,6 +85,7 @@ fn watch_lines() {
     let snap = WatchEvent::Snapshot {
         snapshot: Snapshot {
             revision: 9,
+            policies: Vec::new(),
             services: vec![ServiceInfo {
                 name: "hello".into(),
                 vip: "127.100.0.1".parse().unwrap(),

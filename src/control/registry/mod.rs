@@ -278,6 +278,7 @@ fn snapshot_of(st: &State) -> Snapshot {
             .iter()
             .map(|(name, svc)| service_info(name, svc))
             .collect(),
+        policies: Vec::new(),
     }
 }
 

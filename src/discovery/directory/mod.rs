@@ -6,7 +6,7 @@
 
 use super::table::{Endpoint, Service, Table};
 use crate::balance::{Algorithm, Balancer, EndpointStats};
-use crate::model::{Health, ServiceInfo, Snapshot, WatchEvent};
+use crate::model::{Health, ServiceInfo, ServicePolicy, Snapshot, WatchEvent};
 use crate::telemetry::ProxyMetrics;
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
@@ -35,6 +35,8 @@ struct Inner {
     /// Balancer statistics by (service, instance id), kept while the
     /// instance stays registered.
     stats: HashMap<(String, String), Arc<EndpointStats>>,
+    /// Applied policies by service; absent means the default stack.
+    policies: HashMap<String, Arc<ServicePolicy>>,
 }
 
 impl Directory {
@@ -70,9 +72,13 @@ impl Directory {
     /// The registry as currently known, for the on-disk cache.
     pub fn snapshot(&self) -> Snapshot {
         let inner = self.lock();
+        let mut policies: Vec<ServicePolicy> =
+            inner.policies.values().map(|p| (**p).clone()).collect();
+        policies.sort_by(|a, b| a.service.cmp(&b.service));
         Snapshot {
             revision: inner.revision,
             services: inner.services.values().cloned().collect(),
+            policies,
         }
     }
 
@@ -91,14 +97,20 @@ impl Directory {
             .flat_map(|s| s.instances.iter().map(|i| (s.name.clone(), i.id.clone())))
             .collect();
         inner.stats.retain(|k, _| live.contains(k));
+        inner.policies = snap
+            .policies
+            .into_iter()
+            .map(|p| (p.service.clone(), Arc::new(p)))
+            .collect();
         let Inner {
             revision,
             services,
             stats,
+            policies,
         } = &mut *inner;
         let services: Vec<Arc<Service>> = services
             .values()
-            .map(|s| Arc::new(self.build(s, stats)))
+            .map(|s| Arc::new(self.build(s, stats, policies)))
             .collect();
         self.publish(Table::new(*revision, services));
     }
@@ -109,6 +121,23 @@ impl Directory {
         let (service, revision) = match event {
             WatchEvent::Snapshot { snapshot } => return self.replace(snapshot),
             WatchEvent::Keepalive { .. } => return,
+            WatchEvent::Policy { revision, policy } => {
+                let mut inner = self.lock();
+                if self.revision().is_some() && revision <= inner.revision {
+                    return;
+                }
+                let name = policy.service.clone();
+                inner.policies.insert(name.clone(), Arc::new(policy));
+                (name, revision)
+            }
+            WatchEvent::PolicyRemoved { revision, service } => {
+                let mut inner = self.lock();
+                if self.revision().is_some() && revision <= inner.revision {
+                    return;
+                }
+                inner.policies.remove(&service);
+                (service, revision)
+            }
             WatchEvent::Upsert {
                 revision,
                 vip,
@@ -161,9 +190,16 @@ impl Directory {
         let mut inner = self.lock();
         inner.revision = revision;
         let Some(info) = inner.services.get(name).cloned() else {
+            // A policy for a service nobody registered yet: kept in
+            // `inner`, used once the service appears.
+            let old = self.table.load();
+            self.publish(Table::new(revision, old.services().cloned()));
             return;
         };
-        let rebuilt = Arc::new(self.build(&info, &mut inner.stats));
+        let Inner {
+            stats, policies, ..
+        } = &mut *inner;
+        let rebuilt = Arc::new(self.build(&info, stats, policies));
         let old = self.table.load();
         let services = old
             .services()
@@ -177,7 +213,12 @@ impl Directory {
         &self,
         info: &ServiceInfo,
         stats: &mut HashMap<(String, String), Arc<EndpointStats>>,
+        policies: &HashMap<String, Arc<ServicePolicy>>,
     ) -> Service {
+        let policy = policies
+            .get(&info.name)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(ServicePolicy::defaults(&info.name)));
         let all: Vec<Arc<Endpoint>> = info
             .instances
             .iter()
@@ -201,7 +242,12 @@ impl Directory {
             .collect();
         self.metrics
             .set_endpoints(&info.name, ready.len(), all.len() - ready.len());
-        let algorithm = self.lb.get(&info.name).copied().unwrap_or_default();
+        // `--lb` on the command line overrides the policy (local testing).
+        let algorithm = self
+            .lb
+            .get(&info.name)
+            .copied()
+            .unwrap_or(policy.load_balancer);
         Service {
             name: info.name.clone(),
             vip: info.vip,
@@ -209,6 +255,7 @@ impl Directory {
             all,
             balancer: Balancer::new(algorithm),
             metrics: self.metrics.service(&info.name),
+            policy,
         }
     }
 

@@ -35,6 +35,7 @@ fn snapshot_then_events() {
     assert_eq!(d.revision(), None);
     d.replace(Snapshot {
         revision: 5,
+        policies: Vec::new(),
         services: vec![ServiceInfo {
             name: "hello".into(),
             vip: vip(1),
@@ -69,6 +70,7 @@ fn stale_events_are_ignored_and_stats_survive() {
     let d = dir();
     d.replace(Snapshot {
         revision: 10,
+        policies: Vec::new(),
         services: vec![],
     });
     d.apply(upsert(11, inst("hello", "a", 1, Health::Up)));
@@ -95,6 +97,7 @@ fn snapshot_replaces_everything() {
     d.apply(upsert(3, inst("old", "x", 1, Health::Up)));
     d.replace(Snapshot {
         revision: 4,
+        policies: Vec::new(),
         services: vec![ServiceInfo {
             name: "new".into(),
             vip: vip(2),

@@ -112,6 +112,7 @@ mod tests {
         let d = Directory::new(Default::default(), Arc::new(ProxyMetrics::new()));
         d.replace(Snapshot {
             revision: 1,
+            policies: Vec::new(),
             services: vec![ServiceInfo {
                 name: "hello".into(),
                 vip: Ipv4Addr::new(127, 100, 0, 1),
