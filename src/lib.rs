@@ -7,4 +7,5 @@ pub mod discovery; //   proxy side of discovery: watch client, routing table, sn
 pub mod model; //       wire types shared by proxy, control plane and CLI (no tokio)
 pub mod net; //         the proxy's own marked sockets
 pub mod proxy; //       data plane: intercept (iptables), dns, outbound, admin
+pub mod resilience; //  breaker, bulkhead, retry budget, outlier ejection, retry rules (pure state machines)
 pub mod telemetry; //   logging setup and metrics
