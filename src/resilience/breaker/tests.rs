@@ -243,3 +243,59 @@ async fn stale_outcomes_and_hook() {
     assert_eq!(serde_json::to_value(b.view()).unwrap()["state"], "closed");
     assert_eq!(serde_json::to_value(HalfOpen).unwrap(), "half-open");
 }
+
+#[test]
+fn probes_stay_limited_under_contention() {
+    use std::sync::atomic::AtomicU32;
+    // Trips on every failure and half-opens at once: threads race through
+    // every transition.
+    let b = breaker(BreakerConfig {
+        min_requests: 1,
+        failure_rate: 100,
+        open_for: Duration::ZERO,
+        half_open_probes: 2,
+        ..cfg()
+    });
+    let probing = Arc::new(AtomicU32::new(0));
+    let most = Arc::new(AtomicU32::new(0));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let (b, probing, most) = (b.clone(), probing.clone(), most.clone());
+            std::thread::spawn(move || {
+                for n in 0..2000 {
+                    let Ok(p) = b.try_acquire() else { continue };
+                    if p.is_probe() {
+                        let now = probing.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        probing.fetch_sub(1, Ordering::SeqCst);
+                        if (i + n) % 3 == 0 {
+                            drop(p);
+                        } else {
+                            p.record(Outcome {
+                                failed: false,
+                                elapsed: FAST,
+                            });
+                        }
+                    } else {
+                        p.record(Outcome {
+                            failed: true,
+                            elapsed: FAST,
+                        });
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(most.load(Ordering::SeqCst) <= 2, "{most:?} probes at once");
+    let t = b.transitions();
+    assert!(t.to_closed > 0 && t.to_open > 0, "{t:?}");
+    // Every close follows a half-open, every half-open follows an open.
+    assert!(
+        t.to_closed <= t.to_half_open && t.to_half_open <= t.to_open,
+        "{t:?}"
+    );
+    assert!(t.to_open - t.to_half_open <= 1, "{t:?}");
+}

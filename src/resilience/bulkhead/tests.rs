@@ -151,3 +151,31 @@ async fn resizes_in_place() {
     drop((one, two, three));
     assert_eq!(b.in_flight(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn never_over_the_limit_under_contention() {
+    use std::sync::atomic::AtomicU32;
+    let b = bulkhead(3, 64, Duration::from_secs(60));
+    let running = Arc::new(AtomicU32::new(0));
+    let most = Arc::new(AtomicU32::new(0));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (b, running, most) = (b.clone(), running.clone(), most.clone());
+            tokio::spawn(async move {
+                for _ in 0..300 {
+                    let p = b.acquire().await.unwrap();
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    drop(p);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 3);
+    assert_eq!((b.in_flight(), b.queued()), (0, 0));
+}
