@@ -6,11 +6,13 @@
 
 mod duration;
 pub mod policy;
+mod policy_parse;
 mod register;
 mod validate;
 
 pub use duration::{format_duration, parse_duration};
 pub use policy::{LoadBalancer, ServicePolicy};
+pub use policy_parse::{parse_policy_documents, MAX_RETRY_ATTEMPTS, POLICY_KIND};
 pub use register::{RegisterRequest, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};
 pub use validate::{validate_instance_id, validate_service_name, FieldError, FieldErrors};
 
