@@ -165,6 +165,9 @@ pub struct ControlStatus {
     pub revision: u64,
     pub services: usize,
     pub instances: usize,
+    /// Applied policies (services without one run the defaults).
+    #[serde(default)]
+    pub policies: usize,
     /// True while evictions are suspended because too many leases expired
     /// at once (the Eureka rule).
     pub self_preservation: bool,
