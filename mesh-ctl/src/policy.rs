@@ -100,8 +100,13 @@ pub async fn apply(client: &ControlClient, format: Output, file: &str) -> Result
                 // Say how far it got before the error itself is reported.
                 if !applied.is_empty() {
                     emit(&output::render(format, &applied, |a| applied_lines(a))?)?;
+                    eprintln!(
+                        "error: applied {} of {} documents; policy {} and later ones were not",
+                        applied.len(),
+                        policies.len(),
+                        p.service
+                    );
                 }
-                eprintln!("error: policy {} was not applied", p.service);
                 return Err(e.into());
             }
         }
