@@ -67,6 +67,64 @@ pub enum Command {
     },
     /// Show the control plane's revision, sizes and self-preservation state.
     Status,
+    /// Apply the policy documents of a file (all are validated first; any
+    /// invalid document means nothing from the file is applied).
+    Apply {
+        /// Multi-document YAML file of `kind: ServicePolicy` documents; `-` reads stdin.
+        #[arg(short = 'f', long = "filename", value_name = "FILE")]
+        file: String,
+    },
+    /// Show applied resources.
+    Get {
+        #[command(subcommand)]
+        what: GetCommand,
+    },
+    /// Delete a resource.
+    Delete {
+        #[command(subcommand)]
+        what: DeleteCommand,
+    },
+    /// Watch a proxy's breakers, bulkheads, retries and endpoints live
+    /// (the Hystrix dashboard in a terminal; Ctrl-C to stop).
+    Top(TopArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GetCommand {
+    /// A service's policy as a re-appliable YAML document (`-o json` for
+    /// JSON); without SERVICE, a table of every applied policy.
+    #[command(visible_alias = "policies")]
+    Policy {
+        /// Service name.
+        service: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeleteCommand {
+    /// Delete a service's policy: it runs the defaults again.
+    Policy {
+        /// Service name.
+        service: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The proxy's admin URL (`host:port` works too).
+    #[arg(
+        long,
+        env = "MESH_ADMIN",
+        default_value = "http://127.0.0.1:15000",
+        value_name = "URL"
+    )]
+    pub admin: String,
+    /// Time between refreshes.
+    #[arg(long, env = "MESH_INTERVAL", default_value = "1s", value_parser = parse_duration_arg)]
+    pub interval: Duration,
+    /// Print one frame and exit (for scripts and tests).
+    #[arg(long)]
+    pub once: bool,
 }
 
 #[derive(Debug, Args)]

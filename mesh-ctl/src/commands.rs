@@ -2,9 +2,9 @@
 //! an exit code: 0 done, 1 the request failed, 2 bad usage or input (the
 //! server's 400 with one line per rejected field).
 
-use crate::cli::{Cli, Command, Output};
+use crate::cli::{Cli, Command, DeleteCommand, GetCommand, Output};
 use crate::output::{self, RenderError};
-use crate::watch;
+use crate::{policy, top, watch};
 use mesh::control::client::{error_summary, ClientError, ControlClient};
 use serde::Serialize;
 use std::io::{self, Write};
@@ -20,6 +20,15 @@ pub enum CtlError {
     /// Writing to stdout failed; a closed pipe (`| head`) is not an error.
     #[error("cannot write output: {0}")]
     Stdout(io::Error),
+    /// Input that cannot be used (unreadable file, no documents): exit 2.
+    #[error("{0}")]
+    Input(String),
+    /// Invalid documents, one `FILE: doc N: field: reason` line each: exit 2.
+    #[error("{}", .0.join("\n"))]
+    Documents(Vec<String>),
+    /// The proxy's admin endpoint could not be read (`top`).
+    #[error("{0}")]
+    Admin(String),
 }
 
 impl CtlError {
@@ -29,6 +38,7 @@ impl CtlError {
                 status: 400 | 422, ..
             }) => 2,
             CtlError::Client(ClientError::InvalidUrl(_)) => 2,
+            CtlError::Input(_) | CtlError::Documents(_) => 2,
             CtlError::Stdout(e) if e.kind() == io::ErrorKind::BrokenPipe => 0,
             _ => 1,
         }
@@ -45,6 +55,7 @@ impl CtlError {
                 }
                 Some(msg)
             }
+            CtlError::Documents(lines) => Some(lines.join("\n")),
             other => Some(format!("error: {other}")),
         }
     }
@@ -63,9 +74,13 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> Result<(), CtlError> {
+    let format = cli.output;
+    // `top` talks to a proxy, not to the control plane.
+    if let Command::Top(args) = &cli.command {
+        return top::run(args).await;
+    }
     // mesh-ctl runs in the operator's shell, not behind interception: no mark.
     let client = ControlClient::new(&cli.control, None)?;
-    let format = cli.output;
     match cli.command {
         Command::Services => {
             let services = client.services().await?;
@@ -105,6 +120,14 @@ async fn execute(cli: Cli) -> Result<(), CtlError> {
             let url = client.base_url().to_string();
             print(format, &status, |s| output::status_table(&url, s))
         }
+        Command::Apply { file } => policy::apply(&client, format, &file).await,
+        Command::Get {
+            what: GetCommand::Policy { service },
+        } => policy::get(&client, format, service.as_deref()).await,
+        Command::Delete {
+            what: DeleteCommand::Policy { service },
+        } => policy::delete(&client, format, &service).await,
+        Command::Top(_) => Ok(()), // handled above
     }
 }
 

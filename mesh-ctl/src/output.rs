@@ -129,6 +129,7 @@ pub fn status_table(url: &str, s: &ControlStatus) -> String {
         ("revision", s.revision.to_string()),
         ("services", s.services.to_string()),
         ("instances", s.instances.to_string()),
+        ("policies", s.policies.to_string()),
         ("self-preservation", preservation.to_string()),
     ];
     let rows: Vec<Vec<String>> = rows.into_iter().map(|(k, v)| vec![k.into(), v]).collect();

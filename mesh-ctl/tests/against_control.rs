@@ -9,71 +9,11 @@
 mod support;
 
 use mesh::model::{ControlStatus, Registered, ServiceInfo, ServiceSummary};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
-use support::{ctl, ctl_bin, free_port, stderr, stdout};
-
-/// Kills the daemon when the test ends, however it ends.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn control_bin() -> Option<PathBuf> {
-    let bin = ctl_bin().parent()?.join("mesh-control");
-    bin.exists().then_some(bin)
-}
-
-fn healthz(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n";
-    let mut answer = String::new();
-    s.write_all(req.as_bytes()).is_ok()
-        && s.read_to_string(&mut answer).is_ok()
-        && answer.starts_with("HTTP/1.1 200")
-}
-
-/// Starts mesh-control on a free port and waits for /healthz.
-fn start_control(bin: &PathBuf, data: &std::path::Path) -> (Daemon, String) {
-    let port = free_port();
-    let child = Command::new(bin)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data)
-        .env("MESH_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn mesh-control");
-    let mut daemon = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !healthz(port) {
-        if let Ok(Some(status)) = daemon.0.try_wait() {
-            panic!("mesh-control exited ({status}) before serving /healthz; is it still the skeleton stub?");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "mesh-control not healthy within 15s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (daemon, format!("http://127.0.0.1:{port}"))
-}
-
-fn json<T: serde::de::DeserializeOwned>(out: &std::process::Output) -> T {
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stdout(out)))
-}
+use std::time::Duration;
+use support::{control_bin, ctl, ctl_bin, json, start_control, stderr, stdout};
 
 #[test]
 fn register_list_deregister_through_the_cli() {

@@ -16,6 +16,9 @@ fn unreachable_control_plane_is_one_line_and_exit_1() {
         &["deregister", "hello", "x"],
         &["watch"],
         &["services", "-o", "json"],
+        &["get", "policy", "orders"],
+        &["get", "policies"],
+        &["delete", "policy", "orders"],
     ] {
         let out = ctl(&url, args);
         let err = stderr(&out);

@@ -7,6 +7,7 @@
 
 mod connect;
 mod lines;
+mod policy;
 mod watch;
 
 pub use lines::{LineSplitter, LineTooLong, MAX_LINE_BYTES};
@@ -49,6 +50,9 @@ pub enum ClientError {
     /// the caller should register again.
     #[error("instance is not registered with the control plane")]
     UnknownInstance,
+    /// No policy is applied for this service (404): it runs the defaults.
+    #[error("no policy is applied for service {service:?} (it runs the default policy)")]
+    UnknownPolicy { service: String },
     /// A watch stream stayed silent past its idle timeout.
     #[error("watch stream idle: no event or keep-alive within the idle timeout")]
     IdleTimeout,

@@ -15,6 +15,7 @@ pub struct Metrics {
     prom: PromRegistry,
     services: Gauge,
     instances: Gauge,
+    policies: Gauge,
     revision: Gauge,
     self_preservation: Gauge,
     /// Instances removed because their lease expired.
@@ -31,6 +32,7 @@ impl Metrics {
         let m = Metrics {
             services: Gauge::default(),
             instances: Gauge::default(),
+            policies: Gauge::default(),
             revision: Gauge::default(),
             self_preservation: Gauge::default(),
             evictions: Counter::default(),
@@ -39,6 +41,7 @@ impl Metrics {
         };
         prom.register("services", "Registered services", m.services.clone());
         prom.register("instances", "Registered instances", m.instances.clone());
+        prom.register("policies", "Applied service policies", m.policies.clone());
         prom.register("revision", "Current global revision", m.revision.clone());
         prom.register(
             "self_preservation",
@@ -59,6 +62,7 @@ impl Metrics {
         let status = registry.status();
         self.services.set(gauge_value(status.services as u64));
         self.instances.set(gauge_value(status.instances as u64));
+        self.policies.set(gauge_value(status.policies as u64));
         self.revision.set(gauge_value(status.revision));
         self.self_preservation
             .set(i64::from(status.self_preservation));

@@ -1,12 +1,12 @@
-//! The embedded store (redb) under `--data-dir`: VIPs, the global revision
-//! and every instance.
+//! The embedded store (redb) under `--data-dir`: VIPs, the global revision,
+//! every instance and every applied policy.
 //!
 //! The registry keeps the live state in memory and writes each change here
 //! in one transaction (instance rows, a new VIP if any, and the revision)
 //! before anyone can observe it, so a restart never shows a revision lower
 //! than one a watcher has already seen.
 
-use crate::model::Instance;
+use crate::model::{Instance, ServicePolicy};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -19,6 +19,8 @@ const VIPS: TableDefinition<&str, u32> = TableDefinition::new("vips");
 /// `"{service}/{id}"` → the instance as JSON (the wire shape, so the file
 /// stays readable with any JSON tool).
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
+/// service name → its `ServicePolicy` as JSON (the API's wire shape).
+const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 
 const REVISION_KEY: &str = "revision";
 const FILE_NAME: &str = "control.redb";
@@ -32,9 +34,10 @@ pub enum StoreError {
     },
     #[error("store {path}: {source}")]
     Db { path: PathBuf, source: redb::Error },
-    #[error("store {path}: instance row {key:?} is corrupt: {reason}")]
+    #[error("store {path}: {table} row {key:?} is corrupt: {reason}")]
     Corrupt {
         path: PathBuf,
+        table: &'static str,
         key: String,
         reason: String,
     },
@@ -46,6 +49,8 @@ pub enum Write<'a> {
     PutInstance(&'a Instance),
     DeleteInstance { service: &'a str, id: &'a str },
     PutVip { service: &'a str, vip: Ipv4Addr },
+    PutPolicy(&'a ServicePolicy),
+    DeletePolicy { service: &'a str },
 }
 
 /// Everything the store held at startup.
@@ -54,6 +59,7 @@ pub struct Loaded {
     pub revision: u64,
     pub vips: BTreeMap<String, Ipv4Addr>,
     pub instances: Vec<Instance>,
+    pub policies: Vec<ServicePolicy>,
 }
 
 /// Handle on the redb file. Every method is synchronous and short; the
@@ -118,10 +124,23 @@ impl Store {
             let inst: Instance =
                 serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
                     path: self.path.clone(),
+                    table: "instance",
                     key: k.value().to_string(),
                     reason: e.to_string(),
                 })?;
             loaded.instances.push(inst);
+        }
+        let policies = txn.open_table(POLICIES).map_err(|e| self.err(e))?;
+        for row in policies.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let policy: ServicePolicy =
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    table: "policy",
+                    key: k.value().to_string(),
+                    reason: e.to_string(),
+                })?;
+            loaded.policies.push(policy);
         }
         Ok(loaded)
     }
@@ -134,6 +153,7 @@ impl Store {
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
             let mut vips = txn.open_table(VIPS).map_err(|e| self.err(e))?;
             let mut instances = txn.open_table(INSTANCES).map_err(|e| self.err(e))?;
+            let mut policies = txn.open_table(POLICIES).map_err(|e| self.err(e))?;
             if let Some(rev) = revision {
                 meta.insert(REVISION_KEY, rev).map_err(|e| self.err(e))?;
             }
@@ -154,6 +174,16 @@ impl Store {
                     Write::PutVip { service, vip } => {
                         vips.insert(*service, u32::from(*vip))
                             .map_err(|e| self.err(e))?;
+                    }
+                    Write::PutPolicy(policy) => {
+                        // Strings, numbers and string-keyed maps always serialise.
+                        let json = serde_json::to_vec(policy).unwrap_or_default();
+                        policies
+                            .insert(policy.service.as_str(), json.as_slice())
+                            .map_err(|e| self.err(e))?;
+                    }
+                    Write::DeletePolicy { service } => {
+                        policies.remove(*service).map_err(|e| self.err(e))?;
                     }
                 }
             }
@@ -213,9 +243,26 @@ mod tests {
                     }],
                 )
                 .unwrap();
+            let mut web = ServicePolicy::defaults("web");
+            web.retries.attempts = 0;
+            let api = ServicePolicy::defaults("api");
+            store
+                .commit(Some(4), &[Write::PutPolicy(&web), Write::PutPolicy(&api)])
+                .unwrap();
+            store
+                .commit(Some(5), &[Write::DeletePolicy { service: "api" }])
+                .unwrap();
         }
         let loaded = Store::open(dir.path()).unwrap().load().unwrap();
-        assert_eq!(loaded.revision, 3);
+        assert_eq!(loaded.revision, 5);
+        assert_eq!(loaded.policies.len(), 1);
+        assert_eq!(
+            (
+                loaded.policies[0].service.as_str(),
+                loaded.policies[0].retries.attempts
+            ),
+            ("web", 0)
+        );
         assert_eq!(
             loaded.vips["web"],
             "127.100.0.1".parse::<Ipv4Addr>().unwrap()

@@ -6,11 +6,13 @@
 
 mod duration;
 pub mod policy;
+mod policy_parse;
 mod register;
 mod validate;
 
 pub use duration::{format_duration, parse_duration};
 pub use policy::{LoadBalancer, ServicePolicy};
+pub use policy_parse::{parse_policy_documents, MAX_RETRY_ATTEMPTS, POLICY_KIND};
 pub use register::{RegisterRequest, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};
 pub use validate::{validate_instance_id, validate_service_name, FieldError, FieldErrors};
 
@@ -163,6 +165,9 @@ pub struct ControlStatus {
     pub revision: u64,
     pub services: usize,
     pub instances: usize,
+    /// Applied policies (services without one run the defaults).
+    #[serde(default)]
+    pub policies: usize,
     /// True while evictions are suspended because too many leases expired
     /// at once (the Eureka rule).
     pub self_preservation: bool,

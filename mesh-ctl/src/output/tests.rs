@@ -117,6 +117,7 @@ fn json_and_yaml_round_trip() {
         revision: 4,
         services: 1,
         instances: 2,
+        policies: 3,
         self_preservation: true,
     };
     let json = render(Output::Json, &status, |_| unreachable!()).unwrap();
@@ -136,6 +137,7 @@ fn json_and_yaml_round_trip() {
          revision           4\n\
          services           1\n\
          instances          2\n\
+         policies           3\n\
          self-preservation  ON (evictions suspended)"
     );
 }

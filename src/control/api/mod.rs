@@ -6,6 +6,7 @@
 //! flush.
 
 mod error;
+mod policies;
 #[cfg(test)]
 mod tests;
 
@@ -45,7 +46,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// `{"revision": N}`: the answer to heartbeat and deregister.
+/// `{"revision": N}`: the answer to heartbeat, deregister and the policy
+/// mutations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RevisionReply {
     pub revision: u64,
@@ -73,6 +75,13 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/services/{service}/instances/{id}/heartbeat",
             put(heartbeat),
+        )
+        .route("/v1/policies", get(policies::list))
+        .route(
+            "/v1/policies/{service}",
+            get(policies::get)
+                .put(policies::put)
+                .delete(policies::delete),
         )
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/status", get(status))

@@ -118,7 +118,7 @@ async fn register_then_visible() {
     let (_, st) = api.call(Method::GET, "/v1/status", Body::empty()).await;
     assert_eq!(
         st,
-        json!({"revision": 1, "services": 1, "instances": 1, "self_preservation": false})
+        json!({"revision": 1, "services": 1, "instances": 1, "policies": 0, "self_preservation": false})
     );
 }
 
@@ -368,6 +368,7 @@ async fn metrics_and_health() {
     .unwrap();
     for line in [
         "mesh_control_instances 1",
+        "mesh_control_policies 0",
         "mesh_control_revision 1",
         "mesh_control_watchers 1",
         "mesh_control_self_preservation 0",
@@ -384,3 +385,5 @@ async fn metrics_and_health() {
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(err["error"].is_string());
 }
+
+mod policies;

@@ -10,6 +10,7 @@
 
 mod changelog;
 mod ops;
+mod policies;
 #[cfg(test)]
 mod tests;
 
@@ -19,7 +20,8 @@ pub use ops::SweepOutcome;
 use crate::control::store::{Store, StoreError, Write};
 use crate::control::vip::{VipAllocator, VipCidr, VipExhausted};
 use crate::model::{
-    ControlStatus, Health, Instance, ServiceInfo, ServiceSummary, Snapshot, WatchEvent,
+    ControlStatus, Health, Instance, ServiceInfo, ServicePolicy, ServiceSummary, Snapshot,
+    WatchEvent,
 };
 use bytes::Bytes;
 use changelog::ChangeLog;
@@ -60,6 +62,8 @@ impl Default for RegistrySettings {
 pub enum RegistryError {
     #[error("instance {id:?} of service {service:?} is not registered")]
     UnknownInstance { service: String, id: String },
+    #[error("no policy is applied for service {service:?} (it runs the defaults)")]
+    UnknownPolicy { service: String },
     #[error(transparent)]
     VipExhausted(#[from] VipExhausted),
     #[error(transparent)]
@@ -84,7 +88,7 @@ pub struct Registry {
     /// Serialises mutations end to end (plan, disk commit, apply) so commits
     /// land in revision order while readers keep using `state`.
     writer: Mutex<()>,
-    /// Durable copy of VIPs, instances and the revision.
+    /// Durable copy of VIPs, instances, policies and the revision.
     store: Store,
     /// Fan-out of committed changes to watch streams.
     changes: broadcast::Sender<Change>,
@@ -100,6 +104,9 @@ struct State {
     log: ChangeLog,
     /// Set while the last sweep found too many leases expired at once.
     self_preservation: bool,
+    /// Applied policies by service. Independent of `services`: a policy may
+    /// be applied before its service registers, and outlives its instances.
+    policies: BTreeMap<String, ServicePolicy>,
 }
 
 struct Service {
@@ -154,8 +161,14 @@ impl Registry {
         for o in &orphans {
             tracing::warn!(service = %o.service, id = %o.id, "stored instance has no VIP; ignored");
         }
+        let policies = loaded
+            .policies
+            .into_iter()
+            .map(|p| (p.service.clone(), p))
+            .collect();
         let (changes, _) = broadcast::channel(settings.broadcast_capacity.max(1));
         let state = State {
+            policies,
             revision: loaded.revision,
             services,
             vips,
@@ -218,6 +231,7 @@ impl Registry {
             revision: st.revision,
             services: st.services.len(),
             instances: st.services.values().map(|s| s.instances.len()).sum(),
+            policies: st.policies.len(),
             self_preservation: st.self_preservation,
         }
     }
@@ -278,7 +292,8 @@ fn snapshot_of(st: &State) -> Snapshot {
             .iter()
             .map(|(name, svc)| service_info(name, svc))
             .collect(),
-        policies: Vec::new(),
+        // BTreeMap order: sorted by service, as `Snapshot` promises.
+        policies: st.policies.values().cloned().collect(),
     }
 }
 

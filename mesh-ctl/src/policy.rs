@@ -1,0 +1,278 @@
+//! `apply -f`, `get policy` and `delete policy`: policy documents in and out.
+//!
+//! `apply` validates every document of the file before sending anything,
+//! so a file is applied whole or not at all as far as validation can tell;
+//! `get policy` prints a document `apply -f` takes back unchanged.
+
+use crate::cli::Output;
+use crate::commands::{emit, CtlError};
+use crate::output::{self, RenderError};
+use mesh::control::client::ControlClient;
+use mesh::model::policy::Fallback;
+use mesh::model::{format_duration, parse_policy_documents, ServicePolicy, POLICY_KIND};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Read;
+
+/// What `apply -o json` reports per document.
+#[derive(Debug, Serialize)]
+pub struct Applied {
+    pub service: String,
+    pub revision: u64,
+}
+
+/// What `delete policy -o json` prints.
+#[derive(Debug, Serialize)]
+struct Deleted {
+    service: String,
+    revision: u64,
+    deleted: bool,
+}
+
+/// A policy as a document: `kind` first, then the policy's own fields.
+#[derive(Serialize)]
+struct PolicyDoc<'a> {
+    kind: &'static str,
+    #[serde(flatten)]
+    policy: &'a ServicePolicy,
+}
+
+/// Reads `file` (`-` = stdin) and parses every document; any problem is an
+/// input error (exit 2) naming `FILE: doc N: field: reason`.
+pub fn read_documents(file: &str) -> Result<Vec<ServicePolicy>, CtlError> {
+    let (name, text) = if file == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| CtlError::Input(format!("cannot read stdin: {e}")))?;
+        ("<stdin>".to_string(), text)
+    } else {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| CtlError::Input(format!("cannot read {file}: {e}")))?;
+        (file.to_string(), text)
+    };
+    let name = name.as_str();
+    let policies = parse_policy_documents(&text).map_err(|failures| {
+        let lines = failures
+            .iter()
+            .flat_map(|(doc, errs)| {
+                errs.0
+                    .iter()
+                    .map(move |e| format!("{name}: doc {doc}: {}: {}", e.field, e.reason))
+            })
+            .collect();
+        CtlError::Documents(lines)
+    })?;
+    if policies.is_empty() {
+        return Err(CtlError::Input(format!(
+            "{name}: no documents to apply (expected kind: {POLICY_KIND})"
+        )));
+    }
+    // Two documents for one service: the second would silently win.
+    let mut seen = BTreeMap::new();
+    let mut dupes = Vec::new();
+    for (i, p) in policies.iter().enumerate() {
+        if let Some(first) = seen.insert(p.service.as_str(), i + 1) {
+            dupes.push(format!(
+                "{name}: doc {}: service: {:?} is also in doc {first}",
+                i + 1,
+                p.service
+            ));
+        }
+    }
+    if !dupes.is_empty() {
+        return Err(CtlError::Documents(dupes));
+    }
+    Ok(policies)
+}
+
+/// `apply -f FILE`.
+pub async fn apply(client: &ControlClient, format: Output, file: &str) -> Result<(), CtlError> {
+    let policies = read_documents(file)?;
+    let mut applied = Vec::with_capacity(policies.len());
+    for p in &policies {
+        match client.apply_policy(p).await {
+            Ok(revision) => applied.push(Applied {
+                service: p.service.clone(),
+                revision,
+            }),
+            Err(e) => {
+                // Say how far it got before the error itself is reported.
+                if !applied.is_empty() {
+                    emit(&output::render(format, &applied, |a| applied_lines(a))?)?;
+                    eprintln!(
+                        "error: applied {} of {} documents; policy {} and later ones were not",
+                        applied.len(),
+                        policies.len(),
+                        p.service
+                    );
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    emit(&output::render(format, &applied, |a| applied_lines(a))?)
+}
+
+/// `get policy [SERVICE]`.
+pub async fn get(
+    client: &ControlClient,
+    format: Output,
+    service: Option<&str>,
+) -> Result<(), CtlError> {
+    let text = match service {
+        Some(service) => {
+            let p = client.policy(service).await?;
+            render_docs(format, std::slice::from_ref(&p))?
+        }
+        None => {
+            let all = client.policies().await?;
+            match format {
+                Output::Table => policies_table(&all),
+                other => render_docs(other, &all)?,
+            }
+        }
+    };
+    emit(&text)
+}
+
+/// `delete policy SERVICE`.
+pub async fn delete(client: &ControlClient, format: Output, service: &str) -> Result<(), CtlError> {
+    let revision = client.delete_policy(service).await?;
+    let done = Deleted {
+        service: service.to_string(),
+        revision,
+        deleted: true,
+    };
+    let text = output::render(format, &done, |d| {
+        format!(
+            "policy {} deleted; it runs the defaults (revision {})",
+            d.service, d.revision
+        )
+    })?;
+    emit(&text)
+}
+
+pub fn applied_lines(applied: &[Applied]) -> String {
+    let lines: Vec<String> = applied
+        .iter()
+        .map(|a| format!("policy {} applied (revision {})", a.service, a.revision))
+        .collect();
+    lines.join("\n")
+}
+
+/// YAML documents (also for `table`: a policy reads best as its document)
+/// or JSON; one policy alone is one document, not a list of one.
+pub fn render_docs(format: Output, policies: &[ServicePolicy]) -> Result<String, RenderError> {
+    let docs: Vec<PolicyDoc<'_>> = policies
+        .iter()
+        .map(|policy| PolicyDoc {
+            kind: POLICY_KIND,
+            policy,
+        })
+        .collect();
+    match (format, docs.as_slice()) {
+        (Output::Json, [one]) => output::render(Output::Json, one, |_| String::new()),
+        (Output::Json, _) => output::render(Output::Json, &docs, |_| String::new()),
+        (_, docs) => {
+            let yaml: Result<Vec<String>, RenderError> = docs
+                .iter()
+                .map(|d| output::render(Output::Yaml, d, |_| String::new()))
+                .collect();
+            Ok(yaml?.join("\n---\n"))
+        }
+    }
+}
+
+/// One line per applied policy, the knobs operators look at first.
+pub fn policies_table(policies: &[ServicePolicy]) -> String {
+    let rows: Vec<Vec<String>> = policies
+        .iter()
+        .map(|p| {
+            let b = &p.breaker;
+            let breaker = format!(
+                "{}% of >={} in {}, open {}",
+                b.failure_rate,
+                b.min_requests,
+                format_duration(b.window),
+                format_duration(b.open_for)
+            );
+            let fallback = match &p.fallback {
+                None => "-".to_string(),
+                Some(Fallback::Service { service }) => format!("service {service}"),
+                Some(Fallback::Static { status, .. }) => format!("static {status}"),
+            };
+            vec![
+                p.service.clone(),
+                p.load_balancer.as_str().to_string(),
+                format_duration(p.timeouts.request),
+                format!(
+                    "{} (budget {}%+{}/s)",
+                    p.retries.attempts, p.retries.budget.percent, p.retries.budget.min_per_second
+                ),
+                breaker,
+                format!("{}+{}", p.bulkhead.max_concurrent, p.bulkhead.max_queued),
+                fallback,
+            ]
+        })
+        .collect();
+    output::table(
+        &[
+            "SERVICE", "BALANCER", "TIMEOUT", "RETRIES", "BREAKER", "BULKHEAD", "FALLBACK",
+        ],
+        &rows,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh::model::LoadBalancer;
+
+    fn sample() -> Vec<ServicePolicy> {
+        let mut a = ServicePolicy::defaults("orders");
+        a.load_balancer = LoadBalancer::Random;
+        a.fallback = Some(Fallback::Service {
+            service: "orders-ro".into(),
+        });
+        let mut b = ServicePolicy::defaults("users");
+        b.bulkhead.max_queued = 4;
+        vec![a, b]
+    }
+
+    #[test]
+    fn printed_documents_apply_back_unchanged() {
+        let policies = sample();
+        let yaml = render_docs(Output::Yaml, &policies).unwrap();
+        assert!(
+            yaml.starts_with("kind: ServicePolicy\nservice: orders\n"),
+            "{yaml}"
+        );
+        assert_eq!(parse_policy_documents(&yaml), Ok(policies.clone()));
+        // `table` for one policy is its YAML document too.
+        let one = render_docs(Output::Table, &policies[..1]).unwrap();
+        assert_eq!(parse_policy_documents(&one), Ok(policies[..1].to_vec()));
+        let json = render_docs(Output::Json, &policies[..1]).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(value["kind"], "ServicePolicy");
+        assert_eq!(ServicePolicy::from_value(&value), Ok(policies[0].clone()));
+    }
+
+    #[test]
+    fn summary_table() {
+        let table = policies_table(&sample());
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("SERVICE  BALANCER  TIMEOUT  RETRIES"),
+            "{table}"
+        );
+        assert_eq!(
+            lines[1],
+            "orders   random    15s      2 (budget 20%+10/s)  50% of >=20 in 10s, open 5s  1024+0    service orders-ro"
+        );
+        assert!(
+            lines[2].starts_with("users") && lines[2].ends_with("1024+4    -"),
+            "{table}"
+        );
+    }
+}
