@@ -1,10 +1,12 @@
 //! Helpers for the end-to-end tests: pods as network namespaces
 //! (`netns`), processes with logs and timeouts (`proc`), the binaries under
-//! test (`bins`), and bounded polling.
+//! test (`bins`), the fault-injecting upstream and load generator
+//! (`fault`), and bounded polling.
 //!
 //! Tests wait for state by polling with a deadline, never by sleeping.
 
 pub mod bins;
+pub mod fault;
 pub mod mesh;
 pub mod netns;
 pub mod proc;
