@@ -148,6 +148,9 @@ def validate(changes):
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "fault-server"
+    # Headers and body leave in separate writes; with Nagle on, the body
+    # would wait for the peer's delayed ACK (~40 ms per response).
+    disable_nagle_algorithm = True
 
     def log_message(self, fmt, *args):
         # Per-request logs would flood the test logs under load; control

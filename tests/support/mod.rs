@@ -1,7 +1,8 @@
 //! Helpers for the end-to-end tests: pods as network namespaces
 //! (`netns`), processes with logs and timeouts (`proc`), the binaries under
 //! test (`bins`), the fault-injecting upstream and load generator
-//! (`fault`), and bounded polling.
+//! (`fault`), the resilience scenarios' cast (`resilience`), and bounded
+//! polling.
 //!
 //! Tests wait for state by polling with a deadline, never by sleeping.
 
@@ -10,6 +11,7 @@ pub mod fault;
 pub mod mesh;
 pub mod netns;
 pub mod proc;
+pub mod resilience;
 
 pub use netns::{preflight, Net, Pod};
 pub use proc::Proc;
