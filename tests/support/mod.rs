@@ -1,13 +1,17 @@
 //! Helpers for the end-to-end tests: pods as network namespaces
 //! (`netns`), processes with logs and timeouts (`proc`), the binaries under
-//! test (`bins`), and bounded polling.
+//! test (`bins`), the fault-injecting upstream and load generator
+//! (`fault`), the resilience scenarios' cast (`resilience`), and bounded
+//! polling.
 //!
 //! Tests wait for state by polling with a deadline, never by sleeping.
 
 pub mod bins;
+pub mod fault;
 pub mod mesh;
 pub mod netns;
 pub mod proc;
+pub mod resilience;
 
 pub use netns::{preflight, Net, Pod};
 pub use proc::Proc;
