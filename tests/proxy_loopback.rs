@@ -5,13 +5,13 @@
 //!
 //! Run: `cargo test --test proxy_loopback -- --nocapture` (prints figures).
 
-#[allow(dead_code)] // each test binary uses a different part of the harness
+#[allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 mod support;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use support::bins::{MESH_CONTROL, MESH_PROXY};
 use support::proc::{command, run_with_timeout, spawn_logged};
 use support::{secs, wait_for, Proc};

@@ -19,6 +19,8 @@ pub struct EndpointStats {
     /// (EWMA latency in ns, when it was last updated). A mutex, not
     /// atomics: the two values change together, and it is uncontended.
     rtt: Mutex<(f64, Instant)>,
+    /// Outlier-ejection state: lives here so it survives table rebuilds.
+    pub ejection: crate::resilience::EjectionState,
 }
 
 impl Default for EndpointStats {
@@ -26,6 +28,7 @@ impl Default for EndpointStats {
         EndpointStats {
             pending: AtomicU32::new(0),
             rtt: Mutex::new((DEFAULT_RTT_NS, Instant::now())),
+            ejection: Default::default(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The routing table the request path reads: immutable, swapped whole.
 
 use crate::balance::{Algorithm, Balancer, EndpointStats, HasStats};
-use crate::model::{Health, ServicePolicy};
+use crate::model::Health;
+use crate::resilience::{BreakerView, BudgetView, BulkheadView, ServiceResilience};
 use crate::telemetry::ServiceMetrics;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -37,8 +38,9 @@ pub struct Service {
     pub balancer: Balancer,
     /// Metric handles resolved once, so requests only bump atomics.
     pub metrics: ServiceMetrics,
-    /// The resilience policy requests to this service run under.
-    pub policy: Arc<ServicePolicy>,
+    /// Policy and resilience state (breaker, bulkhead, budget, ejections);
+    /// shared with later tables until the policy changes.
+    pub resilience: Arc<ServiceResilience>,
 }
 
 /// Services by name and by VIP, at one registry revision.
@@ -87,25 +89,37 @@ impl Table {
         let mut services: Vec<ServiceState> = self
             .by_name
             .values()
-            .map(|s| ServiceState {
-                name: s.name.clone(),
-                vip: s.vip,
-                balancer: s.balancer.algorithm(),
-                endpoints: s
-                    .all
-                    .iter()
-                    .map(|e| EndpointState {
-                        id: e.id.clone(),
-                        addr: e.addr,
-                        state: if e.health == Health::Up {
-                            "ready"
-                        } else {
-                            "unhealthy"
-                        },
-                        in_flight: e.stats.pending(),
-                        ewma_ms: e.stats.ewma().as_secs_f64() * 1000.0,
-                    })
-                    .collect(),
+            .map(|s| {
+                let now = tokio::time::Instant::now();
+                let rt = &s.resilience;
+                let view = rt.view();
+                ServiceState {
+                    name: s.name.clone(),
+                    vip: s.vip,
+                    balancer: s.balancer.algorithm(),
+                    breaker: view.breaker,
+                    bulkhead: view.bulkhead,
+                    retries: view.retries,
+                    requests: s.metrics.request_counts(),
+                    endpoints: s
+                        .all
+                        .iter()
+                        .map(|e| EndpointState {
+                            id: e.id.clone(),
+                            addr: e.addr,
+                            state: if e.health != Health::Up {
+                                "unhealthy"
+                            } else if rt.outlier.is_ejected(&e.stats.ejection, now) {
+                                "ejected"
+                            } else {
+                                "ready"
+                            },
+                            in_flight: e.stats.pending(),
+                            ewma_ms: e.stats.ewma().as_secs_f64() * 1000.0,
+                            ejections: e.stats.ejection.times_ejected(),
+                        })
+                        .collect(),
+                }
             })
             .collect();
         services.sort_by(|a, b| a.name.cmp(&b.name));
@@ -127,6 +141,10 @@ pub struct ServiceState {
     pub name: String,
     pub vip: Ipv4Addr,
     pub balancer: Algorithm,
+    pub breaker: BreakerView,
+    pub bulkhead: BulkheadView,
+    pub retries: BudgetView,
+    pub requests: crate::telemetry::RequestCounts,
     pub endpoints: Vec<EndpointState>,
 }
 
@@ -137,4 +155,5 @@ pub struct EndpointState {
     pub state: &'static str,
     pub in_flight: u32,
     pub ewma_ms: f64,
+    pub ejections: u32,
 }

@@ -50,6 +50,11 @@ async fn ready(State(s): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
+    s.dir.with_table(|t| {
+        for svc in t.services() {
+            s.metrics.set_resilience(&svc.name, &svc.resilience.view());
+        }
+    });
     (
         [(
             header::CONTENT_TYPE,

@@ -20,6 +20,14 @@ pub enum MeshError {
     ConnectFailed { addr: SocketAddr, reason: String },
     #[error("upstream {addr} failed before answering: {reason}")]
     UpstreamReset { addr: SocketAddr, reason: String },
+    #[error("no response within the {}ms request timeout", .0.as_millis())]
+    Timeout(std::time::Duration),
+    #[error("circuit breaker for {0:?} is open")]
+    BreakerOpen(String),
+    #[error("bulkhead for {0:?} is full")]
+    BulkheadFull(String),
+    #[error("retry budget exhausted after: {0}")]
+    RetryBudgetExhausted(Box<MeshError>),
     #[error("the request would loop back into this proxy")]
     LoopDetected,
     #[error("bad request: {0}")]
@@ -34,6 +42,10 @@ impl MeshError {
             MeshError::NoEndpoints(_) => "no-endpoints",
             MeshError::ConnectFailed { .. } => "connect-failed",
             MeshError::UpstreamReset { .. } => "upstream-reset",
+            MeshError::Timeout(_) => "timeout",
+            MeshError::BreakerOpen(_) => "breaker-open",
+            MeshError::BulkheadFull(_) => "bulkhead-full",
+            MeshError::RetryBudgetExhausted(_) => "retry-budget-exhausted",
             MeshError::LoopDetected => "loop-detected",
             MeshError::BadRequest(_) => "bad-request",
         }
@@ -41,15 +53,33 @@ impl MeshError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            MeshError::UnknownService(_) | MeshError::NoEndpoints(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            MeshError::UnknownService(_)
+            | MeshError::NoEndpoints(_)
+            | MeshError::BreakerOpen(_)
+            | MeshError::BulkheadFull(_)
+            | MeshError::RetryBudgetExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
+            MeshError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             MeshError::ConnectFailed { .. } | MeshError::UpstreamReset { .. } => {
                 StatusCode::BAD_GATEWAY
             }
             MeshError::LoopDetected => StatusCode::LOOP_DETECTED,
             MeshError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
+    }
+
+    /// Whether a policy's fallback may answer instead: the breaker is
+    /// open, the bulkhead full, no endpoint is left, or the call failed
+    /// (after its retries). Not for bad requests or loops.
+    pub fn falls_back(&self) -> bool {
+        !matches!(
+            self,
+            MeshError::UnknownService(_) | MeshError::LoopDetected | MeshError::BadRequest(_)
+        )
+    }
+
+    /// Rejected without reaching any upstream.
+    pub fn is_fast_failure(&self) -> bool {
+        matches!(self, MeshError::BreakerOpen(_) | MeshError::BulkheadFull(_))
     }
 
     /// The response the caller sees: status, `x-mesh-error`, and the
@@ -89,6 +119,18 @@ mod tests {
                 "connect-failed",
             ),
             (MeshError::LoopDetected, 508, "loop-detected"),
+            (
+                MeshError::Timeout(std::time::Duration::from_secs(1)),
+                504,
+                "timeout",
+            ),
+            (MeshError::BreakerOpen("x".into()), 503, "breaker-open"),
+            (MeshError::BulkheadFull("x".into()), 503, "bulkhead-full"),
+            (
+                MeshError::RetryBudgetExhausted(Box::new(MeshError::NoEndpoints("x".into()))),
+                503,
+                "retry-budget-exhausted",
+            ),
             (MeshError::BadRequest("no host".into()), 400, "bad-request"),
         ];
         for (err, status, reason) in cases {

@@ -10,18 +10,17 @@
 use super::admin::{self, AdminState};
 use super::config::ProxyArgs;
 use super::dns::{DnsConfig, DnsServer, VipLookup};
-use super::outbound::{HttpOutbound, OutboundServer};
+use super::outbound::{HttpOutbound, OutboundServer, UpstreamClients};
 use crate::control::client::ControlClient;
 use crate::discovery::{
     self, AgentConfig, Directory, HealthCheck, RegistrationAgent, SnapshotCache,
 };
-use crate::net::{ConnectOptions, MarkedConnector};
+use crate::net::ConnectOptions;
 use crate::telemetry::ProxyMetrics;
 use http::HeaderValue;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -144,15 +143,10 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
     let token = format!("mesh-{:08x}", fastrand::u32(..));
     let via = HeaderValue::from_str(&format!("1.1 {token}"))
         .map_err(|e| ProxyError::Config(e.to_string()))?;
-    let upstream =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(MarkedConnector { opts: connect });
     let server = Arc::new(OutboundServer {
         http: Arc::new(HttpOutbound {
             dir: dir.clone(),
-            client: upstream,
+            clients: UpstreamClients::new(connect),
             metrics: metrics.clone(),
             domain_suffix: format!(".{}", args.domain.trim_matches('.').to_ascii_lowercase()),
             own_addrs,

@@ -48,6 +48,10 @@ pub struct OutlierDetector {
     inner: Mutex<Inner>,
     /// Ejections since the detector was made, for metrics.
     ejections: AtomicU64,
+    /// When the latest ejection ends, in ns after `epoch` (0: none yet):
+    /// lets the request path skip filtering with one atomic load.
+    latest_until: AtomicU64,
+    epoch: Instant,
 }
 
 #[derive(Debug)]
@@ -106,7 +110,17 @@ impl OutlierDetector {
                 active: Vec::new(),
             }),
             ejections: AtomicU64::new(0),
+            latest_until: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    /// True if some endpoint may be ejected at `now` (lock-free; may say
+    /// true for an ejection that was refused by nobody but ended early,
+    /// never false while one is active).
+    pub fn any_ejected(&self, now: Instant) -> bool {
+        let until = self.latest_until.load(Ordering::Acquire);
+        until != 0 && u128::from(until) > now.saturating_duration_since(self.epoch).as_nanos()
     }
 
     /// Applies a changed policy in place; ejections in progress keep their
@@ -164,6 +178,10 @@ impl OutlierDetector {
         ep.ejected_until.store(ep.ns(until), Ordering::Release);
         ep.consecutive_failures.store(0, Ordering::Relaxed);
         inner.active.push(until);
+        let ns = u64::try_from(until.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        self.latest_until.fetch_max(ns, Ordering::AcqRel);
         self.ejections.fetch_add(1, Ordering::Relaxed);
         true
     }

@@ -31,6 +31,22 @@ struct ErrorLabels {
     reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    service: String,
+    to: &'static str,
+}
+
+/// `/state`'s request counters for one service.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct RequestCounts {
+    pub total: u64,
+    /// Answered 5xx, by the upstream or by the mesh.
+    pub failed: u64,
+    /// Rejected by the breaker or the bulkhead without reaching an upstream.
+    pub fast_failed: u64,
+}
+
 fn latency_histogram() -> Histogram {
     // 100 µs .. ~26 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
@@ -43,6 +59,14 @@ pub struct ProxyMetrics {
     latency: Family<ServiceLabel, Histogram, fn() -> Histogram>,
     endpoints: Family<EndpointLabels, Gauge>,
     errors: Family<ErrorLabels, Counter>,
+    breaker_state: Family<ServiceLabel, Gauge>,
+    breaker_transitions: Family<TransitionLabels, Counter>,
+    bulkhead_inflight: Family<ServiceLabel, Gauge>,
+    bulkhead_queued: Family<ServiceLabel, Gauge>,
+    retries: Family<ServiceLabel, Counter>,
+    budget_exhausted: Family<ServiceLabel, Counter>,
+    ejections: Family<ServiceLabel, Counter>,
+    fast_failed: Family<ServiceLabel, Counter>,
     /// Connections relayed untouched (redirected, not for a mesh service).
     pub tcp_relays: Counter,
     /// Registry revision the proxy routes on.
@@ -58,6 +82,10 @@ pub struct ServiceMetrics {
     /// Responses by status class: 1xx..5xx at index 0..4.
     by_class: [Counter; 5],
     latency: Histogram,
+    retries: Counter,
+    budget_exhausted: Counter,
+    ejections: Counter,
+    fast_failed: Counter,
 }
 
 impl Default for ProxyMetrics {
@@ -78,6 +106,50 @@ impl ProxyMetrics {
         let revision = Gauge::default();
         let control_connected = Gauge::default();
         let dns_queries = Counter::default();
+        let breaker_state = Family::<ServiceLabel, Gauge>::default();
+        let breaker_transitions = Family::<TransitionLabels, Counter>::default();
+        let bulkhead_inflight = Family::<ServiceLabel, Gauge>::default();
+        let bulkhead_queued = Family::<ServiceLabel, Gauge>::default();
+        let retries = Family::<ServiceLabel, Counter>::default();
+        let budget_exhausted = Family::<ServiceLabel, Counter>::default();
+        let ejections = Family::<ServiceLabel, Counter>::default();
+        let fast_failed = Family::<ServiceLabel, Counter>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker state by service: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        registry.register(
+            "breaker_transitions",
+            "Circuit breaker state changes by service and new state",
+            breaker_transitions.clone(),
+        );
+        registry.register(
+            "bulkhead_inflight",
+            "Calls holding a bulkhead slot, by service",
+            bulkhead_inflight.clone(),
+        );
+        registry.register(
+            "bulkhead_queued",
+            "Calls waiting for a bulkhead slot, by service",
+            bulkhead_queued.clone(),
+        );
+        registry.register("retries", "Retries sent, by service", retries.clone());
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries refused because the retry budget was spent, by service",
+            budget_exhausted.clone(),
+        );
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected for consecutive failures, by service",
+            ejections.clone(),
+        );
+        registry.register(
+            "fast_failures",
+            "Calls rejected by the breaker or bulkhead without reaching an upstream",
+            fast_failed.clone(),
+        );
         registry.register(
             "requests",
             "Outbound HTTP responses by destination service and status class",
@@ -94,7 +166,7 @@ impl ProxyMetrics {
             endpoints.clone(),
         );
         registry.register(
-            "errors",
+            "rejections",
             "Failures the mesh answered itself, by service and x-mesh-error reason",
             errors.clone(),
         );
@@ -124,6 +196,14 @@ impl ProxyMetrics {
             latency,
             endpoints,
             errors,
+            breaker_state,
+            breaker_transitions,
+            bulkhead_inflight,
+            bulkhead_queued,
+            retries,
+            budget_exhausted,
+            ejections,
+            fast_failed,
             tcp_relays,
             revision,
             control_connected,
@@ -140,10 +220,49 @@ impl ProxyMetrics {
                 class,
             })
         });
-        let latency = self.latency.get_or_create_owned(&ServiceLabel {
+        let label = ServiceLabel {
             service: service.to_string(),
-        });
-        ServiceMetrics { by_class, latency }
+        };
+        ServiceMetrics {
+            by_class,
+            latency: self.latency.get_or_create_owned(&label),
+            retries: self.retries.get_or_create_owned(&label),
+            budget_exhausted: self.budget_exhausted.get_or_create_owned(&label),
+            ejections: self.ejections.get_or_create_owned(&label),
+            fast_failed: self.fast_failed.get_or_create_owned(&label),
+        }
+    }
+
+    /// A breaker hook for `service`: logs each transition and counts it.
+    pub fn breaker_hook(&self, service: &str) -> crate::resilience::TransitionHook {
+        let family = self.breaker_transitions.clone();
+        let service = service.to_string();
+        std::sync::Arc::new(move |t: crate::resilience::Transition| {
+            tracing::warn!(service = %service, from = t.from.as_str(), to = t.to.as_str(), "circuit breaker");
+            family
+                .get_or_create(&TransitionLabels {
+                    service: service.clone(),
+                    to: t.to.as_str(),
+                })
+                .inc();
+        })
+    }
+
+    /// Sets the breaker and bulkhead gauges of one service (at scrape time:
+    /// the request path never touches gauges).
+    pub fn set_resilience(&self, service: &str, view: &crate::resilience::ResilienceView) {
+        let label = ServiceLabel {
+            service: service.to_string(),
+        };
+        self.breaker_state
+            .get_or_create(&label)
+            .set(view.breaker.state.as_gauge());
+        self.bulkhead_inflight
+            .get_or_create(&label)
+            .set(i64::from(view.bulkhead.in_flight));
+        self.bulkhead_queued
+            .get_or_create(&label)
+            .set(i64::from(view.bulkhead.queued));
     }
 
     /// Sets the endpoint gauges of one service.
@@ -185,6 +304,30 @@ impl ServiceMetrics {
         self.by_class[idx].inc();
         self.latency.observe(seconds);
     }
+
+    pub fn retried(&self) {
+        self.retries.inc();
+    }
+
+    pub fn retry_budget_exhausted(&self) {
+        self.budget_exhausted.inc();
+    }
+
+    pub fn ejected(&self) {
+        self.ejections.inc();
+    }
+
+    pub fn fast_failed(&self) {
+        self.fast_failed.inc();
+    }
+
+    pub fn request_counts(&self) -> RequestCounts {
+        RequestCounts {
+            total: self.by_class.iter().map(Counter::get).sum(),
+            failed: self.by_class[4].get(),
+            fast_failed: self.fast_failed.get(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -208,5 +351,14 @@ mod tests {
         assert!(text.contains(r#"mesh_endpoints{service="hello",state="ready"} 2"#));
         assert!(text.contains("mesh_request_duration_seconds_count"));
         assert!(text.contains(r#"reason="no-endpoints""#));
+        assert!(text.contains("mesh_rejections_total"));
+        s.retried();
+        s.fast_failed();
+        assert_eq!(s.request_counts().total, 2);
+        assert_eq!(s.request_counts().failed, 1);
+        assert_eq!(s.request_counts().fast_failed, 1);
+        assert!(m
+            .encode()
+            .contains(r#"mesh_retries_total{service="hello"} 1"#));
     }
 }

@@ -2,7 +2,7 @@
 
 mod metrics;
 
-pub use metrics::{ProxyMetrics, ServiceMetrics};
+pub use metrics::{ProxyMetrics, RequestCounts, ServiceMetrics};
 
 /// Logs to stderr, filtered by `MESH_LOG` (then `RUST_LOG`), default `info`.
 /// Safe to call more than once (later calls do nothing).

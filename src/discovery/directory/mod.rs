@@ -7,6 +7,7 @@
 use super::table::{Endpoint, Service, Table};
 use crate::balance::{Algorithm, Balancer, EndpointStats};
 use crate::model::{Health, ServiceInfo, ServicePolicy, Snapshot, WatchEvent};
+use crate::resilience::ServiceResilience;
 use crate::telemetry::ProxyMetrics;
 use arc_swap::ArcSwap;
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +38,9 @@ struct Inner {
     stats: HashMap<(String, String), Arc<EndpointStats>>,
     /// Applied policies by service; absent means the default stack.
     policies: HashMap<String, Arc<ServicePolicy>>,
+    /// Resilience state by service, kept across table rebuilds and updated
+    /// in place when the policy changes.
+    runtimes: HashMap<String, Arc<ServiceResilience>>,
 }
 
 impl Directory {
@@ -102,15 +106,18 @@ impl Directory {
             .into_iter()
             .map(|p| (p.service.clone(), Arc::new(p)))
             .collect();
+        let names: std::collections::HashSet<String> = inner.services.keys().cloned().collect();
+        inner.runtimes.retain(|k, _| names.contains(k));
         let Inner {
             revision,
             services,
             stats,
             policies,
+            runtimes,
         } = &mut *inner;
         let services: Vec<Arc<Service>> = services
             .values()
-            .map(|s| Arc::new(self.build(s, stats, policies)))
+            .map(|s| Arc::new(self.build(s, stats, policies, runtimes)))
             .collect();
         self.publish(Table::new(*revision, services));
     }
@@ -197,9 +204,12 @@ impl Directory {
             return;
         };
         let Inner {
-            stats, policies, ..
+            stats,
+            policies,
+            runtimes,
+            ..
         } = &mut *inner;
-        let rebuilt = Arc::new(self.build(&info, stats, policies));
+        let rebuilt = Arc::new(self.build(&info, stats, policies, runtimes));
         let old = self.table.load();
         let services = old
             .services()
@@ -214,11 +224,21 @@ impl Directory {
         info: &ServiceInfo,
         stats: &mut HashMap<(String, String), Arc<EndpointStats>>,
         policies: &HashMap<String, Arc<ServicePolicy>>,
+        runtimes: &mut HashMap<String, Arc<ServiceResilience>>,
     ) -> Service {
         let policy = policies
             .get(&info.name)
             .cloned()
             .unwrap_or_else(|| Arc::new(ServicePolicy::defaults(&info.name)));
+        let resilience = match runtimes.get(&info.name) {
+            Some(rt) if *rt.policy == *policy => rt.clone(),
+            Some(rt) => Arc::new(rt.update(policy.clone())),
+            None => Arc::new(ServiceResilience::with_breaker_hook(
+                policy.clone(),
+                self.metrics.breaker_hook(&info.name),
+            )),
+        };
+        runtimes.insert(info.name.clone(), resilience.clone());
         let all: Vec<Arc<Endpoint>> = info
             .instances
             .iter()
@@ -255,7 +275,7 @@ impl Directory {
             all,
             balancer: Balancer::new(algorithm),
             metrics: self.metrics.service(&info.name),
-            policy,
+            resilience,
         }
     }
 

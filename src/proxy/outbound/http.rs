@@ -1,8 +1,10 @@
 //! Outbound HTTP/1.1: route each request to a service endpoint (or, in
 //! explicit mode, to an external host) over pooled keep-alive connections.
 
+use super::body::ReqBody;
 use super::target::{is_own, ConnTarget, Names, Route};
 use crate::discovery::Directory;
+use crate::net::ConnectOptions;
 use crate::net::MarkedConnector;
 use crate::proxy::rescue::MeshError;
 use crate::telemetry::ProxyMetrics;
@@ -12,12 +14,14 @@ use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub type Body = Either<Incoming, Full<Bytes>>;
-pub type UpstreamClient = Client<MarkedConnector, Incoming>;
+pub type UpstreamClient = Client<MarkedConnector, ReqBody>;
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -33,7 +37,7 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Everything the outbound request path shares across connections.
 pub struct HttpOutbound {
     pub dir: Arc<Directory>,
-    pub client: UpstreamClient,
+    pub clients: UpstreamClients,
     pub metrics: Arc<ProxyMetrics>,
     /// `.mesh` (with the leading dot), for name matching.
     pub domain_suffix: String,
@@ -88,42 +92,27 @@ impl HttpOutbound {
         req.headers_mut().append(header::VIA, self.via.clone());
 
         match route {
-            Route::Service(svc) => {
-                let Some(ep) = svc.balancer.pick(&svc.ready) else {
-                    self.metrics.mesh_error(&svc.name, "no-endpoints");
-                    return Err(MeshError::NoEndpoints(svc.name.clone()));
-                };
-                let start = Instant::now();
-                let in_flight = crate::balance::InFlight::start(ep.stats.clone());
-                let result = self.send(req, ep.addr).await;
-                let elapsed = start.elapsed().as_secs_f64();
-                match result {
-                    Ok(resp) => {
-                        in_flight.finish();
-                        svc.metrics.record(resp.status().as_u16(), elapsed);
-                        Ok(resp)
-                    }
-                    Err(e) => {
-                        drop(in_flight);
-                        svc.metrics.record(e.status().as_u16(), elapsed);
-                        self.metrics.mesh_error(&svc.name, e.reason());
-                        Err(e)
-                    }
-                }
-            }
+            Route::Service(svc) => self.call_service(svc, req).await,
             Route::External { host, port } => {
                 let addr = resolve(&host, port).await?;
                 if is_own(&self.own_addrs, addr) {
                     return Err(MeshError::LoopDetected);
                 }
-                self.send(req, addr).await
+                let client = self.clients.default_client();
+                self.send(client, req.map(Either::Left), addr).await
             }
         }
     }
 
-    async fn send(
+    /// The client whose connects give up after `connect`.
+    pub(super) fn client_for(&self, connect: Duration) -> UpstreamClient {
+        self.clients.get(connect)
+    }
+
+    pub(super) async fn send(
         &self,
-        mut req: Request<Incoming>,
+        client: UpstreamClient,
+        mut req: Request<ReqBody>,
         addr: SocketAddr,
     ) -> Result<Response<Body>, MeshError> {
         let pq = req
@@ -135,7 +124,7 @@ impl HttpOutbound {
             .parse()
             .map_err(|e| MeshError::BadRequest(format!("invalid request target: {e}")))?;
         *req.uri_mut() = uri;
-        match self.client.request(req).await {
+        match client.request(req).await {
             Ok(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut());
                 Ok(resp.map(Either::Left))
@@ -157,6 +146,55 @@ impl HttpOutbound {
             .iter()
             .any(|v| v.to_str().is_ok_and(|s| s.contains(&self.via_token)))
     }
+}
+
+/// Pooled upstream clients, one per connect timeout in use (policies set
+/// it per service; most share the default, which needs no lock).
+pub struct UpstreamClients {
+    /// Mark and default connect timeout (`--connect-timeout`).
+    opts: ConnectOptions,
+    default: UpstreamClient,
+    /// Clients for other connect timeouts, made on first use.
+    others: Mutex<HashMap<Duration, UpstreamClient>>,
+}
+
+// === impl UpstreamClients ===
+
+impl UpstreamClients {
+    pub fn new(opts: ConnectOptions) -> Self {
+        UpstreamClients {
+            opts,
+            default: build_client(opts),
+            others: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn default_client(&self) -> UpstreamClient {
+        self.default.clone()
+    }
+
+    pub fn get(&self, connect: Duration) -> UpstreamClient {
+        if connect == self.opts.timeout {
+            return self.default.clone();
+        }
+        let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
+        others
+            .entry(connect)
+            .or_insert_with(|| {
+                build_client(ConnectOptions {
+                    timeout: connect,
+                    ..self.opts
+                })
+            })
+            .clone()
+    }
+}
+
+fn build_client(opts: ConnectOptions) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_timer(TokioTimer::new())
+        .build(MarkedConnector { opts })
 }
 
 /// The authority a request is for: absolute-form URI first (explicit

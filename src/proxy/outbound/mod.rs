@@ -6,11 +6,14 @@
 //! the port directly (explicit `http_proxy` mode) is HTTP whose requests
 //! name their targets in absolute-form URIs or Host headers.
 
+mod body;
 mod http;
 mod orig_dst;
+mod stack;
 mod target;
 
-pub use self::http::{HttpOutbound, UpstreamClient};
+pub use self::http::{HttpOutbound, UpstreamClient, UpstreamClients};
+pub use stack::MESH_FALLBACK;
 pub use target::{split_host_port, ConnTarget};
 
 use crate::net::ConnectOptions;
