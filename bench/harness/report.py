@@ -1,0 +1,181 @@
+"""RESULTS.md and the latency chart from results.json; also the checks that
+fail a run whose figures cannot be right (used by --smoke)."""
+
+import os
+
+PEERS = ["haproxy", "nginx", "envoy"]
+
+
+def fmt(x, unit=""):
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.1f}{unit}" if abs(x) < 100 else f"{x:,.0f}{unit}"
+    return f"{x:,}{unit}"
+
+
+def ms(us):
+    return None if us is None else us / 1000
+
+
+def table(rows, mems):
+    by_target = {}
+    for r in rows:
+        by_target.setdefault(r["target"], []).append(r)
+    out = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        out.append(f"\n### {case}\n")
+        out.append("| target | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | proxy CPU s | req per CPU-s | RSS during MiB | conns |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            if r["case"] != case:
+                continue
+            l = r["latency_us"]
+            rss = r.get("rss_during_kb")
+            out.append(f"| {r['target']} | {fmt(r['rps'])} | {fmt(ms(l['p50']))} | {fmt(ms(l['p90']))} | "
+                       f"{fmt(ms(l['p99']))} | {fmt(ms(l['max']))} | {r['errors']} | {fmt(r['cpu_s'])} | "
+                       f"{fmt(r['req_per_cpu_s'])} | {fmt(rss / 1024 if rss else None)} | {r.get('conns_seen') or '–'} |")
+    out.append("\n### memory (whole run per target)\n")
+    out.append("| target | RSS idle MiB | RSS peak (VmHWM) MiB |")
+    out.append("|---|---:|---:|")
+    for m in mems:
+        i, p = m["rss_idle_kb"], m["rss_peak_kb"]
+        out.append(f"| {m['target']} | {fmt(i / 1024 if i else None)} | {fmt(p / 1024 if p else None)} |")
+    return out
+
+
+def ratios(rows, mems, mesh="mesh-proxy"):
+    """mesh-proxy ÷ peer for efficiency (higher is better for mesh) and
+    added p99 latency over direct (lower is better)."""
+    idx = {(r["target"], r["case"]): r for r in rows}
+    direct = {r["case"]: r for r in rows if r["target"] == "direct"}
+    out = ["| case | vs | req/s ratio | req per CPU-s ratio | p99 ratio | added p99 mesh ms | added p99 peer ms |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        m = idx.get((mesh, case))
+        if not m:
+            continue
+        for peer in PEERS:
+            p = idx.get((peer, case))
+            if not p:
+                continue
+            def div(a, b):
+                return f"{a / b:.2f}" if a and b else None
+            d = direct.get(case)
+            dp99 = d["latency_us"]["p99"] if d else None
+            add_m = ms(m["latency_us"]["p99"] - dp99) if dp99 is not None else None
+            add_p = ms(p["latency_us"]["p99"] - dp99) if dp99 is not None else None
+            out.append(f"| {case} | {peer} | {fmt(div(m['rps'], p['rps']))} | "
+                       f"{fmt(div(m['req_per_cpu_s'], p['req_per_cpu_s']))} | "
+                       f"{fmt(div(m['latency_us']['p99'], p['latency_us']['p99']))} | {fmt(add_m)} | {fmt(add_p)} |")
+    mm = {m["target"]: m for m in mems}
+    if mesh in mm:
+        out.append("")
+        for peer in PEERS:
+            if peer in mm and mm[peer]["rss_idle_kb"]:
+                out.append(f"- idle RSS mesh-proxy ÷ {peer}: "
+                           f"{mm[mesh]['rss_idle_kb'] / mm[peer]['rss_idle_kb']:.2f}")
+    return out
+
+
+def chart(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [c for c in dict.fromkeys(r["case"] for r in rows) if c in ("keepalive-small", "keepalive-16k", "conn-per-request") or c.startswith("open-")]
+    tgts = list(dict.fromkeys(r["target"] for r in rows))
+    idx = {(r["target"], r["case"]): r for r in rows}
+    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 4.6), squeeze=False)
+    pcts = ["p50", "p90", "p99"]
+    w = 0.8 / len(tgts)
+    for ax, case in zip(axes[0], cases):
+        for i, t in enumerate(tgts):
+            r = idx.get((t, case))
+            if not r:
+                continue
+            vals = [ms(r["latency_us"][p]) or 0 for p in pcts]
+            ax.bar([x + i * w for x in range(len(pcts))], vals, w, label=t)
+        ax.set_xticks([x + w * (len(tgts) - 1) / 2 for x in range(len(pcts))])
+        ax.set_xticklabels(pcts)
+        ax.set_yscale("log")
+        ax.set_title(case, fontsize=10)
+        ax.set_ylabel("latency ms (log)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Latency percentiles per target (one L7 hop, loopback; lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def mesh_section(m):
+    out = ["| N proxies | trials | all N see it: p50 ms | p99 ms | max ms | per proxy: p50 ms | p99 ms |",
+           "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in m["registration"]:
+        a, p = r["all_proxies"], r["per_proxy"]
+        out.append(f"| {r['proxies']} | {r['trials']} | {a['p50_ms']} | {a['p99_ms']} | {a['max_ms']} | {p['p50_ms']} | {p['p99_ms']} |")
+    k = m["kill_endpoint"]
+    out += ["", f"**SIGKILL of one of three endpoints** at {k['rate']} rps (achieved {k['achieved_rps']}), "
+            f"{k['seconds']} s run: the last request that still went to the dead endpoint (or failed) "
+            f"finished **{k['last_bad_after_kill_ms']} ms** after the kill; **{k['failed']} of {k['requests']}** "
+            f"requests failed ({', '.join(k['failure_kinds']) or 'none'})."]
+    c = m["control_restart"]
+    w = c["watching_after_restart"]
+    out += ["", f"**mesh-control restart** (SIGKILL, then start on the same data dir), {c['proxies']} proxies: "
+            f"all noticed the loss within {c['noticed_down']['max_ms']} ms; mesh-control answered /healthz "
+            f"{c['control_start_ms']} ms after start; all proxies watching again (control_connected) "
+            f"p50 {w['p50_ms']} ms, max {w['max_ms']} ms after the start ({'all' if c['all_reconnected'] else 'NOT all'} reconnected)."]
+    out += ["", "**Breaker trip latency**: not measured yet — the breaker lands with issue 3."]
+    return out
+
+
+def checks(res):
+    """What makes a run invalid: no traffic, errors in keep-alive cases,
+    missing CPU readings, mesh timings that did not complete."""
+    bad = []
+    for r in res.get("rows", []):
+        if r["requests"] <= 0:
+            bad.append(f"{r['target']} {r['case']}: no requests")
+        if r["case"].startswith("keepalive") and r["errors"]:
+            bad.append(f"{r['target']} {r['case']}: {r['errors']} errors")
+        if r["target"] != "direct" and not r["cpu_s"]:
+            bad.append(f"{r['target']} {r['case']}: no proxy CPU reading")
+    m = res.get("mesh")
+    if m:
+        if not m["control_restart"]["all_reconnected"]:
+            bad.append("control restart: not all proxies reconnected")
+        if m["kill_endpoint"]["requests"] <= 0:
+            bad.append("kill endpoint: no requests")
+    return bad
+
+
+def write(res, out):
+    mc = res["machine"]
+    lines = [
+        "# mesh benchmark results" + (" (SMOKE RUN: tiny load, figures meaningless)" if res["smoke"] else ""),
+        "",
+        f"- date: {mc['date']}; commit: `{mc['commit']}`{' (dirty tree)' if mc['dirty'] else ''}",
+        f"- machine: {mc['cpu']}, {mc['cores']} cores, {mc['mem_gib']} GiB, {mc['os']}, kernel {mc['kernel']}",
+        f"- load average (1/5/15 min, runnable/total, last pid) before: `{res['load_before']}`; after: `{res['load_after']}`",
+        "- peers: " + "; ".join(f"{k} `{v}`" for k, v in mc["versions"].items()),
+        "- setup: every target is one L7 hop in front of the same nginx upstream (static files) on loopback; "
+        "the proxy under test is pinned to CPU 0, wrk/oha and the upstream to CPU 1. mesh-proxy runs with "
+        "`--workers 1`; `mesh-proxy-mt` is the default (one worker per core) on both CPUs, sharing CPU 1 "
+        "with the load generator, reported apart. `direct` is wrk → upstream (the physical limit; no proxy CPU). "
+        "Closed loop: wrk, 1 thread. Open loop: oha `-q RATE --latency-correction`. "
+        "Proxy CPU = utime+stime delta from /proc/PID/stat (10 ms ticks) over the case.",
+        "",
+        "## mesh-proxy ÷ each peer",
+        "",
+    ]
+    if res.get("rows"):
+        lines += ratios(res["rows"], res["memory"])
+        lines += ["", "## Every figure", "", "![latency percentiles](latency.png)"]
+        lines += table(res["rows"], res["memory"])
+        chart(res["rows"], os.path.join(out, "latency.png"))
+    if res.get("mesh"):
+        lines += ["", "## Mesh-specific timings (absolute)", ""] + mesh_section(res["mesh"])
+    with open(os.path.join(out, "RESULTS.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return checks(res)
