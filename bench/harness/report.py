@@ -9,6 +9,8 @@ PEERS = ["haproxy", "nginx", "envoy"]
 def fmt(x, unit=""):
     if x is None:
         return "–"
+    if isinstance(x, str):
+        return x
     if isinstance(x, float):
         return f"{x:,.1f}{unit}" if abs(x) < 100 else f"{x:,.0f}{unit}"
     return f"{x:,}{unit}"
