@@ -20,6 +20,10 @@ def ms(us):
     return None if us is None else us / 1000
 
 
+def lat(us):
+    return "–" if us is None else f"{us / 1000:.3f}"
+
+
 def table(rows, mems):
     by_target = {}
     for r in rows:
@@ -34,8 +38,8 @@ def table(rows, mems):
                 continue
             l = r["latency_us"]
             rss = r.get("rss_during_kb")
-            out.append(f"| {r['target']} | {fmt(r['rps'])} | {fmt(ms(l['p50']))} | {fmt(ms(l['p90']))} | "
-                       f"{fmt(ms(l['p99']))} | {fmt(ms(l['max']))} | {r['errors']} | {fmt(r['cpu_s'])} | "
+            out.append(f"| {r['target']} | {fmt(r['rps'])} | {lat(l['p50'])} | {lat(l['p90'])} | "
+                       f"{lat(l['p99'])} | {lat(l['max'])} | {r['errors']} | {fmt(r['cpu_s'])} | "
                        f"{fmt(r['req_per_cpu_s'])} | {fmt(rss / 1024 if rss else None)} | {r.get('conns_seen') or '–'} |")
     out.append("\n### memory (whole run per target)\n")
     out.append("| target | RSS idle MiB | RSS peak (VmHWM) MiB |")
@@ -65,8 +69,8 @@ def ratios(rows, mems, mesh="mesh-proxy"):
                 return f"{a / b:.2f}" if a and b else None
             d = direct.get(case)
             dp99 = d["latency_us"]["p99"] if d else None
-            add_m = ms(m["latency_us"]["p99"] - dp99) if dp99 is not None else None
-            add_p = ms(p["latency_us"]["p99"] - dp99) if dp99 is not None else None
+            add_m = lat(m["latency_us"]["p99"] - dp99) if dp99 is not None else None
+            add_p = lat(p["latency_us"]["p99"] - dp99) if dp99 is not None else None
             out.append(f"| {case} | {peer} | {fmt(div(m['rps'], p['rps']))} | "
                        f"{fmt(div(m['req_per_cpu_s'], p['req_per_cpu_s']))} | "
                        f"{fmt(div(m['latency_us']['p99'], p['latency_us']['p99']))} | {fmt(add_m)} | {fmt(add_p)} |")
@@ -77,6 +81,46 @@ def ratios(rows, mems, mesh="mesh-proxy"):
             if peer in mm and mm[peer]["rss_idle_kb"]:
                 out.append(f"- idle RSS mesh-proxy ÷ {peer}: "
                            f"{mm[mesh]['rss_idle_kb'] / mm[peer]['rss_idle_kb']:.2f}")
+    return out
+
+
+def goals(res, mesh="mesh-proxy"):
+    """The issue's goals, each with the figure measured in this run."""
+    idx = {(r["target"], r["case"]): r for r in res.get("rows", [])}
+    mem = {m["target"]: m for m in res.get("memory", [])}
+    out = ["| goal | measured | met |", "|---|---|---|"]
+
+    def row(goal, measured, ok):
+        out.append(f"| {goal} | {measured} | {'yes' if ok else 'no'} |")
+
+    for peer, want in (("haproxy", 1.0), ("envoy", 3.0)):
+        m, p = idx.get((mesh, "keepalive-small")), idx.get((peer, "keepalive-small"))
+        if m and p and m["req_per_cpu_s"] and p["req_per_cpu_s"]:
+            x = m["req_per_cpu_s"] / p["req_per_cpu_s"]
+            row(f"req per proxy CPU-s ≥ {want}× {peer} (keepalive-small)",
+                f"{x:.2f}× ({m['req_per_cpu_s']:,} vs {p['req_per_cpu_s']:,})", x >= want)
+    d, m, h = (idx.get((t, "open-5000rps")) for t in ("direct", mesh, "haproxy"))
+    if d and m and h:
+        am = m["latency_us"]["p99"] - d["latency_us"]["p99"]
+        ah = h["latency_us"]["p99"] - d["latency_us"]["p99"]
+        row("added p99 at 5 k rps ≤ HAProxy's", f"{am / 1000:.3f} ms vs {ah / 1000:.3f} ms "
+            f"(p99 {m['latency_us']['p99'] / 1000:.3f} vs {h['latency_us']['p99'] / 1000:.3f} ms)", am <= ah)
+    if mesh in mem and mem[mesh]["rss_idle_kb"]:
+        kb = mem[mesh]["rss_idle_kb"]
+        row("idle RSS ≤ 10 MB", f"{kb / 1024:.1f} MiB", kb <= 10 * 1000)
+    k = idx.get((mesh, "open-1k-conns"))
+    if k and k.get("rss_during_kb"):
+        row("RSS ≤ 30 MB with 1 k open connections", f"{k['rss_during_kb'] / 1024:.1f} MiB "
+            f"({k['conns_seen']} connections seen)", k["rss_during_kb"] <= 30 * 1000)
+    mt = res.get("mesh")
+    if mt:
+        r50 = [r for r in mt["registration"] if r["proxies"] == 50]
+        if r50:
+            p99 = r50[0]["all_proxies"]["p99_ms"]
+            row("registration → 50 proxies p99 ≤ 100 ms", f"{p99} ms (all 50 see it)", p99 <= 100)
+        k = mt["kill_endpoint"]
+        row("dead endpoint → no traffic to it within 100 ms under load",
+            f"{k['last_bad_after_kill_ms']} ms, {k['failed']} failed", k["last_bad_after_kill_ms"] <= 100)
     return out
 
 
@@ -168,10 +212,16 @@ def write(res, out):
         "Closed loop: wrk, 1 thread. Open loop: oha `-q RATE --latency-correction`. "
         "Proxy CPU = utime+stime delta from /proc/PID/stat (10 ms ticks) over the case.",
         "",
-        "## mesh-proxy ÷ each peer",
-        "",
     ]
+    if res.get("notes"):
+        lines += ["## Notes on this run", "", res["notes"], ""]
+    if res.get("rows") or res.get("mesh"):
+        lines += ["## Goals (issue 5)", ""] + goals(res) + [""]
     if res.get("rows"):
+        lines += ["## mesh-proxy ÷ each peer", "",
+                  "Ratios > 1 in req/s and req per CPU-s favour mesh-proxy; p99 ratio < 1 favours it. "
+                  "Added p99 = target p99 − direct p99; only meaningful in the open-loop cases "
+                  "(closed-loop latency is queueing behind 50 connections).", ""]
         lines += ratios(res["rows"], res["memory"])
         lines += ["", "## Every figure", "", "![latency percentiles](latency.png)"]
         lines += table(res["rows"], res["memory"])
