@@ -53,7 +53,8 @@ def main():
     def log(msg):
         print(msg, flush=True)
 
-    res = {"smoke": a.smoke, "machine": machine(), "load_before": open("/proc/loadavg").read().strip()}
+    res = {"smoke": a.smoke, "machine": machine(), "load_before": open("/proc/loadavg").read().strip(),
+           "notes": os.environ.get("BENCH_NOTES", "")}
     if not a.skip_compare:
         rows, mems = compare.run(a.out, a.smoke, log)
         res["rows"], res["memory"] = rows, mems

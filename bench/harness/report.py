@@ -132,10 +132,14 @@ def chart(rows, path):
     cases = [c for c in dict.fromkeys(r["case"] for r in rows) if c in ("keepalive-small", "keepalive-16k", "conn-per-request") or c.startswith("open-")]
     tgts = list(dict.fromkeys(r["target"] for r in rows))
     idx = {(r["target"], r["case"]): r for r in rows}
-    fig, axes = plt.subplots(1, len(cases), figsize=(4.2 * len(cases), 4.6), squeeze=False)
+    ncol = min(4, len(cases))
+    nrow = (len(cases) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 4.0 * nrow), squeeze=False)
+    for ax in axes.flat[len(cases):]:
+        ax.axis("off")
     pcts = ["p50", "p90", "p99"]
     w = 0.8 / len(tgts)
-    for ax, case in zip(axes[0], cases):
+    for ax, case in zip(axes.flat, cases):
         for i, t in enumerate(tgts):
             r = idx.get((t, case))
             if not r:
