@@ -44,10 +44,11 @@ fn main() -> ExitCode {
         Some(Cmd::Run(args)) => *args,
         None => cli.run,
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        builder.worker_threads(usize::from(workers));
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mesh-proxy: cannot start the runtime: {e}");

@@ -68,6 +68,9 @@ pub struct ProxyArgs {
     /// Connect timeout to upstream endpoints.
     #[arg(long, env = "MESH_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long, env = "MESH_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: Option<u16>,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

@@ -1,0 +1,133 @@
+"""The side-by-side comparison: every target as one L7 hop in front of the
+same upstream, the same load cases, figures from /proc.
+
+The proxy under test runs on CPU 0; wrk/oha and the upstream on CPU 1.
+"""
+
+import os
+import subprocess
+import threading
+import time
+
+from . import loadgen, procs, targets
+
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+HOST = "Host: bench"
+
+
+class Sampler:
+    """Samples the target's VmRSS (and its established connections) while a
+    load runs, so the peak with N open connections is seen, not guessed."""
+
+    def __init__(self, pids, port):
+        self.pids = pids
+        self.port = port
+        self.max_rss = 0
+        self.max_conns = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        n = 0
+        while not self._stop.wait(0.2):
+            self.max_rss = max(self.max_rss, procs.rss_kb(self.pids, "VmRSS"))
+            n += 1
+            if n % 5 == 0:  # once a second: ss is not free
+                self.max_conns = max(self.max_conns, established(self.port))
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join(timeout=2)
+
+
+def established(port):
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, timeout=5)
+    return len(out.stdout.splitlines())
+
+
+def cases(smoke):
+    """(name, kind, params). Durations and counts bound every run."""
+    d = 2 if smoke else 10
+    c = 4 if smoke else 50
+    rates = [200] if smoke else [1000, 2500, 5000]
+    out = [
+        ("keepalive-small", "wrk", {"path": "/small", "seconds": d, "conns": c, "headers": [HOST]}),
+        ("keepalive-16k", "wrk", {"path": "/16k", "seconds": d, "conns": c, "headers": [HOST]}),
+        ("conn-per-request", "wrk", {"path": "/small", "seconds": d, "conns": c,
+                                     "headers": [HOST, "Connection: close"]}),
+    ]
+    for r in rates:
+        out.append((f"open-{r}rps", "oha", {"path": "/small", "seconds": d, "conns": c, "rate": r,
+                                            "headers": [HOST]}))
+    out.append(("open-1k-conns", "oha", {"path": "/small", "seconds": 3 if smoke else 6,
+                                         "conns": 40 if smoke else 1000, "rate": 200 if smoke else 1000,
+                                         "headers": [HOST]}))
+    return out
+
+
+def run_case(port, kind, p):
+    url = f"http://127.0.0.1:{port}{p['path']}"
+    if kind == "wrk":
+        return loadgen.wrk(url, p["seconds"], p["conns"], LOAD_CPU, p["headers"])
+    return loadgen.oha(url, p["seconds"], p["conns"], p["rate"], LOAD_CPU, p["headers"])
+
+
+def measure_target(t, smoke, log):
+    """Runs every case against one started target; returns its rows."""
+    pids = t.pids()
+    time.sleep(0.5 if smoke else 2.0)
+    idle_kb = procs.rss_kb(pids, "VmRSS")
+    rows = []
+    # Warm-up: connections, pools, caches; not recorded.
+    loadgen.wrk(f"http://127.0.0.1:{t.port}/small", 1, 4 if smoke else 50, LOAD_CPU, [HOST])
+    for name, kind, params in cases(smoke):
+        cpu0 = procs.cpu_seconds(pids)
+        with Sampler(pids, t.port) as s:
+            r = run_case(t.port, kind, params)
+        cpu = procs.cpu_seconds(pids) - cpu0
+        r.update(target=t.name, case=name, conns=params["conns"],
+                 cpu_s=round(cpu, 2) if pids else None,
+                 req_per_cpu_s=round(r["requests"] / cpu) if pids and cpu > 0 else None,
+                 rss_during_kb=s.max_rss or None, conns_seen=s.max_conns)
+        lat = r["latency_us"]
+        log(f"  {t.name:14} {name:17} {r['rps']:>9.0f} req/s  p50 {lat['p50']}us p99 {lat['p99']}us"
+            f"  errors {r['errors']}  cpu {r['cpu_s']}s")
+        rows.append(r)
+    mem = {"target": t.name, "rss_idle_kb": idle_kb or None,
+           "rss_peak_kb": procs.rss_kb(pids, "VmHWM") or None}
+    return rows, mem
+
+
+def run(out, smoke, log):
+    upstream = targets.start_upstream(out, LOAD_CPU)
+    plan = [
+        ("direct", None),
+        ("haproxy", lambda: targets.start_haproxy(out, PROXY_CPU)),
+        ("nginx", lambda: targets.start_nginx(out, PROXY_CPU)),
+        ("envoy", lambda: targets.start_envoy(out, PROXY_CPU)),
+        ("mesh-proxy", lambda: targets.start_mesh(out, PROXY_CPU, 1, "mesh-proxy")),
+        # The multi-thread figure, reported apart: default workers (one per
+        # core), both CPUs, so it shares CPU 1 with the load generator.
+        ("mesh-proxy-mt", lambda: targets.start_mesh(out, "0,1", None, "mesh-proxy-mt")),
+    ]
+    only = os.environ.get("BENCH_TARGETS")
+    if only:
+        plan = [p for p in plan if p[0] in only.split(",")]
+    rows, mems = [], []
+    for name, start in plan:
+        log(f"target {name}")
+        t = targets.Running("direct", targets.UPSTREAM_PORT, [], None) if start is None else start()
+        try:
+            r, m = measure_target(t, smoke, log)
+            rows += r
+            mems.append(m)
+        finally:
+            t.stop()
+    procs.stop(upstream)
+    return rows, mems

