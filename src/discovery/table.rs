@@ -14,6 +14,8 @@ use std::sync::Arc;
 pub struct Endpoint {
     pub id: String,
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, made once per table build.
+    pub authority: http::uri::Authority,
     pub health: Health,
     /// Load statistics, shared with every later table that holds this
     /// endpoint so the balancer's knowledge survives registry changes.

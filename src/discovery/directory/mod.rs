@@ -247,9 +247,13 @@ impl Directory {
                     .entry((info.name.clone(), i.id.clone()))
                     .or_default()
                     .clone();
+                let addr = SocketAddr::new(i.address, i.port);
                 Arc::new(Endpoint {
                     id: i.id.clone(),
-                    addr: SocketAddr::new(i.address, i.port),
+                    addr,
+                    // A socket address always forms a valid authority.
+                    authority: http::uri::Authority::try_from(addr.to_string().as_str())
+                        .unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
                     health: i.health,
                     stats,
                 })

@@ -10,6 +10,7 @@ use crate::proxy::rescue::MeshError;
 use crate::telemetry::ProxyMetrics;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -112,18 +113,31 @@ impl HttpOutbound {
     pub(super) async fn send(
         &self,
         client: UpstreamClient,
-        mut req: Request<ReqBody>,
+        req: Request<ReqBody>,
         addr: SocketAddr,
     ) -> Result<Response<Body>, MeshError> {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri: Uri = format!("http://{addr}{pq}")
-            .parse()
+        let authority = Authority::try_from(addr.to_string().as_str())
+            .map_err(|e| MeshError::BadRequest(format!("invalid upstream address: {e}")))?;
+        self.send_to(client, req, addr, authority).await
+    }
+
+    /// Sends to `addr`, whose authority the caller already has (endpoints
+    /// keep theirs, so the request path formats and parses nothing).
+    pub(super) async fn send_to(
+        &self,
+        client: UpstreamClient,
+        mut req: Request<ReqBody>,
+        addr: SocketAddr,
+        authority: Authority,
+    ) -> Result<Response<Body>, MeshError> {
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority);
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        *req.uri_mut() = Uri::from_parts(parts)
             .map_err(|e| MeshError::BadRequest(format!("invalid request target: {e}")))?;
-        *req.uri_mut() = uri;
         match client.request(req).await {
             Ok(mut resp) => {
                 strip_hop_by_hop(resp.headers_mut());
@@ -219,16 +233,24 @@ fn request_authority(req: &Request<Incoming>) -> Result<String, MeshError> {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for h in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(h);
+    // Headers named in `Connection` are hop-by-hop too; most requests
+    // carry no `Connection` header, so skip the scan (and its allocation).
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for h in &named {
+            headers.remove(h);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        if headers.contains_key(h) {
+            headers.remove(h);
+        }
     }
 }
 

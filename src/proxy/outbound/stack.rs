@@ -175,9 +175,12 @@ impl HttpOutbound {
         let start = Instant::now();
         let in_flight = InFlight::start(ep.stats.clone());
         let client = self.client_for(rt.policy.timeouts.connect);
-        let result = tokio::time::timeout_at(deadline, self.send(client, req, ep.addr))
-            .await
-            .unwrap_or(Err(MeshError::Timeout(rt.policy.timeouts.request)));
+        let result = tokio::time::timeout_at(
+            deadline,
+            self.send_to(client, req, ep.addr, ep.authority.clone()),
+        )
+        .await
+        .unwrap_or(Err(MeshError::Timeout(rt.policy.timeouts.request)));
         let elapsed = start.elapsed();
         let failed = match &result {
             Ok(resp) => resp.status().is_server_error(),
