@@ -112,6 +112,9 @@ def run(out, smoke, log):
         ("nginx", lambda: targets.start_nginx(out, PROXY_CPU)),
         ("envoy", lambda: targets.start_envoy(out, PROXY_CPU)),
         ("mesh-proxy", lambda: targets.start_mesh(out, PROXY_CPU, 1, "mesh-proxy")),
+        # The same proxy with every policy relaxed: the price of the default stack.
+        ("mesh-proxy-nopolicy", lambda: targets.start_mesh(
+            out, PROXY_CPU, 1, "mesh-proxy-nopolicy", policy=targets.POLICIES_OFF)),
         # The multi-thread figure, reported apart: default workers (one per
         # core), both CPUs, so it shares CPU 1 with the load generator.
         ("mesh-proxy-mt", lambda: targets.start_mesh(out, "0,1", None, "mesh-proxy-mt")),

@@ -118,11 +118,29 @@ def start_proxy(out, cpus, idx, workers=None, control=CONTROL_URL, log_name=None
     return p, outbound, admin
 
 
-def start_mesh(out, cpus, workers, name):
+# Every policy as loose as it goes: no retries (so no body buffering), no
+# ejection, a breaker and a bulkhead that never trip. What is left is the
+# bookkeeping each layer does per call (a few atomics).
+POLICIES_OFF = """kind: ServicePolicy
+service: bench
+retries: { attempts: 0 }
+breaker: { minRequests: 1000000, failureRate: 100, slowCall: { duration: 1h, rate: 100 } }
+bulkhead: { maxConcurrent: 1000000 }
+outlier: { consecutiveFailures: 0 }
+"""
+
+
+def start_mesh(out, cpus, workers, name, policy=None):
     """mesh-control (on the load CPU) with `bench` → upstream registered
-    statically, and one mesh-proxy on `cpus`."""
+    statically, and one mesh-proxy on `cpus`; `policy` is applied first
+    (default: the default stack)."""
     control = start_control(out, "1", data=f"control-data-{name}")
     ctl("register", "bench", f"127.0.0.1:{UPSTREAM_PORT}")
+    if policy:
+        path = os.path.join(out, f"{name}-policy.yaml")
+        with open(path, "w") as f:
+            f.write(policy)
+        ctl("apply", "-f", path)
     p, port, admin = start_proxy(out, cpus, 0, workers=workers, log_name=f"{name}.log")
     procs.wait_http(f"http://127.0.0.1:{admin}/ready")
     procs.wait_http(f"http://127.0.0.1:{port}/small", headers={"Host": "bench"})
