@@ -16,7 +16,7 @@ use support::mesh::{
     call, calls_until_seen, endpoints, expect_only, instance_health, intercept, lists_instance,
     rss_mb, sidecar_args, start_app, wait_ready, Hello, APP_PORT, LEASE_TTL,
 };
-use support::{ms_between, path, preflight, secs, strs, wait_for, words, Net};
+use support::{ms_between, path, secs, skip, strs, wait_for, words, Net};
 
 /// Port of mesh-control inside the control pod.
 const CONTROL_PORT: u16 = 15010;
@@ -24,16 +24,6 @@ const CONTROL_PORT: u16 = 15010;
 const EVICTION_MARGIN: Duration = Duration::from_millis(1500);
 /// A registration must reach every proxy in well under a second.
 const PROPAGATION_BUDGET_MS: u128 = 1000;
-
-fn skip() -> bool {
-    match preflight() {
-        Ok(()) => false,
-        Err(why) => {
-            println!("skipping: needs root, ip and iptables ({why})");
-            true
-        }
-    }
-}
 
 /// The harness itself: two pods, an app in one, curl from the other, and
 /// nothing left behind.

@@ -27,20 +27,10 @@ mod shedding;
 use std::time::{Duration, Instant};
 use support::fault::{median_ms, percentile_ms, Call, Fault};
 use support::resilience::{LoadOpts, Mesh};
-use support::{preflight, secs, wait_for};
+use support::{secs, skip, wait_for};
 
 /// Fast failures must be fast: no upstream, no waiting.
 const FAST_MS: f64 = 100.0;
-
-fn skip() -> bool {
-    match preflight() {
-        Ok(()) => false,
-        Err(why) => {
-            println!("skipping: needs root, ip and iptables ({why})");
-            true
-        }
-    }
-}
 
 /// (status, x-mesh-error) of a call, for compact assertions.
 fn outcome(c: &Call) -> (u16, Option<&str>) {

@@ -4,12 +4,14 @@
 //! `/v1` API and the watch stream, plus the validation that turns untrusted
 //! input into them. Validation reports every bad field at once.
 
+mod cidr;
 mod duration;
 pub mod policy;
 mod policy_parse;
 mod register;
 mod validate;
 
+pub use cidr::Ipv4Cidr;
 pub use duration::{format_duration, parse_duration};
 pub use policy::{LoadBalancer, ServicePolicy};
 pub use policy_parse::{parse_policy_documents, MAX_RETRY_ATTEMPTS, POLICY_KIND};

@@ -3,7 +3,8 @@
 
 use crate::balance::Algorithm;
 use crate::model::parse_duration;
-use crate::proxy::outbound::Ipv4Net;
+use crate::model::Ipv4Cidr;
+use crate::proxy::intercept::parse_mark;
 use clap::Args;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -61,7 +62,7 @@ pub struct ProxyArgs {
     pub resolv_conf: PathBuf,
     /// VIP range; connections redirected to it are mesh HTTP.
     #[arg(long, env = "MESH_VIP_CIDR", default_value = "127.100.0.0/16")]
-    pub vip_cidr: Ipv4Net,
+    pub vip_cidr: Ipv4Cidr,
     /// Load balancer per service, `SERVICE=p2c-ewma|round-robin`; repeatable.
     #[arg(long = "lb", env = "MESH_LB", value_parser = parse_lb, value_delimiter = ',')]
     pub lb: Vec<(String, Algorithm)>,
@@ -85,24 +86,12 @@ fn parse_lb(s: &str) -> Result<(String, Algorithm), String> {
     Ok((svc, alg.parse()?))
 }
 
-/// A mark in decimal or `0x` hex.
-pub fn parse_mark(s: &str) -> Result<u32, String> {
-    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => s.parse(),
-    };
-    parsed.map_err(|_| format!("{s:?} is not a mark (decimal or 0x hex)"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn parsers() {
-        assert_eq!(parse_mark("0x4d45"), Ok(0x4d45));
-        assert_eq!(parse_mark("17"), Ok(17));
-        assert!(parse_mark("0xzz").is_err());
         assert_eq!(parse_kv("a=b=c"), Ok(("a".into(), "b=c".into())));
         assert!(parse_kv("=x").is_err());
         assert_eq!(

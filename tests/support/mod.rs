@@ -19,6 +19,17 @@ pub use proc::Proc;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// True (after saying why) when the namespace tests cannot run here.
+pub fn skip() -> bool {
+    match preflight() {
+        Ok(()) => false,
+        Err(why) => {
+            println!("skipping: needs root, ip and iptables ({why})");
+            true
+        }
+    }
+}
+
 /// How long `poll` rests between attempts.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 

@@ -1,8 +1,8 @@
 //! `mesh-proxy init` flags and their parsers.
 
-use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::str::FromStr;
+pub use crate::model::Ipv4Cidr;
+
+use std::net::SocketAddr;
 
 /// Flags of `mesh-proxy init`. Every flag also reads `MESH_<FLAG>`.
 #[derive(clap::Args, Debug, Clone)]
@@ -38,59 +38,6 @@ pub struct InitArgs {
     /// not a flag: for tests and tools that prepare a namespace themselves.
     #[arg(skip)]
     pub netns: Option<String>,
-}
-
-/// An IPv4 network in CIDR notation, normalised to its network address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    /// First address of the network (host bits cleared).
-    pub addr: Ipv4Addr,
-    /// Prefix length, 0..=32.
-    pub prefix: u8,
-}
-
-// === impl Ipv4Cidr ===
-
-impl Ipv4Cidr {
-    /// Whether `ip` lies in this network.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & mask(self.prefix) == u32::from(self.addr)
-    }
-}
-
-fn mask(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
-}
-
-impl FromStr for Ipv4Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.contains(':') {
-            return Err("IPv6 is not supported yet".into());
-        }
-        let (ip, prefix) = match s.split_once('/') {
-            Some((ip, prefix)) => (ip, prefix),
-            None => (s, "32"),
-        };
-        let ip: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("prefix length {prefix:?} is not in 0..=32"))?;
-        let addr = Ipv4Addr::from(u32::from(ip) & mask(prefix));
-        Ok(Ipv4Cidr { addr, prefix })
-    }
-}
-
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
 }
 
 /// A TCP/UDP port, 1..=65535.

@@ -21,54 +21,19 @@ use crate::telemetry::ProxyMetrics;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// An IPv4 network, for "is this a VIP?".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ipv4Net {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl std::str::FromStr for Ipv4Net {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR like 127.100.0.0/16"))?;
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| format!("{a:?} is not an IPv4 address"))?;
-        let prefix: u8 = p
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("{p:?} is not a prefix length 0..=32"))?;
-        Ok(Ipv4Net { addr, prefix })
-    }
-}
-
-impl Ipv4Net {
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(0);
-        u32::from(ip) & mask == u32::from(self.addr) & mask
-    }
-}
-
 /// Accepts outbound connections until `shutdown`, then lets in-flight
 /// requests finish for up to `drain` before returning.
 pub struct OutboundServer {
     pub http: Arc<HttpOutbound>,
     pub metrics: Arc<ProxyMetrics>,
-    pub vip_net: Ipv4Net,
+    pub vip_net: crate::model::Ipv4Cidr,
     pub connect: ConnectOptions,
 }
 
@@ -165,20 +130,4 @@ impl OutboundServer {
 /// it); if it does, relaying it could recurse.
 fn is_loop_risk(dst: SocketAddr) -> bool {
     matches!(dst.ip(), IpAddr::V4(ip) if ip.is_unspecified())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cidr() {
-        let n: Ipv4Net = "127.100.0.0/16".parse().unwrap();
-        assert!(n.contains(Ipv4Addr::new(127, 100, 3, 4)));
-        assert!(!n.contains(Ipv4Addr::new(127, 0, 0, 1)));
-        let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains(Ipv4Addr::new(8, 8, 8, 8)));
-        assert!("127.100.0.0".parse::<Ipv4Net>().is_err());
-        assert!("127.100.0.0/33".parse::<Ipv4Net>().is_err());
-    }
 }
