@@ -81,11 +81,16 @@ impl FromStr for VipCidr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        if !s.contains('/') {
-            return Err(format!("{s:?} is not a CIDR like 127.100.0.0/16"));
-        }
-        let cidr: crate::model::Ipv4Cidr = s.parse()?;
-        VipCidr::new(cidr.addr, cidr.prefix)
+        let (ip, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR like 127.100.0.0/16"))?;
+        let ip: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|_| format!("{prefix:?} is not a prefix length"))?;
+        VipCidr::new(ip, prefix)
     }
 }
 
