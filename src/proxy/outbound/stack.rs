@@ -159,6 +159,7 @@ impl HttpOutbound {
             Ok(p) => p,
             Err(_) => {
                 svc.metrics.fast_failed();
+                svc.metrics.record(503, 0.0);
                 return (Err(MeshError::BreakerOpen(svc.name.clone())), None);
             }
         };
@@ -166,10 +167,12 @@ impl HttpOutbound {
             Ok(s) => s,
             Err(_) => {
                 svc.metrics.fast_failed();
+                svc.metrics.record(503, 0.0);
                 return (Err(MeshError::BulkheadFull(svc.name.clone())), None);
             }
         };
         let Some(ep) = self.pick(svc, rt, tried) else {
+            svc.metrics.record(503, 0.0);
             return (Err(MeshError::NoEndpoints(svc.name.clone())), None);
         };
         let start = Instant::now();
