@@ -24,7 +24,7 @@ read (a reset request counts as received), then goes through, in order:
   failure    with probability failure_rate: `status` with body
              "<name>: injected <status>";
   otherwise  200 with body "<name>".
-"outcomes" counts what was done: "ok", "failed", "reset".
+"outcomes" counts what was done: "ok", "failed", "reset" ("error": the handler broke).
 
 Start: fault_server.py --port N [--bind ADDR] --name NAME [--failure-rate R]
   [--status S] [--latency-ms MS] [--hang] [--reset-rate R]
@@ -228,7 +228,15 @@ class Handler(BaseHTTPRequestHandler):
     def app(self):
         state = self.server.state
         fault = state.begin(self.command)
-        outcome = "ok"
+        done = []
+
+        # The request leaves the counters before its answer is written, so
+        # a client that has its answer never sees it still in flight.
+        def finish(outcome):
+            if not done:
+                done.append(outcome)
+                state.end(outcome)
+
         try:
             self.read_body()
             if fault["hang"]:
@@ -236,16 +244,17 @@ class Handler(BaseHTTPRequestHandler):
             if fault["latency_ms"] > 0:
                 time.sleep(fault["latency_ms"] / 1000.0)
             if random.random() < fault["reset_rate"]:
-                outcome = "reset"
+                finish("reset")
                 self.reset()
             elif random.random() < fault["failure_rate"]:
-                outcome = "failed"
                 status = fault["status"]
+                finish("failed")
                 self.reply(status, f"{state.name}: injected {status}")
             else:
+                finish("ok")
                 self.reply(200, state.name)
         finally:
-            state.end(outcome)
+            finish("error")
 
     def reset(self):
         """Closes the connection with an RST: SO_LINGER on with timeout 0."""
