@@ -2,6 +2,9 @@
 //! change on a watch stream, stop it with SIGTERM (exit 0), start it again on
 //! the same data dir and find the registry intact.
 
+#[allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
+mod support;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -9,13 +12,15 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use mesh::model::{ControlStatus, Registered, ServiceInfo, WatchEvent};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
+use support::proc::{command, spawn_logged, Proc};
 use tokio::net::TcpStream;
 
-/// A running mesh-control, killed by PID if the test ends early.
+/// A running mesh-control, killed by PID if the test ends early (`Proc`
+/// does that on drop).
 struct Control {
-    child: Child,
+    proc: Proc,
     addr: SocketAddr,
 }
 
@@ -27,20 +32,32 @@ impl Control {
             .unwrap()
             .local_addr()
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_mesh-control"))
-            .args(["--listen", &addr.to_string(), "--keepalive-interval", "1s"])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("MESH_LOG", "warn")
-            .spawn()
-            .unwrap();
-        let control = Control { child, addr };
+        let listen = addr.to_string();
+        let data = data_dir.to_string_lossy();
+        let cmd = command(
+            env!("CARGO_BIN_EXE_mesh-control"),
+            &[
+                "--listen",
+                &listen,
+                "--keepalive-interval",
+                "1s",
+                "--data-dir",
+                &data,
+            ],
+            &[("MESH_LOG", "warn")],
+        );
+        let log = data_dir.join("mesh-control.log");
+        let control = Control {
+            proc: spawn_logged(cmd, "mesh-control".into(), log),
+            addr,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok((status, _)) = control.call("GET", "/healthz", "").await {
                 assert_eq!(status, 200);
                 return control;
             }
+            control.proc.assert_running();
             assert!(
                 Instant::now() < deadline,
                 "mesh-control did not come up on {addr}"
@@ -86,26 +103,11 @@ impl Control {
     }
 
     /// SIGTERM by PID, then wait (bounded) for the exit status.
-    fn stop(mut self) -> ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "mesh-control ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+    fn stop(self) -> ExitStatus {
+        self.proc.term();
+        self.proc
+            .wait_exit(Duration::from_secs(15))
+            .expect("mesh-control ignored SIGTERM")
     }
 }
 
