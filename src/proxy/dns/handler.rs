@@ -9,9 +9,7 @@ use hickory_server::proto::rr::rdata::{A, SOA};
 use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use std::future::Future;
 use std::net::Ipv4Addr;
-use std::pin::Pin;
 use std::sync::Arc;
 
 /// TTL of a VIP answer: short, so a re-created service's VIP is picked up fast.
@@ -233,21 +231,13 @@ async fn send<R: ResponseHandler>(request: &Request, mut handle: R, reply: Reply
     }
 }
 
-// hickory declares `RequestHandler` with `#[async_trait]`; this is that macro's
-// expansion written out, which saves a proc-macro dependency for one method.
+#[async_trait::async_trait]
 impl RequestHandler for MeshHandler {
-    fn handle_request<'life0, 'life1, 'async_trait, R, T>(
-        &'life0 self,
-        request: &'life1 Request,
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
         response_handle: R,
-    ) -> Pin<Box<dyn Future<Output = ResponseInfo> + Send + 'async_trait>>
-    where
-        R: 'async_trait + ResponseHandler,
-        T: 'async_trait + Time,
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(self.answer(request, response_handle))
+    ) -> ResponseInfo {
+        self.answer(request, response_handle).await
     }
 }

@@ -10,9 +10,7 @@ use hickory_server::proto::rr::{Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;
-use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use tokio::task::JoinHandle;
 
 /// Authoritative for `test.`: `example.test A 192.0.2.1`, NXDOMAIN otherwise.
@@ -46,20 +44,14 @@ impl Upstream {
     }
 }
 
+#[async_trait::async_trait]
 impl RequestHandler for Upstream {
-    fn handle_request<'life0, 'life1, 'async_trait, R, T>(
-        &'life0 self,
-        request: &'life1 Request,
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
         response_handle: R,
-    ) -> Pin<Box<dyn Future<Output = ResponseInfo> + Send + 'async_trait>>
-    where
-        R: 'async_trait + ResponseHandler,
-        T: 'async_trait + Time,
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        Self: 'async_trait,
-    {
-        Box::pin(self.answer(request, response_handle))
+    ) -> ResponseInfo {
+        self.answer(request, response_handle).await
     }
 }
 
