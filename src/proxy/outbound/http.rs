@@ -81,13 +81,16 @@ impl HttpOutbound {
                 ConnTarget::FromRequest => Names {
                     domain_suffix: &self.domain_suffix,
                 }
-                .route(&table, &authority)?,
+                .route(&table, authority)?,
             }
         };
-        if !req.headers().contains_key(header::HOST) {
-            if let Ok(v) = HeaderValue::from_str(&authority) {
-                req.headers_mut().insert(header::HOST, v);
-            }
+        // Absolute-form without Host (HTTP/1.0 clients): the upstream still
+        // needs to know which host was meant.
+        let missing_host = (!req.headers().contains_key(header::HOST))
+            .then(|| HeaderValue::from_str(authority).ok())
+            .flatten();
+        if let Some(v) = missing_host {
+            req.headers_mut().insert(header::HOST, v);
         }
         strip_hop_by_hop(req.headers_mut());
         req.headers_mut().append(header::VIA, self.via.clone());
@@ -213,7 +216,7 @@ fn build_client(opts: ConnectOptions) -> UpstreamClient {
 
 /// The authority a request is for: absolute-form URI first (explicit
 /// proxy mode), else the Host header.
-fn request_authority(req: &Request<Incoming>) -> Result<String, MeshError> {
+fn request_authority(req: &Request<Incoming>) -> Result<&str, MeshError> {
     if let Some(a) = req.uri().authority() {
         if req.uri().scheme_str().is_some_and(|s| s != "http") {
             return Err(MeshError::BadRequest(format!(
@@ -221,10 +224,10 @@ fn request_authority(req: &Request<Incoming>) -> Result<String, MeshError> {
                 req.uri()
             )));
         }
-        return Ok(a.as_str().to_string());
+        return Ok(a.as_str());
     }
     match req.headers().get(header::HOST).map(|h| h.to_str()) {
-        Some(Ok(h)) if !h.is_empty() => Ok(h.to_string()),
+        Some(Ok(h)) if !h.is_empty() => Ok(h),
         Some(_) => Err(MeshError::BadRequest("invalid Host header".into())),
         None => Err(MeshError::BadRequest(
             "no Host header and no absolute URI: cannot tell where the request goes".into(),
