@@ -6,8 +6,10 @@ Envoy 18103 (admin 18190); mesh-proxy 18104 (admin 18194, DNS 18153);
 mesh-control 18110. The peers' configs are in bench/peers/.
 """
 
+import atexit
 import os
 import shutil
+import tempfile
 import subprocess
 
 from . import procs
@@ -45,7 +47,12 @@ class Running:
 
 
 def start_upstream(out, cpus):
-    prefix = os.path.join(out, "upstream")
+    # nginx's workers drop to an unprivileged user, so the files they serve
+    # must not sit below the checkout, whose parents may be private (a
+    # clone in a mktemp dir answers 403). A world-readable temp dir instead.
+    prefix = tempfile.mkdtemp(prefix="mesh-bench-upstream-")
+    os.chmod(prefix, 0o755)
+    atexit.register(shutil.rmtree, prefix, True)
     www = os.path.join(prefix, "www")
     os.makedirs(www, exist_ok=True)
     with open(os.path.join(www, "small"), "wb") as f:
