@@ -3,8 +3,10 @@
 pub mod admin; //     /ready, /live, /metrics, /state, POST /shutdown
 pub mod config; //    flags of `mesh-proxy`
 pub mod dns; //       DNS responder for mesh names, forwarding the rest (hickory)
+pub mod headers; //   header hygiene: hop-by-hop, x-mesh-*, forwarded, traceparent
 pub mod intercept; // `mesh-proxy init`: iptables rules that redirect outbound TCP and DNS
 pub mod outbound; //  outbound listener: transparent and explicit HTTP, TCP relay
+pub mod protocol; //  protocol detection, prefixed IO, opaque relay
 pub mod rescue; //    the one place mesh errors become HTTP responses
 mod run; //           startup and the shutdown phases
 

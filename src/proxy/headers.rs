@@ -1,0 +1,263 @@
+//! Header hygiene on both sides of the proxy: hop-by-hop headers, the
+//! mesh's own `x-mesh-*` headers, `x-forwarded-for`/`forwarded`, and W3C
+//! trace context.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// Which mesh service sent a proxy-to-proxy request (for the callee's
+/// inbound metrics; unauthenticated until mTLS).
+pub const MESH_CALLER: HeaderName = HeaderName::from_static("x-mesh-caller");
+
+/// Removes hop-by-hop headers, including those the `Connection` header
+/// names. `keep_upgrade` keeps `Connection` and `Upgrade` for a protocol
+/// upgrade that is tunnelled through (WebSocket), which needs both.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry no `Connection` header: skip the scan then.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .collect();
+        for h in &named {
+            headers.remove(h);
+        }
+    }
+    for h in &HOP_BY_HOP {
+        if keep_upgrade && (h == header::CONNECTION || h == header::UPGRADE) {
+            continue;
+        }
+        if headers.contains_key(h) {
+            headers.remove(h);
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// An HTTP/1.1 upgrade this proxy tunnels (WebSocket and the like): an
+/// `Upgrade` header offering something other than `h2c`, which is instead
+/// dropped so the request is served as plain HTTP/1.1 (Java's HttpClient
+/// offers h2c on every cleartext request).
+pub fn wants_tunnel_upgrade(headers: &HeaderMap) -> bool {
+    let Some(up) = headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let connection_says_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_says_upgrade
+        && up
+            .split(',')
+            .any(|p| !p.trim().is_empty() && !p.trim().eq_ignore_ascii_case("h2c"))
+}
+
+/// Drops every `x-mesh-*` header: on inbound requests they could only be
+/// forged by whoever called, and the app's own must not pose as the mesh's.
+pub fn strip_mesh_headers(headers: &mut HeaderMap) {
+    let mesh: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-mesh-"))
+        .cloned()
+        .collect();
+    for k in mesh {
+        headers.remove(k);
+    }
+}
+
+/// Appends the caller's address to `x-forwarded-for` and `forwarded`.
+pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+    let ip = client.to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip.clone(),
+    };
+    let node = match client {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(_) => format!("\"[{ip}]\""),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("for={node};proto=http")) {
+        headers.append(FORWARDED, v);
+    }
+}
+
+/// Keeps a valid W3C `traceparent`, or starts a new trace when it is
+/// missing or malformed (then `tracestate`, which belongs to the old
+/// trace, goes too).
+pub fn ensure_traceparent(headers: &mut HeaderMap) {
+    if headers
+        .get(&TRACEPARENT)
+        .is_some_and(|v| valid_traceparent(v.as_bytes()))
+        && headers.get_all(&TRACEPARENT).iter().count() == 1
+    {
+        return;
+    }
+    headers.remove(&TRACESTATE);
+    let v = new_traceparent();
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        headers.insert(TRACEPARENT, v);
+    }
+}
+
+/// `00-<trace id>-<parent id>-<flags>`, ids not all zero (W3C §3.2).
+fn valid_traceparent(v: &[u8]) -> bool {
+    let hex = |s: &[u8]| {
+        s.iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    };
+    let nonzero = |s: &[u8]| s.iter().any(|&b| b != b'0');
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return false;
+    }
+    let (version, trace, parent, flags) = (&v[..2], &v[3..35], &v[36..52], &v[53..55]);
+    // Version ff is invalid; later versions may append fields after a dash.
+    let tail_ok = v.len() == 55 || (version != b"00" && v[55] == b'-');
+    hex(version)
+        && version != b"ff"
+        && hex(trace)
+        && nonzero(trace)
+        && hex(parent)
+        && nonzero(parent)
+        && hex(flags)
+        && tail_ok
+}
+
+fn new_traceparent() -> String {
+    // Random ids; `| 1` keeps them from being all zero (invalid).
+    let trace = fastrand::u128(..) | 1;
+    let span = fastrand::u64(..) | 1;
+    format!("00-{trace:032x}-{span:016x}-00")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
+    fn upgrades_keep_their_headers_and_h2c_is_dropped() {
+        let mut ws = HeaderMap::new();
+        ws.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        ws.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(wants_tunnel_upgrade(&ws));
+        strip_hop_by_hop(&mut ws, true);
+        assert_eq!(ws[header::UPGRADE], "websocket");
+        assert_eq!(ws[header::CONNECTION], "upgrade");
+
+        let mut java = HeaderMap::new();
+        java.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        java.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        java.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAEAAEAAAAIAAAABAAMAAABkAAQBAAAAAAUAAEAA"),
+        );
+        assert!(!wants_tunnel_upgrade(&java));
+        strip_hop_by_hop(&mut java, false);
+        assert!(java.is_empty(), "{java:?}");
+
+        let mut no_conn = HeaderMap::new();
+        no_conn.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(!wants_tunnel_upgrade(&no_conn));
+    }
+
+    #[test]
+    fn forwarded_headers_are_appended() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        append_forwarded(&mut h, "10.0.0.7".parse().unwrap());
+        append_forwarded(&mut h, "fd00::1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7, fd00::1");
+        let fwd: Vec<_> = h.get_all("forwarded").iter().collect();
+        assert_eq!(
+            fwd,
+            ["for=10.0.0.7;proto=http", "for=\"[fd00::1]\";proto=http"]
+        );
+    }
+
+    #[test]
+    fn mesh_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("x-mesh-error", HeaderValue::from_static("forged"));
+        h.insert("x-mesh-caller", HeaderValue::from_static("forged"));
+        h.insert("x-meshy", HeaderValue::from_static("kept"));
+        strip_mesh_headers(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn traceparent_kept_when_valid_else_replaced() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, HeaderValue::from_static(good));
+        h.insert("tracestate", HeaderValue::from_static("a=b"));
+        ensure_traceparent(&mut h);
+        assert_eq!(h[TRACEPARENT], good);
+        assert_eq!(h["tracestate"], "a=b");
+
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "garbage",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(TRACEPARENT, HeaderValue::from_static(bad));
+            h.insert("tracestate", HeaderValue::from_static("a=b"));
+            ensure_traceparent(&mut h);
+            let v = h[TRACEPARENT].to_str().unwrap().to_string();
+            assert_ne!(v, bad);
+            assert!(valid_traceparent(v.as_bytes()), "{v}");
+            assert!(!h.contains_key("tracestate"));
+        }
+        let mut h = HeaderMap::new();
+        ensure_traceparent(&mut h);
+        assert!(valid_traceparent(h[TRACEPARENT].as_bytes()));
+        assert!(valid_traceparent(
+            b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"
+        ));
+    }
+}

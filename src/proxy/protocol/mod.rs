@@ -1,0 +1,16 @@
+//! What travels over a connection, and moving opaque bytes.
+//!
+//! `detect` tells HTTP/1, HTTP/2 prior knowledge, TLS and the mesh's own
+//! opaque preamble apart from the first bytes a client sends, without ever
+//! waiting long for a client that is waiting for the server. `PrefixedIo`
+//! hands the bytes detection read back to whoever serves the connection.
+//! `relay` copies an opaque connection both ways with half-close and an
+//! idle timeout.
+
+mod detect;
+mod io;
+mod relay;
+
+pub use detect::{classify, detect, Detected, Protocol, MESH_OPAQUE_PREAMBLE};
+pub use io::PrefixedIo;
+pub use relay::{fast_close, relay, RelayEnd};
