@@ -157,7 +157,10 @@ async fn register_reaches_a_watcher_and_survives_restart() {
     let mut latencies = Vec::new();
     let mut vip = None;
     for port in 1..=20u16 {
-        let body = format!(r#"{{"id":"web-{port}","address":"127.0.0.2","port":{port},"ttl":30}}"#);
+        let inbound = 15000 + port;
+        let body = format!(
+            r#"{{"id":"web-{port}","address":"127.0.0.2","port":{port},"ttl":30,"inbound_port":{inbound}}}"#
+        );
         let start = Instant::now();
         let (status, reply) = control
             .call("POST", "/v1/services/web/instances", &body)
@@ -173,8 +176,8 @@ async fn register_reaches_a_watcher_and_survives_restart() {
             } => {
                 latencies.push(start.elapsed());
                 assert_eq!(
-                    (revision, instance.id),
-                    (u64::from(port), format!("web-{port}"))
+                    (revision, instance.id, instance.inbound_port),
+                    (u64::from(port), format!("web-{port}"), Some(inbound))
                 );
                 assert_eq!(v, reply.vip);
                 vip = Some(v);
@@ -216,5 +219,26 @@ async fn register_reaches_a_watcher_and_survives_restart() {
     let (_, info) = control.call("GET", "/v1/services/web", "").await.unwrap();
     let info: ServiceInfo = serde_json::from_slice(&info).unwrap();
     assert_eq!(Some(info.vip), vip);
+    // The sidecar inbound port survives register -> store -> list.
+    for i in &info.instances {
+        assert_eq!(i.inbound_port, Some(15000 + i.port), "{i:?}");
+    }
+    // ... and a fresh watcher's snapshot.
+    let resp = control.send("GET", "/v1/watch?since=0", "").await.unwrap();
+    let mut watch = Watch {
+        body: resp.into_body(),
+        buf: Vec::new(),
+    };
+    match watch.next().await {
+        WatchEvent::Snapshot { snapshot } => {
+            let web = snapshot.services.iter().find(|s| s.name == "web").unwrap();
+            assert_eq!(web.instances.len(), 20);
+            for i in &web.instances {
+                assert_eq!(i.inbound_port, Some(15000 + i.port), "{i:?}");
+            }
+        }
+        other => panic!("expected a Snapshot, got {other:?}"),
+    }
+    drop(watch);
     assert!(control.stop().success());
 }

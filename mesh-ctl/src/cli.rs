@@ -143,6 +143,10 @@ pub struct RegisterArgs {
     /// Metadata entry; repeat for more.
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
     pub meta: Vec<(String, String)>,
+    /// Port of the instance's sidecar inbound listener at the same host;
+    /// callers' proxies connect there instead of to PORT.
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub inbound_port: Option<u16>,
 }
 
 impl RegisterArgs {
@@ -154,6 +158,7 @@ impl RegisterArgs {
             metadata: self.meta.iter().cloned().collect::<BTreeMap<_, _>>(),
             ttl: self.ttl,
             health: Health::Up,
+            inbound_port: self.inbound_port,
         }
     }
 }
@@ -288,6 +293,20 @@ mod tests {
         );
         assert_eq!(req.metadata.len(), 2);
         assert_eq!(req.metadata["v"], "2");
+        assert_eq!(req.inbound_port, None);
+        let cli = Cli::try_parse_from([
+            "mesh-ctl",
+            "register",
+            "hello",
+            "10.0.0.1:80",
+            "--inbound-port",
+            "15006",
+        ])
+        .unwrap();
+        let Command::Register(args) = cli.command else {
+            panic!("not register: {:?}", cli.command);
+        };
+        assert_eq!(args.request().inbound_port, Some(15006));
     }
 
     #[test]
@@ -303,6 +322,22 @@ mod tests {
                 "x",
             ],
             &["mesh-ctl", "register", "hello"],
+            &[
+                "mesh-ctl",
+                "register",
+                "hello",
+                "10.0.0.1:80",
+                "--inbound-port",
+                "0",
+            ],
+            &[
+                "mesh-ctl",
+                "register",
+                "hello",
+                "10.0.0.1:80",
+                "--inbound-port",
+                "65536",
+            ],
             &["mesh-ctl", "services", "-o", "xml"],
             &["mesh-ctl", "watch", "--since", "-1"],
         ] {

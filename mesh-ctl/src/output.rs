@@ -89,6 +89,7 @@ pub fn endpoints_table(info: &ServiceInfo) -> String {
                 i.id.clone(),
                 i.address.to_string(),
                 i.port.to_string(),
+                i.inbound_port.map_or_else(|| "-".into(), |p| p.to_string()),
                 i.health.as_str().to_string(),
                 ttl(i),
                 metadata(i),
@@ -96,7 +97,9 @@ pub fn endpoints_table(info: &ServiceInfo) -> String {
         })
         .collect();
     table(
-        &["ID", "ADDRESS", "PORT", "HEALTH", "TTL", "METADATA"],
+        &[
+            "ID", "ADDRESS", "PORT", "INBOUND", "HEALTH", "TTL", "METADATA",
+        ],
         &rows,
     )
 }

@@ -211,6 +211,7 @@ mod tests {
             metadata: BTreeMap::from([("zone".into(), "a".into())]),
             health: Health::Up,
             ttl_secs: Some(10),
+            inbound_port: Some(15006),
         }
     }
 
@@ -268,5 +269,26 @@ mod tests {
             "127.100.0.1".parse::<Ipv4Addr>().unwrap()
         );
         assert_eq!(loaded.instances, vec![inst("web", "b")]);
+    }
+
+    #[test]
+    fn loads_rows_written_before_inbound_port() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            // A row exactly as an older control plane wrote it.
+            let old = br#"{"id":"a","service":"web","address":"127.0.0.1","port":8080,"metadata":{},"health":"up","ttl_secs":10}"#;
+            let txn = store.db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(INSTANCES).unwrap();
+                t.insert("web/a", old.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let loaded = Store::open(dir.path()).unwrap().load().unwrap();
+        let mut want = inst("web", "a");
+        want.metadata.clear();
+        want.inbound_port = None;
+        assert_eq!(loaded.instances, vec![want]);
     }
 }

@@ -36,6 +36,10 @@ pub struct AgentConfig {
     pub instance_id: String,
     pub advertise: IpAddr,
     pub app_port: u16,
+    /// Port of this sidecar's inbound listener on `advertise`, registered
+    /// so callers' proxies connect proxy to proxy; `None` when the inbound
+    /// listener is not running.
+    pub inbound_port: Option<u16>,
     pub metadata: BTreeMap<String, String>,
     pub check: HealthCheck,
     pub health_interval: Duration,
@@ -170,6 +174,7 @@ impl RegistrationAgent {
             metadata: self.cfg.metadata.clone(),
             ttl: Some(self.cfg.lease_ttl.as_secs().max(1)),
             health,
+            inbound_port: self.cfg.inbound_port,
         };
         self.client
             .register(&self.cfg.service, &req)

@@ -16,6 +16,10 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `addr` as a URI authority, made once per table build.
     pub authority: http::uri::Authority,
+    /// The instance's sidecar inbound listener (`address:inbound_port`),
+    /// when it registered one: the data plane connects proxy to proxy
+    /// there, while `addr`/`authority` stay the app's own address.
+    pub inbound: Option<SocketAddr>,
     pub health: Health,
     /// Load statistics, shared with every later table that holds this
     /// endpoint so the balancer's knowledge survives registry changes.

@@ -59,6 +59,11 @@ pub struct Instance {
     /// stays until it is deregistered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
+    /// Port of the instance's sidecar inbound listener at the same
+    /// `address`; callers' proxies connect there (proxy to proxy) instead of
+    /// to `port`. `None` for an instance without a sidecar inbound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_port: Option<u16>,
 }
 
 /// A service, its virtual IP and its instances.

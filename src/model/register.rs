@@ -29,6 +29,9 @@ pub struct RegisterRequest {
     pub ttl: Option<u64>,
     #[serde(default)]
     pub health: Health,
+    /// Port of the sidecar's inbound listener at `address`, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_port: Option<u16>,
 }
 
 impl RegisterRequest {
@@ -42,7 +45,7 @@ impl RegisterRequest {
         for key in obj.keys() {
             if !matches!(
                 key.as_str(),
-                "id" | "address" | "port" | "metadata" | "ttl" | "health"
+                "id" | "address" | "port" | "metadata" | "ttl" | "health" | "inbound_port"
             ) {
                 errs.push(key.clone(), "unknown field");
             }
@@ -90,17 +93,12 @@ impl RegisterRequest {
                 errs.push("port", "is required");
                 None
             }
-            Some(v) => match v.as_u64() {
-                Some(p) if (1..=65535).contains(&p) => u16::try_from(p).ok(),
-                Some(p) => {
-                    errs.push("port", format!("{p} is outside 1..=65535"));
-                    None
-                }
-                None => {
-                    errs.push("port", "must be an integer in 1..=65535");
-                    None
-                }
-            },
+            Some(v) => port_value("port", v, &mut errs),
+        };
+
+        let inbound_port = match obj.get("inbound_port") {
+            None | Some(Value::Null) => None,
+            Some(v) => port_value("inbound_port", v, &mut errs),
         };
 
         let metadata = match obj.get("metadata") {
@@ -145,6 +143,7 @@ impl RegisterRequest {
                 metadata,
                 ttl,
                 health,
+                inbound_port,
             }),
             _ => Err(errs),
         }
@@ -159,6 +158,21 @@ impl RegisterRequest {
                 IpAddr::V4(a) => format!("{a}:{}", self.port),
                 IpAddr::V6(a) => format!("[{a}]:{}", self.port).replace(['[', ']'], ""),
             },
+        }
+    }
+}
+
+/// A TCP port: an integer in 1..=65535; anything else is named under `field`.
+fn port_value(field: &str, v: &Value, errs: &mut FieldErrors) -> Option<u16> {
+    match v.as_u64() {
+        Some(p) if (1..=65535).contains(&p) => u16::try_from(p).ok(),
+        Some(p) => {
+            errs.push(field, format!("{p} is outside 1..=65535"));
+            None
+        }
+        None => {
+            errs.push(field, "must be an integer in 1..=65535");
+            None
         }
     }
 }
@@ -243,6 +257,53 @@ mod tests {
         );
         assert_eq!(fields(json!({"port": 1})), ["address"]);
         assert_eq!(fields(json!([1])), ["(body)"]);
+    }
+
+    #[test]
+    fn inbound_port_is_optional_and_validated() {
+        let r = RegisterRequest::from_json(&json!({"address": "10.0.0.1", "port": 80})).unwrap();
+        assert_eq!(r.inbound_port, None);
+        let r = RegisterRequest::from_json(
+            &json!({"address": "10.0.0.1", "port": 80, "inbound_port": 15006}),
+        )
+        .unwrap();
+        assert_eq!(r.inbound_port, Some(15006));
+        let r = RegisterRequest::from_json(
+            &json!({"address": "10.0.0.1", "port": 80, "inbound_port": null}),
+        )
+        .unwrap();
+        assert_eq!(r.inbound_port, None);
+        for bad in [
+            json!(0),
+            json!(65536),
+            json!(-1),
+            json!("15006"),
+            json!(1.5),
+        ] {
+            assert_eq!(
+                fields(json!({"address": "10.0.0.1", "port": 80, "inbound_port": bad})),
+                ["inbound_port"],
+                "{bad}"
+            );
+        }
+        // Named alongside the other bad fields, not instead of them.
+        let f = fields(json!({"address": "x", "port": 80, "inbound_port": 0}));
+        assert_eq!(f, ["address", "inbound_port"]);
+    }
+
+    #[test]
+    fn inbound_port_round_trips_through_json() {
+        let r = RegisterRequest::from_json(
+            &json!({"address": "10.0.0.1", "port": 80, "inbound_port": 15006}),
+        )
+        .unwrap();
+        let wire = serde_json::to_value(&r).unwrap();
+        assert_eq!(wire["inbound_port"], 15006);
+        assert_eq!(RegisterRequest::from_json(&wire).unwrap(), r);
+        // Absent stays absent on the wire, so old control planes accept it.
+        let r = RegisterRequest::from_json(&json!({"address": "10.0.0.1", "port": 80})).unwrap();
+        let wire = serde_json::to_value(&r).unwrap();
+        assert!(wire.get("inbound_port").is_none(), "{wire}");
     }
 
     #[test]

@@ -207,6 +207,8 @@ fn agent_config(args: &ProxyArgs) -> Result<Option<AgentConfig>, ProxyError> {
         instance_id,
         advertise,
         app_port,
+        // Set once the inbound listener lands (issue 4).
+        inbound_port: None,
         metadata: args.meta.iter().cloned().collect(),
         check: match &args.health_path {
             Some(path) => HealthCheck::Http { path: path.clone() },

@@ -14,6 +14,7 @@ fn instance(id: &str, addr: &str, ttl: Option<u64>, meta: &[(&str, &str)]) -> In
             .collect::<BTreeMap<_, _>>(),
         health: Health::Up,
         ttl_secs: ttl,
+        inbound_port: None,
     }
 }
 
@@ -43,27 +44,26 @@ fn tables_align_columns_without_trailing_blanks() {
 }
 
 #[test]
-fn endpoints_show_ttl_and_metadata() {
+fn endpoints_show_inbound_ttl_and_metadata() {
     let mut down = instance("b", "::1", None, &[]);
     down.health = Health::Down;
+    let mut sidecar = instance(
+        "10.0.0.1:8000",
+        "10.0.0.1",
+        Some(10),
+        &[("zone", "a"), ("v", "2")],
+    );
+    sidecar.inbound_port = Some(15006);
     let info = ServiceInfo {
         name: "hello".into(),
         vip: "127.100.0.1".parse().unwrap(),
-        instances: vec![
-            instance(
-                "10.0.0.1:8000",
-                "10.0.0.1",
-                Some(10),
-                &[("zone", "a"), ("v", "2")],
-            ),
-            down,
-        ],
+        instances: vec![sidecar, down],
     };
     assert_eq!(
         endpoints_table(&info),
-        "ID             ADDRESS   PORT  HEALTH  TTL  METADATA\n\
-         10.0.0.1:8000  10.0.0.1  8000  up      10s  v=2,zone=a\n\
-         b              ::1       8000  down    -    -"
+        "ID             ADDRESS   PORT  INBOUND  HEALTH  TTL  METADATA\n\
+         10.0.0.1:8000  10.0.0.1  8000  15006    up      10s  v=2,zone=a\n\
+         b              ::1       8000  -        down    -    -"
     );
 }
 

@@ -42,6 +42,7 @@ impl Registry {
             metadata: req.metadata,
             health: req.health,
             ttl_secs: req.ttl,
+            inbound_port: req.inbound_port,
         };
         let expires_at = lease_end(now, instance.ttl_secs);
         let _w = self.writer();

@@ -25,6 +25,7 @@ fn req(id: &str, ttl: Option<u64>) -> RegisterRequest {
         metadata: Default::default(),
         ttl,
         health: Health::Up,
+        inbound_port: None,
     }
 }
 
@@ -179,6 +180,17 @@ async fn re_registration_replaces_and_bumps_only_on_change() {
     let changed = reg.register("web", changed).unwrap();
     assert_eq!(changed.revision, first.revision + 1);
     assert_eq!(reg.service("web").unwrap().instances[0].port, 9090);
+    // Gaining a sidecar inbound is a change callers must see.
+    let mut inbound = req("a", Some(10));
+    inbound.port = 9090;
+    inbound.inbound_port = Some(15006);
+    let inbound = reg.register("web", inbound).unwrap();
+    assert_eq!(inbound.revision, changed.revision + 1);
+    assert_eq!(inbound.instance.inbound_port, Some(15006));
+    assert_eq!(
+        reg.service("web").unwrap().instances[0].inbound_port,
+        Some(15006)
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -254,6 +254,7 @@ impl Directory {
                     // A socket address always forms a valid authority.
                     authority: http::uri::Authority::try_from(addr.to_string().as_str())
                         .unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
+                    inbound: i.inbound_port.map(|p| SocketAddr::new(i.address, p)),
                     health: i.health,
                     stats,
                 })

@@ -10,6 +10,7 @@ fn inst(service: &str, id: &str, port: u16, health: Health) -> Instance {
         metadata: Default::default(),
         health,
         ttl_secs: Some(10),
+        inbound_port: None,
     }
 }
 
@@ -63,6 +64,30 @@ fn snapshot_then_events() {
     });
     assert!(d.table().by_name("hello").unwrap().ready.is_empty());
     assert_eq!(d.snapshot().revision, 8);
+}
+
+#[test]
+fn endpoints_carry_the_sidecar_inbound_address() {
+    let d = dir();
+    let mut sidecar = inst("hello", "a", 8080, Health::Up);
+    sidecar.inbound_port = Some(15006);
+    d.replace(Snapshot {
+        revision: 1,
+        policies: Vec::new(),
+        services: vec![ServiceInfo {
+            name: "hello".into(),
+            vip: vip(1),
+            instances: vec![sidecar, inst("hello", "b", 8081, Health::Up)],
+        }],
+    });
+    let t = d.table();
+    let s = t.by_name("hello").unwrap();
+    let a = s.all.iter().find(|e| e.id == "a").unwrap();
+    assert_eq!(a.addr, "10.0.0.1:8080".parse().unwrap());
+    assert_eq!(a.authority.as_str(), "10.0.0.1:8080");
+    assert_eq!(a.inbound, Some("10.0.0.1:15006".parse().unwrap()));
+    let b = s.all.iter().find(|e| e.id == "b").unwrap();
+    assert_eq!(b.inbound, None);
 }
 
 #[test]
