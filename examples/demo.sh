@@ -113,14 +113,16 @@ wait_http http://127.0.0.1:18082/ "node app" app-node
 start proxy-python "$BIN/mesh-proxy" --control "$CONTROL_URL" --service hello \
   --app-port 18081 --advertise 127.0.0.1 --instance-id python \
   --outbound 127.0.0.1:15101 --admin 127.0.0.1:15100 --dns 127.0.0.1:15153 \
+  --inbound 127.0.0.1:15106 \
   --health-interval 500ms --cache-dir "$WORK/cache-python" --mark 0
 start proxy-node "$BIN/mesh-proxy" --control "$CONTROL_URL" --service hello \
   --app-port 18082 --advertise 127.0.0.1 --instance-id node \
   --outbound 127.0.0.1:15201 --admin 127.0.0.1:15200 --dns 127.0.0.1:15253 \
+  --inbound 127.0.0.1:15206 \
   --health-interval 500ms --cache-dir "$WORK/cache-node" --mark 0
 wait_http http://127.0.0.1:15100/ready "python's sidecar" proxy-python
 wait_http http://127.0.0.1:15200/ready "node's sidecar" proxy-node
-echo "python app on :18081 (sidecar admin :15100), node app on :18082 (sidecar admin :15200)"
+echo "python app on :18081 (sidecar admin :15100, inbound :15106), node app on :18082 (sidecar admin :15200, inbound :15206)"
 
 step "4. A client sidecar on the default ports (outbound :15001)"
 start proxy-client "$BIN/mesh-proxy" --control "$CONTROL_URL" \

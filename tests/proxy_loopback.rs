@@ -318,6 +318,8 @@ fn sigterm_deregisters_drains_and_exits_zero() {
             &slow.to_string(),
             "--advertise",
             "127.0.0.1",
+            "--inbound",
+            "127.0.0.1:0",
             "--instance-id",
             "slow-1",
         ],

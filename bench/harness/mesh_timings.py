@@ -142,6 +142,7 @@ def kill_endpoint(out, smoke, log):
             side, _, admin = targets.start_proxy(
                 out, None, 70 + i, workers=1,
                 extra=["--service", "kill", "--app-port", str(port), "--advertise", "127.0.0.1",
+                       "--inbound", "127.0.0.1:0",
                        "--instance-id", f"kill-{name}"])
             started += [app, side]
         client, cport, cadmin = targets.start_proxy(out, None, 80, workers=1)

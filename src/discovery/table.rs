@@ -14,16 +14,24 @@ use std::sync::Arc;
 pub struct Endpoint {
     pub id: String,
     pub addr: SocketAddr,
-    /// `addr` as a URI authority, made once per table build.
+    /// [`Endpoint::dial`] as a URI authority, made once per table build.
     pub authority: http::uri::Authority,
     /// The instance's sidecar inbound listener (`address:inbound_port`),
     /// when it registered one: the data plane connects proxy to proxy
-    /// there, while `addr`/`authority` stay the app's own address.
+    /// there, while `addr` stays the app's own address.
     pub inbound: Option<SocketAddr>,
     pub health: Health,
     /// Load statistics, shared with every later table that holds this
     /// endpoint so the balancer's knowledge survives registry changes.
     pub stats: Arc<EndpointStats>,
+}
+
+impl Endpoint {
+    /// Where connections to this endpoint go: its sidecar's inbound
+    /// listener when it has one, else the app itself.
+    pub fn dial(&self) -> SocketAddr {
+        self.inbound.unwrap_or(self.addr)
+    }
 }
 
 impl HasStats for Arc<Endpoint> {

@@ -69,9 +69,45 @@ pub struct ProxyArgs {
     /// Connect timeout to upstream endpoints.
     #[arg(long, env = "MESH_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Inbound listener: callers' proxies and redirected app-port traffic
+    /// reach the app through it. Bound only when `--app-port` is set.
+    #[arg(long, env = "MESH_INBOUND", default_value = "0.0.0.0:15006")]
+    pub inbound: SocketAddr,
+    /// Concurrent inbound HTTP requests let through to the app; beyond it,
+    /// 503 `x-mesh-error: overloaded` at once.
+    #[arg(long, env = "MESH_INBOUND_MAX_CONCURRENT", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub inbound_max_concurrent: u32,
+    /// How long a new connection's client may stay silent before it is
+    /// taken for a server-speaks-first protocol and relayed as opaque TCP.
+    #[arg(long, env = "MESH_DETECT_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
+    pub detect_timeout: Duration,
+    /// Ports never detected, always opaque TCP (`none` for no port).
+    #[arg(long, env = "MESH_OPAQUE_PORTS", default_value = "25,587,3306,4444,5432,6379,9300,11211", value_parser = parse_ports)]
+    pub opaque_ports: PortList,
+    /// Opaque TCP connections (and upgraded ones) idle this long are closed.
+    #[arg(long, env = "MESH_TCP_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub tcp_idle_timeout: Duration,
     /// Runtime worker threads (default: one per core).
     #[arg(long, env = "MESH_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+}
+
+/// A comma-separated list of ports, as one flag value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortList(pub Vec<u16>);
+
+fn parse_ports(s: &str) -> Result<PortList, String> {
+    let s = s.trim();
+    if s.is_empty() || s == "none" {
+        return Ok(PortList(Vec::new()));
+    }
+    s.split(',')
+        .map(|p| match p.trim().parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("{p:?} is not a port (1-65535)")),
+            Ok(n) => Ok(n),
+        })
+        .collect::<Result<_, _>>()
+        .map(PortList)
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -99,5 +135,8 @@ mod tests {
             Ok(("hello".into(), Algorithm::RoundRobin))
         );
         assert!(parse_lb("hello=magic").is_err());
+        assert_eq!(parse_ports("25, 6379"), Ok(PortList(vec![25, 6379])));
+        assert_eq!(parse_ports("none"), Ok(PortList(vec![])));
+        assert!(parse_ports("25,0").is_err() && parse_ports("x").is_err());
     }
 }

@@ -27,6 +27,10 @@ pub const MESH_CALLER: HeaderName = HeaderName::from_static("x-mesh-caller");
 /// names. `keep_upgrade` keeps `Connection` and `Upgrade` for a protocol
 /// upgrade that is tunnelled through (WebSocket), which needs both.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // `te: trailers` is end to end in practice: gRPC servers require it.
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     // Most messages carry no `Connection` header: skip the scan then.
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -51,6 +55,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -168,9 +175,13 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::ACCEPT));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h[header::TE], "trailers");
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub enum MeshError {
     LoopDetected,
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The inbound side's concurrency limit (`--inbound-max-concurrent`)
+    /// is reached: the app is protected, the caller may retry elsewhere.
+    #[error("the app's concurrency limit ({0}) is reached")]
+    Overloaded(u32),
 }
 
 impl MeshError {
@@ -48,6 +52,7 @@ impl MeshError {
             MeshError::RetryBudgetExhausted(_) => "retry-budget-exhausted",
             MeshError::LoopDetected => "loop-detected",
             MeshError::BadRequest(_) => "bad-request",
+            MeshError::Overloaded(_) => "overloaded",
         }
     }
 
@@ -57,7 +62,8 @@ impl MeshError {
             | MeshError::NoEndpoints(_)
             | MeshError::BreakerOpen(_)
             | MeshError::BulkheadFull(_)
-            | MeshError::RetryBudgetExhausted(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | MeshError::RetryBudgetExhausted(_)
+            | MeshError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             MeshError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             MeshError::ConnectFailed { .. } | MeshError::UpstreamReset { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -132,6 +138,7 @@ mod tests {
                 "retry-budget-exhausted",
             ),
             (MeshError::BadRequest("no host".into()), 400, "bad-request"),
+            (MeshError::Overloaded(2), 503, "overloaded"),
         ];
         for (err, status, reason) in cases {
             let r = err.to_response();

@@ -10,7 +10,9 @@
 use super::admin::{self, AdminState};
 use super::config::ProxyArgs;
 use super::dns::{DnsConfig, DnsServer, VipLookup};
-use super::outbound::{HttpOutbound, OutboundServer, UpstreamClients};
+use super::inbound::{InboundHttp, InboundServer};
+use super::outbound::{DetectConfig, HttpOutbound, Learned, OpaqueOutbound, OutboundServer};
+use super::upstream::Upstreams;
 use crate::control::client::ControlClient;
 use crate::discovery::{
     self, AgentConfig, Directory, HealthCheck, RegistrationAgent, SnapshotCache,
@@ -62,6 +64,11 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
 
     let outbound_l = bind("--outbound", args.outbound).await?;
     let admin_l = bind("--admin", args.admin).await?;
+    // The inbound side exists for an app; a client-only sidecar has none.
+    let inbound_l = match args.app_port {
+        Some(_) => Some(bind("--inbound", args.inbound).await?),
+        None => None,
+    };
     let dns = DnsServer::bind(
         DnsConfig {
             listen: args.dns,
@@ -77,11 +84,15 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
         addr: args.dns,
         source,
     })?;
-    let own_addrs = vec![
+    let inbound_addr = inbound_l
+        .as_ref()
+        .map(|l| l.local_addr().unwrap_or(args.inbound));
+    let mut own_addrs = vec![
         outbound_l.local_addr().unwrap_or(args.outbound),
         admin_l.local_addr().unwrap_or(args.admin),
         dns.local_addr(),
     ];
+    own_addrs.extend(inbound_addr);
 
     let shutdown = CancellationToken::new(); // phase 2: stop accepting, drain
     let stop = CancellationToken::new(); //     phase 3: everything else
@@ -101,7 +112,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
         stop.clone(),
     ));
 
-    let agent = match agent_config(&args)? {
+    let agent = match agent_config(&args, inbound_addr)? {
         Some(cfg) => {
             let agent = RegistrationAgent::new(cfg, client.clone());
             let state = agent.state();
@@ -143,23 +154,65 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
     let token = format!("mesh-{:08x}", fastrand::u32(..));
     let via = HeaderValue::from_str(&format!("1.1 {token}"))
         .map_err(|e| ProxyError::Config(e.to_string()))?;
+    let caller = match &args.service {
+        Some(s) => Some(HeaderValue::from_str(s).map_err(|e| ProxyError::Config(e.to_string()))?),
+        None => None,
+    };
+    let upstreams = Arc::new(Upstreams::new(connect));
+    let detect = DetectConfig {
+        timeout: args.detect_timeout,
+        opaque_ports: args.opaque_ports.0.iter().copied().collect(),
+    };
+    let opaque = Arc::new(OpaqueOutbound {
+        metrics: metrics.clone(),
+        mark,
+        idle: args.tcp_idle_timeout,
+    });
     let server = Arc::new(OutboundServer {
         http: Arc::new(HttpOutbound {
             dir: dir.clone(),
-            clients: UpstreamClients::new(connect),
+            upstreams: upstreams.clone(),
             metrics: metrics.clone(),
             domain_suffix: format!(".{}", args.domain.trim_matches('.').to_ascii_lowercase()),
             own_addrs,
             via,
             via_token: token,
+            caller,
+            opaque: opaque.clone(),
         }),
+        opaque,
         metrics: metrics.clone(),
         vip_net: args.vip_cidr,
         connect,
+        detect: detect.clone(),
+        learned: Learned::default(),
     });
     let outbound = tokio::spawn(server.serve(outbound_l, shutdown.clone(), args.drain_timeout));
+    let inbound = match (inbound_l, args.app_port) {
+        (Some(listener), Some(app_port)) => {
+            let inbound = Arc::new(InboundServer {
+                http: Arc::new(InboundHttp {
+                    upstreams,
+                    metrics: metrics.clone(),
+                    limit: Arc::new(tokio::sync::Semaphore::new(
+                        usize::try_from(args.inbound_max_concurrent).unwrap_or(usize::MAX),
+                    )),
+                    max_concurrent: args.inbound_max_concurrent,
+                    idle: args.tcp_idle_timeout,
+                }),
+                metrics: metrics.clone(),
+                app_port,
+                detect,
+                learned: Learned::default(),
+                connect,
+                idle: args.tcp_idle_timeout,
+            });
+            Some(tokio::spawn(inbound.serve(listener, shutdown.clone(), args.drain_timeout)))
+        }
+        _ => None,
+    };
     listening.store(true, Ordering::Release);
-    tracing::info!(outbound = %args.outbound, admin = %args.admin, dns = %args.dns, control = %args.control, "mesh-proxy running");
+    tracing::info!(outbound = %args.outbound, inbound = ?inbound_addr, admin = %args.admin, dns = %args.dns, control = %args.control, "mesh-proxy running");
 
     tokio::select! {
         () = signals() => {}
@@ -173,6 +226,9 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
     tracing::info!(timeout = ?args.drain_timeout, "draining");
     shutdown.cancel();
     let _ = outbound.await;
+    if let Some(inbound) = inbound {
+        let _ = inbound.await;
+    }
     stop.cancel();
     tracing::info!("stopped");
     Ok(())
@@ -184,7 +240,10 @@ async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, Proxy
         .map_err(|source| ProxyError::Bind { flag, addr, source })
 }
 
-fn agent_config(args: &ProxyArgs) -> Result<Option<AgentConfig>, ProxyError> {
+fn agent_config(
+    args: &ProxyArgs,
+    inbound: Option<SocketAddr>,
+) -> Result<Option<AgentConfig>, ProxyError> {
     let (Some(service), Some(app_port)) = (&args.service, args.app_port) else {
         return Ok(None);
     };
@@ -207,8 +266,7 @@ fn agent_config(args: &ProxyArgs) -> Result<Option<AgentConfig>, ProxyError> {
         instance_id,
         advertise,
         app_port,
-        // Set once the inbound listener lands (issue 4).
-        inbound_port: None,
+        inbound_port: advertised_inbound(inbound, advertise),
         metadata: args.meta.iter().cloned().collect(),
         check: match &args.health_path {
             Some(path) => HealthCheck::Http { path: path.clone() },
@@ -217,6 +275,20 @@ fn agent_config(args: &ProxyArgs) -> Result<Option<AgentConfig>, ProxyError> {
         health_interval: args.health_interval,
         lease_ttl: args.lease_ttl,
     }))
+}
+
+/// The inbound port callers' proxies should use, if they can reach it at
+/// the advertised address: a loopback-only inbound listener serves only
+/// callers on this host.
+fn advertised_inbound(inbound: Option<SocketAddr>, advertise: IpAddr) -> Option<u16> {
+    let addr = inbound?;
+    let reachable = addr.ip().is_unspecified()
+        || addr.ip() == advertise
+        || (addr.ip().is_loopback() && advertise.is_loopback());
+    if !reachable {
+        tracing::warn!(inbound = %addr, %advertise, "the inbound listener is not reachable at the advertised address; callers will connect to the app directly");
+    }
+    reachable.then_some(addr.port())
 }
 
 /// The first IPv4 address on an up, non-loopback interface.

@@ -74,6 +74,8 @@ pub struct ProxyMetrics {
     /// 1 while the watch stream to the control plane is up.
     pub control_connected: Gauge,
     pub dns_queries: Counter,
+    /// Connections, protocols, and the inbound side.
+    pub traffic: super::TrafficMetrics,
 }
 
 /// Handles for one destination service; cloning shares the counters.
@@ -97,6 +99,7 @@ impl Default for ProxyMetrics {
 impl ProxyMetrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("mesh");
+        let traffic = super::TrafficMetrics::register(&mut registry);
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: Family<ServiceLabel, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
@@ -208,6 +211,7 @@ impl ProxyMetrics {
             revision,
             control_connected,
             dns_queries,
+            traffic,
         }
     }
 

@@ -1,8 +1,10 @@
 //! Logging setup and the proxy's Prometheus metrics.
 
 mod metrics;
+mod traffic;
 
 pub use metrics::{ProxyMetrics, RequestCounts, ServiceMetrics};
+pub use traffic::TrafficMetrics;
 
 /// Logs to stderr, filtered by `MESH_LOG` (then `RUST_LOG`), default `info`.
 /// Safe to call more than once (later calls do nothing).

@@ -248,13 +248,15 @@ impl Directory {
                     .or_default()
                     .clone();
                 let addr = SocketAddr::new(i.address, i.port);
+                let inbound = i.inbound_port.map(|p| SocketAddr::new(i.address, p));
+                let dial = inbound.unwrap_or(addr);
                 Arc::new(Endpoint {
                     id: i.id.clone(),
                     addr,
                     // A socket address always forms a valid authority.
-                    authority: http::uri::Authority::try_from(addr.to_string().as_str())
+                    authority: http::uri::Authority::try_from(dial.to_string().as_str())
                         .unwrap_or_else(|_| http::uri::Authority::from_static("invalid")),
-                    inbound: i.inbound_port.map(|p| SocketAddr::new(i.address, p)),
+                    inbound,
                     health: i.health,
                     stats,
                 })

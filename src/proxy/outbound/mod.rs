@@ -1,40 +1,66 @@
 //! The outbound listener: every connection the app makes to the mesh.
 //!
 //! One port serves both modes. A connection redirected by iptables carries
-//! its original destination (SO_ORIGINAL_DST): a VIP means HTTP to that
-//! service; anything else is relayed untouched as TCP. A connection made to
-//! the port directly (explicit `http_proxy` mode) is HTTP whose requests
-//! name their targets in absolute-form URIs or Host headers.
+//! its original destination (SO_ORIGINAL_DST). To a VIP, its protocol is
+//! detected: HTTP/1 and HTTP/2 go through the per-request policy stack,
+//! anything else (TLS, server-speaks-first, binary protocols) is opaque TCP
+//! balanced per connection. Redirected connections elsewhere are relayed
+//! untouched. A connection made to the port directly (explicit
+//! `http_proxy` mode) is HTTP whose requests name their targets, CONNECT
+//! included.
 
-mod body;
 mod http;
+mod learned;
+mod opaque;
 mod orig_dst;
+mod replay;
 mod stack;
 mod target;
+mod tunnel;
 
-pub use self::http::{HttpOutbound, UpstreamClient, UpstreamClients};
+pub use self::http::{proto_of, rescue, upstream_response, HttpOutbound};
+pub use learned::Learned;
+pub use opaque::OpaqueOutbound;
+pub use orig_dst::original_dst;
 pub use stack::MESH_FALLBACK;
-pub use target::{split_host_port, ConnTarget};
+pub use tunnel::splice_upgrade;
+pub use target::{is_own, split_host_port, ConnTarget};
 
+use crate::discovery::Service;
 use crate::net::ConnectOptions;
+use crate::proxy::protocol::{detect, fast_close, relay, Detected, PrefixedIo, Protocol};
+use crate::proxy::server::{self, drive};
 use crate::telemetry::ProxyMetrics;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use std::net::{IpAddr, SocketAddr};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// How intercepted connections to a VIP are told apart.
+#[derive(Clone, Debug)]
+pub struct DetectConfig {
+    /// `--detect-timeout`: a client silent this long is waiting for the
+    /// server.
+    pub timeout: Duration,
+    /// `--opaque-ports`: never detected.
+    pub opaque_ports: HashSet<u16>,
+}
+
 /// Accepts outbound connections until `shutdown`, then lets in-flight
 /// requests finish for up to `drain` before returning.
 pub struct OutboundServer {
     pub http: Arc<HttpOutbound>,
+    pub opaque: Arc<OpaqueOutbound>,
     pub metrics: Arc<ProxyMetrics>,
     pub vip_net: crate::model::Ipv4Cidr,
     pub connect: ConnectOptions,
+    pub detect: DetectConfig,
+    pub learned: Learned,
 }
 
 impl OutboundServer {
@@ -44,8 +70,7 @@ impl OutboundServer {
         shutdown: CancellationToken,
         drain: Duration,
     ) {
-        let graceful = GracefulShutdown::new();
-        let relays = TaskTracker::new();
+        let conns = TaskTracker::new();
         loop {
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
@@ -62,66 +87,172 @@ impl OutboundServer {
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().ok();
             let orig = orig_dst::original_dst(&stream).filter(|d| Some(*d) != local);
+            let this = self.clone();
+            let stop = shutdown.clone();
             match orig {
                 Some(SocketAddr::V4(d)) if self.vip_net.contains(*d.ip()) => {
-                    self.spawn_http(&graceful, stream, peer, ConnTarget::Vip(*d.ip()));
+                    conns.spawn(async move { this.serve_vip(stream, peer, d, &stop).await });
                 }
                 Some(dst) => {
-                    let this = self.clone();
-                    relays.spawn(async move { this.relay(stream, dst).await });
+                    conns.spawn(async move { this.relay(stream, dst).await });
                 }
-                None => self.spawn_http(&graceful, stream, peer, ConnTarget::FromRequest),
+                None => {
+                    conns.spawn(async move { this.serve_explicit(stream, peer, &stop).await });
+                }
             }
         }
         drop(listener);
-        relays.close();
-        let drained = async {
-            graceful.shutdown().await;
-            relays.wait().await;
-        };
-        if tokio::time::timeout(drain, drained).await.is_err() {
+        conns.close();
+        if tokio::time::timeout(drain, conns.wait()).await.is_err() {
             tracing::warn!(?drain, "drain period over; closing remaining connections");
         }
     }
 
-    fn spawn_http(
+    /// A connection to a service's VIP: detect, then HTTP or opaque.
+    async fn serve_vip(
         &self,
-        graceful: &GracefulShutdown,
-        stream: TcpStream,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        dst: SocketAddrV4,
+        shutdown: &CancellationToken,
+    ) {
+        let Some(svc) = self.http.dir.table().by_vip(*dst.ip()).cloned() else {
+            tracing::debug!(%dst, "connection to a VIP no service holds");
+            self.metrics.mesh_error(&dst.ip().to_string(), "unknown-service");
+            fast_close(stream);
+            return;
+        };
+        let port = dst.port();
+        let detected = if self.skips_detection(&svc, port) {
+            Detected {
+                protocol: Protocol::Opaque,
+                prefix: bytes::Bytes::new(),
+                silent: false,
+            }
+        } else {
+            match detect(&mut stream, self.detect.timeout).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connection failed during detection");
+                    return;
+                }
+            }
+        };
+        if detected.silent && self.learned.learn(&svc.name, port) {
+            self.metrics.traffic.learned_opaque(&svc.name, port);
+            tracing::warn!(
+                service = %svc.name,
+                port,
+                timeout = ?self.detect.timeout,
+                "protocol detection timed out: the client waits for the server to speak first; \
+                 treating {}:{port} as opaque TCP from now on. Declare it in the service's \
+                 policy (opaquePorts: [{port}]) to skip detection",
+                svc.name,
+            );
+        }
+        self.metrics
+            .traffic
+            .connection(&svc.name, detected.protocol.as_str());
+        let io = PrefixedIo::new(detected.prefix, stream);
+        let target = ConnTarget::Vip(*dst.ip());
+        match detected.protocol {
+            Protocol::Http1 => self.serve_http1(io, peer, target, shutdown).await,
+            Protocol::Http2 => self.serve_http2(io, peer, target, shutdown).await,
+            Protocol::Tls { sni } => {
+                tracing::debug!(service = %svc.name, sni = sni.as_deref().unwrap_or("-"), "TLS connection relayed opaque");
+                self.opaque.serve(io, svc).await;
+            }
+            Protocol::Opaque | Protocol::MeshOpaque => self.opaque.serve(io, svc).await,
+        }
+    }
+
+    /// Declared opaque (flag or policy) or learned so.
+    fn skips_detection(&self, svc: &Service, port: u16) -> bool {
+        self.detect.opaque_ports.contains(&port)
+            // POLICY-OPAQUE || svc.resilience.policy.opaque_ports.contains(&port)
+            || self.learned.contains(&svc.name, port)
+    }
+
+    async fn serve_http1(
+        &self,
+        io: PrefixedIo<TcpStream>,
         peer: SocketAddr,
         target: ConnTarget,
+        shutdown: &CancellationToken,
     ) {
+        let svc = self.service(target);
+        let conn = server::http1()
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        if let Err(e) = drive(conn, shutdown, |c| c.graceful_shutdown()).await {
+            tracing::debug!(%peer, error = %e, "outbound connection ended with error");
+        }
+    }
+
+    async fn serve_http2(
+        &self,
+        io: PrefixedIo<TcpStream>,
+        peer: SocketAddr,
+        target: ConnTarget,
+        shutdown: &CancellationToken,
+    ) {
+        let svc = self.service(target);
+        let conn = server::http2().serve_connection(TokioIo::new(io), svc);
+        if let Err(e) = drive(conn, shutdown, |c| c.graceful_shutdown()).await {
+            tracing::debug!(%peer, error = %e, "outbound h2 connection ended with error");
+        }
+    }
+
+    /// Explicit mode: HTTP/1 (with CONNECT and upgrades) or h2c.
+    async fn serve_explicit(&self, stream: TcpStream, peer: SocketAddr, shutdown: &CancellationToken) {
+        let svc = self.service(ConnTarget::FromRequest);
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(server::HEADER_READ_TIMEOUT);
+        builder.http2().timer(hyper_util::rt::TokioTimer::new());
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        if let Err(e) = drive(conn, shutdown, |c| c.graceful_shutdown()).await {
+            tracing::debug!(%peer, error = %e, "outbound connection ended with error");
+        }
+    }
+
+    fn service(
+        &self,
+        target: ConnTarget,
+    ) -> impl hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<crate::proxy::body::RespBody>,
+        Error = std::convert::Infallible,
+        Future = impl std::future::Future<
+            Output = Result<hyper::Response<crate::proxy::body::RespBody>, std::convert::Infallible>,
+        > + Send,
+    > + Clone {
         let h = self.http.clone();
-        let svc = service_fn(move |req| {
+        service_fn(move |req| {
             let h = h.clone();
             async move { Ok::<_, std::convert::Infallible>(h.handle(req, target).await) }
-        });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(30))
-            .serve_connection(TokioIo::new(stream), svc);
-        let fut = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = fut.await {
-                tracing::debug!(%peer, error = %e, "outbound connection ended with error");
-            }
-        });
+        })
     }
 
     /// Relays a redirected, non-mesh connection to where it was going.
-    async fn relay(&self, mut inbound: TcpStream, dst: SocketAddr) {
-        if crate::proxy::outbound::target::is_own(&self.http.own_addrs, dst) || is_loop_risk(dst) {
+    async fn relay(&self, inbound: TcpStream, dst: SocketAddr) {
+        if is_own(&self.http.own_addrs, dst) || is_loop_risk(dst) {
             tracing::warn!(%dst, "refusing a redirected connection back into the proxy (loop-detected)");
             return;
         }
         self.metrics.tcp_relays.inc();
         match crate::net::connect(dst, self.connect).await {
-            Ok(mut upstream) => {
-                if let Err(e) = tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await {
+            Ok(upstream) => {
+                if let Err(e) = relay(inbound, upstream, self.opaque.idle).await {
                     tracing::debug!(%dst, error = %e, "tcp relay ended");
                 }
             }
-            Err(e) => tracing::debug!(%dst, error = %e, "tcp relay connect failed"),
+            Err(e) => {
+                tracing::debug!(%dst, error = %e, "tcp relay connect failed");
+                fast_close(inbound);
+            }
         }
     }
 }

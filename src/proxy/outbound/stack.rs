@@ -8,19 +8,22 @@
 //! box a future per request. The state machines live one per file in
 //! `resilience/`, with their tests.
 
-use super::body::{prepare, ReqBody, RequestTemplate};
-use super::http::{Body, HttpOutbound};
+use super::http::{proto_of, upstream_response, HttpOutbound};
+use super::replay::{prepare, RequestTemplate};
 use crate::balance::InFlight;
 use crate::discovery::{Endpoint, Service};
 use crate::model::policy::{Fallback, RetryOn};
-use crate::proxy::rescue::MeshError;
-use crate::resilience::{retry, Outcome, ServiceResilience};
+use crate::proxy::body::{ReqBody, RespBody, StreamEnd};
+use crate::proxy::grpc;
+use crate::proxy::rescue::{MeshError, MESH_ERROR};
+use crate::resilience::{retry, BreakerPermit, Outcome, ServiceResilience};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::time::Instant;
 
 pub const MESH_FALLBACK: &str = "x-mesh-fallback";
@@ -34,7 +37,7 @@ impl HttpOutbound {
         &self,
         svc: Arc<Service>,
         req: Request<Incoming>,
-    ) -> Result<Response<Body>, MeshError> {
+    ) -> Result<Response<RespBody>, MeshError> {
         // The policy the request starts with is the one it finishes with,
         // even if a new one lands meanwhile.
         let rt = svc.resilience.clone();
@@ -81,7 +84,7 @@ impl HttpOutbound {
         rt: &Arc<ServiceResilience>,
         first: Request<ReqBody>,
         template: Option<&RequestTemplate>,
-    ) -> Result<Response<Body>, MeshError> {
+    ) -> Result<Response<RespBody>, MeshError> {
         let timeout = rt.policy.timeouts.request;
         let deadline = Instant::now() + timeout;
         tokio::time::timeout_at(deadline, self.attempts(svc, rt, first, template, deadline))
@@ -99,7 +102,7 @@ impl HttpOutbound {
         first: Request<ReqBody>,
         template: Option<&RequestTemplate>,
         deadline: Instant,
-    ) -> Result<Response<Body>, MeshError> {
+    ) -> Result<Response<RespBody>, MeshError> {
         let retries = &rt.policy.retries;
         let idempotent = retry::is_idempotent(first.method());
         rt.budget.deposit();
@@ -108,18 +111,15 @@ impl HttpOutbound {
         let mut attempt: u32 = 0;
         loop {
             let (result, endpoint) = self.attempt(svc, rt, req, &tried, deadline).await;
-            let class = match &result {
-                Ok(resp) if matches!(resp.status().as_u16(), 502..=504) => RetryOn::GatewayError,
-                Err(MeshError::ConnectFailed { .. }) => RetryOn::ConnectFailure,
-                Err(MeshError::UpstreamReset { .. }) => RetryOn::Reset,
-                // Success, or breaker-open, bulkhead-full, no-endpoints,
-                // timeout: a retry would not help.
-                _ => return result,
+            let from_peer = endpoint.as_ref().is_some_and(|e| e.inbound.is_some());
+            // Success, or breaker-open, bulkhead-full, no-endpoints,
+            // timeout: a retry would not help.
+            let Some((class, unseen)) = retry_class(&result, from_peer) else {
+                return result;
             };
-            // The upstream saw the request unless the connect failed; only
-            // idempotent requests may be repeated then.
-            let safe = class == RetryOn::ConnectFailure || idempotent;
-            let Some(template) = template.filter(|_| safe) else {
+            // Only a request the app never saw, or an idempotent one, may
+            // be sent again.
+            let Some(template) = template.filter(|_| unseen || idempotent) else {
                 return result;
             };
             if attempt >= retries.attempts || !retries.on.contains(&class) {
@@ -151,10 +151,10 @@ impl HttpOutbound {
         &self,
         svc: &Arc<Service>,
         rt: &Arc<ServiceResilience>,
-        req: Request<ReqBody>,
+        mut req: Request<ReqBody>,
         tried: &[Arc<Endpoint>],
         deadline: Instant,
-    ) -> (Result<Response<Body>, MeshError>, Option<Arc<Endpoint>>) {
+    ) -> (Result<Response<RespBody>, MeshError>, Option<Arc<Endpoint>>) {
         let permit = match rt.breaker.try_acquire() {
             Ok(p) => p,
             Err(_) => {
@@ -163,7 +163,7 @@ impl HttpOutbound {
                 return (Err(MeshError::BreakerOpen(svc.name.clone())), None);
             }
         };
-        let _slot = match rt.bulkhead.acquire().await {
+        let slot = match rt.bulkhead.acquire().await {
             Ok(s) => s,
             Err(_) => {
                 svc.metrics.fast_failed();
@@ -171,51 +171,68 @@ impl HttpOutbound {
                 return (Err(MeshError::BulkheadFull(svc.name.clone())), None);
             }
         };
-        let Some(ep) = self.pick(svc, rt, tried) else {
+        let Some(ep) = pick(svc, rt, tried) else {
             svc.metrics.record(503, 0.0);
             return (Err(MeshError::NoEndpoints(svc.name.clone())), None);
         };
+        let grpc = grpc::is_grpc(req.headers());
+        if ep.inbound.is_some() {
+            self.add_caller(req.headers_mut());
+        }
+        let proto = proto_of(&req);
         let start = Instant::now();
         let in_flight = InFlight::start(ep.stats.clone());
-        let client = self.client_for(rt.policy.timeouts.connect);
-        let result = tokio::time::timeout_at(
-            deadline,
-            self.send_to(client, req, ep.addr, ep.authority.clone()),
-        )
-        .await
-        .unwrap_or(Err(MeshError::Timeout(rt.policy.timeouts.request)));
+        let sent = self.upstreams.send(
+            req,
+            ep.dial(),
+            ep.authority.clone(),
+            rt.policy.timeouts.connect,
+            proto,
+        );
+        let result = tokio::time::timeout_at(deadline, sent)
+            .await
+            .unwrap_or(Err(MeshError::Timeout(rt.policy.timeouts.request)));
         let elapsed = start.elapsed();
-        let failed = match &result {
-            Ok(resp) => resp.status().is_server_error(),
-            Err(_) => true,
+        let verdict = Verdict {
+            permit,
+            rt: rt.clone(),
+            svc: svc.clone(),
+            ep: ep.clone(),
+            elapsed,
         };
-        permit.record(Outcome { failed, elapsed });
-        if rt
-            .outlier
-            .record(&ep.stats.ejection, !failed, svc.ready.len())
-        {
-            svc.metrics.ejected();
-            tracing::warn!(service = %svc.name, endpoint = %ep.id, "endpoint ejected after consecutive failures");
-        }
-        match &result {
+        let result = match result {
             Ok(resp) => {
                 in_flight.finish();
-                svc.metrics
-                    .record(resp.status().as_u16(), elapsed.as_secs_f64());
+                let mut resp = upstream_response(resp);
+                let status = resp.status();
+                svc.metrics.record(status.as_u16(), elapsed.as_secs_f64());
+                let header_grpc = grpc.then(|| grpc::status(resp.headers())).flatten();
+                let guard = resp.body_mut().guard_mut();
+                // The bulkhead counts the call until its response ends.
+                guard.bulkhead = Some(slot);
+                if grpc && status == StatusCode::OK && header_grpc.is_none() {
+                    // The status comes in the trailers: judge at the end.
+                    guard.on_end = Some(Box::new(move |end| verdict.record(grpc_failed(end))));
+                } else {
+                    verdict.record(status.is_server_error() || header_grpc.is_some_and(grpc::is_failure));
+                }
+                Ok(resp.map(Either::Left))
             }
             Err(e) => {
                 drop(in_flight);
                 svc.metrics
                     .record(e.status().as_u16(), elapsed.as_secs_f64());
+                verdict.record(true);
+                Err(e)
             }
-        }
+        };
         (result, Some(ep))
     }
+}
 
     /// The balancer's choice among ready endpoints that are not ejected and
     /// not tried yet; tried ones are taken again rather than none.
-    fn pick(
-        &self,
+    pub(super) fn pick(
         svc: &Service,
         rt: &ServiceResilience,
         tried: &[Arc<Endpoint>],
@@ -245,6 +262,79 @@ impl HttpOutbound {
         };
         svc.balancer.pick(pool).cloned()
     }
+
+/// A call's outcome, to be told to the breaker and the outlier detector
+/// once known: at the response headers, or for gRPC at the trailers.
+pub(super) struct Verdict {
+    pub permit: BreakerPermit,
+    pub rt: Arc<ServiceResilience>,
+    pub svc: Arc<Service>,
+    pub ep: Arc<Endpoint>,
+    /// Time to the response headers (slow calls are judged on it, so a
+    /// long stream is not a slow call).
+    pub elapsed: Duration,
+}
+
+impl Verdict {
+    pub fn record(self, failed: bool) {
+        self.permit.record(Outcome {
+            failed,
+            elapsed: self.elapsed,
+        });
+        let ejected =
+            self.rt
+                .outlier
+                .record(&self.ep.stats.ejection, !failed, self.svc.ready.len());
+        if ejected {
+            self.svc.metrics.ejected();
+            tracing::warn!(service = %self.svc.name, endpoint = %self.ep.id, "endpoint ejected after consecutive failures");
+        }
+    }
+}
+
+/// A gRPC stream failed when it broke, ended without a status (UNKNOWN),
+/// or ended with a server-side status.
+fn grpc_failed(end: StreamEnd) -> bool {
+    match end {
+        StreamEnd::Done {
+            grpc_status: Some(code),
+        } => grpc::is_failure(code),
+        StreamEnd::Done { grpc_status: None } | StreamEnd::Failed => true,
+    }
+}
+
+/// Which retry class an attempt's result falls in, and whether the app
+/// certainly never saw the request (then even a POST may be repeated).
+/// A peer proxy reports its own failures in `x-mesh-error`: its connect
+/// failure or load shedding means the app never saw the request.
+fn retry_class(
+    result: &Result<Response<RespBody>, MeshError>,
+    from_peer: bool,
+) -> Option<(RetryOn, bool)> {
+    match result {
+        Err(MeshError::ConnectFailed { .. }) => Some((RetryOn::ConnectFailure, true)),
+        Err(MeshError::UpstreamReset { .. }) => Some((RetryOn::Reset, false)),
+        Err(_) => None,
+        Ok(resp) => {
+            let peer_error = from_peer
+                .then(|| resp.headers().get(MESH_ERROR))
+                .flatten()
+                .map(HeaderValue::as_bytes);
+            match peer_error {
+                Some(b"connect-failed" | b"overloaded") => {
+                    return Some((RetryOn::ConnectFailure, true))
+                }
+                Some(b"upstream-reset") => return Some((RetryOn::Reset, false)),
+                _ => {}
+            }
+            if matches!(resp.status().as_u16(), 502..=504) {
+                return Some((RetryOn::GatewayError, false));
+            }
+            // gRPC UNAVAILABLE (trailers-only): the server refused it.
+            (grpc::status(resp.headers()) == Some(grpc::code::UNAVAILABLE))
+                .then_some((RetryOn::GatewayError, true))
+        }
+    }
 }
 
 fn static_fallback(
@@ -252,7 +342,7 @@ fn static_fallback(
     headers: &BTreeMap<String, String>,
     body: &str,
     reason: &'static str,
-) -> Response<Body> {
+) -> Response<RespBody> {
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     for (k, v) in headers {
@@ -267,7 +357,7 @@ fn static_fallback(
     with_fallback_header(resp, reason)
 }
 
-fn with_fallback_header(mut resp: Response<Body>, reason: &'static str) -> Response<Body> {
+fn with_fallback_header(mut resp: Response<RespBody>, reason: &'static str) -> Response<RespBody> {
     resp.headers_mut()
         .insert(MESH_FALLBACK, HeaderValue::from_static(reason));
     resp

@@ -2,14 +2,12 @@
 //! buffered (small, known length) when a retry or a fallback may need to
 //! send them again.
 
+use crate::proxy::body::ReqBody;
 use crate::proxy::rescue::MeshError;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as _, Incoming};
-
-/// What the upstream client sends: the caller's stream, or replayable bytes.
-pub type ReqBody = Either<Incoming, Full<Bytes>>;
 
 /// Largest body kept in memory so that a request can be replayed.
 pub const MAX_REPLAY_BODY: u64 = 64 * 1024;

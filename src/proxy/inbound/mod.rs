@@ -1,0 +1,163 @@
+//! The inbound listener (`--inbound`): what reaches the app from outside
+//! its pod. Callers' proxies connect here directly (the registration
+//! advertises this port); other clients' connections to the app port are
+//! redirected here by `mesh-proxy init --app-port`.
+//!
+//! HTTP requests pass a concurrency limit that protects the app (beyond
+//! it: 503 `x-mesh-error: overloaded`, at once), are cleaned (forged
+//! `x-mesh-*` dropped, hop-by-hop removed, `x-forwarded-for`/`forwarded`
+//! appended, `traceparent` kept or started) and sent to the app on
+//! localhost in the caller's HTTP version. Opaque connections (a peer's
+//! preamble, TLS, anything not HTTP) are relayed to the app as bytes.
+
+mod http;
+
+pub use self::http::InboundHttp;
+
+use super::outbound::{original_dst, DetectConfig, Learned};
+use super::protocol::{detect, fast_close, relay, Detected, PrefixedIo, Protocol};
+use super::server::{self, drive};
+use crate::net::{connect, ConnectOptions};
+use crate::telemetry::ProxyMetrics;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The label under which learned opaque app ports are kept.
+const APP: &str = "(inbound)";
+
+pub struct InboundServer {
+    pub http: Arc<InboundHttp>,
+    pub metrics: Arc<ProxyMetrics>,
+    /// `--app-port`: where direct (proxy-to-proxy) connections go.
+    pub app_port: u16,
+    pub detect: DetectConfig,
+    pub learned: Learned,
+    pub connect: ConnectOptions,
+    /// `--tcp-idle-timeout`.
+    pub idle: Duration,
+}
+
+impl InboundServer {
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+        drain: Duration,
+    ) {
+        let conns = TaskTracker::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "inbound accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = shutdown.cancelled() => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let this = self.clone();
+            let stop = shutdown.clone();
+            conns.spawn(async move { this.serve_conn(stream, peer, &stop).await });
+        }
+        drop(listener);
+        conns.close();
+        if tokio::time::timeout(drain, conns.wait()).await.is_err() {
+            tracing::warn!(?drain, "inbound drain period over; closing remaining connections");
+        }
+    }
+
+    async fn serve_conn(&self, mut stream: TcpStream, peer: SocketAddr, shutdown: &CancellationToken) {
+        // Redirected by `init --app-port`: the app port the client dialled.
+        // Connected directly (a peer proxy): the registered app port.
+        let local = stream.local_addr().ok();
+        let port = original_dst(&stream)
+            .filter(|d| Some(*d) != local)
+            .map_or(self.app_port, |d| d.port());
+        let app = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let detected = if self.detect.opaque_ports.contains(&port) || self.learned.contains(APP, port) {
+            Detected {
+                protocol: Protocol::Opaque,
+                prefix: bytes::Bytes::new(),
+                silent: false,
+            }
+        } else {
+            match detect(&mut stream, self.detect.timeout).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "inbound connection failed during detection");
+                    return;
+                }
+            }
+        };
+        if detected.silent && self.learned.learn(APP, port) {
+            tracing::warn!(port, "inbound protocol detection timed out (the client waits for the app to speak first); treating app port {port} as opaque TCP from now on; list it in --opaque-ports to skip detection");
+        }
+        let io = PrefixedIo::new(detected.prefix, stream);
+        match detected.protocol {
+            Protocol::Http1 => {
+                let svc = self.service(peer, app);
+                let conn = server::http1()
+                    .serve_connection(TokioIo::new(io), svc)
+                    .with_upgrades();
+                if let Err(e) = drive(conn, shutdown, |c| c.graceful_shutdown()).await {
+                    tracing::debug!(%peer, error = %e, "inbound connection ended with error");
+                }
+            }
+            Protocol::Http2 => {
+                let svc = self.service(peer, app);
+                let conn = server::http2().serve_connection(TokioIo::new(io), svc);
+                if let Err(e) = drive(conn, shutdown, |c| c.graceful_shutdown()).await {
+                    tracing::debug!(%peer, error = %e, "inbound h2 connection ended with error");
+                }
+            }
+            Protocol::Tls { .. } | Protocol::MeshOpaque | Protocol::Opaque => {
+                self.relay(io, peer, app).await;
+            }
+        }
+    }
+
+    fn service(
+        &self,
+        peer: SocketAddr,
+        app: SocketAddr,
+    ) -> impl hyper::service::Service<
+        hyper::Request<hyper::body::Incoming>,
+        Response = hyper::Response<crate::proxy::body::RespBody>,
+        Error = std::convert::Infallible,
+        Future = impl std::future::Future<
+            Output = Result<hyper::Response<crate::proxy::body::RespBody>, std::convert::Infallible>,
+        > + Send,
+    > + Clone {
+        let h = self.http.clone();
+        let authority = ::http::uri::Authority::try_from(app.to_string().as_str())
+            .unwrap_or_else(|_| ::http::uri::Authority::from_static("127.0.0.1"));
+        service_fn(move |req| {
+            let h = h.clone();
+            let authority = authority.clone();
+            async move { Ok::<_, std::convert::Infallible>(h.handle(req, peer, app, authority).await) }
+        })
+    }
+
+    async fn relay(&self, client: PrefixedIo<TcpStream>, peer: SocketAddr, app: SocketAddr) {
+        self.metrics.traffic.inbound_tcp.inc();
+        match connect(app, self.connect).await {
+            Ok(upstream) => match relay(client, upstream, self.idle).await {
+                Ok(end) => tracing::debug!(%peer, %app, sent = end.sent, received = end.received, idle = end.idle, "inbound opaque connection ended"),
+                Err(e) => tracing::debug!(%peer, %app, error = %e, "inbound opaque connection broke"),
+            },
+            Err(e) => {
+                tracing::debug!(%peer, %app, error = %e, "cannot reach the app");
+                fast_close(client.into_inner());
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Opaque TCP to a mesh service (VIP:port): each connection is balanced to
+//! an endpoint through the service's breaker and bulkhead. Connect
+//! failures count as failures for outlier ejection and the breaker and are
+//! retried on another endpoint as the policy allows; the bulkhead limits
+//! concurrent connections; a connection idle past `--tcp-idle-timeout` is
+//! closed. A peer proxy's inbound listener gets the mesh's opaque preamble
+//! first, so it never waits on protocol detection.
+
+use super::stack::{pick, Verdict};
+use crate::discovery::{Endpoint, Service};
+use crate::model::policy::RetryOn;
+use crate::net::{connect, ConnectOptions};
+use crate::proxy::protocol::{fast_close, relay, PrefixedIo, MESH_OPAQUE_PREAMBLE};
+use crate::proxy::rescue::MeshError;
+use crate::resilience::{retry, BulkheadPermit};
+use crate::telemetry::ProxyMetrics;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+pub struct OpaqueOutbound {
+    pub metrics: Arc<ProxyMetrics>,
+    /// SO_MARK for upstream sockets.
+    pub mark: Option<u32>,
+    /// `--tcp-idle-timeout`.
+    pub idle: Duration,
+}
+
+/// A connection made to one of a service's endpoints.
+pub struct Opened {
+    pub stream: TcpStream,
+    /// Held for the connection's life: the bulkhead counts connections.
+    pub slot: BulkheadPermit,
+    pub ep: Arc<Endpoint>,
+}
+
+// === impl OpaqueOutbound ===
+
+impl OpaqueOutbound {
+    /// Relays `client` to an endpoint of `svc`; when none can be reached,
+    /// closes it with a reset (opaque TCP has no way to say why).
+    pub async fn serve(&self, client: PrefixedIo<TcpStream>, svc: Arc<Service>) {
+        let opened = match self.open(&svc).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.metrics.mesh_error(&svc.name, e.reason());
+                tracing::debug!(service = %svc.name, error = %e, "opaque connection refused");
+                fast_close(client.into_inner());
+                return;
+            }
+        };
+        let Opened { stream, slot, ep } = opened;
+        match relay(client, stream, self.idle).await {
+            Ok(end) => {
+                tracing::debug!(service = %svc.name, endpoint = %ep.id, sent = end.sent, received = end.received, idle = end.idle, "opaque connection ended")
+            }
+            Err(e) => {
+                tracing::debug!(service = %svc.name, endpoint = %ep.id, error = %e, "opaque connection broke")
+            }
+        }
+        drop(slot);
+    }
+
+    /// Breaker, bulkhead, balancer, connect; connect failures retried on
+    /// other endpoints within the policy's attempts and budget.
+    pub async fn open(&self, svc: &Arc<Service>) -> Result<Opened, MeshError> {
+        let rt = svc.resilience.clone();
+        let retries = &rt.policy.retries;
+        let opts = ConnectOptions {
+            mark: self.mark,
+            timeout: rt.policy.timeouts.connect,
+        };
+        rt.budget.deposit();
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut attempt = 0;
+        loop {
+            let Ok(permit) = rt.breaker.try_acquire() else {
+                svc.metrics.fast_failed();
+                return Err(MeshError::BreakerOpen(svc.name.clone()));
+            };
+            let Ok(slot) = rt.bulkhead.acquire().await else {
+                svc.metrics.fast_failed();
+                return Err(MeshError::BulkheadFull(svc.name.clone()));
+            };
+            let Some(ep) = pick(svc, &rt, &tried) else {
+                return Err(MeshError::NoEndpoints(svc.name.clone()));
+            };
+            let start = Instant::now();
+            let result = dial(&ep, opts).await;
+            let verdict = Verdict {
+                permit,
+                rt: rt.clone(),
+                svc: svc.clone(),
+                ep: ep.clone(),
+                elapsed: start.elapsed(),
+            };
+            let err = match result {
+                Ok(stream) => {
+                    verdict.record(false);
+                    return Ok(Opened { stream, slot, ep });
+                }
+                Err(e) => {
+                    verdict.record(true);
+                    MeshError::ConnectFailed {
+                        addr: ep.dial(),
+                        reason: e.to_string(),
+                    }
+                }
+            };
+            drop(slot);
+            if attempt >= retries.attempts
+                || !retries.on.contains(&RetryOn::ConnectFailure)
+                || !rt.budget.try_withdraw()
+            {
+                return Err(err);
+            }
+            svc.metrics.retried();
+            tokio::time::sleep(retry::retry_delay(attempt)).await;
+            attempt += 1;
+            tried.push(ep);
+        }
+    }
+}
+
+/// Connects to the endpoint, announcing opaque bytes to a peer proxy.
+async fn dial(ep: &Endpoint, opts: ConnectOptions) -> std::io::Result<TcpStream> {
+    let mut stream = connect(ep.dial(), opts).await?;
+    if ep.inbound.is_some() {
+        stream.write_all(MESH_OPAQUE_PREAMBLE).await?;
+    }
+    Ok(stream)
+}

@@ -1,0 +1,147 @@
+//! Connection-level and inbound metrics: detected protocols, learned
+//! opaque destinations, and requests the inbound side let through to the
+//! app, by caller.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnLabels {
+    service: String,
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PortLabels {
+    service: String,
+    port: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InboundLabels {
+    caller: String,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallerLabel {
+    caller: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+/// Per connection and per inbound request; none of these is on the
+/// outbound per-request path.
+pub struct TrafficMetrics {
+    connections: Family<ConnLabels, Counter>,
+    learned_opaque: Family<PortLabels, Counter>,
+    inbound_requests: Family<InboundLabels, Counter>,
+    inbound_latency: Family<CallerLabel, Histogram, fn() -> Histogram>,
+    inbound_rejections: Family<ReasonLabel, Counter>,
+    /// Inbound HTTP requests currently let through to the app.
+    pub inbound_inflight: Gauge,
+    /// Inbound opaque TCP connections accepted.
+    pub inbound_tcp: Counter,
+}
+
+impl TrafficMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = TrafficMetrics {
+            connections: Family::default(),
+            learned_opaque: Family::default(),
+            inbound_requests: Family::default(),
+            inbound_latency: Family::new_with_constructor(latency_histogram),
+            inbound_rejections: Family::default(),
+            inbound_inflight: Gauge::default(),
+            inbound_tcp: Counter::default(),
+        };
+        registry.register(
+            "connections",
+            "Outbound connections to mesh services, by service and detected protocol (http1, http2, tls, opaque)",
+            m.connections.clone(),
+        );
+        registry.register(
+            "detect_learned_opaque",
+            "Service ports whose protocol detection timed out (client silent: a server-speaks-first protocol) and that are now treated as opaque; declare them in the policy's opaquePorts",
+            m.learned_opaque.clone(),
+        );
+        registry.register(
+            "inbound_requests",
+            "Inbound HTTP requests by calling service (x-mesh-caller; unknown outside the mesh) and status class",
+            m.inbound_requests.clone(),
+        );
+        registry.register(
+            "inbound_request_duration_seconds",
+            "Inbound HTTP latency to the app's response headers, by calling service",
+            m.inbound_latency.clone(),
+        );
+        registry.register(
+            "inbound_rejections",
+            "Inbound requests the proxy answered itself, by x-mesh-error reason",
+            m.inbound_rejections.clone(),
+        );
+        registry.register(
+            "inbound_inflight",
+            "Inbound HTTP requests in progress at the app",
+            m.inbound_inflight.clone(),
+        );
+        registry.register(
+            "inbound_tcp_connections",
+            "Inbound opaque TCP connections relayed to the app",
+            m.inbound_tcp.clone(),
+        );
+        m
+    }
+
+    pub fn connection(&self, service: &str, protocol: &'static str) {
+        self.connections
+            .get_or_create(&ConnLabels {
+                service: service.to_string(),
+                protocol,
+            })
+            .inc();
+    }
+
+    pub fn learned_opaque(&self, service: &str, port: u16) {
+        self.learned_opaque
+            .get_or_create(&PortLabels {
+                service: service.to_string(),
+                port,
+            })
+            .inc();
+    }
+
+    pub fn inbound_request(&self, caller: &str, status: u16, seconds: f64) {
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let class = CLASSES[usize::from((status / 100).clamp(1, 5) - 1)];
+        self.inbound_requests
+            .get_or_create(&InboundLabels {
+                caller: caller.to_string(),
+                class,
+            })
+            .inc();
+        self.inbound_latency
+            .get_or_create(&CallerLabel {
+                caller: caller.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn inbound_rejected(&self, reason: &'static str) {
+        self.inbound_rejections
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+}
