@@ -4,11 +4,17 @@
 //!
 //! Proves: install is idempotent, the redirects really redirect (TCP to a VIP
 //! lands on the outbound port, DNS to a loopback resolver lands on the DNS
-//! port), marked sockets are exempt, and remove leaves nothing behind.
+//! port, TCP from another pod to an app port lands on the inbound port with
+//! its original destination intact), marked sockets are exempt, and remove
+//! leaves nothing behind.
+
+#[allow(dead_code)] // each test binary uses a different part of the harness
+mod support;
 
 use clap::{Args, Command as Cli, FromArgMatches};
-use mesh::proxy::intercept::{install, remove, rules, InitArgs};
-use std::io::{BufRead, BufReader};
+use mesh::proxy::intercept::{inbound_rules, install, remove, rules, InitArgs};
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -214,4 +220,125 @@ fn install_redirect_remove_in_a_namespace() {
         .output()
         .unwrap();
     assert!(!out.status.success(), "no redirect after remove");
+}
+
+/// Runs `f` on a thread that has entered the named network namespace;
+/// sockets it opens stay in that namespace wherever they are used later.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = std::fs::File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("netns thread panicked")
+}
+
+/// A TCP connect from inside `ns` (3 s timeout).
+fn connect_from(ns: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    in_netns(ns, move || {
+        TcpStream::connect_timeout(&to, Duration::from_secs(3))
+    })
+}
+
+fn original_dst(stream: &TcpStream) -> SocketAddr {
+    let sa = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::OriginalDst)
+        .expect("SO_ORIGINAL_DST on a redirected connection");
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
+        u16::from_be(sa.sin_port),
+    ))
+}
+
+/// Asserts `listener` has no connection waiting.
+fn nothing_accepted(listener: &TcpListener) {
+    match listener.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("expected no connection on the inbound port, got {other:?}"),
+    }
+}
+
+#[test]
+fn inbound_redirect_from_another_pod() {
+    if support::skip() {
+        return;
+    }
+    let net = support::Net::new("mi");
+    let pod = net.pod("app");
+    let caller = net.pod("caller");
+    let mut args = default_args(pod.ns());
+    args.app_ports = vec![8000, 8443];
+    args.inbound_port = 15006;
+    let nat = || pod.run_ok("iptables", &["-w", "-t", "nat", "-S"]);
+
+    install(&args).unwrap();
+    let first = nat();
+    install(&args).unwrap();
+    assert_eq!(first, nat(), "install is idempotent");
+    let jumps = first
+        .lines()
+        .filter(|l| *l == "-A PREROUTING -p tcp -j MESH_INBOUND")
+        .count();
+    assert_eq!(jumps, 1, "{first}");
+    let ours: Vec<&str> = first
+        .lines()
+        .filter(|l| l.starts_with("-A MESH_INBOUND "))
+        .collect();
+    assert_eq!(ours.len(), inbound_rules(&args).unwrap().len(), "{first}");
+    assert!(
+        ours[0].contains("--dport 8000") && ours[0].ends_with("-j REDIRECT --to-ports 15006"),
+        "{first}"
+    );
+
+    // The inbound listener, inside the pod; nothing listens on the app ports.
+    let listener = in_netns(pod.ns(), || {
+        TcpListener::bind("0.0.0.0:15006").expect("bind")
+    });
+    listener.set_nonblocking(true).unwrap();
+
+    for port in [8000, 8443] {
+        let target = SocketAddr::new(pod.ip().into(), port);
+        let mut conn = connect_from(caller.ns(), target)
+            .unwrap_or_else(|e| panic!("connect to {target} through the redirect: {e}"));
+        let (mut accepted, peer) =
+            support::wait_for("the redirected connection", support::secs(5), || {
+                listener.accept().ok()
+            });
+        assert_eq!(original_dst(&accepted), target);
+        assert_eq!(peer.ip(), caller.ip(), "the caller's address is kept");
+        conn.write_all(b"ping").unwrap();
+        accepted.set_nonblocking(false).unwrap();
+        accepted
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let mut buf = [0u8; 4];
+        accepted.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+    }
+    // Other ports, and the pod's own loopback calls to its app, are not redirected.
+    let other = SocketAddr::new(pod.ip().into(), 9000);
+    let err = connect_from(caller.ns(), other).expect_err("port 9000 is not an app port");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    let own = SocketAddr::from(([127, 0, 0, 1], 8000));
+    let err = connect_from(pod.ns(), own).expect_err("loopback is not redirected");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    nothing_accepted(&listener);
+
+    // Installing again without app ports drops the inbound chain.
+    let mut outbound_only = args.clone();
+    outbound_only.app_ports.clear();
+    install(&outbound_only).unwrap();
+    let rules_now = nat();
+    assert!(!rules_now.contains("MESH_INBOUND"), "{rules_now}");
+    assert!(rules_now.contains("MESH_OUTPUT"), "{rules_now}");
+
+    install(&args).unwrap();
+    remove(&args).unwrap();
+    let after = nat();
+    assert!(!after.contains("MESH"), "{after}");
+    let target = SocketAddr::new(pod.ip().into(), 8000);
+    let err = connect_from(caller.ns(), target).expect_err("no redirect after remove");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    nothing_accepted(&listener);
 }

@@ -14,6 +14,7 @@ use support::{path, secs, wait_for};
 const GOOD: &str = "kind: ServicePolicy
 service: orders
 loadBalancer: round-robin
+opaquePorts: [7000, 7001]
 timeouts: { request: 3s, connect: 500ms }
 breaker: { minRequests: 7, failureRate: 40, openFor: 4s }
 ";
@@ -35,6 +36,13 @@ const BAD: &[(&str, &[&str])] = &[
         &["outlier.maxEjectedPercent"],
     ),
     ("loadBalancer: fastest", &["loadBalancer"]),
+    ("opaquePorts: 7000", &["opaquePorts"]),
+    (
+        "opaquePorts: [7000, 0, 70000]",
+        &["opaquePorts[1]", "opaquePorts[2]"],
+    ),
+    ("opaquePorts: [7000, 7001, 7000]", &["opaquePorts[2]"]),
+    ("opaquePorts: [\"7000\"]", &["opaquePorts[0]"]),
     ("fallback: { status: 200 }", &["fallback"]),
     ("fallback: { status: 999, body: x }", &["fallback.status"]),
     ("retries: { on: [sometimes] }", &["retries.on"]),
@@ -127,6 +135,25 @@ fn malformed_policies_are_refused_by_field_and_change_nothing() {
     assert!(out.status.success(), "good policy refused: {}", text(&out));
     let before = control.stored("orders").expect("orders policy stored");
     assert_eq!(before["breaker"]["minRequests"], 7, "{before}");
+    assert_eq!(
+        before["opaquePorts"],
+        serde_json::json!([7000, 7001]),
+        "{before}"
+    );
+    // `get policy` prints a document that applies back unchanged.
+    let shown = control.ctl(&["get", "policy", "orders"]);
+    let yaml = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(yaml.contains("opaquePorts:"), "{yaml}");
+    let printed = dir.path().join("printed.yaml");
+    std::fs::write(&printed, &yaml).expect("write printed.yaml");
+    let out = control.apply(&printed);
+    assert!(
+        out.status.success(),
+        "printed policy refused: {}",
+        text(&out)
+    );
+    assert_eq!(control.stored("orders").as_ref(), Some(&before));
 
     for (i, (body, fields)) in BAD.iter().enumerate() {
         let file = dir.path().join(format!("bad-{i}.yaml"));
@@ -144,6 +171,22 @@ fn malformed_policies_are_refused_by_field_and_change_nothing() {
         assert!(said.contains("doc 1"), "{doc}\n→ names no document: {said}");
         println!("refused {body:?}: {}", said.trim());
     }
+
+    // More than 64 opaque ports.
+    let many: Vec<String> = (1000..1065).map(|p| p.to_string()).collect();
+    let file = dir.path().join("many-ports.yaml");
+    let doc = format!(
+        "kind: ServicePolicy\nservice: orders\nopaquePorts: [{}]\n",
+        many.join(", ")
+    );
+    std::fs::write(&file, &doc).expect("write many-ports.yaml");
+    let out = control.apply(&file);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("opaquePorts") && text(&out).contains("at most 64"),
+        "{}",
+        text(&out)
+    );
 
     // Documents that are not ServicePolicies at all.
     for (name, doc, field) in [

@@ -202,6 +202,12 @@ pub fn policies_table(policies: &[ServicePolicy]) -> String {
                 Some(Fallback::Service { service }) => format!("service {service}"),
                 Some(Fallback::Static { status, .. }) => format!("static {status}"),
             };
+            let opaque = if p.opaque_ports.is_empty() {
+                "-".to_string()
+            } else {
+                let ports: Vec<String> = p.opaque_ports.iter().map(u16::to_string).collect();
+                ports.join(",")
+            };
             vec![
                 p.service.clone(),
                 p.load_balancer.as_str().to_string(),
@@ -213,12 +219,14 @@ pub fn policies_table(policies: &[ServicePolicy]) -> String {
                 breaker,
                 format!("{}+{}", p.bulkhead.max_concurrent, p.bulkhead.max_queued),
                 fallback,
+                opaque,
             ]
         })
         .collect();
     output::table(
         &[
             "SERVICE", "BALANCER", "TIMEOUT", "RETRIES", "BREAKER", "BULKHEAD", "FALLBACK",
+            "OPAQUE",
         ],
         &rows,
     )
@@ -235,6 +243,7 @@ mod tests {
         a.fallback = Some(Fallback::Service {
             service: "orders-ro".into(),
         });
+        a.opaque_ports = vec![7000, 7001];
         let mut b = ServicePolicy::defaults("users");
         b.bulkhead.max_queued = 4;
         vec![a, b]
@@ -248,6 +257,7 @@ mod tests {
             yaml.starts_with("kind: ServicePolicy\nservice: orders\n"),
             "{yaml}"
         );
+        assert!(yaml.contains("opaquePorts:\n- 7000\n- 7001\n"), "{yaml}");
         assert_eq!(parse_policy_documents(&yaml), Ok(policies.clone()));
         // `table` for one policy is its YAML document too.
         let one = render_docs(Output::Table, &policies[..1]).unwrap();
@@ -268,10 +278,10 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "orders   random    15s      2 (budget 20%+10/s)  50% of >=20 in 10s, open 5s  1024+0    service orders-ro"
+            "orders   random    15s      2 (budget 20%+10/s)  50% of >=20 in 10s, open 5s  1024+0    service orders-ro  7000,7001"
         );
         assert!(
-            lines[2].starts_with("users") && lines[2].ends_with("1024+4    -"),
+            lines[2].starts_with("users") && lines[2].ends_with("1024+4    -                  -"),
             "{table}"
         );
     }

@@ -14,7 +14,7 @@ mod validate;
 pub use cidr::Ipv4Cidr;
 pub use duration::{format_duration, parse_duration};
 pub use policy::{LoadBalancer, ServicePolicy};
-pub use policy_parse::{parse_policy_documents, MAX_RETRY_ATTEMPTS, POLICY_KIND};
+pub use policy_parse::{parse_policy_documents, MAX_OPAQUE_PORTS, MAX_RETRY_ATTEMPTS, POLICY_KIND};
 pub use register::{RegisterRequest, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};
 pub use validate::{validate_instance_id, validate_service_name, FieldError, FieldErrors};
 

@@ -59,6 +59,11 @@ pub struct ServicePolicy {
     pub service: String,
     #[serde(default)]
     pub load_balancer: LoadBalancer,
+    /// Ports of the service's VIP whose connections skip protocol detection
+    /// and are relayed as opaque TCP (server-speaks-first protocols), on top
+    /// of the proxy's `--opaque-ports`. Distinct, in 1..=65535, at most 64.
+    #[serde(default)]
+    pub opaque_ports: Vec<u16>,
     #[serde(default)]
     pub timeouts: Timeouts,
     #[serde(default)]
@@ -79,6 +84,7 @@ impl ServicePolicy {
         ServicePolicy {
             service: service.to_string(),
             load_balancer: LoadBalancer::default(),
+            opaque_ports: Vec::new(),
             timeouts: Timeouts::default(),
             retries: Retries::default(),
             breaker: Breaker::default(),

@@ -8,9 +8,12 @@
 //! `mesh-ctl apply` validates whole files with [`parse_policy_documents`]
 //! before sending anything.
 
+mod ports;
 mod reader;
 #[cfg(test)]
 mod tests;
+
+pub use ports::MAX_OPAQUE_PORTS;
 
 use crate::model::policy::{
     Breaker, Bulkhead, Fallback, Outlier, Retries, RetryBudget, RetryOn, SlowCall, Timeouts,
@@ -31,6 +34,7 @@ const TOP: &[&str] = &[
     "kind",
     "service",
     "loadBalancer",
+    "opaquePorts",
     "timeouts",
     "retries",
     "breaker",
@@ -150,6 +154,7 @@ fn parse(doc: &Value, kind: Kind) -> Result<ServicePolicy, FieldErrors> {
 
     let policy = ServicePolicy {
         load_balancer,
+        opaque_ports: ports::opaque_ports(&top, &mut errs),
         timeouts: timeouts(&top, &mut errs),
         retries: retries(&top, &mut errs),
         breaker: breaker(&top, &mut errs),

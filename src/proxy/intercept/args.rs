@@ -28,6 +28,14 @@ pub struct InitArgs {
     /// Destination networks never redirected, comma separated (e.g. `10.0.0.0/8`).
     #[arg(long, env = "MESH_EXCLUDE_CIDRS", value_delimiter = ',')]
     pub exclude_cidrs: Vec<Ipv4Cidr>,
+    /// App ports whose inbound TCP (from other hosts) is redirected to the
+    /// inbound listener, comma separated (e.g. `8000,8443`); without any,
+    /// inbound traffic is not intercepted.
+    #[arg(long = "app-port", env = "MESH_APP_PORT", value_delimiter = ',', value_parser = parse_port)]
+    pub app_ports: Vec<u16>,
+    /// Inbound listener of the proxy, `PORT` or `ADDR:PORT`; only the port is used.
+    #[arg(long, env = "MESH_INBOUND_PORT", default_value = "15006", value_parser = parse_port_or_addr)]
+    pub inbound_port: u16,
     /// Remove the rules instead of installing them.
     #[arg(long, env = "MESH_REMOVE")]
     pub remove: bool,

@@ -1,8 +1,10 @@
 //! `mesh-proxy init`: the iptables rules that make interception transparent.
 //!
-//! Everything lives in one chain of the `nat` table, `MESH_OUTPUT`, jumped to
-//! from `OUTPUT`, so it is installed and removed as a unit and never mixes
-//! with other tools' rules. In order, the chain:
+//! Everything lives in chains of the `nat` table that only we write, so
+//! they are installed and removed as a unit and never mix with other tools'
+//! rules.
+//!
+//! Outbound, `MESH_OUTPUT`, jumped to from `OUTPUT`. In order, the chain:
 //!
 //! 1. lets the proxy's own sockets through (`RETURN`), identified either by
 //!    `SO_MARK` (`--mark`, default `0x4d45`: `net::connect` and the DNS
@@ -19,29 +21,48 @@
 //!    app can still talk to itself and to the proxy's admin port;
 //! 6. redirects all remaining TCP to the `--outbound` port.
 //!
-//! Installing is idempotent (create the chain if missing, flush, append, add
-//! the `OUTPUT` jump only if absent); between flush and append the chain is
-//! briefly empty, which is fine before the app starts. Removing deletes every
-//! `OUTPUT` jump, then flushes and deletes the chain; removing rules that were
-//! never installed succeeds.
+//! Inbound, only with `--app-port`: `MESH_INBOUND`, jumped to from
+//! `PREROUTING` for TCP, redirects TCP arriving for each app port to the
+//! `--inbound-port` listener, which forwards to the app on loopback.
+//! `PREROUTING` sees only packets from other hosts, so the app's own calls
+//! to itself and the inbound listener's forward (loopback, via `OUTPUT`)
+//! are not redirected again.
+//!
+//! Installing is idempotent (create each chain if missing, flush, append,
+//! add the jump only if absent); installing without `--app-port` removes an
+//! inbound chain left by an earlier install. Removing deletes every jump,
+//! then flushes and deletes the chains; removing rules that were never
+//! installed succeeds.
 //!
 //! IPv4 only: IPv6 traffic is not intercepted yet (no ip6tables rules), so an
 //! app that reaches a service over IPv6 bypasses the mesh.
 
 mod args;
+mod iptables;
 #[cfg(test)]
 mod tests;
 
 pub use args::{parse_mark, parse_port, parse_port_or_addr, InitArgs, Ipv4Cidr};
 
-use std::process::{Command, Output};
+use iptables::{Hook, Iptables};
 
-/// Our chain in the `nat` table.
+/// Our outbound chain in the `nat` table.
 pub const CHAIN: &str = "MESH_OUTPUT";
+/// Our inbound chain in the `nat` table.
+pub const INBOUND_CHAIN: &str = "MESH_INBOUND";
 /// The DNS port whose traffic is always sent to the responder.
 const DNS_PORT: &str = "53";
-/// Bound on `OUTPUT` jump deletions (a jump added by hand many times over).
-const MAX_JUMPS: usize = 64;
+
+const OUTBOUND_HOOK: Hook = Hook {
+    chain: CHAIN,
+    from: "OUTPUT",
+    matches: &[],
+};
+const INBOUND_HOOK: Hook = Hook {
+    chain: INBOUND_CHAIN,
+    from: "PREROUTING",
+    matches: &["-p", "tcp"],
+};
 
 /// Why installing or removing the rules failed.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +168,36 @@ pub fn rules(args: &InitArgs) -> Result<Vec<Vec<String>>, InitError> {
     Ok(out)
 }
 
+/// The iptables argument lists `install` appends to `MESH_INBOUND`: one
+/// redirect per `--app-port`; empty without app ports. Pure.
+pub fn inbound_rules(args: &InitArgs) -> Result<Vec<Vec<String>>, InitError> {
+    validate(args)?;
+    let inbound = args.inbound_port.to_string();
+    Ok(args
+        .app_ports
+        .iter()
+        .map(|port| {
+            [
+                "-t",
+                "nat",
+                "-A",
+                INBOUND_CHAIN,
+                "-p",
+                "tcp",
+                "--dport",
+                &port.to_string(),
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &inbound,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+        })
+        .collect())
+}
+
 fn validate(args: &InitArgs) -> Result<(), InitError> {
     let invalid = |flag, reason: String| Err(InitError::Invalid { flag, reason });
     if args.outbound == 0 {
@@ -171,32 +222,60 @@ fn validate(args: &InitArgs) -> Result<(), InitError> {
     if args.iptables.trim().is_empty() {
         return invalid("iptables", "empty binary name".into());
     }
+    validate_inbound(args)
+}
+
+/// The inbound flags matter only with app ports to redirect.
+fn validate_inbound(args: &InitArgs) -> Result<(), InitError> {
+    let invalid = |flag, reason: String| Err(InitError::Invalid { flag, reason });
+    if args.app_ports.is_empty() {
+        return Ok(());
+    }
+    let inbound = args.inbound_port;
+    if inbound == 0 {
+        return invalid("inbound-port", "port 0 is not a listener port".into());
+    }
+    for (other, flag) in [(args.outbound, "--outbound"), (args.dns, "--dns")] {
+        if inbound == other {
+            return invalid(
+                "inbound-port",
+                format!("port {inbound} is also the {flag} port"),
+            );
+        }
+    }
+    for (i, &port) in args.app_ports.iter().enumerate() {
+        if port == 0 {
+            return invalid("app-port", "port 0 is not a port".into());
+        }
+        if port == inbound {
+            return invalid(
+                "app-port",
+                format!("port {port} is also the --inbound-port (it would redirect to itself)"),
+            );
+        }
+        if args.app_ports[..i].contains(&port) {
+            return invalid("app-port", format!("port {port} is listed twice"));
+        }
+    }
     Ok(())
 }
 
 /// Installs the rules (idempotent: running it again leaves the same rules).
 pub fn install(args: &InitArgs) -> Result<(), InitError> {
-    let rules = rules(args)?;
+    let outbound = rules(args)?;
+    let inbound = inbound_rules(args)?;
     let ipt = Iptables::new(args);
-    if !ipt.chain_exists()? {
-        ipt.ok(&["-t", "nat", "-N", CHAIN])?;
-    }
-    ipt.ok(&["-t", "nat", "-F", CHAIN])?;
-    for rule in &rules {
-        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
-        ipt.ok(&rule)?;
-    }
-    let jump = ["-t", "nat", "-C", "OUTPUT", "-j", CHAIN];
-    let out = ipt.run(&jump)?;
-    match out.status.code() {
-        Some(0) => {}
-        // 1: no such rule.
-        Some(1) => ipt.ok(&["-t", "nat", "-A", "OUTPUT", "-j", CHAIN])?,
-        _ => return Err(ipt.failure(&jump, &out)),
+    ipt.install(OUTBOUND_HOOK, &outbound)?;
+    if inbound.is_empty() {
+        // An earlier init may have had app ports: leave no stale redirect.
+        ipt.remove(INBOUND_HOOK)?;
+    } else {
+        ipt.install(INBOUND_HOOK, &inbound)?;
     }
     tracing::info!(
         chain = CHAIN,
-        rules = rules.len(),
+        rules = outbound.len(),
+        inbound_rules = inbound.len(),
         "interception rules installed"
     );
     Ok(())
@@ -205,21 +284,8 @@ pub fn install(args: &InitArgs) -> Result<(), InitError> {
 /// Removes every rule `install` adds; succeeds when none were installed.
 pub fn remove(args: &InitArgs) -> Result<(), InitError> {
     let ipt = Iptables::new(args);
-    // iptables refuses jumps to a missing chain, so no chain means no jump either.
-    if !ipt.chain_exists()? {
-        return Ok(());
-    }
-    let delete = ["-t", "nat", "-D", "OUTPUT", "-j", CHAIN];
-    for _ in 0..MAX_JUMPS {
-        let out = ipt.run(&delete)?;
-        match out.status.code() {
-            Some(0) => continue,
-            Some(1) => break, // no (more) such rule
-            _ => return Err(ipt.failure(&delete, &out)),
-        }
-    }
-    ipt.ok(&["-t", "nat", "-F", CHAIN])?;
-    ipt.ok(&["-t", "nat", "-X", CHAIN])?;
+    ipt.remove(INBOUND_HOOK)?;
+    ipt.remove(OUTBOUND_HOOK)?;
     tracing::info!(chain = CHAIN, "interception rules removed");
     Ok(())
 }
@@ -230,76 +296,5 @@ pub fn run(args: &InitArgs) -> Result<(), InitError> {
         remove(args)
     } else {
         install(args)
-    }
-}
-
-/// Runs iptables (optionally inside a named netns) with `-w`.
-struct Iptables<'a> {
-    /// The iptables binary.
-    binary: &'a str,
-    /// Namespace to enter with `ip netns exec`, if any.
-    netns: Option<&'a str>,
-}
-
-// === impl Iptables ===
-
-impl<'a> Iptables<'a> {
-    fn new(args: &'a InitArgs) -> Self {
-        Iptables {
-            binary: &args.iptables,
-            netns: args.netns.as_deref(),
-        }
-    }
-
-    fn command_line(&self, args: &[&str]) -> Vec<String> {
-        let mut argv: Vec<String> = Vec::new();
-        if let Some(ns) = self.netns {
-            argv.extend(["ip", "netns", "exec", ns].map(String::from));
-        }
-        argv.push(self.binary.to_string());
-        // Wait for the xtables lock instead of failing when another tool holds it.
-        argv.push("-w".into());
-        argv.extend(args.iter().map(|s| s.to_string()));
-        argv
-    }
-
-    fn run(&self, args: &[&str]) -> Result<Output, InitError> {
-        let argv = self.command_line(args);
-        tracing::debug!(command = %argv.join(" "), "iptables");
-        Command::new(&argv[0])
-            .args(&argv[1..])
-            .output()
-            .map_err(|source| InitError::Spawn {
-                program: argv[0].clone(),
-                source,
-            })
-    }
-
-    /// Runs and requires success.
-    fn ok(&self, args: &[&str]) -> Result<(), InitError> {
-        let out = self.run(args)?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(self.failure(args, &out))
-        }
-    }
-
-    fn chain_exists(&self) -> Result<bool, InitError> {
-        let list = ["-t", "nat", "-S", CHAIN];
-        let out = self.run(&list)?;
-        match out.status.code() {
-            Some(0) => Ok(true),
-            Some(1) => Ok(false),
-            _ => Err(self.failure(&list, &out)),
-        }
-    }
-
-    fn failure(&self, args: &[&str], out: &Output) -> InitError {
-        InitError::Command {
-            command: self.command_line(args).join(" "),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        }
     }
 }

@@ -71,6 +71,103 @@ fn uid_mode_and_exclusions() {
     );
 }
 
+/// Inbound rules as lines without the common `-t nat -A MESH_INBOUND` prefix.
+fn inbound_lines(args: &InitArgs) -> Vec<String> {
+    inbound_rules(args)
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r[..4], ["-t", "nat", "-A", INBOUND_CHAIN]);
+            r[4..].join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn no_inbound_rules_without_app_ports() {
+    let args = parse(&[]).unwrap();
+    assert!(args.app_ports.is_empty());
+    assert_eq!(args.inbound_port, 15006);
+    assert!(inbound_lines(&args).is_empty());
+}
+
+#[test]
+fn inbound_redirects_each_app_port() {
+    let args = parse(&["--app-port", "8000,8443"]).unwrap();
+    assert_eq!(
+        inbound_lines(&args),
+        [
+            "-p tcp --dport 8000 -j REDIRECT --to-ports 15006",
+            "-p tcp --dport 8443 -j REDIRECT --to-ports 15006",
+        ]
+    );
+    // The outbound chain is the same with or without app ports.
+    assert_eq!(lines(&args), lines(&parse(&[]).unwrap()));
+
+    let args = parse(&["--app-port", "9000", "--inbound-port", "0.0.0.0:16006"]).unwrap();
+    assert_eq!(
+        inbound_lines(&args),
+        ["-p tcp --dport 9000 -j REDIRECT --to-ports 16006"]
+    );
+    let args = parse(&["--app-port", "7000", "--app-port", "7001"]).unwrap();
+    assert_eq!(args.app_ports, [7000, 7001]);
+    assert_eq!(
+        INBOUND_HOOK.jump("-A").join(" "),
+        "-t nat -A PREROUTING -p tcp -j MESH_INBOUND"
+    );
+    assert_eq!(
+        OUTBOUND_HOOK.jump("-D").join(" "),
+        "-t nat -D OUTPUT -j MESH_OUTPUT"
+    );
+}
+
+#[test]
+fn inbound_flags_are_checked() {
+    for (flags, flag) in [
+        (&["--app-port", "0"][..], "--app-port"),
+        (&["--app-port", "8000,x"][..], "--app-port"),
+        (&["--app-port", "70000"][..], "--app-port"),
+        (&["--inbound-port", "0"][..], "--inbound-port"),
+        (&["--inbound-port", "banana"][..], "--inbound-port"),
+    ] {
+        let err = parse(flags).expect_err(flags[1]).to_string();
+        assert!(err.contains(flag), "{flags:?}: {err}");
+    }
+    for (flags, flag) in [
+        (&["--app-port", "8000,8000"][..], "--app-port"),
+        (&["--app-port", "15006"][..], "--app-port"),
+        (
+            &["--app-port", "80", "--inbound-port", "15001"][..],
+            "--inbound-port",
+        ),
+        (
+            &["--app-port", "80", "--inbound-port", "15053"][..],
+            "--inbound-port",
+        ),
+    ] {
+        let args = parse(flags).unwrap();
+        let err = inbound_rules(&args).unwrap_err().to_string();
+        assert!(err.contains(flag), "{flags:?}: {err}");
+        // install validates both chains before touching iptables.
+        assert!(rules(&args).is_err(), "{flags:?}");
+    }
+    // Without app ports the inbound port is unused, so it is not checked.
+    let args = parse(&["--inbound-port", "15001"]).unwrap();
+    assert!(inbound_rules(&args).unwrap().is_empty());
+}
+
+#[test]
+fn inbound_flags_read_the_environment() {
+    let mut cmd = InitArgs::augment_args(Command::new("init"));
+    let help = cmd.render_long_help().to_string();
+    for env in ["MESH_APP_PORT", "MESH_INBOUND_PORT"] {
+        assert!(
+            help.contains(&format!("env: {env}")),
+            "{env} missing:\n{help}"
+        );
+    }
+}
+
 #[test]
 fn mark_accepts_hex_and_decimal() {
     assert_eq!(parse(&["--mark", "0x10"]).unwrap().mark, 16);
