@@ -13,9 +13,13 @@ keep-alive with Content-Length. Its faults can be changed at run time:
   POST /_reset_stats   zeroes the counters.
   GET  /_stats         {"requests": n, "by_method": {...}, "in_flight": n,
                         "max_in_flight": n, "outcomes": {...}}
+  ANY  /_echo          the request as the app received it, as JSON:
+                       {"method": str, "path": str, "headers": [[name, value],
+                        ...] (in arrival order, names as sent), "body": str}
+                       (header-hygiene and client tests look at it).
 
-Control endpoints (/_fault, /_stats, /_reset_stats) are never faulted and
-never counted. Every other request is counted as soon as its head has been
+Control endpoints (/_fault, /_stats, /_reset_stats, /_echo) are never
+faulted and never counted. Every other request is counted as soon as its head has been
 read (a reset request counts as received), then goes through, in order:
   hang       held until the fault is cleared (POST {"hang": false}) or 60 s;
   latency    slept before answering;
@@ -47,7 +51,7 @@ from io import BytesIO
 # A hung request gives up after this long even if nobody clears the fault,
 # so a forgotten test cannot keep threads forever.
 HANG_LIMIT_S = 60.0
-CONTROL_PATHS = ("/_fault", "/_stats", "/_reset_stats")
+CONTROL_PATHS = ("/_fault", "/_stats", "/_reset_stats", "/_echo")
 KNOBS = {
     "failure_rate": float,
     "status": int,
@@ -202,6 +206,16 @@ class Handler(BaseHTTPRequestHandler):
         body = self.read_body()
         if path == "/_stats" and self.command == "GET":
             self.reply_json(200, state.stats())
+        elif path == "/_echo":
+            self.reply_json(
+                200,
+                {
+                    "method": self.command,
+                    "path": self.path,
+                    "headers": [[k, v] for k, v in self.headers.items()],
+                    "body": body.decode("utf-8", "replace"),
+                },
+            )
         elif path == "/_reset_stats" and self.command == "POST":
             with state.lock:
                 state.zero()

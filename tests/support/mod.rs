@@ -1,8 +1,9 @@
 //! Helpers for the end-to-end tests: pods as network namespaces
 //! (`netns`), processes with logs and timeouts (`proc`), the binaries under
 //! test (`bins`), the fault-injecting upstream and load generator
-//! (`fault`), the resilience scenarios' cast (`resilience`), and bounded
-//! polling.
+//! (`fault`), the resilience scenarios' cast (`resilience`), the protocol
+//! scenarios' servers and peers (`protocols`, `postgres`, `peers/`), and
+//! bounded polling.
 //!
 //! Tests wait for state by polling with a deadline, never by sleeping.
 
@@ -10,7 +11,9 @@ pub mod bins;
 pub mod fault;
 pub mod mesh;
 pub mod netns;
+pub mod postgres;
 pub mod proc;
+pub mod protocols;
 pub mod resilience;
 
 pub use netns::{preflight, Net, Pod};

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""One call to the gRPC echo server (grpc_echo.py), result as one JSON line.
+
+Run: grpc_client.py --target grpc.mesh:50051 --method Unary|Stream|Fail|Count
+       [--data BYTES] [--timeout SECONDS]
+For Stream, --data is the number of messages to ask for.
+
+Prints, whatever the outcome (exit status 0 unless the arguments are bad):
+  {"code": "OK", "details": str|null, "responses": [str, ...],
+   "initial_metadata": {k: v}, "trailing_metadata": {k: v}, "ms": f}
+`code` is the grpc.StatusCode name (e.g. "UNAVAILABLE"). A mesh-made error
+answered trailers-only carries `x-mesh-error` in trailing_metadata (grpc
+puts a trailers-only response's headers there).
+Needs: pip install grpcio
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+# getaddrinfo, like any other client in the pod, rather than grpc's own
+# c-ares resolver: the pod's resolv.conf decides either way.
+os.environ.setdefault("GRPC_DNS_RESOLVER", "native")
+
+import grpc  # noqa: E402  (after the resolver choice)
+
+SERVICE = "mesh.test.Echo"
+
+
+def metadata(md):
+    return {k: (v.decode("latin-1") if isinstance(v, bytes) else v) for k, v in (md or ())}
+
+
+def main():
+    p = argparse.ArgumentParser(description="one call to grpc_echo.py")
+    p.add_argument("--target", required=True)
+    p.add_argument("--method", required=True, choices=["Unary", "Stream", "Fail", "Count"])
+    p.add_argument("--data", default="hello")
+    p.add_argument("--timeout", type=float, default=5.0)
+    a = p.parse_args()
+    out = {"code": "OK", "details": None, "responses": [],
+           "initial_metadata": {}, "trailing_metadata": {}}
+    path = f"/{SERVICE}/{a.method}"
+    # No proxy even if the environment names one: the mesh intercepts.
+    options = [("grpc.enable_http_proxy", 0)]
+    t0 = time.monotonic()
+    with grpc.insecure_channel(a.target, options=options) as channel:
+        try:
+            if a.method == "Stream":
+                call = channel.unary_stream(path)(a.data.encode(), timeout=a.timeout)
+                for msg in call:
+                    out["responses"].append(msg.decode("utf-8", "replace"))
+            else:
+                msg, call = channel.unary_unary(path).with_call(
+                    a.data.encode(), timeout=a.timeout)
+                out["responses"].append(msg.decode("utf-8", "replace"))
+            out["initial_metadata"] = metadata(call.initial_metadata())
+            out["trailing_metadata"] = metadata(call.trailing_metadata())
+        except grpc.RpcError as e:
+            out["code"] = e.code().name
+            out["details"] = e.details()
+            out["initial_metadata"] = metadata(e.initial_metadata())
+            out["trailing_metadata"] = metadata(e.trailing_metadata())
+    out["ms"] = (time.monotonic() - t0) * 1000.0
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
