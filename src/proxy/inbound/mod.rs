@@ -79,11 +79,15 @@ impl InboundServer {
         // Redirected by `init --app-port`: the app port the client dialled.
         // Connected directly (a peer proxy): the registered app port.
         let local = stream.local_addr().ok();
-        let port = original_dst(&stream)
-            .filter(|d| Some(*d) != local)
-            .map_or(self.app_port, |d| d.port());
+        let redirected = original_dst(&stream).filter(|d| Some(*d) != local);
+        let port = redirected.map_or(self.app_port, |d| d.port());
         let app = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let detected = if self.detect.opaque_ports.contains(&port) || self.learned.contains(APP, port) {
+        // A peer proxy always speaks first (HTTP, or the opaque preamble),
+        // so its connections are always detected; only clients outside
+        // the mesh, redirected here, may be server-speaks-first.
+        let opaque = redirected.is_some()
+            && (self.detect.opaque_ports.contains(&port) || self.learned.contains(APP, port));
+        let detected = if opaque {
             Detected {
                 protocol: Protocol::Opaque,
                 prefix: bytes::Bytes::new(),

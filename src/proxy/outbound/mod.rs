@@ -169,7 +169,7 @@ impl OutboundServer {
     /// Declared opaque (flag or policy) or learned so.
     fn skips_detection(&self, svc: &Service, port: u16) -> bool {
         self.detect.opaque_ports.contains(&port)
-            // POLICY-OPAQUE || svc.resilience.policy.opaque_ports.contains(&port)
+            || svc.resilience.policy.opaque_ports.contains(&port)
             || self.learned.contains(&svc.name, port)
     }
 
