@@ -349,3 +349,82 @@ fn sigterm_deregisters_drains_and_exits_zero() {
         "still registered: {endpoints}"
     );
 }
+
+/// CONNECT in explicit mode: curl tunnels TLS to an HTTPS server outside
+/// the mesh (here on loopback), `--proxytunnel` reaches a mesh service by
+/// name (opaque, balanced per connection), and an unknown name is refused
+/// with the mesh's error before any tunnel opens.
+#[test]
+fn connect_tunnels_tls_and_mesh_names() {
+    let mesh = Mesh::start();
+    let dir = mesh.dir.path();
+    let (_a, pa) = app(dir, "hello-a");
+    register(
+        mesh.control,
+        "hello",
+        &format!(r#"{{"address":"127.0.0.1","port":{pa}}}"#),
+    );
+    let (_proxy, out, admin) = mesh.proxy("client", &[]);
+    wait_for("hello routable", secs(10), || {
+        http_get(admin, "/state").filter(|s| s.contains("\"state\":\"ready\""))
+    });
+
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let (key, cert) = (key.to_string_lossy(), cert.to_string_lossy());
+    let made = run_with_timeout(
+        command(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                &key,
+                "-out",
+                &cert,
+            ],
+            &[],
+        ),
+        secs(30),
+    );
+    assert!(made.status.success(), "openssl req: {made:?}");
+    let port = free_port();
+    let accept = format!("127.0.0.1:{port}");
+    let tls = spawn(
+        dir,
+        "tls-server",
+        "openssl",
+        &[
+            "s_server", "-accept", &accept, "-cert", &cert, "-key", &key, "-www", "-quiet",
+        ],
+    );
+    let https = format!("https://localhost:{port}/");
+    wait_for("the TLS server", secs(10), || {
+        tls.assert_running();
+        let direct = run_with_timeout(
+            command("curl", &["-skf", "--max-time", "2", &https], &[]),
+            secs(5),
+        );
+        direct.status.success().then_some(())
+    });
+
+    let (status, text) = curl(out, &https, &["-k"]);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("s_server"), "TLS through CONNECT: {text}");
+
+    let (status, text) = curl(out, "http://hello/name", &["-p"]);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.trim_end().ends_with("hello-a"),
+        "mesh name via CONNECT: {text}"
+    );
+
+    let (status, text) = curl(out, "http://nosuch.mesh/", &["-p"]);
+    assert!(status == 503 && text.contains("unknown-service"), "{text}");
+}

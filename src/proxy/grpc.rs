@@ -86,7 +86,10 @@ mod tests {
     fn recognises_grpc_and_its_status() {
         let mut h = HeaderMap::new();
         assert!(!is_grpc(&h));
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc+proto"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc+proto"),
+        );
         assert!(is_grpc(&h));
         h.insert(GRPC_STATUS, HeaderValue::from_static("14"));
         assert_eq!(status(&h), Some(14));

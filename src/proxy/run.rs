@@ -207,7 +207,11 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
                 connect,
                 idle: args.tcp_idle_timeout,
             });
-            Some(tokio::spawn(inbound.serve(listener, shutdown.clone(), args.drain_timeout)))
+            Some(tokio::spawn(inbound.serve(
+                listener,
+                shutdown.clone(),
+                args.drain_timeout,
+            )))
         }
         _ => None,
     };

@@ -16,6 +16,17 @@ struct ConnLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SniLabels {
+    service: String,
+    sni: String,
+}
+
+/// Distinct SNI label values kept before new ones are counted as `other`:
+/// the name comes from the client, and must not grow the registry without
+/// bound.
+const MAX_SNI_LABELS: usize = 256;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PortLabels {
     service: String,
     port: u16,
@@ -46,6 +57,8 @@ fn latency_histogram() -> Histogram {
 /// outbound per-request path.
 pub struct TrafficMetrics {
     connections: Family<ConnLabels, Counter>,
+    tls: Family<SniLabels, Counter>,
+    sni_seen: std::sync::Mutex<std::collections::HashSet<String>>,
     learned_opaque: Family<PortLabels, Counter>,
     inbound_requests: Family<InboundLabels, Counter>,
     inbound_latency: Family<CallerLabel, Histogram, fn() -> Histogram>,
@@ -60,6 +73,8 @@ impl TrafficMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = TrafficMetrics {
             connections: Family::default(),
+            tls: Family::default(),
+            sni_seen: Default::default(),
             learned_opaque: Family::default(),
             inbound_requests: Family::default(),
             inbound_latency: Family::new_with_constructor(latency_histogram),
@@ -71,6 +86,11 @@ impl TrafficMetrics {
             "connections",
             "Outbound connections to mesh services, by service and detected protocol (http1, http2, tls, opaque)",
             m.connections.clone(),
+        );
+        registry.register(
+            "tls_connections",
+            "TLS connections to mesh services (relayed opaque), by service and the ClientHello's server name (none: no SNI; other: past 256 distinct names)",
+            m.tls.clone(),
         );
         registry.register(
             "detect_learned_opaque",
@@ -110,6 +130,27 @@ impl TrafficMetrics {
             .get_or_create(&ConnLabels {
                 service: service.to_string(),
                 protocol,
+            })
+            .inc();
+    }
+
+    pub fn tls_connection(&self, service: &str, sni: Option<&str>) {
+        let sni = match sni {
+            None => "none".to_string(),
+            Some(name) => {
+                let mut seen = self.sni_seen.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.contains(name) || seen.len() < MAX_SNI_LABELS {
+                    seen.insert(name.to_string());
+                    name.to_string()
+                } else {
+                    "other".to_string()
+                }
+            }
+        };
+        self.tls
+            .get_or_create(&SniLabels {
+                service: service.to_string(),
+                sni,
             })
             .inc();
     }

@@ -60,7 +60,11 @@ fn inbound_limit_rejects_the_third_concurrent_call() {
     assert_eq!(stats["requests"], 2, "{stats}");
     assert!(stats["max_in_flight"].as_u64() <= Some(2), "{stats}");
     let text = metrics(&busy.pod);
-    let overloaded = metric(&text, "mesh_inbound_rejections_total", &[("reason", "overloaded")]);
+    let overloaded = metric(
+        &text,
+        "mesh_inbound_rejections_total",
+        &[("reason", "overloaded")],
+    );
     assert_eq!(overloaded, Some(1.0), "server sidecar metrics:\n{text}");
     let passed = metric(
         &text,

@@ -7,7 +7,7 @@ use crate::support::postgres::Postgres;
 use crate::support::protocols::ServerSpec;
 use crate::support::protocols::{have_tools, json_line, metric, metrics, peer, stdout_ok};
 use crate::support::resilience::Mesh;
-use crate::support::{secs, skip, strs, wait_for};
+use crate::support::{path, secs, skip, strs, wait_for};
 use crate::Tool;
 
 const REDIS_SERVER: Tool = ("redis-server", &["--version"]);
@@ -118,4 +118,48 @@ fn server_speaks_first_on_an_undeclared_port() {
     });
     connect("second (learned)");
     assert_eq!(learned(), 1.0, "a learned port is not detected again");
+}
+
+const OPENSSL: Tool = ("openssl", &["version"]);
+const TLS_PORT: u16 = 8443;
+
+/// TLS to a service on an undeclared port: the ClientHello is detected,
+/// relayed as opaque TCP end to end (the mesh never terminates it), and
+/// the client sidecar counts the connection under the SNI curl sent.
+#[test]
+fn tls_is_relayed_opaque_and_its_sni_counted() {
+    if skip() || !have_tools("TLS story", &[OPENSSL]) {
+        return;
+    }
+    let mesh = Mesh::start("ptl");
+    let dir = mesh.net.subdir("tls");
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=secure.mesh", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("run openssl req");
+    assert!(made.status.success(), "openssl req: {made:?}");
+    let accept = TLS_PORT.to_string();
+    let (key, cert) = (path(&key), path(&cert));
+    let app = [
+        "openssl", "s_server", "-accept", &accept, "-cert", &cert, "-key", &key, "-www", "-quiet",
+    ];
+    let _tls = mesh.server(ServerSpec::argv("secure", "secure-1", TLS_PORT, &app));
+    let url = format!("https://secure.mesh:{TLS_PORT}/");
+    let (status, body) = mesh.client.curl(&url, &["-k"]);
+    assert_eq!(status, 200, "curl {url}: {body}");
+    assert!(body.contains("s_server"), "not s_server's page: {body}");
+    let labels = [("service", "secure"), ("sni", "secure.mesh")];
+    let tls = metric(
+        &metrics(&mesh.client),
+        "mesh_tls_connections_total",
+        &labels,
+    );
+    assert_eq!(tls, Some(1.0));
 }

@@ -84,10 +84,14 @@ fn endpoints_carry_the_sidecar_inbound_address() {
     let s = t.by_name("hello").unwrap();
     let a = s.all.iter().find(|e| e.id == "a").unwrap();
     assert_eq!(a.addr, "10.0.0.1:8080".parse().unwrap());
-    assert_eq!(a.authority.as_str(), "10.0.0.1:8080");
+    // Connections go proxy to proxy when the instance has a sidecar.
+    assert_eq!(a.authority.as_str(), "10.0.0.1:15006");
     assert_eq!(a.inbound, Some("10.0.0.1:15006".parse().unwrap()));
+    assert_eq!(a.dial(), "10.0.0.1:15006".parse().unwrap());
     let b = s.all.iter().find(|e| e.id == "b").unwrap();
     assert_eq!(b.inbound, None);
+    assert_eq!(b.dial(), b.addr);
+    assert_eq!(b.authority.as_str(), b.addr.to_string());
 }
 
 #[test]

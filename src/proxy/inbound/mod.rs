@@ -71,11 +71,19 @@ impl InboundServer {
         drop(listener);
         conns.close();
         if tokio::time::timeout(drain, conns.wait()).await.is_err() {
-            tracing::warn!(?drain, "inbound drain period over; closing remaining connections");
+            tracing::warn!(
+                ?drain,
+                "inbound drain period over; closing remaining connections"
+            );
         }
     }
 
-    async fn serve_conn(&self, mut stream: TcpStream, peer: SocketAddr, shutdown: &CancellationToken) {
+    async fn serve_conn(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        shutdown: &CancellationToken,
+    ) {
         // Redirected by `init --app-port`: the app port the client dialled.
         // Connected directly (a peer proxy): the registered app port.
         let local = stream.local_addr().ok();
@@ -138,7 +146,10 @@ impl InboundServer {
         Response = hyper::Response<crate::proxy::body::RespBody>,
         Error = std::convert::Infallible,
         Future = impl std::future::Future<
-            Output = Result<hyper::Response<crate::proxy::body::RespBody>, std::convert::Infallible>,
+            Output = Result<
+                hyper::Response<crate::proxy::body::RespBody>,
+                std::convert::Infallible,
+            >,
         > + Send,
     > + Clone {
         let h = self.http.clone();
@@ -155,8 +166,12 @@ impl InboundServer {
         self.metrics.traffic.inbound_tcp.inc();
         match connect(app, self.connect).await {
             Ok(upstream) => match relay(client, upstream, self.idle).await {
-                Ok(end) => tracing::debug!(%peer, %app, sent = end.sent, received = end.received, idle = end.idle, "inbound opaque connection ended"),
-                Err(e) => tracing::debug!(%peer, %app, error = %e, "inbound opaque connection broke"),
+                Ok(end) => {
+                    tracing::debug!(%peer, %app, sent = end.sent, received = end.received, idle = end.idle, "inbound opaque connection ended")
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, %app, error = %e, "inbound opaque connection broke")
+                }
             },
             Err(e) => {
                 tracing::debug!(%peer, %app, error = %e, "cannot reach the app");

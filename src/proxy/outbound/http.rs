@@ -5,10 +5,10 @@ use super::target::{is_own, ConnTarget, Names, Route};
 use super::tunnel;
 use crate::discovery::Directory;
 use crate::proxy::body::{RespBody, ResponseBody};
+use crate::proxy::grpc;
 use crate::proxy::headers::{self, MESH_CALLER};
 use crate::proxy::rescue::MeshError;
 use crate::proxy::upstream::{Proto, Upstreams};
-use crate::proxy::grpc;
 use crate::telemetry::ProxyMetrics;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::Authority;
@@ -41,7 +41,11 @@ pub struct HttpOutbound {
 impl HttpOutbound {
     /// Serves one request; never fails (mesh errors become responses, in
     /// gRPC's form for gRPC callers).
-    pub async fn handle(&self, mut req: Request<Incoming>, target: ConnTarget) -> Response<RespBody> {
+    pub async fn handle(
+        &self,
+        mut req: Request<Incoming>,
+        target: ConnTarget,
+    ) -> Response<RespBody> {
         let grpc = grpc::is_grpc(req.headers());
         if req.method() == Method::CONNECT {
             return match target {

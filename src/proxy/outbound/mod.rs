@@ -23,8 +23,8 @@ pub use learned::Learned;
 pub use opaque::OpaqueOutbound;
 pub use orig_dst::original_dst;
 pub use stack::MESH_FALLBACK;
-pub use tunnel::splice_upgrade;
 pub use target::{is_own, split_host_port, ConnTarget};
+pub use tunnel::splice_upgrade;
 
 use crate::discovery::Service;
 use crate::net::ConnectOptions;
@@ -118,7 +118,8 @@ impl OutboundServer {
     ) {
         let Some(svc) = self.http.dir.table().by_vip(*dst.ip()).cloned() else {
             tracing::debug!(%dst, "connection to a VIP no service holds");
-            self.metrics.mesh_error(&dst.ip().to_string(), "unknown-service");
+            self.metrics
+                .mesh_error(&dst.ip().to_string(), "unknown-service");
             fast_close(stream);
             return;
         };
@@ -160,6 +161,9 @@ impl OutboundServer {
             Protocol::Http2 => self.serve_http2(io, peer, target, shutdown).await,
             Protocol::Tls { sni } => {
                 tracing::debug!(service = %svc.name, sni = sni.as_deref().unwrap_or("-"), "TLS connection relayed opaque");
+                self.metrics
+                    .traffic
+                    .tls_connection(&svc.name, sni.as_deref());
                 self.opaque.serve(io, svc).await;
             }
             Protocol::Opaque | Protocol::MeshOpaque => self.opaque.serve(io, svc).await,
@@ -204,7 +208,12 @@ impl OutboundServer {
     }
 
     /// Explicit mode: HTTP/1 (with CONNECT and upgrades) or h2c.
-    async fn serve_explicit(&self, stream: TcpStream, peer: SocketAddr, shutdown: &CancellationToken) {
+    async fn serve_explicit(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        shutdown: &CancellationToken,
+    ) {
         let svc = self.service(ConnTarget::FromRequest);
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder
@@ -226,7 +235,10 @@ impl OutboundServer {
         Response = hyper::Response<crate::proxy::body::RespBody>,
         Error = std::convert::Infallible,
         Future = impl std::future::Future<
-            Output = Result<hyper::Response<crate::proxy::body::RespBody>, std::convert::Infallible>,
+            Output = Result<
+                hyper::Response<crate::proxy::body::RespBody>,
+                std::convert::Infallible,
+            >,
         > + Send,
     > + Clone {
         let h = self.http.clone();

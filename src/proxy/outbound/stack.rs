@@ -214,7 +214,9 @@ impl HttpOutbound {
                     // The status comes in the trailers: judge at the end.
                     guard.on_end = Some(Box::new(move |end| verdict.record(grpc_failed(end))));
                 } else {
-                    verdict.record(status.is_server_error() || header_grpc.is_some_and(grpc::is_failure));
+                    verdict.record(
+                        status.is_server_error() || header_grpc.is_some_and(grpc::is_failure),
+                    );
                 }
                 Ok(resp.map(Either::Left))
             }
@@ -230,38 +232,38 @@ impl HttpOutbound {
     }
 }
 
-    /// The balancer's choice among ready endpoints that are not ejected and
-    /// not tried yet; tried ones are taken again rather than none.
-    pub(super) fn pick(
-        svc: &Service,
-        rt: &ServiceResilience,
-        tried: &[Arc<Endpoint>],
-    ) -> Option<Arc<Endpoint>> {
-        let now = Instant::now();
-        if tried.is_empty() && !rt.outlier.any_ejected(now) {
-            // The hot path: nothing to filter, no allocation.
-            return svc.balancer.pick(&svc.ready).cloned();
-        }
-        let live: Vec<Arc<Endpoint>> = svc
-            .ready
-            .iter()
-            .filter(|e| !rt.outlier.is_ejected(&e.stats.ejection, now))
-            .cloned()
-            .collect();
-        let fresh: Vec<Arc<Endpoint>> = live
-            .iter()
-            .filter(|e| !tried.iter().any(|t| Arc::ptr_eq(t, e)))
-            .cloned()
-            .collect();
-        let pool = if !fresh.is_empty() {
-            &fresh
-        } else if !live.is_empty() {
-            &live
-        } else {
-            &svc.ready
-        };
-        svc.balancer.pick(pool).cloned()
+/// The balancer's choice among ready endpoints that are not ejected and
+/// not tried yet; tried ones are taken again rather than none.
+pub(super) fn pick(
+    svc: &Service,
+    rt: &ServiceResilience,
+    tried: &[Arc<Endpoint>],
+) -> Option<Arc<Endpoint>> {
+    let now = Instant::now();
+    if tried.is_empty() && !rt.outlier.any_ejected(now) {
+        // The hot path: nothing to filter, no allocation.
+        return svc.balancer.pick(&svc.ready).cloned();
     }
+    let live: Vec<Arc<Endpoint>> = svc
+        .ready
+        .iter()
+        .filter(|e| !rt.outlier.is_ejected(&e.stats.ejection, now))
+        .cloned()
+        .collect();
+    let fresh: Vec<Arc<Endpoint>> = live
+        .iter()
+        .filter(|e| !tried.iter().any(|t| Arc::ptr_eq(t, e)))
+        .cloned()
+        .collect();
+    let pool = if !fresh.is_empty() {
+        &fresh
+    } else if !live.is_empty() {
+        &live
+    } else {
+        &svc.ready
+    };
+    svc.balancer.pick(pool).cloned()
+}
 
 /// A call's outcome, to be told to the breaker and the outlier detector
 /// once known: at the response headers, or for gRPC at the trailers.
@@ -362,3 +364,6 @@ fn with_fallback_header(mut resp: Response<RespBody>, reason: &'static str) -> R
         .insert(MESH_FALLBACK, HeaderValue::from_static(reason));
     resp
 }
+
+#[cfg(test)]
+mod tests;

@@ -107,7 +107,12 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     match relay(a, b, idle).await {
-        Ok(end) => tracing::debug!(sent = end.sent, received = end.received, idle = end.idle, "tunnel ended"),
+        Ok(end) => tracing::debug!(
+            sent = end.sent,
+            received = end.received,
+            idle = end.idle,
+            "tunnel ended"
+        ),
         Err(e) => tracing::debug!(error = %e, "tunnel broke"),
     }
     drop(guard);

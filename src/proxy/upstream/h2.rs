@@ -76,7 +76,9 @@ impl H2Pool {
             mark: self.mark,
             timeout,
         };
-        let stream = connect(addr, opts).await.map_err(|e| failed(e.to_string()))?;
+        let stream = connect(addr, opts)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEPALIVE_INTERVAL)
