@@ -32,7 +32,7 @@ mod inbound;
 mod opaque;
 
 use serde_json::Value;
-use support::protocols::{have_tools, json_line, peer, stdout_ok, ServerSpec};
+use support::protocols::{have_tools, json_line, metric, metrics, peer, stdout_ok, ServerSpec};
 use support::resilience::Mesh;
 use support::{secs, skip, Pod};
 
@@ -151,6 +151,20 @@ fn grpc_unary_streaming_and_the_breaker() {
     // Each call reached the server exactly once.
     assert_eq!(counts(&server.pod, &direct), (1, 1, 0));
 
+    // UNAVAILABLE (trailers-only) is retried by the default policy, though
+    // gRPC calls are POSTs with bodies of unknown length: the body was
+    // copied while it streamed.
+    let flaky = grpc(&mesh.client, &target, "Flaky", "second time lucky");
+    assert_eq!(flaky["code"], "OK", "{flaky}");
+    assert_eq!(flaky["responses"][0], "second time lucky", "{flaky}");
+    assert_eq!(flaky_calls(&server.pod, &direct), 2, "one try, one retry");
+    let retries = metric(
+        &metrics(&mesh.client),
+        "mesh_retries_total",
+        &[("service", "grpc")],
+    );
+    assert_eq!(retries, Some(1.0));
+
     mesh.apply_ok(
         "kind: ServicePolicy
 service: grpc
@@ -175,10 +189,11 @@ outlier: { consecutiveFailures: 100000 }
     });
     let open = open.unwrap_or_else(|| panic!("no UNAVAILABLE after 20 failing calls"));
     eprintln!("breaker open after {failed} INTERNAL calls: {open}");
-    // 5 failures in a fresh window; 3 if the window still holds the two
-    // successful calls above (5 calls, 60 % failed). An HTTP-only breaker
-    // (INTERNAL arrives with HTTP 200) would never open.
-    assert!((3..=5).contains(&failed), "opened after {failed} failures");
+    // 5 failures in a fresh window; 2 if the window still holds the four
+    // calls above (Unary, Stream and Flaky's retry succeeded, Flaky's first
+    // try failed: 6 calls, 50 % failed). An HTTP-only breaker (INTERNAL
+    // arrives with HTTP 200) would never open.
+    assert!((2..=5).contains(&failed), "opened after {failed} failures");
     assert_eq!(mesh_error(&open), Some("breaker-open"), "{open}");
     let reached = counts(&server.pod, &direct).2;
     assert_eq!(reached, failed, "every failing call reached the app once");
@@ -216,15 +231,27 @@ fn grpc(pod: &Pod, target: &str, method: &str, data: &str) -> Value {
 /// (Unary, Stream, Fail) calls the server has received, asked directly in
 /// its own pod (not through the mesh, whose breaker may be open).
 fn counts(pod: &Pod, direct: &str) -> (u64, u64, u64) {
-    let r = grpc(pod, direct, "Count", "");
-    assert_eq!(r["code"], "OK", "Count: {r}");
-    let text = r["responses"][0].as_str().unwrap_or_default();
-    let v: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("Count {text:?}: {e}"));
+    let v = count_json(pod, direct);
     let n = |k: &str| {
         v[k].as_u64()
             .unwrap_or_else(|| panic!("Count lacks {k}: {v}"))
     };
     (n("Unary"), n("Stream"), n("Fail"))
+}
+
+/// Calls `Flaky` has received.
+fn flaky_calls(pod: &Pod, direct: &str) -> u64 {
+    let v = count_json(pod, direct);
+    v["Flaky"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("Count lacks Flaky: {v}"))
+}
+
+fn count_json(pod: &Pod, direct: &str) -> Value {
+    let r = grpc(pod, direct, "Count", "");
+    assert_eq!(r["code"], "OK", "Count: {r}");
+    let text = r["responses"][0].as_str().unwrap_or_default();
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("Count {text:?}: {e}"))
 }
 
 /// `x-mesh-error` of a gRPC result: in the trailers of a trailers-only

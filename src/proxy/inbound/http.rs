@@ -2,7 +2,7 @@
 //! app on localhost.
 
 use crate::model::validate_service_name;
-use crate::proxy::body::{InboundPermit, RespBody};
+use crate::proxy::body::{InboundPermit, RespBody, StreamedBody};
 use crate::proxy::grpc;
 use crate::proxy::headers::{self, MESH_CALLER};
 use crate::proxy::outbound::{proto_of, rescue, splice_upgrade, upstream_response};
@@ -63,7 +63,13 @@ impl InboundHttp {
         let connect = self.upstreams.connect_timeout();
         let sent = self
             .upstreams
-            .send(req.map(Either::Left), app, authority, connect, proto)
+            .send(
+                req.map(|b| Either::Left(StreamedBody::plain(b))),
+                app,
+                authority,
+                connect,
+                proto,
+            )
             .await;
         let elapsed = start.elapsed().as_secs_f64();
         match sent {

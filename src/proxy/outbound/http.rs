@@ -4,7 +4,7 @@
 use super::target::{is_own, ConnTarget, Names, Route};
 use super::tunnel;
 use crate::discovery::Directory;
-use crate::proxy::body::{RespBody, ResponseBody};
+use crate::proxy::body::{RespBody, ResponseBody, StreamedBody};
 use crate::proxy::grpc;
 use crate::proxy::headers::{self, MESH_CALLER};
 use crate::proxy::rescue::MeshError;
@@ -126,7 +126,13 @@ impl HttpOutbound {
                 let connect = self.upstreams.connect_timeout();
                 let resp = self
                     .upstreams
-                    .send(req.map(Either::Left), addr, authority, connect, proto)
+                    .send(
+                        req.map(|b| Either::Left(StreamedBody::plain(b))),
+                        addr,
+                        authority,
+                        connect,
+                        proto,
+                    )
                     .await?;
                 Ok(upstream_response(resp).map(Either::Left))
             }

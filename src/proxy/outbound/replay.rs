@@ -1,16 +1,18 @@
-//! Request bodies on the way out: streamed when they cannot be retried,
-//! buffered (small, known length) when a retry or a fallback may need to
-//! send them again.
+//! Request bodies on the way out, and how a request is sent again.
+//!
+//! A small body of known length is read whole first (a retry or a
+//! fallback sends the same bytes). A body of unknown length (gRPC,
+//! chunked) streams at once and is copied on the way, up to
+//! [`MAX_REPLAY_BODY`]; it can be sent again only if it had passed whole
+//! when the retry is decided. Anything longer streams and is sent once.
 
-use crate::proxy::body::ReqBody;
+use crate::proxy::body::{Recording, ReqBody, StreamedBody, MAX_REPLAY_BODY};
 use crate::proxy::rescue::MeshError;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as _, Incoming};
-
-/// Largest body kept in memory so that a request can be replayed.
-pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
+use std::sync::{Arc, Mutex};
 
 /// Everything needed to send the same request again.
 #[derive(Clone, Debug)]
@@ -19,51 +21,65 @@ pub struct RequestTemplate {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
-    body: Bytes,
+    body: Replay,
+}
+
+#[derive(Clone, Debug)]
+enum Replay {
+    Buffered(Bytes),
+    Recorded(Arc<Mutex<Recording>>),
 }
 
 impl RequestTemplate {
-    /// A fresh copy of the request.
-    pub fn build(&self) -> Request<ReqBody> {
-        let mut req = Request::new(Either::Right(Full::new(self.body.clone())));
+    /// A fresh copy of the request; `None` when its streamed body did not
+    /// pass whole (still open, too long, or broken).
+    pub fn build(&self) -> Option<Request<ReqBody>> {
+        let body = match &self.body {
+            Replay::Buffered(b) => b.clone(),
+            Replay::Recorded(rec) => rec.lock().unwrap_or_else(|e| e.into_inner()).replay()?,
+        };
+        let mut req = Request::new(Either::Right(Full::new(body)));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
-        req
+        Some(req)
     }
 }
 
-/// Splits off a template when `replay` is wanted and the body is small
-/// enough (known length ≤ [`MAX_REPLAY_BODY`]); otherwise the body streams
-/// and the request can be sent once only.
+/// Splits off a template when `replay` is wanted and the body may be kept
+/// (see the module doc); otherwise the body streams and the request can be
+/// sent once only.
 pub async fn prepare(
     req: Request<Incoming>,
     replay: bool,
 ) -> Result<(Request<ReqBody>, Option<RequestTemplate>), MeshError> {
-    let small = req
-        .body()
-        .size_hint()
-        .exact()
-        .is_some_and(|n| n <= MAX_REPLAY_BODY);
-    if !replay || !small {
-        return Ok((req.map(Either::Left), None));
+    let limit = MAX_REPLAY_BODY as u64;
+    let size = req.body().size_hint().exact();
+    if !replay || size.is_some_and(|n| n > limit) {
+        return Ok((req.map(|b| Either::Left(StreamedBody::plain(b))), None));
     }
     let (parts, body) = req.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map_err(|e| MeshError::BadRequest(format!("reading the request body: {e}")))?
-        .to_bytes();
+    let (body, kept) = if size.is_some() {
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| MeshError::BadRequest(format!("reading the request body: {e}")))?
+            .to_bytes();
+        (
+            Either::Right(Full::new(bytes.clone())),
+            Replay::Buffered(bytes),
+        )
+    } else {
+        let (streamed, rec) = StreamedBody::recorded(body);
+        (Either::Left(streamed), Replay::Recorded(rec))
+    };
     let template = RequestTemplate {
         method: parts.method.clone(),
         uri: parts.uri.clone(),
         version: parts.version,
         headers: parts.headers.clone(),
-        body: bytes.clone(),
+        body: kept,
     };
-    Ok((
-        Request::from_parts(parts, Either::Right(Full::new(bytes))),
-        Some(template),
-    ))
+    Ok((Request::from_parts(parts, body), Some(template)))
 }

@@ -67,10 +67,11 @@ impl HttpOutbound {
                 let (Some(alt), Some(template)) = (alt, template) else {
                     return Err(err);
                 };
+                let Some(again) = template.build() else {
+                    return Err(err);
+                };
                 let alt_rt = alt.resilience.clone();
-                let resp = self
-                    .run(&alt, &alt_rt, template.build(), Some(&template))
-                    .await?;
+                let resp = self.run(&alt, &alt_rt, again, Some(&template)).await?;
                 Ok(with_fallback_header(resp, err.reason()))
             }
             None => Err(err),
@@ -125,6 +126,10 @@ impl HttpOutbound {
             if attempt >= retries.attempts || !retries.on.contains(&class) {
                 return result;
             }
+            // A streamed body is known whole only now (or never).
+            let Some(again) = template.build() else {
+                return result;
+            };
             if !rt.budget.try_withdraw() {
                 svc.metrics.retry_budget_exhausted();
                 return match result {
@@ -141,7 +146,7 @@ impl HttpOutbound {
             tried.extend(endpoint);
             drop(result);
             tokio::time::sleep(delay).await;
-            req = template.build();
+            req = again;
         }
     }
 

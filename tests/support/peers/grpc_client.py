@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One call to the gRPC echo server (grpc_echo.py), result as one JSON line.
 
-Run: grpc_client.py --target grpc.mesh:50051 --method Unary|Stream|Fail|Count
+Run: grpc_client.py --target grpc.mesh:50051 --method Unary|Stream|Fail|Flaky|Count
        [--data BYTES] [--timeout SECONDS]
 For Stream, --data is the number of messages to ask for.
 
@@ -36,7 +36,7 @@ def metadata(md):
 def main():
     p = argparse.ArgumentParser(description="one call to grpc_echo.py")
     p.add_argument("--target", required=True)
-    p.add_argument("--method", required=True, choices=["Unary", "Stream", "Fail", "Count"])
+    p.add_argument("--method", required=True, choices=["Unary", "Stream", "Fail", "Flaky", "Count"])
     p.add_argument("--data", default="hello")
     p.add_argument("--timeout", type=float, default=5.0)
     a = p.parse_args()

@@ -9,7 +9,10 @@ serializers), so no .proto file or code generation is needed:
                            (ASCII digits, default 3); answers N messages
                            "<name> i" for i in 0..N.
   /mesh.test.Echo/Fail     unary: aborts with INTERNAL "<name>: failing".
-  /mesh.test.Echo/Count    unary: JSON {"Unary": n, "Stream": n, "Fail": n},
+  /mesh.test.Echo/Flaky    unary: odd-numbered calls (1st, 3rd, ...) abort
+                           with UNAVAILABLE before any metadata (a
+                           trailers-only answer), even ones echo.
+  /mesh.test.Echo/Count    unary: JSON {"Unary": n, "Stream": n, "Fail": n, "Flaky": n},
                            the calls each method has received (Count itself
                            is not counted), so a test can tell whether calls
                            reached the server.
@@ -39,11 +42,13 @@ class Counts:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.by_method = {"Unary": 0, "Stream": 0, "Fail": 0}
+        self.by_method = {"Unary": 0, "Stream": 0, "Fail": 0, "Flaky": 0}
 
     def hit(self, method):
+        """Counts a call; returns how many `method` has had, this one included."""
         with self.lock:
             self.by_method[method] += 1
+            return self.by_method[method]
 
     def snapshot(self):
         with self.lock:
@@ -73,6 +78,12 @@ def handlers(name, counts):
         served_by(context)
         context.abort(grpc.StatusCode.INTERNAL, f"{name}: failing")
 
+    def flaky(request, context):
+        if counts.hit("Flaky") % 2 == 1:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"{name}: try again")
+        served_by(context)
+        return request
+
     def count(request, context):
         return json.dumps(counts.snapshot()).encode()
 
@@ -83,6 +94,7 @@ def handlers(name, counts):
             "Unary": grpc.unary_unary_rpc_method_handler(unary),
             "Stream": grpc.unary_stream_rpc_method_handler(stream),
             "Fail": grpc.unary_unary_rpc_method_handler(fail),
+            "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
             "Count": grpc.unary_unary_rpc_method_handler(count),
         },
     )
