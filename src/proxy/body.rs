@@ -258,10 +258,9 @@ mod tests {
     use http_body_util::{BodyExt, StreamBody};
     use std::convert::Infallible;
 
-    fn frames(
-        parts: Vec<Frame<Bytes>>,
-    ) -> StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>
-    {
+    type Frames = futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>;
+
+    fn frames(parts: Vec<Frame<Bytes>>) -> StreamBody<Frames> {
         StreamBody::new(futures_util::stream::iter(
             parts.into_iter().map(Ok).collect::<Vec<_>>(),
         ))
@@ -285,7 +284,10 @@ mod tests {
         // A body that says it has ended after its last frame is complete
         // then, without being polled to `None` (hyper's h2 client).
         let (mut body, rec) = StreamedBody::recorded(Full::new(Bytes::from_static(b"all")));
-        assert_eq!(body.frame().await.unwrap().unwrap().data_ref().unwrap(), "all");
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().data_ref().unwrap(),
+            "all"
+        );
         assert_eq!(rec.lock().unwrap().replay().unwrap(), "all");
     }
 
