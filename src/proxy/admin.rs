@@ -24,6 +24,10 @@ pub struct AdminState {
     /// Cancelled by `POST /shutdown` (and by signals elsewhere).
     pub shutdown: CancellationToken,
     pub control_url: String,
+    /// Service ports learned to be opaque (protocol detection timed out).
+    pub learned: Arc<crate::proxy::outbound::Learned>,
+    /// The inbound listener and its limit, when there is one.
+    pub inbound: Option<(std::net::SocketAddr, u32)>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -72,6 +76,17 @@ struct StateView {
     registry: TableState,
     #[serde(skip_serializing_if = "Option::is_none")]
     local: Option<AgentState>,
+    /// `service:port` treated as opaque after detection timed out.
+    learned_opaque: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inbound: Option<InboundView>,
+}
+
+#[derive(Serialize)]
+struct InboundView {
+    listen: std::net::SocketAddr,
+    max_concurrent: u32,
+    in_flight: i64,
 }
 
 async fn proxy_state(State(s): State<AdminState>) -> Json<StateView> {
@@ -84,6 +99,12 @@ async fn proxy_state(State(s): State<AdminState>) -> Json<StateView> {
         control_connected: s.metrics.control_connected.get() == 1,
         registry: s.dir.with_table(|t| t.state()),
         local,
+        learned_opaque: s.learned.list(),
+        inbound: s.inbound.map(|(listen, max_concurrent)| InboundView {
+            listen,
+            max_concurrent,
+            in_flight: s.metrics.traffic.inbound_inflight.get(),
+        }),
     })
 }
 
@@ -110,6 +131,8 @@ mod tests {
             listening: Arc::new(AtomicBool::new(true)),
             shutdown: CancellationToken::new(),
             control_url: "http://127.0.0.1:15010".into(),
+            learned: Default::default(),
+            inbound: None,
         }
     }
 

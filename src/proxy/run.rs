@@ -122,6 +122,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
         None => None,
     };
 
+    let learned = Arc::new(Learned::default());
     let admin_state = AdminState {
         dir: dir.clone(),
         metrics: metrics.clone(),
@@ -129,6 +130,8 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
         listening: listening.clone(),
         shutdown: shutdown.clone(),
         control_url: args.control.clone(),
+        learned: learned.clone(),
+        inbound: inbound_addr.map(|a| (a, args.inbound_max_concurrent)),
     };
     let admin_stop = stop.clone();
     tokio::spawn(async move {
@@ -185,7 +188,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
         vip_net: args.vip_cidr,
         connect,
         detect: detect.clone(),
-        learned: Learned::default(),
+        learned,
     });
     let outbound = tokio::spawn(server.serve(outbound_l, shutdown.clone(), args.drain_timeout));
     let inbound = match (inbound_l, args.app_port) {

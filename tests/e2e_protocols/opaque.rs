@@ -118,6 +118,13 @@ fn server_speaks_first_on_an_undeclared_port() {
     });
     connect("second (learned)");
     assert_eq!(learned(), 1.0, "a learned port is not detected again");
+    let (status, state) = mesh.client.curl("http://127.0.0.1:15000/state", &[]);
+    assert_eq!(status, 200, "{state}");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("/state JSON");
+    assert_eq!(
+        state["learned_opaque"],
+        serde_json::json!([format!("banner:{port}")])
+    );
 }
 
 const OPENSSL: Tool = ("openssl", &["version"]);

@@ -60,7 +60,8 @@ pub struct OutboundServer {
     pub vip_net: crate::model::Ipv4Cidr,
     pub connect: ConnectOptions,
     pub detect: DetectConfig,
-    pub learned: Learned,
+    /// Shared with `/state`.
+    pub learned: Arc<Learned>,
 }
 
 impl OutboundServer {
