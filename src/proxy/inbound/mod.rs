@@ -16,17 +16,15 @@ pub use self::http::InboundHttp;
 
 use super::outbound::{original_dst, DetectConfig, Learned};
 use super::protocol::{detect, fast_close, relay, Detected, PrefixedIo, Protocol};
-use super::server::{self, drive};
+use super::server;
 use crate::net::{connect, ConnectOptions};
 use crate::telemetry::ProxyMetrics;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// The label under which learned opaque app ports are kept.
 const APP: &str = "(inbound)";
@@ -50,32 +48,13 @@ impl InboundServer {
         shutdown: CancellationToken,
         drain: Duration,
     ) {
-        let conns = TaskTracker::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "inbound accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = shutdown.cancelled() => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let this = self.clone();
+        let this = self;
+        server::accept_until(listener, &shutdown, drain, "inbound", |stream, peer| {
+            let this = this.clone();
             let stop = shutdown.clone();
-            conns.spawn(async move { this.serve_conn(stream, peer, &stop).await });
-        }
-        drop(listener);
-        conns.close();
-        if tokio::time::timeout(drain, conns.wait()).await.is_err() {
-            tracing::warn!(
-                ?drain,
-                "inbound drain period over; closing remaining connections"
-            );
-        }
+            async move { this.serve_conn(stream, peer, &stop).await }
+        })
+        .await;
     }
 
     async fn serve_conn(
@@ -115,20 +94,11 @@ impl InboundServer {
         }
         let io = PrefixedIo::new(detected.prefix, stream);
         match detected.protocol {
-            Protocol::Http1 => {
+            Protocol::Http1 | Protocol::Http2 => {
+                let h2 = detected.protocol == Protocol::Http2;
                 let svc = self.service(peer, app);
-                let conn = server::http1()
-                    .serve_connection(TokioIo::new(io), svc)
-                    .with_upgrades();
-                if let Err(e) = drive(conn, shutdown, |c| c.graceful_shutdown()).await {
+                if let Err(e) = server::serve_http(io, svc, h2, shutdown).await {
                     tracing::debug!(%peer, error = %e, "inbound connection ended with error");
-                }
-            }
-            Protocol::Http2 => {
-                let svc = self.service(peer, app);
-                let conn = server::http2().serve_connection(TokioIo::new(io), svc);
-                if let Err(e) = drive(conn, shutdown, |c| c.graceful_shutdown()).await {
-                    tracing::debug!(%peer, error = %e, "inbound h2 connection ended with error");
                 }
             }
             Protocol::Tls { .. } | Protocol::MeshOpaque | Protocol::Opaque => {

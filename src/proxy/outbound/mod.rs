@@ -39,7 +39,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// How intercepted connections to a VIP are told apart.
 #[derive(Clone, Debug)]
@@ -71,42 +70,23 @@ impl OutboundServer {
         shutdown: CancellationToken,
         drain: Duration,
     ) {
-        let conns = TaskTracker::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "outbound accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = shutdown.cancelled() => break,
-            };
-            let _ = stream.set_nodelay(true);
+        let this = self;
+        server::accept_until(listener, &shutdown, drain, "outbound", |stream, peer| {
             let local = stream.local_addr().ok();
             let orig = orig_dst::original_dst(&stream).filter(|d| Some(*d) != local);
-            let this = self.clone();
+            let this = this.clone();
             let stop = shutdown.clone();
-            match orig {
-                Some(SocketAddr::V4(d)) if self.vip_net.contains(*d.ip()) => {
-                    conns.spawn(async move { this.serve_vip(stream, peer, d, &stop).await });
-                }
-                Some(dst) => {
-                    conns.spawn(async move { this.relay(stream, dst).await });
-                }
-                None => {
-                    conns.spawn(async move { this.serve_explicit(stream, peer, &stop).await });
+            async move {
+                match orig {
+                    Some(SocketAddr::V4(d)) if this.vip_net.contains(*d.ip()) => {
+                        this.serve_vip(stream, peer, d, &stop).await;
+                    }
+                    Some(dst) => this.relay(stream, dst).await,
+                    None => this.serve_explicit(stream, peer, &stop).await,
                 }
             }
-        }
-        drop(listener);
-        conns.close();
-        if tokio::time::timeout(drain, conns.wait()).await.is_err() {
-            tracing::warn!(?drain, "drain period over; closing remaining connections");
-        }
+        })
+        .await;
     }
 
     /// A connection to a service's VIP: detect, then HTTP or opaque.
@@ -158,8 +138,13 @@ impl OutboundServer {
         let io = PrefixedIo::new(detected.prefix, stream);
         let target = ConnTarget::Vip(*dst.ip());
         match detected.protocol {
-            Protocol::Http1 => self.serve_http1(io, peer, target, shutdown).await,
-            Protocol::Http2 => self.serve_http2(io, peer, target, shutdown).await,
+            Protocol::Http1 | Protocol::Http2 => {
+                let h2 = detected.protocol == Protocol::Http2;
+                let svc = self.service(target);
+                if let Err(e) = server::serve_http(io, svc, h2, shutdown).await {
+                    tracing::debug!(%peer, error = %e, "outbound connection ended with error");
+                }
+            }
             Protocol::Tls { sni } => {
                 tracing::debug!(service = %svc.name, sni = sni.as_deref().unwrap_or("-"), "TLS connection relayed opaque");
                 self.metrics
@@ -176,36 +161,6 @@ impl OutboundServer {
         self.detect.opaque_ports.contains(&port)
             || svc.resilience.policy.opaque_ports.contains(&port)
             || self.learned.contains(&svc.name, port)
-    }
-
-    async fn serve_http1(
-        &self,
-        io: PrefixedIo<TcpStream>,
-        peer: SocketAddr,
-        target: ConnTarget,
-        shutdown: &CancellationToken,
-    ) {
-        let svc = self.service(target);
-        let conn = server::http1()
-            .serve_connection(TokioIo::new(io), svc)
-            .with_upgrades();
-        if let Err(e) = drive(conn, shutdown, |c| c.graceful_shutdown()).await {
-            tracing::debug!(%peer, error = %e, "outbound connection ended with error");
-        }
-    }
-
-    async fn serve_http2(
-        &self,
-        io: PrefixedIo<TcpStream>,
-        peer: SocketAddr,
-        target: ConnTarget,
-        shutdown: &CancellationToken,
-    ) {
-        let svc = self.service(target);
-        let conn = server::http2().serve_connection(TokioIo::new(io), svc);
-        if let Err(e) = drive(conn, shutdown, |c| c.graceful_shutdown()).await {
-            tracing::debug!(%peer, error = %e, "outbound h2 connection ended with error");
-        }
     }
 
     /// Explicit mode: HTTP/1 (with CONNECT and upgrades) or h2c.
