@@ -3,9 +3,13 @@
 //! stop that works for every connection type (including HTTP/1 with
 //! upgrades, which hyper-util's `GracefulShutdown` does not cover).
 
+use super::body::RespBody;
+use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::service::HttpService;
-use hyper_util::rt::TokioIo;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder as AutoBuilder;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// A slow client gets this long to send its request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Drives `conn` to its end. When `shutdown` fires first, `stop` asks it
 /// to finish gracefully (in-flight requests complete, idle connections
@@ -37,14 +41,14 @@ where
 
 fn http1() -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(hyper_util::rt::TokioTimer::new())
+    b.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
     b
 }
 
-fn http2() -> hyper::server::conn::http2::Builder<hyper_util::rt::TokioExecutor> {
-    let mut b = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-    b.timer(hyper_util::rt::TokioTimer::new());
+fn http2() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new());
     b
 }
 
@@ -89,28 +93,50 @@ pub async fn accept_until<F, Fut>(
 }
 
 /// Serves HTTP/1 (with upgrades) or HTTP/2 on `io` until it ends, or
-/// gracefully once `shutdown` fires.
-pub async fn serve_http<I, S, B>(
+/// gracefully once `shutdown` fires. `handler` answers every request
+/// (mesh failures are responses too).
+pub async fn serve_http<I, F, Fut>(
     io: I,
-    svc: S,
-    http2: bool,
+    handler: F,
+    proto: Proto,
     shutdown: &CancellationToken,
-) -> Result<(), hyper::Error>
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: HttpService<Incoming, ResBody = B> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Response<RespBody>> + Send + 'static,
 {
+    let svc = service_fn(move |req| {
+        let answer = handler(req);
+        async move { Ok::<_, Infallible>(answer.await) }
+    });
     let io = TokioIo::new(io);
-    if http2 {
-        let conn = self::http2().serve_connection(io, svc);
-        drive(conn, shutdown, |c| c.graceful_shutdown()).await
-    } else {
-        let conn = http1().serve_connection(io, svc).with_upgrades();
-        drive(conn, shutdown, |c| c.graceful_shutdown()).await
+    match proto {
+        Proto::Http2 => {
+            let conn = http2().serve_connection(io, svc);
+            Ok(drive(conn, shutdown, |c| c.graceful_shutdown()).await?)
+        }
+        Proto::Http1 => {
+            let conn = http1().serve_connection(io, svc).with_upgrades();
+            Ok(drive(conn, shutdown, |c| c.graceful_shutdown()).await?)
+        }
+        Proto::Auto => {
+            let mut auto = AutoBuilder::new(TokioExecutor::new());
+            auto.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            auto.http2().timer(TokioTimer::new());
+            let conn = auto.serve_connection_with_upgrades(io, svc);
+            drive(conn, shutdown, |c| c.graceful_shutdown()).await
+        }
     }
+}
+
+/// What [`serve_http`] speaks on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    Http2,
+    /// Either, told apart by hyper (explicit proxy mode: no detection ran).
+    Auto,
 }

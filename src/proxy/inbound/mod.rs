@@ -19,7 +19,6 @@ use super::protocol::{detect, fast_close, relay, Detected, PrefixedIo, Protocol}
 use super::server;
 use crate::net::{connect, ConnectOptions};
 use crate::telemetry::ProxyMetrics;
-use hyper::service::service_fn;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,9 +94,19 @@ impl InboundServer {
         let io = PrefixedIo::new(detected.prefix, stream);
         match detected.protocol {
             Protocol::Http1 | Protocol::Http2 => {
-                let h2 = detected.protocol == Protocol::Http2;
-                let svc = self.service(peer, app);
-                if let Err(e) = server::serve_http(io, svc, h2, shutdown).await {
+                let proto = match detected.protocol {
+                    Protocol::Http2 => server::Proto::Http2,
+                    _ => server::Proto::Http1,
+                };
+                let h = self.http.clone();
+                // A socket address always forms a valid authority.
+                let authority = ::http::uri::Authority::try_from(app.to_string().as_str())
+                    .unwrap_or_else(|_| ::http::uri::Authority::from_static("127.0.0.1"));
+                let handler = move |req| {
+                    let (h, authority) = (h.clone(), authority.clone());
+                    async move { h.handle(req, peer, app, authority).await }
+                };
+                if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
                     tracing::debug!(%peer, error = %e, "inbound connection ended with error");
                 }
             }
@@ -105,31 +114,6 @@ impl InboundServer {
                 self.relay(io, peer, app).await;
             }
         }
-    }
-
-    fn service(
-        &self,
-        peer: SocketAddr,
-        app: SocketAddr,
-    ) -> impl hyper::service::Service<
-        hyper::Request<hyper::body::Incoming>,
-        Response = hyper::Response<crate::proxy::body::RespBody>,
-        Error = std::convert::Infallible,
-        Future = impl std::future::Future<
-            Output = Result<
-                hyper::Response<crate::proxy::body::RespBody>,
-                std::convert::Infallible,
-            >,
-        > + Send,
-    > + Clone {
-        let h = self.http.clone();
-        let authority = ::http::uri::Authority::try_from(app.to_string().as_str())
-            .unwrap_or_else(|_| ::http::uri::Authority::from_static("127.0.0.1"));
-        service_fn(move |req| {
-            let h = h.clone();
-            let authority = authority.clone();
-            async move { Ok::<_, std::convert::Infallible>(h.handle(req, peer, app, authority).await) }
-        })
     }
 
     async fn relay(&self, client: PrefixedIo<TcpStream>, peer: SocketAddr, app: SocketAddr) {

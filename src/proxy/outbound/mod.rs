@@ -29,10 +29,8 @@ pub use tunnel::splice_upgrade;
 use crate::discovery::Service;
 use crate::net::ConnectOptions;
 use crate::proxy::protocol::{detect, fast_close, relay, Detected, PrefixedIo, Protocol};
-use crate::proxy::server::{self, drive};
+use crate::proxy::server;
 use crate::telemetry::ProxyMetrics;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -139,9 +137,16 @@ impl OutboundServer {
         let target = ConnTarget::Vip(*dst.ip());
         match detected.protocol {
             Protocol::Http1 | Protocol::Http2 => {
-                let h2 = detected.protocol == Protocol::Http2;
-                let svc = self.service(target);
-                if let Err(e) = server::serve_http(io, svc, h2, shutdown).await {
+                let proto = match detected.protocol {
+                    Protocol::Http2 => server::Proto::Http2,
+                    _ => server::Proto::Http1,
+                };
+                let h = self.http.clone();
+                let handler = move |req| {
+                    let h = h.clone();
+                    async move { h.handle(req, target).await }
+                };
+                if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
                     tracing::debug!(%peer, error = %e, "outbound connection ended with error");
                 }
             }
@@ -170,38 +175,14 @@ impl OutboundServer {
         peer: SocketAddr,
         shutdown: &CancellationToken,
     ) {
-        let svc = self.service(ConnTarget::FromRequest);
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(server::HEADER_READ_TIMEOUT);
-        builder.http2().timer(hyper_util::rt::TokioTimer::new());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-        if let Err(e) = drive(conn, shutdown, |c| c.graceful_shutdown()).await {
+        let h = self.http.clone();
+        let handler = move |req| {
+            let h = h.clone();
+            async move { h.handle(req, ConnTarget::FromRequest).await }
+        };
+        if let Err(e) = server::serve_http(stream, handler, server::Proto::Auto, shutdown).await {
             tracing::debug!(%peer, error = %e, "outbound connection ended with error");
         }
-    }
-
-    fn service(
-        &self,
-        target: ConnTarget,
-    ) -> impl hyper::service::Service<
-        hyper::Request<hyper::body::Incoming>,
-        Response = hyper::Response<crate::proxy::body::RespBody>,
-        Error = std::convert::Infallible,
-        Future = impl std::future::Future<
-            Output = Result<
-                hyper::Response<crate::proxy::body::RespBody>,
-                std::convert::Infallible,
-            >,
-        > + Send,
-    > + Clone {
-        let h = self.http.clone();
-        service_fn(move |req| {
-            let h = h.clone();
-            async move { Ok::<_, std::convert::Infallible>(h.handle(req, target).await) }
-        })
     }
 
     /// Relays a redirected, non-mesh connection to where it was going.
