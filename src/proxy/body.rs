@@ -193,13 +193,13 @@ impl std::fmt::Debug for StreamGuard {
 
 /// An upstream response body, streamed frame by frame.
 #[derive(Debug)]
-pub struct ResponseBody {
-    inner: Incoming,
+pub struct ResponseBody<B = Incoming> {
+    inner: B,
     guard: Option<StreamGuard>,
 }
 
-impl ResponseBody {
-    pub fn new(inner: Incoming) -> Self {
+impl<B> ResponseBody<B> {
+    pub fn new(inner: B) -> Self {
         ResponseBody { inner, guard: None }
     }
 
@@ -220,20 +220,24 @@ impl ResponseBody {
     }
 }
 
-impl Body for ResponseBody {
+impl<B: Body<Data = Bytes> + Unpin> Body for ResponseBody<B> {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
                     let grpc_status = crate::proxy::grpc::status(trailers);
                     self.finish(StreamEnd::Done { grpc_status });
+                } else if self.inner.is_end_stream() {
+                    // hyper stops polling a body that says it has ended:
+                    // `Ready(None)` would never come.
+                    self.finish(StreamEnd::Done { grpc_status: None });
                 }
             }
             Poll::Ready(Some(Err(_))) => self.finish(StreamEnd::Failed),
@@ -289,6 +293,51 @@ mod tests {
             "all"
         );
         assert_eq!(rec.lock().unwrap().replay().unwrap(), "all");
+    }
+
+    fn watched<B>(body: B) -> (ResponseBody<B>, Arc<Mutex<Vec<StreamEnd>>>) {
+        let ends = Arc::new(Mutex::new(Vec::new()));
+        let seen = ends.clone();
+        let mut body = ResponseBody::new(body);
+        body.guard_mut().on_end = Some(Box::new(move |end| seen.lock().unwrap().push(end)));
+        (body, ends)
+    }
+
+    #[tokio::test]
+    async fn the_end_of_a_response_is_seen_once_however_it_ends() {
+        // Trailers carry the gRPC status.
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("13"));
+        let parts = vec![
+            Frame::data(Bytes::from_static(b"x")),
+            Frame::trailers(trailers),
+        ];
+        let (body, ends) = watched(frames(parts));
+        body.collect().await.unwrap();
+        assert_eq!(
+            *ends.lock().unwrap(),
+            [StreamEnd::Done {
+                grpc_status: Some(13)
+            }]
+        );
+
+        // A body that says it has ended after its data, never polled to
+        // `None` (hyper stops there).
+        let (mut body, ends) = watched(Full::new(Bytes::from_static(b"all")));
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(
+            *ends.lock().unwrap(),
+            [StreamEnd::Done { grpc_status: None }]
+        );
+
+        // Dropped before its end (the caller went away): nobody's failure.
+        let (mut body, ends) = watched(frames(vec![
+            Frame::data(Bytes::from_static(b"a")),
+            Frame::data(Bytes::from_static(b"b")),
+        ]));
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert!(ends.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -19,11 +19,14 @@ pub mod code {
     pub const UNAVAILABLE: u32 = 14;
 }
 
-/// Whether a message is gRPC (`application/grpc`, `application/grpc+proto`, ...).
+/// Whether a message is gRPC (`application/grpc`, `application/grpc+proto`,
+/// ...), not gRPC-web (whose trailers travel inside the body).
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+    headers.get(CONTENT_TYPE).is_some_and(|v| {
+        v.as_bytes()
+            .strip_prefix(b"application/grpc")
+            .is_some_and(|rest| rest.is_empty() || rest[0] == b'+' || rest[0] == b';')
+    })
 }
 
 /// The `grpc-status` in `headers` (trailers, or the headers of a

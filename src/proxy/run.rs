@@ -195,6 +195,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
         (Some(listener), Some(app_port)) => {
             let inbound = Arc::new(InboundServer {
                 http: Arc::new(InboundHttp {
+                    dir: dir.clone(),
                     upstreams,
                     metrics: metrics.clone(),
                     limit: Arc::new(tokio::sync::Semaphore::new(

@@ -46,9 +46,16 @@ fn http1() -> hyper::server::conn::http1::Builder {
     b
 }
 
+/// An HTTP/2 peer that stops answering pings is dropped, so a caller that
+/// vanished does not hold its streams (and their permits) forever.
+const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn http2() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    b.timer(TokioTimer::new());
+    b.timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
     b
 }
 
@@ -125,7 +132,10 @@ where
             auto.http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT);
-            auto.http2().timer(TokioTimer::new());
+            auto.http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
             let conn = auto.serve_connection_with_upgrades(io, svc);
             drive(conn, shutdown, |c| c.graceful_shutdown()).await
         }

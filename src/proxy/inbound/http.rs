@@ -1,7 +1,7 @@
 //! Inbound HTTP: the concurrency limit, header hygiene, and the hop to the
 //! app on localhost.
 
-use crate::model::validate_service_name;
+use crate::discovery::Directory;
 use crate::proxy::body::{InboundPermit, RespBody, StreamedBody};
 use crate::proxy::grpc;
 use crate::proxy::headers::{self, MESH_CALLER};
@@ -20,6 +20,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 pub struct InboundHttp {
+    /// Callers are labelled only by names the registry knows.
+    pub dir: Arc<Directory>,
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<ProxyMetrics>,
     /// `--inbound-max-concurrent` permits.
@@ -41,7 +43,7 @@ impl InboundHttp {
         let grpc = grpc::is_grpc(req.headers());
         // Cloning the value (a refcount) keeps `req` free to change.
         let caller_value = req.headers().get(MESH_CALLER).cloned();
-        let caller = caller(caller_value.as_ref());
+        let caller = self.caller(caller_value.as_ref());
         let Ok(permit) = self.limit.clone().try_acquire_owned() else {
             let err = MeshError::Overloaded(self.max_concurrent);
             self.metrics.traffic.inbound_rejected(err.reason());
@@ -101,11 +103,14 @@ impl InboundHttp {
     }
 }
 
-/// The calling service a peer proxy named, if it is a valid name; the
-/// label is bounded by the registry's service names.
-fn caller(value: Option<&HeaderValue>) -> &str {
-    value
-        .and_then(|v| v.to_str().ok())
-        .filter(|name| validate_service_name(name).is_ok())
-        .unwrap_or("unknown")
+impl InboundHttp {
+    /// The calling service a peer proxy named, if the registry knows it:
+    /// anyone can send the header, and the metric's label set must stay
+    /// bounded by the registry's services.
+    fn caller<'a>(&self, value: Option<&'a HeaderValue>) -> &'a str {
+        value
+            .and_then(|v| v.to_str().ok())
+            .filter(|name| self.dir.table().by_name(name).is_some())
+            .unwrap_or("unknown")
+    }
 }

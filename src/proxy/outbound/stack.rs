@@ -215,7 +215,10 @@ impl HttpOutbound {
                 let guard = resp.body_mut().guard_mut();
                 // The bulkhead counts the call until its response ends.
                 guard.bulkhead = Some(slot);
-                if grpc && status == StatusCode::OK && header_grpc.is_none() {
+                // A half-open probe is judged at the headers: a long stream
+                // must not hold the breaker's only probe for its whole life.
+                let probe = verdict.permit.is_probe();
+                if grpc && status == StatusCode::OK && header_grpc.is_none() && !probe {
                     // The status comes in the trailers: judge at the end.
                     guard.on_end = Some(Box::new(move |end| verdict.record(grpc_failed(end))));
                 } else {
