@@ -151,13 +151,27 @@ fn grpc_unary_streaming_and_the_breaker() {
     // Each call reached the server exactly once.
     assert_eq!(counts(&server.pod, &direct), (1, 1, 0));
 
-    // UNAVAILABLE (trailers-only) is retried by the default policy, though
-    // gRPC calls are POSTs with bodies of unknown length: the body was
-    // copied while it streamed.
+    // UNAVAILABLE (trailers-only) is not retried by default: gRPC calls are
+    // POSTs, and the app may have done the work.
+    let flaky = grpc(&mesh.client, &target, "Flaky", "first try fails");
+    assert_eq!(flaky["code"], "UNAVAILABLE", "{flaky}");
+    assert_eq!(flaky_calls(&server.pod, &direct), 1);
+    // With `unavailable` listed, it is, though the body has no length: it
+    // was copied while it streamed.
+    mesh.apply_ok(
+        "kind: ServicePolicy
+service: grpc
+retries: { attempts: 2, on: [connect-failure, gateway-error, unavailable] }
+",
+    );
+    // Flaky fails every odd-numbered call: the 2nd passes at once, the 3rd
+    // fails and its retry (the 4th) passes.
+    let even = grpc(&mesh.client, &target, "Flaky", "even call");
+    assert_eq!(even["code"], "OK", "{even}");
     let flaky = grpc(&mesh.client, &target, "Flaky", "second time lucky");
     assert_eq!(flaky["code"], "OK", "{flaky}");
     assert_eq!(flaky["responses"][0], "second time lucky", "{flaky}");
-    assert_eq!(flaky_calls(&server.pod, &direct), 2, "one try, one retry");
+    assert_eq!(flaky_calls(&server.pod, &direct), 4, "one try, one retry");
     let retries = metric(
         &metrics(&mesh.client),
         "mesh_retries_total",
@@ -189,10 +203,10 @@ outlier: { consecutiveFailures: 100000 }
     });
     let open = open.unwrap_or_else(|| panic!("no UNAVAILABLE after 20 failing calls"));
     eprintln!("breaker open after {failed} INTERNAL calls: {open}");
-    // 5 failures in a fresh window; 2 if the window still holds the four
-    // calls above (Unary, Stream and Flaky's retry succeeded, Flaky's first
-    // try failed: 6 calls, 50 % failed). An HTTP-only breaker (INTERNAL
-    // arrives with HTTP 200) would never open.
+    // 5 failures in a fresh window; 2 if the window still holds the six
+    // calls above (two of them Flaky's UNAVAILABLE: 8 calls, 50 % failed).
+    // An HTTP-only breaker (INTERNAL arrives with HTTP 200) would never
+    // open.
     assert!((2..=5).contains(&failed), "opened after {failed} failures");
     assert_eq!(mesh_error(&open), Some("breaker-open"), "{open}");
     let reached = counts(&server.pod, &direct).2;

@@ -125,10 +125,16 @@ pub enum RetryOn {
     Reset,
     /// 502, 503 or 504 from the upstream.
     GatewayError,
+    /// gRPC UNAVAILABLE answered at once (a trailers-only response).
+    /// Listing it declares the service's calls safe to repeat after
+    /// UNAVAILABLE although gRPC calls are POSTs (gRPC's own
+    /// `retryableStatusCodes`); it is not in the default list.
+    Unavailable,
 }
 
 impl RetryOn {
-    pub const NAMES: [&'static str; 3] = ["connect-failure", "reset", "gateway-error"];
+    pub const NAMES: [&'static str; 4] =
+        ["connect-failure", "reset", "gateway-error", "unavailable"];
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -313,8 +313,9 @@ fn grpc_failed(end: StreamEnd) -> bool {
     }
 }
 
-/// Which retry class an attempt's result falls in, and whether the app
-/// certainly never saw the request (then even a POST may be repeated).
+/// Which retry class an attempt's result falls in, and whether the request
+/// may be repeated whatever its method: the app certainly never saw it, or
+/// (`unavailable`) the policy declares it safe.
 /// A peer proxy reports its own failures in `x-mesh-error`: its connect
 /// failure or load shedding means the app never saw the request.
 fn retry_class(
@@ -340,9 +341,10 @@ fn retry_class(
             if matches!(resp.status().as_u16(), 502..=504) {
                 return Some((RetryOn::GatewayError, false));
             }
-            // gRPC UNAVAILABLE (trailers-only): the server refused it.
+            // gRPC UNAVAILABLE (trailers-only): repeatable when the policy
+            // lists `unavailable`, whatever the method.
             (grpc::status(resp.headers()) == Some(grpc::code::UNAVAILABLE))
-                .then_some((RetryOn::GatewayError, true))
+                .then_some((RetryOn::Unavailable, true))
         }
     }
 }

@@ -54,11 +54,11 @@ fn retry_classes_know_what_the_app_never_saw() {
         retry_class(&shed, false),
         Some((RetryOn::GatewayError, false))
     );
-    // gRPC UNAVAILABLE in a trailers-only response is retriable.
+    // gRPC UNAVAILABLE in a trailers-only response has its own class.
     let unavailable = Ok(resp(200, &[("grpc-status", "14")]));
     assert_eq!(
         retry_class(&unavailable, true),
-        Some((RetryOn::GatewayError, true))
+        Some((RetryOn::Unavailable, true))
     );
     assert_eq!(
         retry_class(&Ok(resp(200, &[("grpc-status", "13")])), true),
