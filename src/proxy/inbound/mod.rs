@@ -14,8 +14,11 @@ mod http;
 
 pub use self::http::InboundHttp;
 
+use super::outbound::LEARN_WITHIN;
 use super::outbound::{original_dst, DetectConfig, Learned};
-use super::protocol::{detect, fast_close, relay, Detected, PrefixedIo, Protocol};
+use super::protocol::{
+    detect, fast_close, relay, server_speaks_first, Detected, PrefixedIo, Protocol,
+};
 use super::server;
 use crate::net::{connect, ConnectOptions};
 use crate::telemetry::ProxyMetrics;
@@ -88,9 +91,6 @@ impl InboundServer {
                 }
             }
         };
-        if detected.silent && self.learned.learn(APP, port) {
-            tracing::warn!(port, "inbound protocol detection timed out (the client waits for the app to speak first); treating app port {port} as opaque TCP from now on; list it in --opaque-ports to skip detection");
-        }
         let io = PrefixedIo::new(detected.prefix, stream);
         match detected.protocol {
             Protocol::Http1 | Protocol::Http2 => {
@@ -111,25 +111,51 @@ impl InboundServer {
                 }
             }
             Protocol::Tls { .. } | Protocol::MeshOpaque | Protocol::Opaque => {
-                self.relay(io, peer, app).await;
+                self.relay(io, peer, app, detected.silent).await;
             }
         }
     }
 
-    async fn relay(&self, client: PrefixedIo<TcpStream>, peer: SocketAddr, app: SocketAddr) {
+    /// Relays an opaque connection to the app. After a silent detection,
+    /// the app port is learned opaque if the app then speaks first.
+    async fn relay(
+        &self,
+        client: PrefixedIo<TcpStream>,
+        peer: SocketAddr,
+        app: SocketAddr,
+        silent: bool,
+    ) {
         self.metrics.traffic.inbound_tcp.inc();
         match connect(app, self.connect).await {
-            Ok(upstream) => match relay(client, upstream, self.idle).await {
-                Ok(end) => {
-                    tracing::debug!(%peer, %app, sent = end.sent, received = end.received, idle = end.idle, "inbound opaque connection ended")
+            Ok(upstream) => {
+                if silent
+                    && server_speaks_first(client.get_ref(), &upstream, LEARN_WITHIN).await
+                    && self.learned.learn(APP, app.port())
+                {
+                    tracing::warn!(port = app.port(), "the app spoke first after inbound protocol detection timed out; treating app port {} as opaque TCP from now on; list it in --opaque-ports to skip detection", app.port());
                 }
-                Err(e) => {
-                    tracing::debug!(%peer, %app, error = %e, "inbound opaque connection broke")
-                }
-            },
+                self.relay_to_app(client, upstream, peer, app).await;
+            }
             Err(e) => {
                 tracing::debug!(%peer, %app, error = %e, "cannot reach the app");
                 fast_close(client.into_inner());
+            }
+        }
+    }
+
+    async fn relay_to_app(
+        &self,
+        client: PrefixedIo<TcpStream>,
+        upstream: TcpStream,
+        peer: SocketAddr,
+        app: SocketAddr,
+    ) {
+        match relay(client, upstream, self.idle).await {
+            Ok(end) => {
+                tracing::debug!(%peer, %app, sent = end.sent, received = end.received, idle = end.idle, "inbound opaque connection ended")
+            }
+            Err(e) => {
+                tracing::debug!(%peer, %app, error = %e, "inbound opaque connection broke")
             }
         }
     }

@@ -20,7 +20,7 @@ mod tunnel;
 
 pub use self::http::{proto_of, rescue, upstream_response, HttpOutbound};
 pub use learned::Learned;
-pub use opaque::OpaqueOutbound;
+pub use opaque::{OpaqueOutbound, LEARN_WITHIN};
 pub use orig_dst::original_dst;
 pub use stack::MESH_FALLBACK;
 pub use target::{is_own, split_host_port, ConnTarget};
@@ -118,18 +118,6 @@ impl OutboundServer {
                 }
             }
         };
-        if detected.silent && self.learned.learn(&svc.name, port) {
-            self.metrics.traffic.learned_opaque(&svc.name, port);
-            tracing::warn!(
-                service = %svc.name,
-                port,
-                timeout = ?self.detect.timeout,
-                "protocol detection timed out: the client waits for the server to speak first; \
-                 treating {}:{port} as opaque TCP from now on. Declare it in the service's \
-                 policy (opaquePorts: [{port}]) to skip detection",
-                svc.name,
-            );
-        }
         self.metrics
             .traffic
             .connection(&svc.name, detected.protocol.as_str());
@@ -155,10 +143,34 @@ impl OutboundServer {
                 self.metrics
                     .traffic
                     .tls_connection(&svc.name, sni.as_deref());
-                self.opaque.serve(io, svc).await;
+                self.opaque.serve(io, svc, None::<fn()>).await;
             }
-            Protocol::Opaque | Protocol::MeshOpaque => self.opaque.serve(io, svc).await,
+            Protocol::Opaque | Protocol::MeshOpaque => {
+                // A silent client is learned from only once the server is
+                // seen to speak first: one slow client must not turn a
+                // port opaque.
+                let learn = detected.silent.then(|| {
+                    let name = svc.name.clone();
+                    move || self.learn(&name, port)
+                });
+                self.opaque.serve(io, svc, learn).await;
+            }
         }
+    }
+
+    fn learn(&self, service: &str, port: u16) {
+        if !self.learned.learn(service, port) {
+            return;
+        }
+        self.metrics.traffic.learned_opaque(service, port);
+        tracing::warn!(
+            service,
+            port,
+            timeout = ?self.detect.timeout,
+            "protocol detection timed out and the server spoke first: treating {service}:{port} \
+             as opaque TCP from now on. Declare it in the service's policy \
+             (opaquePorts: [{port}]) to skip detection",
+        );
     }
 
     /// Declared opaque (flag or policy) or learned so.

@@ -10,7 +10,9 @@ use super::stack::{pick, Verdict};
 use crate::discovery::{Endpoint, Service};
 use crate::model::policy::RetryOn;
 use crate::net::{connect, ConnectOptions};
-use crate::proxy::protocol::{fast_close, relay, PrefixedIo, MESH_OPAQUE_PREAMBLE};
+use crate::proxy::protocol::{
+    fast_close, relay, server_speaks_first, PrefixedIo, MESH_OPAQUE_PREAMBLE,
+};
 use crate::proxy::rescue::MeshError;
 use crate::resilience::{retry, BulkheadPermit};
 use crate::telemetry::ProxyMetrics;
@@ -19,6 +21,10 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+/// How long after a silent detection the server has to speak first for
+/// the port to be learned opaque.
+pub const LEARN_WITHIN: Duration = Duration::from_secs(5);
 
 pub struct OpaqueOutbound {
     pub metrics: Arc<ProxyMetrics>,
@@ -41,7 +47,14 @@ pub struct Opened {
 impl OpaqueOutbound {
     /// Relays `client` to an endpoint of `svc`; when none can be reached,
     /// closes it with a reset (opaque TCP has no way to say why).
-    pub async fn serve(&self, client: PrefixedIo<TcpStream>, svc: Arc<Service>) {
+    /// `on_server_first` runs if detection found the client silent and the
+    /// server then speaks before it (the port is learned opaque).
+    pub async fn serve(
+        &self,
+        client: PrefixedIo<TcpStream>,
+        svc: Arc<Service>,
+        on_server_first: Option<impl FnOnce()>,
+    ) {
         let opened = match self.open(&svc).await {
             Ok(o) => o,
             Err(e) => {
@@ -52,6 +65,11 @@ impl OpaqueOutbound {
             }
         };
         let Opened { stream, slot, ep } = opened;
+        if let Some(learn) = on_server_first {
+            if server_speaks_first(client.get_ref(), &stream, LEARN_WITHIN).await {
+                learn();
+            }
+        }
         match relay(client, stream, self.idle).await {
             Ok(end) => {
                 tracing::debug!(service = %svc.name, endpoint = %ep.id, sent = end.sent, received = end.received, idle = end.idle, "opaque connection ended")

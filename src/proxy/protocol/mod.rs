@@ -13,4 +13,4 @@ mod relay;
 
 pub use detect::{classify, detect, Detected, Protocol, MESH_OPAQUE_PREAMBLE};
 pub use io::PrefixedIo;
-pub use relay::{fast_close, relay, RelayEnd};
+pub use relay::{fast_close, relay, server_speaks_first, RelayEnd};
