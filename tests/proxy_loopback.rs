@@ -428,3 +428,68 @@ fn connect_tunnels_tls_and_mesh_names() {
     let (status, text) = curl(out, "http://nosuch.mesh/", &["-p"]);
     assert!(status == 503 && text.contains("unknown-service"), "{text}");
 }
+
+/// A chunked POST has no length to buffer ahead by: it streams to the
+/// endpoint and is copied on the way. When the chosen endpoint refuses
+/// the connection, the retry on the live one carries the whole body.
+#[test]
+fn streamed_bodies_survive_a_connect_failure() {
+    let mesh = Mesh::start();
+    let dir = mesh.dir.path();
+    let port = free_port();
+    let server = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fault_server.py");
+    let args = [
+        "-u",
+        server,
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--name",
+        "echo",
+    ];
+    let echo = spawn(dir, "echo", "python3", &args);
+    wait_for("the echo app", secs(10), || {
+        echo.assert_running();
+        http_get(port, "/_stats")
+    });
+    let dead = free_port();
+    for p in [port, dead] {
+        register(
+            mesh.control,
+            "hello",
+            &format!(r#"{{"address":"127.0.0.1","port":{p}}}"#),
+        );
+    }
+    // Round-robin: every other call picks the dead endpoint first.
+    let (_proxy, out, admin) = mesh.proxy("client", &["--lb", "hello=round-robin"]);
+    wait_for("both endpoints ready", secs(10), || {
+        http_get(admin, "/state").filter(|s| s.matches("\"state\":\"ready\"").count() == 2)
+    });
+
+    let payload: String = (0..2000).map(|i| format!("{i:05}")).collect();
+    let file = dir.join("payload");
+    std::fs::write(&file, &payload).unwrap();
+    let data = format!("@{}", file.display());
+    for i in 0..6 {
+        let args = ["-H", "Transfer-Encoding: chunked", "--data-binary", &data];
+        let (status, text) = curl(out, "http://hello/_echo", &args);
+        assert_eq!(status, 200, "call {i}: {text}");
+        let echoed: serde_json::Value = serde_json::from_str(body(&text)).expect("echo JSON");
+        assert_eq!(echoed["method"], "POST", "call {i}");
+        assert!(
+            echoed["body"] == payload.as_str(),
+            "call {i}: the body arrived changed"
+        );
+    }
+    let metrics = http_get(admin, "/metrics").unwrap_or_default();
+    let retries = metrics
+        .lines()
+        .find(|l| l.starts_with("mesh_retries_total{service=\"hello\"}"))
+        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok());
+    assert_eq!(
+        retries,
+        Some(3.0),
+        "one retry per call that met the dead endpoint:\n{metrics}"
+    );
+}

@@ -1,7 +1,8 @@
 //! Bodies on both sides of the proxy.
 //!
 //! Requests to upstreams stream the caller's body (copying it on the way
-//! when a retry may need it), or replay buffered bytes. Responses from upstreams stream through [`ResponseBody`], which
+//! when a retry may need it: `request`), or replay buffered bytes.
+//! Responses from upstreams stream through [`ResponseBody`], which
 //! holds what must live as long as the response does — the bulkhead slot,
 //! the inbound concurrency permit — and, for gRPC, reads the status from
 //! the trailers when the stream ends.
@@ -12,128 +13,16 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use prometheus_client::metrics::gauge::Gauge;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::sync::OwnedSemaphorePermit;
+
+mod request;
+
+pub use request::{Shared, StreamedBody, MAX_REPLAY_BODY};
 
 /// What the upstream client sends: the caller's stream, or replayable bytes.
 pub type ReqBody = Either<StreamedBody, Full<Bytes>>;
 
-/// Bodies longer than this are not kept for a replay.
-pub const MAX_REPLAY_BODY: usize = 64 * 1024;
-
-/// The caller's request body, streamed to the upstream as it arrives and,
-/// when a retry may want it, copied on the way (up to
-/// [`MAX_REPLAY_BODY`]): gRPC and chunked bodies have no length to buffer
-/// ahead by, and waiting for their end would stall a streaming call.
-#[derive(Debug)]
-pub struct StreamedBody<B = Incoming> {
-    inner: B,
-    copy: Option<Arc<Mutex<Recording>>>,
-}
-
-/// What a [`StreamedBody`] has passed on so far.
-#[derive(Debug, Default)]
-pub struct Recording {
-    chunks: Vec<Bytes>,
-    len: usize,
-    state: RecordingState,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum RecordingState {
-    #[default]
-    Open,
-    /// The whole body passed and was kept.
-    Complete,
-    /// Too long, had trailers, or broke: cannot be replayed.
-    Abandoned,
-}
-
-impl<B> StreamedBody<B> {
-    /// Streams `inner` without keeping anything.
-    pub fn plain(inner: B) -> Self {
-        StreamedBody { inner, copy: None }
-    }
-
-    /// Streams `inner` and keeps a copy for [`Recording::replay`].
-    pub fn recorded(inner: B) -> (Self, Arc<Mutex<Recording>>) {
-        let rec = Arc::new(Mutex::new(Recording::default()));
-        let body = StreamedBody {
-            inner,
-            copy: Some(rec.clone()),
-        };
-        (body, rec)
-    }
-
-    fn record<E>(&self, polled: &Poll<Option<Result<Frame<Bytes>, E>>>, at_end: bool) {
-        let Some(copy) = &self.copy else { return };
-        let mut rec = copy.lock().unwrap_or_else(|e| e.into_inner());
-        if rec.state != RecordingState::Open {
-            return;
-        }
-        match polled {
-            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
-                Some(data) if rec.len + data.len() <= MAX_REPLAY_BODY => {
-                    rec.len += data.len();
-                    rec.chunks.push(data.clone());
-                    // hyper's HTTP/2 client stops polling once the body
-                    // says it has ended, so `Ready(None)` may never come.
-                    if at_end {
-                        rec.state = RecordingState::Complete;
-                    }
-                }
-                _ => rec.abandon(),
-            },
-            Poll::Ready(None) => rec.state = RecordingState::Complete,
-            Poll::Ready(Some(Err(_))) => rec.abandon(),
-            Poll::Pending => {}
-        }
-    }
-}
-
-impl Recording {
-    fn abandon(&mut self) {
-        self.state = RecordingState::Abandoned;
-        self.chunks = Vec::new();
-    }
-
-    /// The whole body, if it has passed completely and was kept.
-    pub fn replay(&self) -> Option<Bytes> {
-        if self.state != RecordingState::Complete {
-            return None;
-        }
-        Some(match self.chunks.as_slice() {
-            [] => Bytes::new(),
-            [one] => one.clone(),
-            many => Bytes::from(many.concat()),
-        })
-    }
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for StreamedBody<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if self.copy.is_some() {
-            self.record(&polled, self.inner.is_end_stream());
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
 /// What the proxy answers with: an upstream's stream, or its own bytes.
 pub type RespBody = Either<ResponseBody, Full<Bytes>>;
 
@@ -261,6 +150,7 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
     use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
 
     type Frames = futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>;
 
@@ -268,31 +158,6 @@ mod tests {
         StreamBody::new(futures_util::stream::iter(
             parts.into_iter().map(Ok).collect::<Vec<_>>(),
         ))
-    }
-
-    #[tokio::test]
-    async fn a_streamed_body_is_replayable_once_it_passed_whole() {
-        let data = vec![
-            Frame::data(Bytes::from_static(b"hello ")),
-            Frame::data(Bytes::from_static(b"world")),
-        ];
-        let (mut body, rec) = StreamedBody::recorded(frames(data));
-        let first = body.frame().await.unwrap().unwrap();
-        assert_eq!(first.data_ref().unwrap(), "hello ");
-        // Half-way through: not replayable yet.
-        assert_eq!(rec.lock().unwrap().replay(), None);
-        let sent = body.collect().await.unwrap().to_bytes();
-        assert_eq!(sent, "world");
-        assert_eq!(rec.lock().unwrap().replay().unwrap(), "hello world");
-
-        // A body that says it has ended after its last frame is complete
-        // then, without being polled to `None` (hyper's h2 client).
-        let (mut body, rec) = StreamedBody::recorded(Full::new(Bytes::from_static(b"all")));
-        assert_eq!(
-            body.frame().await.unwrap().unwrap().data_ref().unwrap(),
-            "all"
-        );
-        assert_eq!(rec.lock().unwrap().replay().unwrap(), "all");
     }
 
     fn watched<B>(body: B) -> (ResponseBody<B>, Arc<Mutex<Vec<StreamEnd>>>) {
@@ -338,24 +203,5 @@ mod tests {
         body.frame().await.unwrap().unwrap();
         drop(body);
         assert!(ends.lock().unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn long_bodies_and_trailers_are_not_kept() {
-        let big = Bytes::from(vec![b'x'; MAX_REPLAY_BODY + 1]);
-        let (body, rec) = StreamedBody::recorded(frames(vec![Frame::data(big.clone())]));
-        // The body itself still streams whole.
-        assert_eq!(body.collect().await.unwrap().to_bytes(), big);
-        assert_eq!(rec.lock().unwrap().replay(), None);
-
-        let trailers = Frame::trailers(http::HeaderMap::new());
-        let parts = vec![Frame::data(Bytes::from_static(b"x")), trailers];
-        let (body, rec) = StreamedBody::recorded(frames(parts));
-        body.collect().await.unwrap();
-        assert_eq!(rec.lock().unwrap().replay(), None);
-
-        let (body, rec) = StreamedBody::recorded(frames(vec![]));
-        body.collect().await.unwrap();
-        assert_eq!(rec.lock().unwrap().replay().unwrap(), "");
     }
 }

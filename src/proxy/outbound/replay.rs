@@ -3,10 +3,10 @@
 //! A small body of known length is read whole first (a retry or a
 //! fallback sends the same bytes). A body of unknown length (gRPC,
 //! chunked) streams at once and is copied on the way, up to
-//! [`MAX_REPLAY_BODY`]; it can be sent again only if it had passed whole
-//! when the retry is decided. Anything longer streams and is sent once.
+//! [`MAX_REPLAY_BODY`]; a retry replays the copy and continues with the
+//! rest (see `proxy::body`). Anything longer streams and is sent once.
 
-use crate::proxy::body::{Recording, ReqBody, StreamedBody, MAX_REPLAY_BODY};
+use crate::proxy::body::{ReqBody, Shared, StreamedBody, MAX_REPLAY_BODY};
 use crate::proxy::rescue::MeshError;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri, Version};
@@ -27,18 +27,18 @@ pub struct RequestTemplate {
 #[derive(Clone, Debug)]
 enum Replay {
     Buffered(Bytes),
-    Recorded(Arc<Mutex<Recording>>),
+    Streamed(Arc<Mutex<Shared>>),
 }
 
 impl RequestTemplate {
-    /// A fresh copy of the request; `None` when its streamed body did not
-    /// pass whole (still open, too long, or broken).
+    /// A fresh copy of the request; `None` when its streamed body cannot
+    /// be sent again (too long, broken, or still being sent).
     pub fn build(&self) -> Option<Request<ReqBody>> {
         let body = match &self.body {
-            Replay::Buffered(b) => b.clone(),
-            Replay::Recorded(rec) => rec.lock().unwrap_or_else(|e| e.into_inner()).replay()?,
+            Replay::Buffered(b) => Either::Right(Full::new(b.clone())),
+            Replay::Streamed(shared) => Either::Left(StreamedBody::replay(shared)?),
         };
-        let mut req = Request::new(Either::Right(Full::new(body)));
+        let mut req = Request::new(body);
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
@@ -71,8 +71,8 @@ pub async fn prepare(
             Replay::Buffered(bytes),
         )
     } else {
-        let (streamed, rec) = StreamedBody::recorded(body);
-        (Either::Left(streamed), Replay::Recorded(rec))
+        let (streamed, shared) = StreamedBody::recorded(body);
+        (Either::Left(streamed), Replay::Streamed(shared))
     };
     let template = RequestTemplate {
         method: parts.method.clone(),
