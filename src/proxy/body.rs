@@ -67,6 +67,8 @@ impl Drop for InboundPermit {
 pub struct StreamGuard {
     pub bulkhead: Option<BulkheadPermit>,
     pub inbound: Option<InboundPermit>,
+    /// The stream this response occupies on a pooled HTTP/2 connection.
+    pub h2_stream: Option<crate::proxy::upstream::StreamSlot>,
     pub on_end: Option<OnEnd>,
 }
 
@@ -75,6 +77,7 @@ impl std::fmt::Debug for StreamGuard {
         f.debug_struct("StreamGuard")
             .field("bulkhead", &self.bulkhead.is_some())
             .field("inbound", &self.inbound.is_some())
+            .field("h2_stream", &self.h2_stream.is_some())
             .field("on_end", &self.on_end.is_some())
             .finish()
     }

@@ -5,7 +5,7 @@ use crate::discovery::Directory;
 use crate::proxy::body::{InboundPermit, RespBody, StreamedBody};
 use crate::proxy::grpc;
 use crate::proxy::headers::{self, MESH_CALLER};
-use crate::proxy::outbound::{proto_of, rescue, splice_upgrade, upstream_response};
+use crate::proxy::outbound::{proto_of, rescue, splice_upgrade};
 use crate::proxy::rescue::MeshError;
 use crate::proxy::upstream::Upstreams;
 use crate::telemetry::ProxyMetrics;
@@ -75,8 +75,7 @@ impl InboundHttp {
             .await;
         let elapsed = start.elapsed().as_secs_f64();
         match sent {
-            Ok(resp) => {
-                let mut resp = upstream_response(resp);
+            Ok(mut resp) => {
                 // The app's own headers must not pose as the mesh's.
                 headers::strip_mesh_headers(resp.headers_mut());
                 resp.body_mut().guard_mut().inbound = Some(permit);

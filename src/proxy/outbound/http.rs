@@ -4,7 +4,7 @@
 use super::target::{is_own, ConnTarget, Names, Route};
 use super::tunnel;
 use crate::discovery::Directory;
-use crate::proxy::body::{RespBody, ResponseBody, StreamedBody};
+use crate::proxy::body::{RespBody, StreamedBody};
 use crate::proxy::grpc;
 use crate::proxy::headers::{self, MESH_CALLER};
 use crate::proxy::rescue::MeshError;
@@ -134,7 +134,7 @@ impl HttpOutbound {
                         proto,
                     )
                     .await?;
-                Ok(upstream_response(resp).map(Either::Left))
+                Ok(resp.map(Either::Left))
             }
         }
     }
@@ -153,14 +153,6 @@ impl HttpOutbound {
             .iter()
             .any(|v| v.to_str().is_ok_and(|s| s.contains(&self.via_token)))
     }
-}
-
-/// The upstream's response, hop-by-hop headers removed (except those a
-/// protocol switch needs), its body streamed.
-pub fn upstream_response(mut resp: Response<Incoming>) -> Response<ResponseBody> {
-    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    headers::strip_hop_by_hop(resp.headers_mut(), switching);
-    resp.map(ResponseBody::new)
 }
 
 /// The HTTP version to speak upstream: the caller's.

@@ -18,7 +18,7 @@ mod stack;
 mod target;
 mod tunnel;
 
-pub use self::http::{proto_of, rescue, upstream_response, HttpOutbound};
+pub use self::http::{proto_of, rescue, HttpOutbound};
 pub use learned::Learned;
 pub use opaque::{OpaqueOutbound, LEARN_WITHIN};
 pub use orig_dst::original_dst;

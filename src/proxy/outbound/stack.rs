@@ -8,7 +8,7 @@
 //! box a future per request. The state machines live one per file in
 //! `resilience/`, with their tests.
 
-use super::http::{proto_of, upstream_response, HttpOutbound};
+use super::http::{proto_of, HttpOutbound};
 use super::replay::{prepare, RequestTemplate};
 use crate::balance::InFlight;
 use crate::discovery::{Endpoint, Service};
@@ -206,9 +206,8 @@ impl HttpOutbound {
             elapsed,
         };
         let result = match result {
-            Ok(resp) => {
+            Ok(mut resp) => {
                 in_flight.finish();
-                let mut resp = upstream_response(resp);
                 let status = resp.status();
                 svc.metrics.record(status.as_u16(), elapsed.as_secs_f64());
                 let header_grpc = grpc.then(|| grpc::status(resp.headers())).flatten();

@@ -2,16 +2,17 @@
 //! proxies' inbound listeners, the local app, external hosts).
 //!
 //! HTTP/1.1 goes over hyper-util's pooled keep-alive client (one per
-//! connect timeout in use). HTTP/2 goes over one multiplexed connection
-//! per address ([`H2Pool`]), made with hyper's connection API so that the
+//! connect timeout in use). HTTP/2 goes over multiplexed connections per
+//! address ([`H2Pool`]), made with hyper's connection API so that the
 //! request keeps its own `:authority` while the socket goes to the
-//! endpoint the balancer chose.
+//! endpoint the balancer chose. Responses come back as [`ResponseBody`]
+//! streams, hop-by-hop headers removed.
 
 mod h2;
 
-pub use h2::H2Pool;
+pub use h2::{H2Pool, StreamSlot, MAX_STREAMS_PER_CONN};
 
-use super::body::ReqBody;
+use super::body::{ReqBody, ResponseBody};
 use super::rescue::MeshError;
 use crate::net::{ConnectOptions, MarkedConnector};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -88,23 +89,25 @@ impl Upstreams {
         authority: Authority,
         connect: Duration,
         proto: Proto,
-    ) -> Result<Response<Incoming>, MeshError> {
+    ) -> Result<Response<ResponseBody>, MeshError> {
         match proto {
             Proto::Http1 => {
                 set_uri(&mut req, authority)?;
-                self.h1(connect)
-                    .request(req)
-                    .await
-                    .map_err(|e| match e.is_connect() {
-                        true => MeshError::ConnectFailed {
-                            addr,
-                            reason: error_chain(&e),
-                        },
-                        false => MeshError::UpstreamReset {
-                            addr,
-                            reason: error_chain(&e),
-                        },
-                    })
+                let resp =
+                    self.h1(connect)
+                        .request(req)
+                        .await
+                        .map_err(|e| match e.is_connect() {
+                            true => MeshError::ConnectFailed {
+                                addr,
+                                reason: error_chain(&e),
+                            },
+                            false => MeshError::UpstreamReset {
+                                addr,
+                                reason: error_chain(&e),
+                            },
+                        })?;
+                Ok(streamed(resp))
             }
             Proto::Http2 => {
                 // Keep the caller's authority; fall back to the endpoint's.
@@ -115,10 +118,21 @@ impl Upstreams {
                 });
                 set_uri(&mut req, keep.unwrap_or(authority))?;
                 req.headers_mut().remove(http::header::HOST);
-                self.h2.send(req, addr, connect).await
+                let (resp, slot) = self.h2.send(req, addr, connect).await?;
+                let mut resp = streamed(resp);
+                resp.body_mut().guard_mut().h2_stream = Some(slot);
+                Ok(resp)
             }
         }
     }
+}
+
+/// The upstream's response, hop-by-hop headers removed (except those a
+/// protocol switch needs), its body streamed through a [`ResponseBody`].
+fn streamed(mut resp: Response<Incoming>) -> Response<ResponseBody> {
+    let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    crate::proxy::headers::strip_hop_by_hop(resp.headers_mut(), switching);
+    resp.map(ResponseBody::new)
 }
 
 fn build_h1(opts: ConnectOptions) -> H1Client {
