@@ -126,10 +126,7 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
         return;
     }
     headers.remove(&TRACESTATE);
-    let v = new_traceparent();
-    if let Ok(v) = HeaderValue::from_str(&v) {
-        headers.insert(TRACEPARENT, v);
-    }
+    headers.insert(TRACEPARENT, new_traceparent());
 }
 
 /// `00-<trace id>-<parent id>-<flags>`, ids not all zero (W3C §3.2).
@@ -155,11 +152,20 @@ fn valid_traceparent(v: &[u8]) -> bool {
         && tail_ok
 }
 
-fn new_traceparent() -> String {
-    // Random ids; `| 1` keeps them from being all zero (invalid).
+/// A new trace: random ids (`| 1` keeps them from being all zero,
+/// which is invalid), written straight into the header's one buffer (this
+/// runs on every request that arrives without a trace).
+fn new_traceparent() -> HeaderValue {
+    use std::fmt::Write;
     let trace = fastrand::u128(..) | 1;
     let span = fastrand::u64(..) | 1;
-    format!("00-{trace:032x}-{span:016x}-00")
+    let mut buf = bytes::BytesMut::with_capacity(55);
+    // Writing hex into a BytesMut cannot fail.
+    let _ = write!(buf, "00-{trace:032x}-{span:016x}-00");
+    // Lowercase hex and dashes: always a valid header value.
+    HeaderValue::from_maybe_shared(buf.freeze()).unwrap_or_else(|_| {
+        HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-00")
+    })
 }
 
 #[cfg(test)]
