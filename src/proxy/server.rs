@@ -4,11 +4,12 @@
 //! upgrades, which hyper-util's `GracefulShutdown` does not cover).
 
 use super::body::RespBody;
+use super::upstream::Proto;
+use futures_util::FutureExt;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder as AutoBuilder;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// A slow client gets this long to send its request headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Drives `conn` to its end. When `shutdown` fires first, `stop` asks it
 /// to finish gracefully (in-flight requests complete, idle connections
@@ -107,46 +108,27 @@ pub async fn serve_http<I, F, Fut>(
     handler: F,
     proto: Proto,
     shutdown: &CancellationToken,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Response<RespBody>> + Send + 'static,
 {
-    let svc = service_fn(move |req| {
-        let answer = handler(req);
-        async move { Ok::<_, Infallible>(answer.await) }
-    });
+    // `map`, not an async block around `answer.await`: an async block keeps
+    // its captured future and the awaited one apart, doubling the state
+    // hyper allocates for every connection.
+    let svc = service_fn(move |req| handler(req).map(Ok::<_, Infallible>));
     let io = TokioIo::new(io);
     match proto {
         Proto::Http2 => {
             let conn = http2().serve_connection(io, svc);
-            Ok(drive(conn, shutdown, |c| c.graceful_shutdown()).await?)
+            // Boxed: the HTTP/2 connection state is large, and every
+            // connection task would otherwise be sized for it.
+            Box::pin(drive(conn, shutdown, |c| c.graceful_shutdown())).await
         }
         Proto::Http1 => {
             let conn = http1().serve_connection(io, svc).with_upgrades();
-            Ok(drive(conn, shutdown, |c| c.graceful_shutdown()).await?)
-        }
-        Proto::Auto => {
-            let mut auto = AutoBuilder::new(TokioExecutor::new());
-            auto.http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            auto.http2()
-                .timer(TokioTimer::new())
-                .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
-            let conn = auto.serve_connection_with_upgrades(io, svc);
             drive(conn, shutdown, |c| c.graceful_shutdown()).await
         }
     }
-}
-
-/// What [`serve_http`] speaks on a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Proto {
-    Http1,
-    Http2,
-    /// Either, told apart by hyper (explicit proxy mode: no detection ran).
-    Auto,
 }

@@ -33,7 +33,7 @@ pub struct InboundHttp {
 
 impl InboundHttp {
     pub async fn handle(
-        &self,
+        self: Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,
         app: SocketAddr,

@@ -21,6 +21,7 @@ use super::protocol::{
 };
 use super::server;
 use crate::net::{connect, ConnectOptions};
+use crate::proxy::upstream::Proto;
 use crate::telemetry::ProxyMetrics;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -95,23 +96,20 @@ impl InboundServer {
         match detected.protocol {
             Protocol::Http1 | Protocol::Http2 => {
                 let proto = match detected.protocol {
-                    Protocol::Http2 => server::Proto::Http2,
-                    _ => server::Proto::Http1,
+                    Protocol::Http2 => Proto::Http2,
+                    _ => Proto::Http1,
                 };
                 let h = self.http.clone();
                 // A socket address always forms a valid authority.
                 let authority = ::http::uri::Authority::try_from(app.to_string().as_str())
                     .unwrap_or_else(|_| ::http::uri::Authority::from_static("127.0.0.1"));
-                let handler = move |req| {
-                    let (h, authority) = (h.clone(), authority.clone());
-                    async move { h.handle(req, peer, app, authority).await }
-                };
+                let handler = move |req| h.clone().handle(req, peer, app, authority.clone());
                 if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
                     tracing::debug!(%peer, error = %e, "inbound connection ended with error");
                 }
             }
             Protocol::Tls { .. } | Protocol::MeshOpaque | Protocol::Opaque => {
-                self.relay(io, peer, app, detected.silent).await;
+                Box::pin(self.relay(io, peer, app, detected.silent)).await;
             }
         }
     }

@@ -42,14 +42,16 @@ impl HttpOutbound {
     /// Serves one request; never fails (mesh errors become responses, in
     /// gRPC's form for gRPC callers).
     pub async fn handle(
-        &self,
+        self: Arc<Self>,
         mut req: Request<Incoming>,
         target: ConnTarget,
     ) -> Response<RespBody> {
         let grpc = grpc::is_grpc(req.headers());
         if req.method() == Method::CONNECT {
             return match target {
-                ConnTarget::FromRequest => tunnel::connect(self, req).await,
+                // Boxed, as every rare path here: hyper keeps room for this
+                // future in every connection, sized for its largest state.
+                ConnTarget::FromRequest => Box::pin(tunnel::connect(&self, req)).await,
                 ConnTarget::Vip(_) => MeshError::BadRequest(
                     "CONNECT is for explicit proxy mode, not to a service address".into(),
                 )
@@ -116,7 +118,7 @@ impl HttpOutbound {
         match route {
             Route::Service(svc) => self.call_service(svc, req).await,
             Route::External { host, port } => {
-                let addr = resolve(&host, port).await?;
+                let addr = Box::pin(resolve(&host, port)).await?;
                 if is_own(&self.own_addrs, addr) {
                     return Err(MeshError::LoopDetected);
                 }
@@ -124,16 +126,14 @@ impl HttpOutbound {
                     .map_err(|e| MeshError::BadRequest(format!("invalid upstream address: {e}")))?;
                 let proto = proto_of(&req);
                 let connect = self.upstreams.connect_timeout();
-                let resp = self
-                    .upstreams
-                    .send(
-                        req.map(|b| Either::Left(StreamedBody::plain(b))),
-                        addr,
-                        authority,
-                        connect,
-                        proto,
-                    )
-                    .await?;
+                let resp = Box::pin(self.upstreams.send(
+                    req.map(|b| Either::Left(StreamedBody::plain(b))),
+                    addr,
+                    authority,
+                    connect,
+                    proto,
+                ))
+                .await?;
                 Ok(resp.map(Either::Left))
             }
         }

@@ -28,8 +28,11 @@ pub use tunnel::splice_upgrade;
 
 use crate::discovery::Service;
 use crate::net::ConnectOptions;
-use crate::proxy::protocol::{detect, fast_close, relay, Detected, PrefixedIo, Protocol};
+use crate::proxy::protocol::{
+    detect, detect_http_version, fast_close, relay, Detected, PrefixedIo, Protocol,
+};
 use crate::proxy::server;
+use crate::proxy::upstream::Proto;
 use crate::telemetry::ProxyMetrics;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
@@ -79,7 +82,7 @@ impl OutboundServer {
                     Some(SocketAddr::V4(d)) if this.vip_net.contains(*d.ip()) => {
                         this.serve_vip(stream, peer, d, &stop).await;
                     }
-                    Some(dst) => this.relay(stream, dst).await,
+                    Some(dst) => Box::pin(this.relay(stream, dst)).await,
                     None => this.serve_explicit(stream, peer, &stop).await,
                 }
             }
@@ -126,14 +129,11 @@ impl OutboundServer {
         match detected.protocol {
             Protocol::Http1 | Protocol::Http2 => {
                 let proto = match detected.protocol {
-                    Protocol::Http2 => server::Proto::Http2,
-                    _ => server::Proto::Http1,
+                    Protocol::Http2 => Proto::Http2,
+                    _ => Proto::Http1,
                 };
                 let h = self.http.clone();
-                let handler = move |req| {
-                    let h = h.clone();
-                    async move { h.handle(req, target).await }
-                };
+                let handler = move |req| h.clone().handle(req, target);
                 if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
                     tracing::debug!(%peer, error = %e, "outbound connection ended with error");
                 }
@@ -143,7 +143,7 @@ impl OutboundServer {
                 self.metrics
                     .traffic
                     .tls_connection(&svc.name, sni.as_deref());
-                self.opaque.serve(io, svc, None::<fn()>).await;
+                Box::pin(self.opaque.serve(io, svc, None::<fn()>)).await;
             }
             Protocol::Opaque | Protocol::MeshOpaque => {
                 // A silent client is learned from only once the server is
@@ -153,7 +153,9 @@ impl OutboundServer {
                     let name = svc.name.clone();
                     move || self.learn(&name, port)
                 });
-                self.opaque.serve(io, svc, learn).await;
+                // Boxed, like every rare arm: connection tasks are sized for
+                // their largest state.
+                Box::pin(self.opaque.serve(io, svc, learn)).await;
             }
         }
     }
@@ -180,19 +182,31 @@ impl OutboundServer {
             || self.learned.contains(&svc.name, port)
     }
 
-    /// Explicit mode: HTTP/1 (with CONNECT and upgrades) or h2c.
+    /// Explicit mode: HTTP/1 (with CONNECT and upgrades) or h2c. Every
+    /// client speaks HTTP here, so only the preface is looked for; anything
+    /// else is left to HTTP/1, which answers 400.
     async fn serve_explicit(
         &self,
-        stream: TcpStream,
+        mut stream: TcpStream,
         peer: SocketAddr,
         shutdown: &CancellationToken,
     ) {
-        let h = self.http.clone();
-        let handler = move |req| {
-            let h = h.clone();
-            async move { h.handle(req, ConnTarget::FromRequest).await }
+        let detected = match detect_http_version(&mut stream, server::HEADER_READ_TIMEOUT).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return, // closed, or silent past the header timeout
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "explicit connection failed before its request");
+                return;
+            }
         };
-        if let Err(e) = server::serve_http(stream, handler, server::Proto::Auto, shutdown).await {
+        let proto = match detected.protocol {
+            Protocol::Http2 => Proto::Http2,
+            _ => Proto::Http1,
+        };
+        let io = PrefixedIo::new(detected.prefix, stream);
+        let h = self.http.clone();
+        let handler = move |req| h.clone().handle(req, ConnTarget::FromRequest);
+        if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
             tracing::debug!(%peer, error = %e, "outbound connection ended with error");
         }
     }

@@ -71,7 +71,7 @@ impl HttpOutbound {
                     return Err(err);
                 };
                 let alt_rt = alt.resilience.clone();
-                let resp = self.run(&alt, &alt_rt, again, Some(&template)).await?;
+                let resp = Box::pin(self.run(&alt, &alt_rt, again, Some(&template))).await?;
                 Ok(with_fallback_header(resp, err.reason()))
             }
             None => Err(err),

@@ -157,6 +157,41 @@ pub async fn detect(stream: &mut TcpStream, timeout: Duration) -> io::Result<Det
     }
 }
 
+/// Explicit proxy mode, where every client speaks HTTP: only tells HTTP/2
+/// prior knowledge (the preface) from HTTP/1, whose server answers
+/// anything else with a 400. `None`: the client closed or stayed silent
+/// past `timeout` before its first byte.
+pub async fn detect_http_version(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> io::Result<Option<Detected>> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = BytesMut::with_capacity(H2_PREFACE.len());
+    loop {
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
+        let n = match read {
+            Ok(r) => r?,
+            Err(_) => 0,
+        };
+        let n_cmp = buf.len().min(H2_PREFACE.len());
+        let maybe_h2 = buf[..n_cmp] == H2_PREFACE[..n_cmp];
+        if n == 0 || !maybe_h2 || buf.len() >= H2_PREFACE.len() {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let protocol = match maybe_h2 && buf.len() >= H2_PREFACE.len() {
+                true => Protocol::Http2,
+                false => Protocol::Http1,
+            };
+            return Ok(Some(Detected {
+                protocol,
+                prefix: buf.freeze(),
+                silent: false,
+            }));
+        }
+    }
+}
+
 /// Reads the rest of the first TLS record and returns the ClientHello's
 /// server name, if it arrives before `deadline` and has one.
 async fn read_client_hello(
@@ -250,6 +285,33 @@ mod tests {
         assert_eq!(d.protocol, Protocol::Opaque);
         assert!(d.silent && d.prefix.is_empty());
         assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn explicit_mode_tells_h2_from_anything_else_at_once() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        for (sent, want) in [
+            (H2_PREFACE, Protocol::Http2),
+            (&b"GET / HTTP/1.1\r\n"[..], Protocol::Http1),
+            // A TLS record header claiming 26 KB: not waited for.
+            (&b"\x16\x03\x01garbage"[..], Protocol::Http1),
+        ] {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let (mut server, _) = l.accept().await.unwrap();
+            client.write_all(sent).await.unwrap();
+            let d = detect_http_version(&mut server, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(d.protocol, want, "{sent:?}");
+            assert!(sent.starts_with(&d.prefix));
+        }
+        let _silent = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = l.accept().await.unwrap();
+        let d = detect_http_version(&mut server, Duration::from_millis(20)).await;
+        assert!(d.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -118,7 +118,9 @@ impl Upstreams {
                 });
                 set_uri(&mut req, keep.unwrap_or(authority))?;
                 req.headers_mut().remove(http::header::HOST);
-                let (resp, slot) = self.h2.send(req, addr, connect).await?;
+                // Boxed: the HTTP/2 path (with its connect and handshake)
+                // would size every request's future, HTTP/1 ones included.
+                let (resp, slot) = Box::pin(self.h2.send(req, addr, connect)).await?;
                 let mut resp = streamed(resp);
                 resp.body_mut().guard_mut().h2_stream = Some(slot);
                 Ok(resp)
