@@ -114,9 +114,10 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = Response<RespBody>> + Send + 'static,
 {
-    // `map`, not an async block around `answer.await`: an async block keeps
-    // its captured future and the awaited one apart, doubling the state
-    // hyper allocates for every connection.
+    // hyper keeps room for one request's future in every connection, sized
+    // for it: callers pass a boxed future (allocated per request, not held
+    // by idle connections), and `map` adds nothing around it (an async
+    // block would keep its captured future and the awaited one apart).
     let svc = service_fn(move |req| handler(req).map(Ok::<_, Infallible>));
     let io = TokioIo::new(io);
     match proto {

@@ -103,7 +103,8 @@ impl InboundServer {
                 // A socket address always forms a valid authority.
                 let authority = ::http::uri::Authority::try_from(app.to_string().as_str())
                     .unwrap_or_else(|_| ::http::uri::Authority::from_static("127.0.0.1"));
-                let handler = move |req| h.clone().handle(req, peer, app, authority.clone());
+                let handler =
+                    move |req| Box::pin(h.clone().handle(req, peer, app, authority.clone()));
                 if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
                     tracing::debug!(%peer, error = %e, "inbound connection ended with error");
                 }

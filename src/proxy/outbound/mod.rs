@@ -133,7 +133,7 @@ impl OutboundServer {
                     _ => Proto::Http1,
                 };
                 let h = self.http.clone();
-                let handler = move |req| h.clone().handle(req, target);
+                let handler = move |req| Box::pin(h.clone().handle(req, target));
                 if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
                     tracing::debug!(%peer, error = %e, "outbound connection ended with error");
                 }
@@ -205,7 +205,7 @@ impl OutboundServer {
         };
         let io = PrefixedIo::new(detected.prefix, stream);
         let h = self.http.clone();
-        let handler = move |req| h.clone().handle(req, ConnTarget::FromRequest);
+        let handler = move |req| Box::pin(h.clone().handle(req, ConnTarget::FromRequest));
         if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
             tracing::debug!(%peer, error = %e, "outbound connection ended with error");
         }
