@@ -148,6 +148,16 @@ fn grpc_unary_streaming_and_the_breaker() {
     assert_eq!(stream["code"], "OK", "{stream}");
     let want: Vec<String> = (0..5).map(|i| format!("grpc-1 {i}")).collect();
     assert_eq!(stream["responses"], serde_json::json!(want), "{stream}");
+    // Client streaming and bidirectional streaming: Chat sends each
+    // message only after the previous echo, so a held-back request stream
+    // would stall it until its timeout.
+    let sum = grpc(&mesh.client, &target, "Sum", "1,2,3,4");
+    assert_eq!(sum["code"], "OK", "{sum}");
+    assert_eq!(sum["responses"][0], "10", "{sum}");
+    let chat = grpc(&mesh.client, &target, "Chat", "ping,pong,done");
+    assert_eq!(chat["code"], "OK", "{chat}");
+    let want = ["grpc-1: ping", "grpc-1: pong", "grpc-1: done"];
+    assert_eq!(chat["responses"], serde_json::json!(want), "{chat}");
     // Each call reached the server exactly once.
     assert_eq!(counts(&server.pod, &direct), (1, 1, 0));
 
@@ -203,11 +213,11 @@ outlier: { consecutiveFailures: 100000 }
     });
     let open = open.unwrap_or_else(|| panic!("no UNAVAILABLE after 20 failing calls"));
     eprintln!("breaker open after {failed} INTERNAL calls: {open}");
-    // 5 failures in a fresh window; 2 if the window still holds the six
-    // calls above (two of them Flaky's UNAVAILABLE: 8 calls, 50 % failed).
+    // 5 failures in a fresh window; 4 if the window still holds the eight
+    // calls above (two of them Flaky's UNAVAILABLE: 12 calls, 50 % failed).
     // An HTTP-only breaker (INTERNAL arrives with HTTP 200) would never
     // open.
-    assert!((2..=5).contains(&failed), "opened after {failed} failures");
+    assert!((4..=5).contains(&failed), "opened after {failed} failures");
     assert_eq!(mesh_error(&open), Some("breaker-open"), "{open}");
     let reached = counts(&server.pod, &direct).2;
     assert_eq!(reached, failed, "every failing call reached the app once");

@@ -359,14 +359,19 @@ fn connect_tunnels_tls_and_mesh_names() {
     let mesh = Mesh::start();
     let dir = mesh.dir.path();
     let (_a, pa) = app(dir, "hello-a");
-    register(
-        mesh.control,
-        "hello",
-        &format!(r#"{{"address":"127.0.0.1","port":{pa}}}"#),
-    );
-    let (_proxy, out, admin) = mesh.proxy("client", &[]);
+    // A dead endpoint beside the live one: opaque connections to the
+    // service retry a refused connect on the other endpoint.
+    let dead = free_port();
+    for p in [pa, dead] {
+        register(
+            mesh.control,
+            "hello",
+            &format!(r#"{{"address":"127.0.0.1","port":{p}}}"#),
+        );
+    }
+    let (_proxy, out, admin) = mesh.proxy("client", &["--lb", "hello=round-robin"]);
     wait_for("hello routable", secs(10), || {
-        http_get(admin, "/state").filter(|s| s.contains("\"state\":\"ready\""))
+        http_get(admin, "/state").filter(|s| s.matches("\"state\":\"ready\"").count() == 2)
     });
 
     let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
@@ -418,11 +423,23 @@ fn connect_tunnels_tls_and_mesh_names() {
     assert_eq!(status, 200, "{text}");
     assert!(text.contains("s_server"), "TLS through CONNECT: {text}");
 
-    let (status, text) = curl(out, "http://hello/name", &["-p"]);
-    assert_eq!(status, 200, "{text}");
-    assert!(
-        text.trim_end().ends_with("hello-a"),
-        "mesh name via CONNECT: {text}"
+    for i in 0..4 {
+        let (status, text) = curl(out, "http://hello/name", &["-p"]);
+        assert_eq!(status, 200, "tunnel {i}: {text}");
+        assert!(
+            text.trim_end().ends_with("hello-a"),
+            "mesh name via CONNECT: {text}"
+        );
+    }
+    let metrics = http_get(admin, "/metrics").unwrap_or_default();
+    let retries = metrics
+        .lines()
+        .find(|l| l.starts_with("mesh_retries_total{service=\"hello\"}"))
+        .and_then(|l| l.split_whitespace().last()?.parse::<f64>().ok());
+    assert_eq!(
+        retries,
+        Some(2.0),
+        "a retried connect per tunnel that met the dead endpoint"
     );
 
     let (status, text) = curl(out, "http://nosuch.mesh/", &["-p"]);

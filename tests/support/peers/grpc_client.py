@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """One call to the gRPC echo server (grpc_echo.py), result as one JSON line.
 
-Run: grpc_client.py --target grpc.mesh:50051 --method Unary|Stream|Fail|Flaky|Count
+Run: grpc_client.py --target grpc.mesh:50051 --method Unary|Stream|Fail|Flaky|Sum|Chat|Count
        [--data BYTES] [--timeout SECONDS]
-For Stream, --data is the number of messages to ask for.
+For Stream, --data is the number of messages to ask for. For Sum and Chat
+it is a comma-separated list of messages; Chat sends each only after the
+echo of the one before has come back, so a proxy that held the request
+stream back would stall it (and the call would fail on its timeout).
 
 Prints, whatever the outcome (exit status 0 unless the arguments are bad):
   {"code": "OK", "details": str|null, "responses": [str, ...],
@@ -17,6 +20,7 @@ Needs: pip install grpcio
 import argparse
 import json
 import os
+import queue
 import sys
 import time
 
@@ -36,7 +40,7 @@ def metadata(md):
 def main():
     p = argparse.ArgumentParser(description="one call to grpc_echo.py")
     p.add_argument("--target", required=True)
-    p.add_argument("--method", required=True, choices=["Unary", "Stream", "Fail", "Flaky", "Count"])
+    p.add_argument("--method", required=True, choices=["Unary", "Stream", "Fail", "Flaky", "Sum", "Chat", "Count"])
     p.add_argument("--data", default="hello")
     p.add_argument("--timeout", type=float, default=5.0)
     a = p.parse_args()
@@ -52,6 +56,23 @@ def main():
                 call = channel.unary_stream(path)(a.data.encode(), timeout=a.timeout)
                 for msg in call:
                     out["responses"].append(msg.decode("utf-8", "replace"))
+            elif a.method == "Sum":
+                msgs = iter([m.encode() for m in a.data.split(",")])
+                msg, call = channel.stream_unary(path).with_call(msgs, timeout=a.timeout)
+                out["responses"].append(msg.decode("utf-8", "replace"))
+            elif a.method == "Chat":
+                echoed = queue.Queue()
+
+                def lockstep():
+                    for m in a.data.split(","):
+                        yield m.encode()
+                        # The next message waits for this one's echo.
+                        echoed.get(timeout=a.timeout)
+
+                call = channel.stream_stream(path)(lockstep(), timeout=a.timeout)
+                for msg in call:
+                    out["responses"].append(msg.decode("utf-8", "replace"))
+                    echoed.put(msg)
             else:
                 msg, call = channel.unary_unary(path).with_call(
                     a.data.encode(), timeout=a.timeout)

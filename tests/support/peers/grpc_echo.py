@@ -9,6 +9,9 @@ serializers), so no .proto file or code generation is needed:
                            (ASCII digits, default 3); answers N messages
                            "<name> i" for i in 0..N.
   /mesh.test.Echo/Fail     unary: aborts with INTERNAL "<name>: failing".
+  /mesh.test.Echo/Sum      client-streaming: ASCII integers in, their sum out.
+  /mesh.test.Echo/Chat     bidirectional: answers each message "<name>: msg"
+                           as soon as it arrives.
   /mesh.test.Echo/Flaky    unary: odd-numbered calls (1st, 3rd, ...) abort
                            with UNAVAILABLE before any metadata (a
                            trailers-only answer), even ones echo.
@@ -42,7 +45,7 @@ class Counts:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.by_method = {"Unary": 0, "Stream": 0, "Fail": 0, "Flaky": 0}
+        self.by_method = {"Unary": 0, "Stream": 0, "Fail": 0, "Flaky": 0, "Sum": 0, "Chat": 0}
 
     def hit(self, method):
         """Counts a call; returns how many `method` has had, this one included."""
@@ -84,6 +87,22 @@ def handlers(name, counts):
         served_by(context)
         return request
 
+    def sum_(requests, context):
+        counts.hit("Sum")
+        total = 0
+        for m in requests:
+            text = m.decode("ascii", "replace").strip()
+            if not text.lstrip("-").isdigit():
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a number: {text!r}")
+            total += int(text)
+        return str(total).encode()
+
+    def chat(requests, context):
+        counts.hit("Chat")
+        served_by(context)
+        for m in requests:
+            yield f"{name}: ".encode() + m
+
     def count(request, context):
         return json.dumps(counts.snapshot()).encode()
 
@@ -95,6 +114,8 @@ def handlers(name, counts):
             "Stream": grpc.unary_stream_rpc_method_handler(stream),
             "Fail": grpc.unary_unary_rpc_method_handler(fail),
             "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
+            "Sum": grpc.stream_unary_rpc_method_handler(sum_),
+            "Chat": grpc.stream_stream_rpc_method_handler(chat),
             "Count": grpc.unary_unary_rpc_method_handler(count),
         },
     )
