@@ -17,7 +17,7 @@ pub use self::http::InboundHttp;
 use super::outbound::LEARN_WITHIN;
 use super::outbound::{original_dst, DetectConfig, Learned};
 use super::protocol::{
-    detect, fast_close, relay, server_speaks_first, Detected, PrefixedIo, Protocol,
+    detect_unless_opaque, fast_close, relay, server_speaks_first, PrefixedIo, Protocol,
 };
 use super::server;
 use crate::net::{connect, ConnectOptions};
@@ -77,19 +77,11 @@ impl InboundServer {
         // the mesh, redirected here, may be server-speaks-first.
         let opaque = redirected.is_some()
             && (self.detect.opaque_ports.contains(&port) || self.learned.contains(APP, port));
-        let detected = if opaque {
-            Detected {
-                protocol: Protocol::Opaque,
-                prefix: bytes::Bytes::new(),
-                silent: false,
-            }
-        } else {
-            match detect(&mut stream, self.detect.timeout).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "inbound connection failed during detection");
-                    return;
-                }
+        let detected = match detect_unless_opaque(opaque, &mut stream, self.detect.timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "inbound connection failed during detection");
+                return;
             }
         };
         let io = PrefixedIo::new(detected.prefix, stream);

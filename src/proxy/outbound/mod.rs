@@ -29,7 +29,7 @@ pub use tunnel::splice_upgrade;
 use crate::discovery::Service;
 use crate::net::ConnectOptions;
 use crate::proxy::protocol::{
-    detect, detect_http_version, fast_close, relay, Detected, PrefixedIo, Protocol,
+    detect_http_version, detect_unless_opaque, fast_close, relay, PrefixedIo, Protocol,
 };
 use crate::proxy::server;
 use crate::proxy::upstream::Proto;
@@ -106,19 +106,12 @@ impl OutboundServer {
             return;
         };
         let port = dst.port();
-        let detected = if self.skips_detection(&svc, port) {
-            Detected {
-                protocol: Protocol::Opaque,
-                prefix: bytes::Bytes::new(),
-                silent: false,
-            }
-        } else {
-            match detect(&mut stream, self.detect.timeout).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "connection failed during detection");
-                    return;
-                }
+        let opaque = self.skips_detection(&svc, port);
+        let detected = match detect_unless_opaque(opaque, &mut stream, self.detect.timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection failed during detection");
+                return;
             }
         };
         self.metrics

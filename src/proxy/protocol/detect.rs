@@ -119,6 +119,23 @@ fn http1_request_line(buf: &[u8]) -> Option<Protocol> {
     }
 }
 
+/// [`detect`], unless the port is known to be opaque (declared, or
+/// learned): then nothing is read and nobody waits.
+pub async fn detect_unless_opaque(
+    opaque: bool,
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> io::Result<Detected> {
+    if opaque {
+        return Ok(Detected {
+            protocol: Protocol::Opaque,
+            prefix: Bytes::new(),
+            silent: false,
+        });
+    }
+    detect(stream, timeout).await
+}
+
 /// Reads a connection's first bytes until their protocol is known, the
 /// client goes quiet past `timeout`, or it closes.
 pub async fn detect(stream: &mut TcpStream, timeout: Duration) -> io::Result<Detected> {

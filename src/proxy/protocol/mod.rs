@@ -11,6 +11,9 @@ mod detect;
 mod io;
 mod relay;
 
-pub use detect::{classify, detect, detect_http_version, Detected, Protocol, MESH_OPAQUE_PREAMBLE};
+pub use detect::{
+    classify, detect, detect_http_version, detect_unless_opaque, Detected, Protocol,
+    MESH_OPAQUE_PREAMBLE,
+};
 pub use io::PrefixedIo;
 pub use relay::{fast_close, relay, server_speaks_first, RelayEnd};
