@@ -101,11 +101,10 @@ fn http1_request_line(buf: &[u8]) -> Option<Protocol> {
     if !method_ok || method_len > 32 || (method_len == 0 && !line.is_empty()) {
         return Some(Protocol::Opaque);
     }
-    let Some(_) = line_end else {
-        return (buf.len() < MAX_REQUEST_LINE)
-            .then_some(())
-            .map_or(Some(Protocol::Opaque), |()| None);
-    };
+    if line_end.is_none() {
+        // Plausible so far: wait for the rest of the line, within reason.
+        return (buf.len() >= MAX_REQUEST_LINE).then_some(Protocol::Opaque);
+    }
     let mut parts = line.split(|&b| b == b' ');
     let (Some(_method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
