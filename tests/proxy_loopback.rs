@@ -163,6 +163,24 @@ impl Mesh {
         }
     }
 
+    /// `hello` at `live` and at a port nobody listens on, and a client
+    /// sidecar that takes them in turn (round-robin: every other call
+    /// meets the dead one first); returns (proc, outbound, admin).
+    fn live_and_dead_hello(&self, live: u16) -> (Proc, u16, u16) {
+        for p in [live, free_port()] {
+            register(
+                self.control,
+                "hello",
+                &format!(r#"{{"address":"127.0.0.1","port":{p}}}"#),
+            );
+        }
+        let (proxy, out, admin) = self.proxy("client", &["--lb", "hello=round-robin"]);
+        wait_for("both hello endpoints ready", secs(10), || {
+            http_get(admin, "/state").filter(|s| s.matches("\"state\":\"ready\"").count() == 2)
+        });
+        (proxy, out, admin)
+    }
+
     /// A sidecar on free ports; returns (proc, outbound, admin).
     fn proxy(&self, label: &str, extra: &[&str]) -> (Proc, u16, u16) {
         let (outbound, admin, dns) = (free_port(), free_port(), free_port());
@@ -371,18 +389,7 @@ fn connect_tunnels_tls_and_mesh_names() {
     let (_a, pa) = app(dir, "hello-a");
     // A dead endpoint beside the live one: opaque connections to the
     // service retry a refused connect on the other endpoint.
-    let dead = free_port();
-    for p in [pa, dead] {
-        register(
-            mesh.control,
-            "hello",
-            &format!(r#"{{"address":"127.0.0.1","port":{p}}}"#),
-        );
-    }
-    let (_proxy, out, admin) = mesh.proxy("client", &["--lb", "hello=round-robin"]);
-    wait_for("hello routable", secs(10), || {
-        http_get(admin, "/state").filter(|s| s.matches("\"state\":\"ready\"").count() == 2)
-    });
+    let (_proxy, out, admin) = mesh.live_and_dead_hello(pa);
 
     let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
     let (key, cert) = (key.to_string_lossy(), cert.to_string_lossy());
@@ -476,19 +483,7 @@ fn streamed_bodies_survive_a_connect_failure() {
         echo.assert_running();
         http_get(port, "/_stats")
     });
-    let dead = free_port();
-    for p in [port, dead] {
-        register(
-            mesh.control,
-            "hello",
-            &format!(r#"{{"address":"127.0.0.1","port":{p}}}"#),
-        );
-    }
-    // Round-robin: every other call picks the dead endpoint first.
-    let (_proxy, out, admin) = mesh.proxy("client", &["--lb", "hello=round-robin"]);
-    wait_for("both endpoints ready", secs(10), || {
-        http_get(admin, "/state").filter(|s| s.matches("\"state\":\"ready\"").count() == 2)
-    });
+    let (_proxy, out, admin) = mesh.live_and_dead_hello(port);
 
     let payload: String = (0..2000).map(|i| format!("{i:05}")).collect();
     let file = dir.join("payload");
