@@ -1,11 +1,12 @@
 //! mesh: a sidecar service mesh. Crate map, one line per module:
 #![forbid(unsafe_code)]
 
-pub mod balance; //     load balancers: P2C peak-EWMA, round-robin
+pub mod balance; //     load balancers: P2C peak-EWMA, least-request, round-robin, random
 pub mod control; //     mesh-control: registry, leases, store, VIPs, HTTP API, watch; API client
 pub mod discovery; //   proxy side of discovery: watch client, routing table, snapshot cache, registration agent
+pub mod flags; //       command-line conventions shared by the three programs (env names, help)
 pub mod model; //       wire types shared by proxy, control plane and CLI (no tokio)
 pub mod net; //         the proxy's own marked sockets
-pub mod proxy; //       data plane: intercept (iptables), dns, outbound, admin
+pub mod proxy; //       data plane: intercept (iptables), dns, protocol detection, outbound, inbound, admin
 pub mod resilience; //  breaker, bulkhead, retry budget, outlier ejection, retry rules (pure state machines)
 pub mod telemetry; //   logging setup and metrics

@@ -12,19 +12,24 @@ use std::time::Duration;
 #[command(
     name = "mesh-ctl",
     version,
-    about = "Read and change the mesh control plane"
+    about = "Read and change the mesh control plane",
+    after_help = "Every flag can also be set as an environment variable MESH_<FLAG> \
+                  (MESH_CONTROL, MESH_OUTPUT, MESH_ADMIN, MESH_INTERVAL).\n\
+                  Exit codes: 0 done, 1 the request failed, 2 bad usage or invalid input."
 )]
 pub struct Cli {
-    /// Control-plane URL (http://host:port).
+    /// Control-plane URL (http://host:port); `MESH_CONTROL_URL`, its old
+    /// name, is still read.
     #[arg(
         long,
         global = true,
-        env = "MESH_CONTROL_URL",
+        env = "MESH_CONTROL",
         default_value = "http://127.0.0.1:15010",
         value_name = "URL"
     )]
     pub control: String,
-    /// Output format.
+    /// Output format: a table for people, JSON or YAML for scripts (every
+    /// command, `top` included).
     #[arg(short = 'o', long, global = true, env = "MESH_OUTPUT", value_enum, default_value_t = Output::Table)]
     pub output: Output,
     #[command(subcommand)]
@@ -85,7 +90,8 @@ pub enum Command {
         what: DeleteCommand,
     },
     /// Watch a proxy's breakers, bulkheads, retries and endpoints live
-    /// (the Hystrix dashboard in a terminal; Ctrl-C to stop).
+    /// (the Hystrix dashboard in a terminal; Ctrl-C to stop). With
+    /// `-o json|yaml`, the proxy's state itself, once per interval.
     Top(TopArgs),
 }
 

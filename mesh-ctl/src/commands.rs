@@ -77,7 +77,7 @@ async fn execute(cli: Cli) -> Result<(), CtlError> {
     let format = cli.output;
     // `top` talks to a proxy, not to the control plane.
     if let Command::Top(args) = &cli.command {
-        return top::run(args).await;
+        return top::run(args, format).await;
     }
     // mesh-ctl runs in the operator's shell, not behind interception: no mark.
     let client = ControlClient::new(&cli.control, None)?;

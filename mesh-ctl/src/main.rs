@@ -17,6 +17,9 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    for warning in mesh::flags::apply_renamed_env() {
+        eprintln!("warning: {warning}");
+    }
     let cli = cli::Cli::parse();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

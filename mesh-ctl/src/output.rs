@@ -183,12 +183,21 @@ pub fn event_doc(format: Output, ev: &WatchEvent) -> Result<Option<String>, Rend
     }
     match format {
         Output::Table => Ok(event_line(ev)),
-        Output::Json => serde_json::to_string(ev)
-            .map(Some)
-            .map_err(|e| RenderError(e.to_string())),
-        Output::Yaml => {
-            render(Output::Yaml, ev, |_| String::new()).map(|y| Some(format!("---\n{y}")))
-        }
+        _ => stream_doc(format, ev, |_| String::new()).map(Some),
+    }
+}
+
+/// One document of a stream (`watch`, live `top`): JSON as one compact
+/// line (NDJSON), YAML as a `---`-led document, a table as `table` draws it.
+pub fn stream_doc<T: Serialize>(
+    format: Output,
+    value: &T,
+    table: impl FnOnce(&T) -> String,
+) -> Result<String, RenderError> {
+    match format {
+        Output::Table => Ok(table(value)),
+        Output::Json => serde_json::to_string(value).map_err(|e| RenderError(e.to_string())),
+        Output::Yaml => render(Output::Yaml, value, table).map(|y| format!("---\n{y}")),
     }
 }
 

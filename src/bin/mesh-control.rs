@@ -1,11 +1,12 @@
 //! mesh-control: the registry daemon. Parses flags (each also `MESH_<FLAG>`),
-//! sets up logging from `MESH_LOG`, and runs `mesh::control` until SIGTERM
-//! or SIGINT.
+//! sets up logging (`MESH_LOG`, `--log-format`), and runs `mesh::control`
+//! until SIGTERM or SIGINT.
 
 use clap::Parser;
 use mesh::control::vip::VipCidr;
 use mesh::control::{run, ControlConfig};
 use mesh::model::parse_duration;
+use mesh::telemetry::LogFormat;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 /// The mesh control plane: service registry with leases, VIPs and watch streams.
 #[derive(Parser, Debug)]
-#[command(name = "mesh-control", version)]
+#[command(name = "mesh-control", version, after_help = mesh::flags::ENV_HELP)]
 struct Args {
     /// Address of the HTTP API.
     #[arg(long, env = "MESH_LISTEN", default_value = "127.0.0.1:15010")]
@@ -37,17 +38,16 @@ struct Args {
     /// Quiet time after which a watch stream sends a keep-alive line.
     #[arg(long, env = "MESH_KEEPALIVE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     keepalive_interval: Duration,
+    /// Log line format on stderr: `text` (coloured only on a terminal) or
+    /// `json` (one object per line).
+    #[arg(long, env = "MESH_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MESH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    mesh::telemetry::init_logging(args.log_format);
 
     let config = ControlConfig {
         listen: args.listen,

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use mesh::proxy::config::ProxyArgs;
+use mesh::telemetry::LogFormat;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -10,27 +11,38 @@ use std::process::ExitCode;
     name = "mesh-proxy",
     version,
     about = "Sidecar proxy of the mesh",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    after_help = mesh::flags::ENV_HELP
 )]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     #[command(flatten)]
     run: ProxyArgs,
+    /// Log line format on stderr: `text` (coloured only on a terminal) or
+    /// `json` (one object per line).
+    #[arg(long, global = true, env = "MESH_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve (the default).
+    #[command(after_help = mesh::flags::ENV_HELP)]
     Run(Box<ProxyArgs>),
     /// Install (or with --remove, remove) the iptables interception rules
     /// in the current network namespace.
+    #[command(after_help = mesh::flags::ENV_HELP)]
     Init(mesh::proxy::intercept::InitArgs),
 }
 
 fn main() -> ExitCode {
+    let renamed = mesh::flags::apply_renamed_env();
     let cli = Cli::parse();
-    mesh::telemetry::init_logging();
+    mesh::telemetry::init_logging(cli.log_format);
+    for warning in renamed {
+        tracing::warn!("{warning}");
+    }
     let args = match cli.cmd {
         Some(Cmd::Init(init)) => {
             return match mesh::proxy::intercept::run(&init) {

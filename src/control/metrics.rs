@@ -5,13 +5,13 @@
 //! watchers are counted where they happen.
 
 use crate::control::registry::Registry;
-use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 
 pub struct Metrics {
-    /// Owns the metric families; encoded on every scrape.
+    /// Owns the metric families (`process_*` at the root, the rest under
+    /// `mesh_control_`); encoded on every scrape.
     prom: PromRegistry,
     services: Gauge,
     instances: Gauge,
@@ -28,7 +28,9 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut prom = PromRegistry::with_prefix("mesh_control");
+        let mut root = PromRegistry::default();
+        crate::telemetry::register_process_metrics(&mut root);
+        let prom = root.sub_registry_with_prefix("mesh_control");
         let m = Metrics {
             services: Gauge::default(),
             instances: Gauge::default(),
@@ -54,11 +56,12 @@ impl Metrics {
             m.evictions.clone(),
         );
         prom.register("watchers", "Open watch streams", m.watchers.clone());
-        Metrics { prom, ..m }
+        Metrics { prom: root, ..m }
     }
 
-    /// The text exposition, with the registry gauges refreshed first.
-    pub fn render(&self, registry: &Registry) -> String {
+    /// The exposition for a scraper that sent `accept`, with the registry
+    /// gauges refreshed first: (content type, text).
+    pub fn render(&self, registry: &Registry, accept: Option<&str>) -> (&'static str, String) {
         let status = registry.status();
         self.services.set(gauge_value(status.services as u64));
         self.instances.set(gauge_value(status.instances as u64));
@@ -66,10 +69,7 @@ impl Metrics {
         self.revision.set(gauge_value(status.revision));
         self.self_preservation
             .set(i64::from(status.self_preservation));
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.prom);
-        out
+        crate::telemetry::exposition(&self.prom, accept)
     }
 }
 

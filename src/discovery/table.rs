@@ -3,7 +3,7 @@
 use crate::balance::{Algorithm, Balancer, EndpointStats, HasStats};
 use crate::model::Health;
 use crate::resilience::{BreakerView, BudgetView, BulkheadView, ServiceResilience};
-use crate::telemetry::ServiceMetrics;
+use crate::telemetry::{ServiceMetrics, ENDPOINT_STATES};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -57,6 +57,29 @@ pub struct Service {
     pub resilience: Arc<ServiceResilience>,
 }
 
+impl Service {
+    /// Index into [`ENDPOINT_STATES`] (ready, ejected, unhealthy) of one
+    /// of this service's endpoints: what `/state` and `mesh_endpoints` say.
+    pub fn endpoint_state(&self, e: &Endpoint, now: tokio::time::Instant) -> usize {
+        if e.health != Health::Up {
+            2
+        } else if self.resilience.outlier.is_ejected(&e.stats.ejection, now) {
+            1
+        } else {
+            0
+        }
+    }
+
+    /// How many endpoints are in each of [`ENDPOINT_STATES`].
+    pub fn endpoint_counts(&self, now: tokio::time::Instant) -> [usize; 3] {
+        let mut counts = [0; 3];
+        for e in &self.all {
+            counts[self.endpoint_state(e, now)] += 1;
+        }
+        counts
+    }
+}
+
 /// Services by name and by VIP, at one registry revision.
 #[derive(Debug, Default)]
 pub struct Table {
@@ -105,8 +128,7 @@ impl Table {
             .values()
             .map(|s| {
                 let now = tokio::time::Instant::now();
-                let rt = &s.resilience;
-                let view = rt.view();
+                let view = s.resilience.view();
                 ServiceState {
                     name: s.name.clone(),
                     vip: s.vip,
@@ -121,13 +143,7 @@ impl Table {
                         .map(|e| EndpointState {
                             id: e.id.clone(),
                             addr: e.addr,
-                            state: if e.health != Health::Up {
-                                "unhealthy"
-                            } else if rt.outlier.is_ejected(&e.stats.ejection, now) {
-                                "ejected"
-                            } else {
-                                "ready"
-                            },
+                            state: ENDPOINT_STATES[s.endpoint_state(e, now)],
                             in_flight: e.stats.pending(),
                             ewma_ms: e.stats.ewma().as_secs_f64() * 1000.0,
                             ejections: e.stats.ejection.times_ejected(),

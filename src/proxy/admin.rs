@@ -3,7 +3,7 @@
 use crate::discovery::{AgentState, Directory, TableState};
 use crate::telemetry::ProxyMetrics;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -24,7 +24,7 @@ pub struct AdminState {
     /// Cancelled by `POST /shutdown` (and by signals elsewhere).
     pub shutdown: CancellationToken,
     pub control_url: String,
-    /// Service ports learned to be opaque (protocol detection timed out).
+    /// What connections taught about undeclared service ports.
     pub learned: Arc<crate::proxy::outbound::Learned>,
     /// The inbound listener and its limit, when there is one.
     pub inbound: Option<(std::net::SocketAddr, u32)>,
@@ -53,20 +53,21 @@ async fn ready(State(s): State<AdminState>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<AdminState>) -> Response {
-    s.dir.with_table(|t| {
-        for svc in t.services() {
-            s.metrics.set_resilience(&svc.name, &svc.resilience.view());
-        }
-    });
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
-        .into_response()
+/// Gauges are set from the routing table at scrape time (the request
+/// path never touches them), so they agree with `/state`.
+async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    let now = tokio::time::Instant::now();
+    let set_gauges = || {
+        s.dir.with_table(|t| {
+            for svc in t.services() {
+                s.metrics.set_resilience(&svc.name, &svc.resilience.view());
+                s.metrics.set_endpoints(&svc.name, svc.endpoint_counts(now));
+            }
+        })
+    };
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, text) = s.metrics.scrape(set_gauges, accept);
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 #[derive(Serialize)]
@@ -76,8 +77,11 @@ struct StateView {
     registry: TableState,
     #[serde(skip_serializing_if = "Option::is_none")]
     local: Option<AgentState>,
-    /// `service:port` treated as opaque after detection timed out.
+    /// `service:port` treated as opaque: its server spoke first.
     learned_opaque: Vec<String>,
+    /// `service:port` known to be client-first: its client spoke first,
+    /// so new connections wait for the client without an early connect.
+    learned_client_first: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     inbound: Option<InboundView>,
 }
@@ -100,6 +104,7 @@ async fn proxy_state(State(s): State<AdminState>) -> Json<StateView> {
         registry: s.dir.with_table(|t| t.state()),
         local,
         learned_opaque: s.learned.list(),
+        learned_client_first: s.learned.list_client_first(),
         inbound: s.inbound.map(|(listen, max_concurrent)| InboundView {
             listen,
             max_concurrent,

@@ -33,6 +33,8 @@ pub struct ProxyArgs {
     /// HTTP path to GET for the app's health; without it, a TCP connect.
     #[arg(long, env = "MESH_HEALTH_PATH")]
     pub health_path: Option<String>,
+    /// How often the local app's health is checked (and reported when it
+    /// changes).
     #[arg(long, env = "MESH_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub health_interval: Duration,
     /// Lease length; heartbeats go out every third of it.
@@ -41,11 +43,14 @@ pub struct ProxyArgs {
     /// Outbound listener (transparent and explicit mode).
     #[arg(long, env = "MESH_OUTBOUND", default_value = "127.0.0.1:15001")]
     pub outbound: SocketAddr,
+    /// Admin listener: /ready, /live, /metrics, /state, POST /shutdown.
     #[arg(long, env = "MESH_ADMIN", default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
     /// DNS responder (UDP and TCP).
     #[arg(long, env = "MESH_DNS", default_value = "127.0.0.1:15053")]
     pub dns: SocketAddr,
+    /// DNS suffix of mesh names: `orders.mesh` (and the bare `orders`)
+    /// resolve to the service's VIP.
     #[arg(long, env = "MESH_DOMAIN", default_value = "mesh")]
     pub domain: String,
     /// Where the last registry snapshot is kept.
@@ -63,23 +68,28 @@ pub struct ProxyArgs {
     /// VIP range; connections redirected to it are mesh HTTP.
     #[arg(long, env = "MESH_VIP_CIDR", default_value = "127.100.0.0/16")]
     pub vip_cidr: Ipv4Cidr,
-    /// Load balancer per service, `SERVICE=p2c-ewma|round-robin`; repeatable.
+    /// Load balancer per service, overriding its policy:
+    /// `SERVICE=p2c-ewma|round-robin|least-request|random`; repeatable.
     #[arg(long = "lb", env = "MESH_LB", value_parser = parse_lb, value_delimiter = ',')]
     pub lb: Vec<(String, Algorithm)>,
-    /// Connect timeout to upstream endpoints.
+    /// Connect timeout to hosts outside the mesh (explicit mode, CONNECT);
+    /// mesh services use their policy's `timeouts.connect`.
     #[arg(long, env = "MESH_CONNECT_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
-    /// Inbound listener: callers' proxies and redirected app-port traffic
-    /// reach the app through it. Bound only when `--app-port` is set.
-    #[arg(long, env = "MESH_INBOUND", default_value = "0.0.0.0:15006")]
+    /// Inbound listener (`ADDR:PORT`, or `PORT` on every address): callers'
+    /// proxies and redirected app-port traffic reach the app through it.
+    /// Bound only when `--app-port` is set.
+    #[arg(long, env = "MESH_INBOUND", default_value = "0.0.0.0:15006", value_parser = parse_listen)]
     pub inbound: SocketAddr,
     /// Concurrent inbound HTTP requests let through to the app; beyond it,
     /// 503 `x-mesh-error: overloaded` at once.
     #[arg(long, env = "MESH_INBOUND_MAX_CONCURRENT", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub inbound_max_concurrent: u32,
-    /// How long a new connection's client may stay silent before it is
-    /// taken for a server-speaks-first protocol and relayed as opaque TCP.
-    #[arg(long, env = "MESH_DETECT_TIMEOUT", default_value = "50ms", value_parser = parse_duration)]
+    /// How long a new connection to a service may stay silent on both
+    /// sides before it is relayed as opaque TCP without detection. Whoever
+    /// speaks first decides sooner: client bytes are detected (HTTP/1,
+    /// HTTP/2, TLS), a server greeting makes the connection opaque.
+    #[arg(long, env = "MESH_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
     /// Ports never detected, always opaque TCP (`none` for no port).
     #[arg(long, env = "MESH_OPAQUE_PORTS", default_value = "25,587,3306,4444,5432,6379,9300,11211", value_parser = parse_ports)]
@@ -90,6 +100,18 @@ pub struct ProxyArgs {
     /// Runtime worker threads (default: one per core).
     #[arg(long, env = "MESH_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
+}
+
+/// `ADDR:PORT`, or a bare `PORT` on every IPv4 address.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    match s.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(SocketAddr::from(([0, 0, 0, 0], port))),
+        _ => Err(format!("{s:?} is neither ADDR:PORT nor a port")),
+    }
 }
 
 /// A comma-separated list of ports, as one flag value.
@@ -138,5 +160,11 @@ mod tests {
         assert_eq!(parse_ports("25, 6379"), Ok(PortList(vec![25, 6379])));
         assert_eq!(parse_ports("none"), Ok(PortList(vec![])));
         assert!(parse_ports("25,0").is_err() && parse_ports("x").is_err());
+        assert_eq!(parse_listen("15006"), Ok("0.0.0.0:15006".parse().unwrap()));
+        assert_eq!(
+            parse_listen("127.0.0.1:15106"),
+            Ok("127.0.0.1:15106".parse().unwrap())
+        );
+        assert!(parse_listen("0").is_err() && parse_listen("x:1").is_err());
     }
 }

@@ -14,6 +14,10 @@ pub const MESH_ERROR: &str = "x-mesh-error";
 pub enum MeshError {
     #[error("no service named {0:?} is registered")]
     UnknownService(String),
+    /// A host outside the mesh (explicit mode, CONNECT) whose name does
+    /// not resolve: the caller asked for the network, not for a service.
+    #[error("cannot resolve {host:?}: {reason}")]
+    DnsFailed { host: String, reason: String },
     #[error("service {0:?} has no ready endpoints")]
     NoEndpoints(String),
     #[error("cannot connect to {addr}: {reason}")]
@@ -43,6 +47,7 @@ impl MeshError {
     pub fn reason(&self) -> &'static str {
         match self {
             MeshError::UnknownService(_) => "unknown-service",
+            MeshError::DnsFailed { .. } => "dns-failed",
             MeshError::NoEndpoints(_) => "no-endpoints",
             MeshError::ConnectFailed { .. } => "connect-failed",
             MeshError::UpstreamReset { .. } => "upstream-reset",
@@ -65,9 +70,9 @@ impl MeshError {
             | MeshError::RetryBudgetExhausted(_)
             | MeshError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             MeshError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            MeshError::ConnectFailed { .. } | MeshError::UpstreamReset { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            MeshError::ConnectFailed { .. }
+            | MeshError::UpstreamReset { .. }
+            | MeshError::DnsFailed { .. } => StatusCode::BAD_GATEWAY,
             MeshError::LoopDetected => StatusCode::LOOP_DETECTED,
             MeshError::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
@@ -79,7 +84,10 @@ impl MeshError {
     pub fn falls_back(&self) -> bool {
         !matches!(
             self,
-            MeshError::UnknownService(_) | MeshError::LoopDetected | MeshError::BadRequest(_)
+            MeshError::UnknownService(_)
+                | MeshError::DnsFailed { .. }
+                | MeshError::LoopDetected
+                | MeshError::BadRequest(_)
         )
     }
 
@@ -116,6 +124,14 @@ mod tests {
                 "unknown-service",
             ),
             (MeshError::NoEndpoints("x".into()), 503, "no-endpoints"),
+            (
+                MeshError::DnsFailed {
+                    host: "no-such-host.example".into(),
+                    reason: "not found".into(),
+                },
+                502,
+                "dns-failed",
+            ),
             (
                 MeshError::ConnectFailed {
                     addr: "10.0.0.1:80".parse().unwrap(),

@@ -37,7 +37,8 @@ struct TransitionLabels {
     to: &'static str,
 }
 
-/// `/state`'s request counters for one service.
+/// `/state`'s request counters for one service: one per request, with
+/// its final status (after retries and fallbacks).
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct RequestCounts {
     pub total: u64,
@@ -45,17 +46,32 @@ pub struct RequestCounts {
     pub failed: u64,
     /// Rejected by the breaker or the bulkhead without reaching an upstream.
     pub fast_failed: u64,
+    /// Tries sent to an endpoint: the first of each request, and retries.
+    pub attempts: u64,
 }
 
-fn latency_histogram() -> Histogram {
+/// Status classes, the `class` label of request counters.
+pub(super) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`CLASSES`] of an HTTP status.
+pub(super) fn class_index(status: u16) -> usize {
+    usize::from((status / 100).clamp(1, 5) - 1)
+}
+
+/// Endpoint states, the `state` label of `mesh_endpoints` (and `/state`).
+pub const ENDPOINT_STATES: [&str; 3] = ["ready", "ejected", "unhealthy"];
+
+pub(super) fn latency_histogram() -> Histogram {
     // 100 µs .. ~26 s
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
 /// Every metric `mesh-proxy` exports on `/metrics`.
 pub struct ProxyMetrics {
+    /// The root: `process_*` here, everything else under `mesh_`.
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    attempts: Family<RequestLabels, Counter>,
     latency: Family<ServiceLabel, Histogram, fn() -> Histogram>,
     endpoints: Family<EndpointLabels, Gauge>,
     errors: Family<ErrorLabels, Counter>,
@@ -76,13 +92,18 @@ pub struct ProxyMetrics {
     pub dns_queries: Counter,
     /// Connections, protocols, and the inbound side.
     pub traffic: super::TrafficMetrics,
+    /// Held by a scrape while it resets and sets the gauges it reads, so
+    /// two scrapes at once cannot see each other's half-set gauges.
+    scrape: std::sync::Mutex<()>,
 }
 
 /// Handles for one destination service; cloning shares the counters.
 #[derive(Clone, Debug)]
 pub struct ServiceMetrics {
-    /// Responses by status class: 1xx..5xx at index 0..4.
+    /// Requests by final status class: 1xx..5xx at index 0..4.
     by_class: [Counter; 5],
+    /// Tries sent to an endpoint, by the class of what came back.
+    attempts_by_class: [Counter; 5],
     latency: Histogram,
     retries: Counter,
     budget_exhausted: Counter,
@@ -98,9 +119,12 @@ impl Default for ProxyMetrics {
 
 impl ProxyMetrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("mesh");
-        let traffic = super::TrafficMetrics::register(&mut registry);
+        let mut root = Registry::default();
+        super::register_process_metrics(&mut root);
+        let registry = root.sub_registry_with_prefix("mesh");
+        let traffic = super::TrafficMetrics::register(registry);
         let requests = Family::<RequestLabels, Counter>::default();
+        let attempts = Family::<RequestLabels, Counter>::default();
         let latency: Family<ServiceLabel, Histogram, fn() -> Histogram> =
             Family::new_with_constructor(latency_histogram);
         let endpoints = Family::<EndpointLabels, Gauge>::default();
@@ -155,17 +179,26 @@ impl ProxyMetrics {
         );
         registry.register(
             "requests",
-            "Outbound HTTP responses by destination service and status class",
+            "Outbound HTTP requests to mesh services, once each with its final status class \
+             (after retries and fallbacks; a mesh error counts as the status it maps to)",
             requests.clone(),
         );
         registry.register(
+            "request_attempts",
+            "Tries sent to an endpoint of a mesh service (first tries and retries), \
+             by the status class of what came back",
+            attempts.clone(),
+        );
+        registry.register(
             "request_duration_seconds",
-            "Outbound HTTP latency to response headers, by destination service",
+            "Outbound HTTP latency to the final response's headers (retries included), \
+             by destination service",
             latency.clone(),
         );
         registry.register(
             "endpoints",
-            "Endpoints of each destination service by state",
+            "Endpoints of each destination service by state (ready, ejected, unhealthy), \
+             as /state shows them",
             endpoints.clone(),
         );
         registry.register(
@@ -194,8 +227,9 @@ impl ProxyMetrics {
             dns_queries.clone(),
         );
         ProxyMetrics {
-            registry,
+            registry: root,
             requests,
+            attempts,
             latency,
             endpoints,
             errors,
@@ -212,23 +246,28 @@ impl ProxyMetrics {
             control_connected,
             dns_queries,
             traffic,
+            scrape: std::sync::Mutex::new(()),
         }
     }
 
     /// Resolves the per-service handles once (at routing-table build time).
     pub fn service(&self, service: &str) -> ServiceMetrics {
-        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-        let by_class = CLASSES.map(|class| {
-            self.requests.get_or_create_owned(&RequestLabels {
-                service: service.to_string(),
-                class,
+        let classes = |family: &Family<RequestLabels, Counter>| {
+            CLASSES.map(|class| {
+                family.get_or_create_owned(&RequestLabels {
+                    service: service.to_string(),
+                    class,
+                })
             })
-        });
+        };
+        let by_class = classes(&self.requests);
+        let attempts_by_class = classes(&self.attempts);
         let label = ServiceLabel {
             service: service.to_string(),
         };
         ServiceMetrics {
             by_class,
+            attempts_by_class,
             latency: self.latency.get_or_create_owned(&label),
             retries: self.retries.get_or_create_owned(&label),
             budget_exhausted: self.budget_exhausted.get_or_create_owned(&label),
@@ -269,9 +308,10 @@ impl ProxyMetrics {
             .set(i64::from(view.bulkhead.queued));
     }
 
-    /// Sets the endpoint gauges of one service.
-    pub fn set_endpoints(&self, service: &str, ready: usize, unhealthy: usize) {
-        for (state, n) in [("ready", ready), ("unhealthy", unhealthy)] {
+    /// Sets the endpoint gauges of one service: how many endpoints are in
+    /// each of [`ENDPOINT_STATES`], in that order.
+    pub fn set_endpoints(&self, service: &str, counts: [usize; 3]) {
+        for (state, n) in ENDPOINT_STATES.into_iter().zip(counts) {
             let labels = EndpointLabels {
                 service: service.to_string(),
                 state,
@@ -292,21 +332,34 @@ impl ProxyMetrics {
             .inc();
     }
 
-    /// Prometheus text exposition.
-    pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(8 * 1024);
-        // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+    /// One scrape: `set_gauges` sets the gauges from the current state
+    /// (endpoint gauges start empty, so a removed service leaves none),
+    /// then the exposition for a scraper that sent `accept` is encoded.
+    /// Returns (content type, text).
+    pub fn scrape(&self, set_gauges: impl FnOnce(), accept: Option<&str>) -> (&'static str, String) {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        self.endpoints.clear();
+        set_gauges();
+        super::exposition(&self.registry, accept)
+    }
+
+    /// The exposition as it stands (tests, and readers that set nothing).
+    pub fn encode(&self, accept: Option<&str>) -> (&'static str, String) {
+        super::exposition(&self.registry, accept)
     }
 }
 
 impl ServiceMetrics {
-    /// Records one response: its status and the time to its headers.
+    /// Records one request's outcome: its final status and the time to the
+    /// final response's headers.
     pub fn record(&self, status: u16, seconds: f64) {
-        let idx = usize::from((status / 100).clamp(1, 5) - 1);
-        self.by_class[idx].inc();
+        self.by_class[class_index(status)].inc();
         self.latency.observe(seconds);
+    }
+
+    /// Records one try sent to an endpoint.
+    pub fn attempted(&self, status: u16) {
+        self.attempts_by_class[class_index(status)].inc();
     }
 
     pub fn retried(&self) {
@@ -330,6 +383,7 @@ impl ServiceMetrics {
             total: self.by_class.iter().map(Counter::get).sum(),
             failed: self.by_class[4].get(),
             fast_failed: self.fast_failed.get(),
+            attempts: self.attempts_by_class.iter().map(Counter::get).sum(),
         }
     }
 }
@@ -342,27 +396,41 @@ mod tests {
     fn records_and_encodes() {
         let m = ProxyMetrics::new();
         let s = m.service("hello");
+        // One request, retried once: two attempts, one request.
+        s.attempted(503);
+        s.attempted(200);
         s.record(200, 0.002);
         s.record(503, 0.001);
-        m.set_endpoints("hello", 2, 1);
+        m.set_endpoints("hello", [2, 1, 0]);
         m.mesh_error("hello", "no-endpoints");
-        let text = m.encode();
-        assert!(
-            text.contains(r#"mesh_requests_total{service="hello",class="2xx"} 1"#),
-            "{text}"
-        );
-        assert!(text.contains(r#"mesh_requests_total{service="hello",class="5xx"} 1"#));
-        assert!(text.contains(r#"mesh_endpoints{service="hello",state="ready"} 2"#));
+        let (content_type, text) = m.encode(None);
+        assert_eq!(content_type, crate::telemetry::PROMETHEUS_TEXT);
+        for line in [
+            r#"mesh_requests_total{service="hello",class="2xx"} 1"#,
+            r#"mesh_requests_total{service="hello",class="5xx"} 1"#,
+            r#"mesh_request_attempts_total{service="hello",class="2xx"} 1"#,
+            r#"mesh_request_attempts_total{service="hello",class="5xx"} 1"#,
+            r#"mesh_endpoints{service="hello",state="ready"} 2"#,
+            r#"mesh_endpoints{service="hello",state="ejected"} 1"#,
+            r#"mesh_endpoints{service="hello",state="unhealthy"} 0"#,
+            r#"mesh_rejections_total{service="hello",reason="no-endpoints"} 1"#,
+            "# TYPE mesh_requests_total counter",
+            "# TYPE process_cpu_seconds_total counter",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
         assert!(text.contains("mesh_request_duration_seconds_count"));
-        assert!(text.contains(r#"reason="no-endpoints""#));
-        assert!(text.contains("mesh_rejections_total"));
         s.retried();
         s.fast_failed();
-        assert_eq!(s.request_counts().total, 2);
-        assert_eq!(s.request_counts().failed, 1);
-        assert_eq!(s.request_counts().fast_failed, 1);
-        assert!(m
-            .encode()
-            .contains(r#"mesh_retries_total{service="hello"} 1"#));
+        let counts = s.request_counts();
+        assert_eq!((counts.total, counts.failed), (2, 1));
+        assert_eq!((counts.fast_failed, counts.attempts), (1, 2));
+        let (_, text) = m.encode(None);
+        assert!(text.contains(r#"mesh_retries_total{service="hello"} 1"#));
+        let (_, text) = m.scrape(|| {}, None);
+        assert!(!text.contains(r#"mesh_endpoints{"#), "{text}");
+        let (content_type, open) = m.encode(Some("application/openmetrics-text;version=1.0.0"));
+        assert_eq!(content_type, crate::telemetry::OPENMETRICS_TEXT);
+        assert!(open.ends_with("# EOF\n"), "{open}");
     }
 }

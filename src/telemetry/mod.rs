@@ -1,20 +1,33 @@
 //! Logging setup and the proxy's Prometheus metrics.
 
+mod logging;
 mod metrics;
+mod process;
 mod traffic;
 
-pub use metrics::{ProxyMetrics, RequestCounts, ServiceMetrics};
+pub use logging::{init_logging, LogFormat};
+pub use metrics::{ProxyMetrics, RequestCounts, ServiceMetrics, ENDPOINT_STATES};
+pub use process::register_process_metrics;
 pub use traffic::TrafficMetrics;
 
-/// Logs to stderr, filtered by `MESH_LOG` (then `RUST_LOG`), default `info`.
-/// Safe to call more than once (later calls do nothing).
-pub fn init_logging() {
-    let filter = std::env::var("MESH_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info,hickory_server=warn,hickory_proto=warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
+use prometheus_client::registry::Registry;
+
+/// Content type of the Prometheus text format, version 0.0.4.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of OpenMetrics text, version 1.0.0.
+pub const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Encodes `registry` for a scraper: OpenMetrics when its `Accept` header
+/// asks for it (Prometheus itself does), else the Prometheus text format
+/// that curl, promtool and older scrapers read. Returns (content type, text).
+pub fn exposition(registry: &Registry, accept: Option<&str>) -> (&'static str, String) {
+    let mut out = String::with_capacity(8 * 1024);
+    // Writing to a String cannot fail.
+    if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+        let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+        (OPENMETRICS_TEXT, out)
+    } else {
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, registry);
+        (PROMETHEUS_TEXT, out)
+    }
 }

@@ -6,7 +6,8 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use super::metrics::latency_histogram;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,11 +47,6 @@ struct CallerLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
-}
-
-fn latency_histogram() -> Histogram {
-    // 100 µs .. ~26 s
-    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
 /// Per connection and per inbound request; none of these is on the
@@ -165,8 +161,7 @@ impl TrafficMetrics {
     }
 
     pub fn inbound_request(&self, caller: &str, status: u16, seconds: f64) {
-        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-        let class = CLASSES[usize::from((status / 100).clamp(1, 5) - 1)];
+        let class = super::metrics::CLASSES[super::metrics::class_index(status)];
         self.inbound_requests
             .get_or_create(&InboundLabels {
                 caller: caller.to_string(),

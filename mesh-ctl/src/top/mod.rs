@@ -10,8 +10,10 @@ mod tests;
 pub use render::frame;
 pub use state::ProxyState;
 
-use crate::cli::TopArgs;
+use crate::cli::{Output, TopArgs};
 use crate::commands::{emit, CtlError};
+use crate::output;
+use serde::Deserialize;
 use bytes::Bytes;
 use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -29,15 +31,21 @@ const MAX_STATE_BYTES: usize = 16 * 1024 * 1024;
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
-pub async fn run(args: &TopArgs) -> Result<(), CtlError> {
+pub async fn run(args: &TopArgs, format: Output) -> Result<(), CtlError> {
     let url = state_url(&args.admin)?;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     if args.once {
         let state = fetch(&client, &url).await?;
-        return emit(frame(&args.admin, &state).trim_end());
+        if format == Output::Table {
+            let parsed = ProxyState::deserialize(&state).map_err(|e| {
+                CtlError::Admin(format!("cannot read proxy state at {url}: not the /state JSON: {e}"))
+            })?;
+            return emit(frame(&args.admin, &parsed).trim_end());
+        }
+        return emit(&output::render(format, &state, |_| String::new())?);
     }
     tokio::select! {
-        res = redraw(&client, &url, args) => res,
+        res = redraw(&client, &url, args, format) => res,
         // Ctrl-C is how `top` is meant to end: success.
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
@@ -45,13 +53,28 @@ pub async fn run(args: &TopArgs) -> Result<(), CtlError> {
 
 /// Fetches and redraws every interval; runs until the caller stops it
 /// (Ctrl-C). An unreachable proxy is shown, not fatal: it may be restarting.
-async fn redraw(client: &HttpClient, url: &Uri, args: &TopArgs) -> Result<(), CtlError> {
+/// With `-o json|yaml`, each fetch prints the proxy's state as one
+/// document of a stream instead (failures go to stderr).
+async fn redraw(
+    client: &HttpClient,
+    url: &Uri,
+    args: &TopArgs,
+    format: Output,
+) -> Result<(), CtlError> {
     let mut ticks = tokio::time::interval(args.interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let text = match fetch(client, url).await {
-            Ok(state) => frame(&args.admin, &state),
+        let fetched = fetch(client, url).await;
+        if format != Output::Table {
+            match fetched {
+                Ok(state) => emit(&output::stream_doc(format, &state, |_| String::new())?)?,
+                Err(e) => eprintln!("{e} (retrying every {:?})", args.interval),
+            }
+            continue;
+        }
+        let text = match fetched {
+            Ok(state) => frame_of(&args.admin, &state),
             Err(e) => format!(
                 "mesh top  proxy {}\n\n{e}\n(retrying every {:?})\n",
                 args.admin, args.interval
@@ -61,7 +84,17 @@ async fn redraw(client: &HttpClient, url: &Uri, args: &TopArgs) -> Result<(), Ct
     }
 }
 
-async fn fetch(client: &HttpClient, url: &Uri) -> Result<ProxyState, CtlError> {
+/// The dashboard frame of a `/state` document, or why it cannot be drawn.
+fn frame_of(admin: &str, state: &serde_json::Value) -> String {
+    match ProxyState::deserialize(state) {
+        Ok(state) => frame(admin, &state),
+        Err(e) => format!("mesh top  proxy {admin}\n\nnot the /state JSON: {e}\n"),
+    }
+}
+
+/// The proxy's `/state`, as it sent it (`-o json` prints every field, not
+/// only those the dashboard draws).
+async fn fetch(client: &HttpClient, url: &Uri) -> Result<serde_json::Value, CtlError> {
     let fail = |why: String| CtlError::Admin(format!("cannot read proxy state at {url}: {why}"));
     let exchange = async {
         let resp = client

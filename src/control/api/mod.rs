@@ -21,7 +21,7 @@ use crate::model::{
 };
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -98,9 +98,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn metrics(State(st): State<AppState>) -> Response {
-    let text = st.metrics.render(&st.registry);
-    let ctype = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (ctype, text) = st.metrics.render(&st.registry, accept);
     ([(header::CONTENT_TYPE, ctype)], text).into_response()
 }
 

@@ -267,8 +267,6 @@ impl Directory {
             .filter(|e| e.health == Health::Up)
             .cloned()
             .collect();
-        self.metrics
-            .set_endpoints(&info.name, ready.len(), all.len() - ready.len());
         // `--lb` on the command line overrides the policy (local testing).
         let algorithm = self
             .lb

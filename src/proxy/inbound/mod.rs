@@ -14,11 +14,9 @@ mod http;
 
 pub use self::http::InboundHttp;
 
-use super::outbound::LEARN_WITHIN;
 use super::outbound::{original_dst, DetectConfig, Learned};
-use super::protocol::{
-    detect_unless_opaque, fast_close, relay, server_speaks_first, PrefixedIo, Protocol,
-};
+use super::protocol::{detect, fast_close, relay, sort, Detected, PrefixedIo, Protocol, Sorted};
+use bytes::Bytes;
 use super::server;
 use crate::net::{connect, ConnectOptions};
 use crate::proxy::upstream::Proto;
@@ -31,6 +29,14 @@ use tokio_util::sync::CancellationToken;
 
 /// The label under which learned opaque app ports are kept.
 const APP: &str = "(inbound)";
+
+/// Detection from the client's bytes alone, as a sorting outcome.
+fn client_spoke(detected: Detected) -> Sorted<TcpStream, std::io::Error> {
+    Sorted::Client {
+        detected,
+        upstream: None,
+    }
+}
 
 pub struct InboundServer {
     pub http: Arc<InboundHttp>,
@@ -72,18 +78,42 @@ impl InboundServer {
         let redirected = original_dst(&stream).filter(|d| Some(*d) != local);
         let port = redirected.map_or(self.app_port, |d| d.port());
         let app = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let timeout = self.detect.timeout;
         // A peer proxy always speaks first (HTTP, or the opaque preamble),
-        // so its connections are always detected; only clients outside
-        // the mesh, redirected here, may be server-speaks-first.
-        let opaque = redirected.is_some()
-            && (self.detect.opaque_ports.contains(&port) || self.learned.contains(APP, port));
-        let detected = match detect_unless_opaque(opaque, &mut stream, self.detect.timeout).await {
-            Ok(d) => d,
+        // so its connections are detected from their bytes; only clients
+        // outside the mesh, redirected here, may be server-speaks-first.
+        let sorted = match redirected {
+            None => detect(&mut stream, timeout).await.map(client_spoke),
+            Some(_) if self.detect.opaque_ports.contains(&port) || self.learned.contains(APP, port) => {
+                return Box::pin(self.relay(PrefixedIo::new(Bytes::new(), stream), peer, app, None))
+                    .await;
+            }
+            Some(_) if self.learned.is_client_first(APP, port) => {
+                detect(&mut stream, timeout).await.map(client_spoke)
+            }
+            Some(_) => Box::pin(sort(&mut stream, connect(app, self.connect), timeout)).await,
+        };
+        let (detected, upstream) = match sorted {
+            Ok(Sorted::Client { detected, upstream }) => (detected, upstream),
+            Ok(Sorted::Server { upstream }) => {
+                if self.learned.learn(APP, port) {
+                    tracing::warn!(port, "the app spoke first on a redirected connection: treating app port {port} as opaque TCP from now on; list it in --opaque-ports to skip detection");
+                }
+                let io = PrefixedIo::new(Bytes::new(), stream);
+                return Box::pin(self.relay(io, peer, app, Some(Ok(upstream)))).await;
+            }
+            Ok(Sorted::Silent { upstream }) => {
+                let io = PrefixedIo::new(Bytes::new(), stream);
+                return Box::pin(self.relay(io, peer, app, Some(Ok(upstream)))).await;
+            }
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "inbound connection failed during detection");
                 return;
             }
         };
+        if redirected.is_some() && !detected.silent && !detected.prefix.is_empty() {
+            self.learned.learn_client_first(APP, port);
+        }
         let io = PrefixedIo::new(detected.prefix, stream);
         match detected.protocol {
             Protocol::Http1 | Protocol::Http2 => {
@@ -102,31 +132,27 @@ impl InboundServer {
                 }
             }
             Protocol::Tls { .. } | Protocol::MeshOpaque | Protocol::Opaque => {
-                Box::pin(self.relay(io, peer, app, detected.silent)).await;
+                Box::pin(self.relay(io, peer, app, upstream)).await;
             }
         }
     }
 
-    /// Relays an opaque connection to the app. After a silent detection,
-    /// the app port is learned opaque if the app then speaks first.
+    /// Relays an opaque connection to the app, over `upstream` when the
+    /// app was connected to early, else over a new connection.
     async fn relay(
         &self,
         client: PrefixedIo<TcpStream>,
         peer: SocketAddr,
         app: SocketAddr,
-        silent: bool,
+        upstream: Option<std::io::Result<TcpStream>>,
     ) {
         self.metrics.traffic.inbound_tcp.inc();
-        match connect(app, self.connect).await {
-            Ok(upstream) => {
-                if silent
-                    && server_speaks_first(client.get_ref(), &upstream, LEARN_WITHIN).await
-                    && self.learned.learn(APP, app.port())
-                {
-                    tracing::warn!(port = app.port(), "the app spoke first after inbound protocol detection timed out; treating app port {} as opaque TCP from now on; list it in --opaque-ports to skip detection", app.port());
-                }
-                self.relay_to_app(client, upstream, peer, app).await;
-            }
+        let upstream = match upstream {
+            Some(u) => u,
+            None => connect(app, self.connect).await,
+        };
+        match upstream {
+            Ok(upstream) => self.relay_to_app(client, upstream, peer, app).await,
             Err(e) => {
                 tracing::debug!(%peer, %app, error = %e, "cannot reach the app");
                 fast_close(client.into_inner());

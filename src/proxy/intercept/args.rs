@@ -33,8 +33,9 @@ pub struct InitArgs {
     /// inbound traffic is not intercepted.
     #[arg(long = "app-port", env = "MESH_APP_PORT", value_delimiter = ',', value_parser = parse_port)]
     pub app_ports: Vec<u16>,
-    /// Inbound listener of the proxy, `PORT` or `ADDR:PORT`; only the port is used.
-    #[arg(long, env = "MESH_INBOUND_PORT", default_value = "15006", value_parser = parse_port_or_addr)]
+    /// Inbound listener of the proxy, `PORT` or `ADDR:PORT`; only the port
+    /// is used (`--inbound-port` and `MESH_INBOUND_PORT`: old names).
+    #[arg(long = "inbound", visible_alias = "inbound-port", env = "MESH_INBOUND", default_value = "15006", value_parser = parse_port_or_addr)]
     pub inbound_port: u16,
     /// Remove the rules instead of installing them.
     #[arg(long, env = "MESH_REMOVE")]

@@ -23,7 +23,7 @@
 //!
 //! Inbound, only with `--app-port`: `MESH_INBOUND`, jumped to from
 //! `PREROUTING` for TCP, redirects TCP arriving for each app port to the
-//! `--inbound-port` listener, which forwards to the app on loopback.
+//! `--inbound` listener, which forwards to the app on loopback.
 //! `PREROUTING` sees only packets from other hosts, so the app's own calls
 //! to itself and the inbound listener's forward (loopback, via `OUTPUT`)
 //! are not redirected again.
@@ -233,12 +233,12 @@ fn validate_inbound(args: &InitArgs) -> Result<(), InitError> {
     }
     let inbound = args.inbound_port;
     if inbound == 0 {
-        return invalid("inbound-port", "port 0 is not a listener port".into());
+        return invalid("inbound", "port 0 is not a listener port".into());
     }
     for (other, flag) in [(args.outbound, "--outbound"), (args.dns, "--dns")] {
         if inbound == other {
             return invalid(
-                "inbound-port",
+                "inbound",
                 format!("port {inbound} is also the {flag} port"),
             );
         }
@@ -250,7 +250,7 @@ fn validate_inbound(args: &InitArgs) -> Result<(), InitError> {
         if port == inbound {
             return invalid(
                 "app-port",
-                format!("port {port} is also the --inbound-port (it would redirect to itself)"),
+                format!("port {port} is also the --inbound port (it would redirect to itself)"),
             );
         }
         if args.app_ports[..i].contains(&port) {

@@ -127,8 +127,8 @@ fn inbound_flags_are_checked() {
         (&["--app-port", "0"][..], "--app-port"),
         (&["--app-port", "8000,x"][..], "--app-port"),
         (&["--app-port", "70000"][..], "--app-port"),
-        (&["--inbound-port", "0"][..], "--inbound-port"),
-        (&["--inbound-port", "banana"][..], "--inbound-port"),
+        (&["--inbound", "0"][..], "--inbound"),
+        (&["--inbound-port", "banana"][..], "--inbound"),
     ] {
         let err = parse(flags).expect_err(flags[1]).to_string();
         assert!(err.contains(flag), "{flags:?}: {err}");
@@ -137,12 +137,12 @@ fn inbound_flags_are_checked() {
         (&["--app-port", "8000,8000"][..], "--app-port"),
         (&["--app-port", "15006"][..], "--app-port"),
         (
-            &["--app-port", "80", "--inbound-port", "15001"][..],
-            "--inbound-port",
+            &["--app-port", "80", "--inbound", "15001"][..],
+            "--inbound",
         ),
         (
             &["--app-port", "80", "--inbound-port", "15053"][..],
-            "--inbound-port",
+            "--inbound",
         ),
     ] {
         let args = parse(flags).unwrap();
@@ -152,7 +152,7 @@ fn inbound_flags_are_checked() {
         assert!(rules(&args).is_err(), "{flags:?}");
     }
     // Without app ports the inbound port is unused, so it is not checked.
-    let args = parse(&["--inbound-port", "15001"]).unwrap();
+    let args = parse(&["--inbound", "15001"]).unwrap();
     assert!(inbound_rules(&args).unwrap().is_empty());
 }
 
@@ -160,7 +160,7 @@ fn inbound_flags_are_checked() {
 fn inbound_flags_read_the_environment() {
     let mut cmd = InitArgs::augment_args(Command::new("init"));
     let help = cmd.render_long_help().to_string();
-    for env in ["MESH_APP_PORT", "MESH_INBOUND_PORT"] {
+    for env in ["MESH_APP_PORT", "MESH_INBOUND"] {
         assert!(
             help.contains(&format!("env: {env}")),
             "{env} missing:\n{help}"

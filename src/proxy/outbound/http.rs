@@ -197,10 +197,14 @@ pub(super) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, MeshErr
     if let Ok(ip) = host.parse() {
         return Ok(SocketAddr::new(ip, port));
     }
+    let failed = |reason: String| MeshError::DnsFailed {
+        host: host.to_string(),
+        reason,
+    };
     let mut addrs = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|_| MeshError::UnknownService(host.to_string()))?;
+        .map_err(|e| failed(e.to_string()))?;
     addrs
         .next()
-        .ok_or_else(|| MeshError::UnknownService(host.to_string()))
+        .ok_or_else(|| failed("no address".into()))
 }

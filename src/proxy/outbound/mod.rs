@@ -29,8 +29,10 @@ pub use tunnel::splice_upgrade;
 use crate::discovery::Service;
 use crate::net::ConnectOptions;
 use crate::proxy::protocol::{
-    detect_http_version, detect_unless_opaque, fast_close, relay, PrefixedIo, Protocol,
+    detect, detect_http_version, fast_close, relay, sort, PrefixedIo, Protocol, Sorted,
 };
+use bytes::Bytes;
+use opaque::Opened;
 use crate::proxy::server;
 use crate::proxy::upstream::Proto;
 use crate::telemetry::ProxyMetrics;
@@ -44,8 +46,8 @@ use tokio_util::sync::CancellationToken;
 /// How intercepted connections to a VIP are told apart.
 #[derive(Clone, Debug)]
 pub struct DetectConfig {
-    /// `--detect-timeout`: a client silent this long is waiting for the
-    /// server.
+    /// `--detect-timeout`: how long a new connection may stay silent on
+    /// both sides before it is relayed opaque as it is.
     pub timeout: Duration,
     /// `--opaque-ports`: never detected.
     pub opaque_ports: HashSet<u16>,
@@ -90,7 +92,11 @@ impl OutboundServer {
         .await;
     }
 
-    /// A connection to a service's VIP: detect, then HTTP or opaque.
+    /// A connection to a service's VIP. A port declared or learned opaque
+    /// is relayed at once; a port known to be client-first is detected
+    /// from the client's bytes; any other port is sorted by who speaks
+    /// first, with an endpoint connection opened meanwhile (see
+    /// `protocol::sort`).
     async fn serve_vip(
         &self,
         mut stream: TcpStream,
@@ -106,19 +112,40 @@ impl OutboundServer {
             return;
         };
         let port = dst.port();
-        let opaque = self.skips_detection(&svc, port);
-        let detected = match detect_unless_opaque(opaque, &mut stream, self.detect.timeout).await {
-            Ok(d) => d,
+        if self.skips_detection(&svc, port) {
+            self.metrics.traffic.connection(&svc.name, "opaque");
+            let io = PrefixedIo::new(Bytes::new(), stream);
+            return Box::pin(self.opaque.serve(io, &svc, None, None::<fn()>)).await;
+        }
+        let timeout = self.detect.timeout;
+        let sorted = if self.learned.is_client_first(&svc.name, port) {
+            detect(&mut stream, timeout).await.map(|detected| Sorted::Client {
+                detected,
+                upstream: None,
+            })
+        } else {
+            Box::pin(sort(&mut stream, self.opaque.open(&svc), timeout)).await
+        };
+        let (detected, upstream) = match sorted {
+            Ok(Sorted::Client { detected, upstream }) => (detected, upstream),
+            Ok(Sorted::Server { upstream }) => {
+                self.learn(&svc.name, port);
+                return self.relay_sorted(stream, &svc, "opaque", upstream).await;
+            }
+            Ok(Sorted::Silent { upstream }) => {
+                return self.relay_sorted(stream, &svc, "opaque", upstream).await;
+            }
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "connection failed during detection");
                 return;
             }
         };
-        self.metrics
-            .traffic
-            .connection(&svc.name, detected.protocol.as_str());
+        let protocol = detected.protocol.as_str();
+        self.metrics.traffic.connection(&svc.name, protocol);
+        if !detected.silent && !detected.prefix.is_empty() {
+            self.learned.learn_client_first(&svc.name, port);
+        }
         let io = PrefixedIo::new(detected.prefix, stream);
-        let target = ConnTarget::Vip(*dst.ip());
         match detected.protocol {
             Protocol::Http1 | Protocol::Http2 => {
                 let proto = match detected.protocol {
@@ -126,6 +153,7 @@ impl OutboundServer {
                     _ => Proto::Http1,
                 };
                 let h = self.http.clone();
+                let target = ConnTarget::Vip(*dst.ip());
                 let handler = move |req| Box::pin(h.clone().handle(req, target));
                 if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
                     tracing::debug!(%peer, error = %e, "outbound connection ended with error");
@@ -136,21 +164,34 @@ impl OutboundServer {
                 self.metrics
                     .traffic
                     .tls_connection(&svc.name, sni.as_deref());
-                Box::pin(self.opaque.serve(io, svc, None::<fn()>)).await;
+                Box::pin(self.opaque.serve(io, &svc, upstream, None::<fn()>)).await;
             }
             Protocol::Opaque | Protocol::MeshOpaque => {
-                // A silent client is learned from only once the server is
-                // seen to speak first: one slow client must not turn a
-                // port opaque.
+                // A client that stayed silent on a client-first port: the
+                // port may have changed hands, and is learned opaque again
+                // only once the server is seen to speak first.
                 let learn = detected.silent.then(|| {
                     let name = svc.name.clone();
                     move || self.learn(&name, port)
                 });
                 // Boxed, like every rare arm: connection tasks are sized for
                 // their largest state.
-                Box::pin(self.opaque.serve(io, svc, learn)).await;
+                Box::pin(self.opaque.serve(io, &svc, upstream, learn)).await;
             }
         }
+    }
+
+    /// Relays a connection sorted before the client said anything.
+    async fn relay_sorted(
+        &self,
+        stream: TcpStream,
+        svc: &Arc<Service>,
+        protocol: &'static str,
+        upstream: Opened,
+    ) {
+        self.metrics.traffic.connection(&svc.name, protocol);
+        let io = PrefixedIo::new(Bytes::new(), stream);
+        Box::pin(self.opaque.serve(io, svc, Some(Ok(upstream)), None::<fn()>)).await;
     }
 
     fn learn(&self, service: &str, port: u16) {
@@ -161,10 +202,8 @@ impl OutboundServer {
         tracing::warn!(
             service,
             port,
-            timeout = ?self.detect.timeout,
-            "protocol detection timed out and the server spoke first: treating {service}:{port} \
-             as opaque TCP from now on. Declare it in the service's policy \
-             (opaquePorts: [{port}]) to skip detection",
+            "the server spoke first: treating {service}:{port} as opaque TCP from now on. \
+             Declare it in the service's policy (opaquePorts: [{port}]) to skip detection",
         );
     }
 

@@ -11,7 +11,7 @@ use crate::discovery::{Endpoint, Service};
 use crate::model::policy::RetryOn;
 use crate::net::{connect, ConnectOptions};
 use crate::proxy::protocol::{
-    fast_close, relay, server_speaks_first, PrefixedIo, MESH_OPAQUE_PREAMBLE,
+    fast_close, first_word, relay, FirstWord, PrefixedIo, MESH_OPAQUE_PREAMBLE,
 };
 use crate::proxy::rescue::MeshError;
 use crate::resilience::{retry, BulkheadPermit};
@@ -42,31 +42,37 @@ pub struct Opened {
     pub ep: Arc<Endpoint>,
 }
 
+impl crate::proxy::protocol::Upstream for Opened {
+    fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+}
+
 // === impl OpaqueOutbound ===
 
 impl OpaqueOutbound {
-    /// Relays `client` to an endpoint of `svc`; when none can be reached,
-    /// closes it with a reset (opaque TCP has no way to say why).
-    /// `on_server_first` runs if detection found the client silent and the
-    /// server then speaks before it (the port is learned opaque).
+    /// Relays `client` to an endpoint of `svc` over `opened` (a connection
+    /// opened early, while the protocol was sorted), or over a new one.
+    /// When none can be reached, closes `client` with a reset.
+    /// `on_server_first` runs if the server then speaks before the client
+    /// (after a silent detection: the port is learned opaque).
     pub async fn serve(
         &self,
         client: PrefixedIo<TcpStream>,
-        svc: Arc<Service>,
+        svc: &Arc<Service>,
+        opened: Option<Result<Opened, MeshError>>,
         on_server_first: Option<impl FnOnce()>,
     ) {
-        let opened = match self.open(&svc).await {
-            Ok(o) => o,
-            Err(e) => {
-                self.metrics.mesh_error(&svc.name, e.reason());
-                tracing::debug!(service = %svc.name, error = %e, "opaque connection refused");
-                fast_close(client.into_inner());
-                return;
-            }
+        let opened = match opened {
+            Some(o) => o,
+            None => self.open(svc).await,
         };
-        let Opened { stream, slot, ep } = opened;
+        let Opened { stream, slot, ep } = match opened {
+            Ok(o) => o,
+            Err(e) => return self.refuse(client.into_inner(), svc, &e),
+        };
         if let Some(learn) = on_server_first {
-            if server_speaks_first(client.get_ref(), &stream, LEARN_WITHIN).await {
+            if first_word(client.get_ref(), &stream, LEARN_WITHIN).await == FirstWord::Server {
                 learn();
             }
         }
@@ -79,6 +85,14 @@ impl OpaqueOutbound {
             }
         }
         drop(slot);
+    }
+
+    /// No endpoint could take the connection: a reset, since opaque TCP
+    /// has no way to say why (the reason is counted and logged).
+    pub fn refuse(&self, client: TcpStream, svc: &Service, e: &MeshError) {
+        self.metrics.mesh_error(&svc.name, e.reason());
+        tracing::debug!(service = %svc.name, error = %e, "opaque connection refused");
+        fast_close(client);
     }
 
     /// Breaker, bulkhead, balancer, connect; connect failures retried on

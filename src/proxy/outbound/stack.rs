@@ -32,10 +32,29 @@ pub const MESH_FALLBACK: &str = "x-mesh-fallback";
 
 impl HttpOutbound {
     /// Runs `req` through `svc`'s policy stack. Mesh failures come back as
-    /// `MeshError` unless the policy's fallback answers them.
+    /// `MeshError` unless the policy's fallback answers them. The request
+    /// is counted here, once, with its final status; each try is counted
+    /// as an attempt where it is made.
     pub(super) async fn call_service(
         &self,
         svc: Arc<Service>,
+        req: Request<Incoming>,
+    ) -> Result<Response<RespBody>, MeshError> {
+        let start = Instant::now();
+        let result = self.policies(&svc, req).await;
+        let status = match &result {
+            Ok(resp) => resp.status(),
+            Err(e) => e.status(),
+        };
+        svc.metrics
+            .record(status.as_u16(), start.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Fallback around the total timeout, retries and attempts.
+    async fn policies(
+        &self,
+        svc: &Arc<Service>,
         req: Request<Incoming>,
     ) -> Result<Response<RespBody>, MeshError> {
         // The policy the request starts with is the one it finishes with,
@@ -48,7 +67,7 @@ impl HttpOutbound {
         };
         let replay = policy.retries.attempts > 0 || alt_service.is_some();
         let (first, template) = prepare(req, replay).await?;
-        let err = match self.run(&svc, &rt, first, template.as_ref()).await {
+        let err = match self.run(svc, &rt, first, template.as_ref()).await {
             Ok(resp) => return Ok(resp),
             Err(e) => e,
         };
@@ -164,7 +183,6 @@ impl HttpOutbound {
             Ok(p) => p,
             Err(_) => {
                 svc.metrics.fast_failed();
-                svc.metrics.record(503, 0.0);
                 return (Err(MeshError::BreakerOpen(svc.name.clone())), None);
             }
         };
@@ -172,12 +190,10 @@ impl HttpOutbound {
             Ok(s) => s,
             Err(_) => {
                 svc.metrics.fast_failed();
-                svc.metrics.record(503, 0.0);
                 return (Err(MeshError::BulkheadFull(svc.name.clone())), None);
             }
         };
         let Some(ep) = pick(svc, rt, tried) else {
-            svc.metrics.record(503, 0.0);
             return (Err(MeshError::NoEndpoints(svc.name.clone())), None);
         };
         let grpc = grpc::is_grpc(req.headers());
@@ -209,7 +225,7 @@ impl HttpOutbound {
             Ok(mut resp) => {
                 in_flight.finish();
                 let status = resp.status();
-                svc.metrics.record(status.as_u16(), elapsed.as_secs_f64());
+                svc.metrics.attempted(status.as_u16());
                 let header_grpc = grpc.then(|| grpc::status(resp.headers())).flatten();
                 let guard = resp.body_mut().guard_mut();
                 // The bulkhead counts the call until its response ends.
@@ -229,8 +245,7 @@ impl HttpOutbound {
             }
             Err(e) => {
                 drop(in_flight);
-                svc.metrics
-                    .record(e.status().as_u16(), elapsed.as_secs_f64());
+                svc.metrics.attempted(e.status().as_u16());
                 verdict.record(true);
                 Err(e)
             }

@@ -2,10 +2,9 @@
 //!
 //! The client's first bytes decide: the HTTP/2 connection preface, an
 //! HTTP/1.x request line, a TLS record header (0x16 0x03), or the preamble
-//! a mesh proxy sends before opaque bytes. Anything else is opaque. A
-//! client that says nothing is waiting for the server (SMTP, MySQL, a
-//! banner): detection gives up after its timeout and the connection is
-//! opaque, so a server-speaks-first protocol is delayed by at most that.
+//! a mesh proxy sends before opaque bytes. Anything else is opaque. How
+//! long to wait for a client that says nothing is not decided here: see
+//! `sort`, which lets a server greeting end the wait.
 
 use bytes::{Bytes, BytesMut};
 use std::io;
@@ -40,6 +39,11 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// HTTP/1 or HTTP/2: served per request, not relayed.
+    pub fn is_http(&self) -> bool {
+        matches!(self, Protocol::Http1 | Protocol::Http2)
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Protocol::Http1 => "http1",
@@ -56,8 +60,7 @@ pub struct Detected {
     pub protocol: Protocol,
     /// Bytes read during detection, to be replayed to the server side.
     pub prefix: Bytes,
-    /// The client sent nothing before the timeout: a server-speaks-first
-    /// protocol, most likely.
+    /// The client sent nothing before the timeout.
     pub silent: bool,
 }
 
@@ -116,23 +119,6 @@ fn http1_request_line(buf: &[u8]) -> Option<Protocol> {
     } else {
         Some(Protocol::Opaque)
     }
-}
-
-/// [`detect`], unless the port is known to be opaque (declared, or
-/// learned): then nothing is read and nobody waits.
-pub async fn detect_unless_opaque(
-    opaque: bool,
-    stream: &mut TcpStream,
-    timeout: Duration,
-) -> io::Result<Detected> {
-    if opaque {
-        return Ok(Detected {
-            protocol: Protocol::Opaque,
-            prefix: Bytes::new(),
-            silent: false,
-        });
-    }
-    detect(stream, timeout).await
 }
 
 /// Reads a connection's first bytes until their protocol is known, the

@@ -76,18 +76,6 @@ where
     }
 }
 
-/// After a silent detection: whether the server sends bytes before the
-/// client does, within `within` — a server-speaks-first protocol, as
-/// opposed to a client that was merely slow. Peeks; consumes nothing.
-pub async fn server_speaks_first(client: &TcpStream, server: &TcpStream, within: Duration) -> bool {
-    let (mut c, mut s) = ([0u8; 1], [0u8; 1]);
-    tokio::select! {
-        r = server.peek(&mut s) => matches!(r, Ok(n) if n > 0),
-        _ = client.peek(&mut c) => false,
-        () = tokio::time::sleep(within) => false,
-    }
-}
-
 /// Closes with a TCP RST, so the client sees a failure at once instead of
 /// an orderly end (DESIGN: opaque TCP gets a fast close).
 pub fn fast_close(stream: TcpStream) {
@@ -117,34 +105,6 @@ mod tests {
         assert_eq!(back, b"answer after half-close");
         let end = relay.await.unwrap().unwrap();
         assert_eq!((end.sent, end.received, end.idle), (8, 23, false));
-    }
-
-    #[tokio::test]
-    async fn tells_who_speaks_first() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        // The proxy's socket and the far end of the same connection.
-        let pair = || async {
-            let near = TcpStream::connect(addr).await.unwrap();
-            let (far, _) = l.accept().await.unwrap();
-            (near, far)
-        };
-        let wait = Duration::from_secs(5);
-
-        let (client, _app) = pair().await;
-        let (server, mut banner) = pair().await;
-        banner.write_all(b"220 ready").await.unwrap();
-        assert!(server_speaks_first(&client, &server, wait).await);
-
-        let (client, mut slow_app) = pair().await;
-        let (server, _quiet) = pair().await;
-        slow_app.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        assert!(!server_speaks_first(&client, &server, wait).await);
-
-        let (client, _a) = pair().await;
-        let (server, _s) = pair().await;
-        let short = Duration::from_millis(20);
-        assert!(!server_speaks_first(&client, &server, short).await);
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,0 +1,262 @@
+//! Sorting a connection whose protocol nobody declared, without guessing
+//! from a timeout.
+//!
+//! A client that says nothing may be slow (a JVM warming up, a script
+//! that connects and then thinks), or waiting for a server that speaks
+//! first (SMTP, MySQL, a banner). Waiting a fixed time for the client
+//! confuses the two. So the upstream is opened at once, in parallel with
+//! waiting for the client, and whichever side speaks first decides:
+//!
+//! - the client: its bytes are detected (HTTP/1, HTTP/2, TLS, opaque).
+//!   For HTTP the early upstream connection is dropped unused (the
+//!   request goes through the HTTP path and its pools); for anything else
+//!   it carries the connection.
+//! - the server: a server-speaks-first protocol, relayed opaque.
+//! - neither, within the bound: relayed opaque as it is.
+//!
+//! The caller skips this once a port is known to be client-first, so
+//! HTTP traffic pays the early connect only on a port's first connection.
+
+use super::detect::{detect, Detected};
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Which side of a relayed pair sent bytes first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstWord {
+    /// The client sent bytes, closed, or failed first.
+    Client,
+    /// The server sent bytes (a greeting) before the client did.
+    Server,
+    /// Neither, within the bound.
+    Neither,
+}
+
+/// Waits until one side is readable; peeks, so nothing is consumed.
+/// A closed or failed side counts as having spoken (there is nothing more
+/// to wait for from it).
+pub async fn first_word(client: &TcpStream, server: &TcpStream, within: Duration) -> FirstWord {
+    let (mut c, mut s) = ([0u8; 1], [0u8; 1]);
+    tokio::select! {
+        // Client first when both are ready: its bytes are the ones to read.
+        biased;
+        _ = client.peek(&mut c) => FirstWord::Client,
+        _ = server.peek(&mut s) => FirstWord::Server,
+        () = tokio::time::sleep(within) => FirstWord::Neither,
+    }
+}
+
+/// The outcome of [`sort`].
+#[derive(Debug)]
+pub enum Sorted<U, E> {
+    /// The client spoke first. `upstream` is the early connection, kept
+    /// for protocols that are relayed; it is `None` for HTTP (dropped
+    /// unused) and `Some(Err)` when it could not be opened.
+    Client {
+        detected: Detected,
+        upstream: Option<Result<U, E>>,
+    },
+    /// The server spoke first: relay opaque over `upstream`.
+    Server { upstream: U },
+    /// Both sides stayed silent for the whole bound.
+    Silent { upstream: U },
+}
+
+/// A connection to the upstream, as [`sort`] needs to see it.
+pub trait Upstream {
+    fn stream(&self) -> &TcpStream;
+}
+
+impl Upstream for TcpStream {
+    fn stream(&self) -> &TcpStream {
+        self
+    }
+}
+
+/// Sorts `client` by who speaks first, opening the upstream with `open`
+/// meanwhile. `bound` limits the whole wait. See the module docs.
+pub async fn sort<U, E>(
+    client: &mut TcpStream,
+    open: impl Future<Output = Result<U, E>>,
+    bound: Duration,
+) -> io::Result<Sorted<U, E>>
+where
+    U: Upstream,
+{
+    let deadline = Instant::now() + bound;
+    let remaining = || deadline.saturating_duration_since(Instant::now());
+    tokio::pin!(open);
+    let mut byte = [0u8; 1];
+    let opened = tokio::select! {
+        r = &mut open => Some(r),
+        _ = client.peek(&mut byte) => None,
+        () = tokio::time::sleep_until(deadline) => None,
+    };
+    let upstream = match opened {
+        // The client spoke (or closed) while the upstream was opening.
+        None => {
+            let detected = detect(client, remaining()).await?;
+            let upstream = match detected.protocol.is_http() {
+                true => None, // `open` is dropped here: its connect is cancelled
+                false => Some(open.await),
+            };
+            return Ok(Sorted::Client { detected, upstream });
+        }
+        Some(Err(e)) => {
+            // Nothing to race with: the client's bytes decide alone.
+            let detected = detect(client, remaining()).await?;
+            return Ok(Sorted::Client {
+                detected,
+                upstream: Some(Err(e)),
+            });
+        }
+        Some(Ok(u)) => u,
+    };
+    match first_word(client, upstream.stream(), remaining()).await {
+        FirstWord::Server => Ok(Sorted::Server { upstream }),
+        FirstWord::Neither => Ok(Sorted::Silent { upstream }),
+        FirstWord::Client => {
+            let detected = detect(client, remaining()).await?;
+            let upstream = (!detected.protocol.is_http()).then_some(Ok(upstream));
+            Ok(Sorted::Client { detected, upstream })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::protocol::Protocol;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A connected pair on loopback: (the proxy's side, the far side).
+    async fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
+        let near = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (far, _) = l.accept().await.unwrap();
+        (near, far)
+    }
+
+    async fn open_ok(l: &TcpListener) -> (TcpStream, TcpStream) {
+        pair(l).await
+    }
+
+    #[tokio::test]
+    async fn a_slow_http_client_is_still_http() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut client, mut app) = pair(&l).await;
+        let (upstream, _server) = open_ok(&l).await;
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            app.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                .await
+                .unwrap();
+            app
+        });
+        let open = async { Ok::<_, ()>(upstream) };
+        let sorted = sort(&mut client, open, Duration::from_secs(10))
+            .await
+            .unwrap();
+        match sorted {
+            Sorted::Client { detected, upstream } => {
+                assert_eq!(detected.protocol, Protocol::Http1);
+                assert!(upstream.is_none(), "the early connection is dropped");
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_server_greeting_decides_at_once() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut client, _quiet_app) = pair(&l).await;
+        let (upstream, mut server) = open_ok(&l).await;
+        server.write_all(b"220 ready\r\n").await.unwrap();
+        let start = std::time::Instant::now();
+        let open = async { Ok::<_, ()>(upstream) };
+        let sorted = sort(&mut client, open, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(matches!(sorted, Sorted::Server { .. }), "{sorted:?}");
+        assert!(start.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn client_bytes_before_the_connect_keep_the_upstream_for_opaque() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut client, mut app) = pair(&l).await;
+        let (upstream, _server) = open_ok(&l).await;
+        app.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
+        // The connect finishes only after the client has spoken.
+        let open = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok::<_, ()>(upstream)
+        };
+        let sorted = sort(&mut client, open, Duration::from_secs(10))
+            .await
+            .unwrap();
+        match sorted {
+            Sorted::Client { detected, upstream } => {
+                assert_eq!(detected.protocol, Protocol::Opaque);
+                assert_eq!(&detected.prefix[..], b"*1\r\n$4\r\nPING\r\n");
+                assert!(matches!(upstream, Some(Ok(_))));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_open_leaves_detection_to_the_client() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut client, mut app) = pair(&l).await;
+        app.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let open = async { Err::<TcpStream, _>("no endpoints") };
+        let sorted = sort(&mut client, open, Duration::from_secs(10))
+            .await
+            .unwrap();
+        match sorted {
+            Sorted::Client { detected, upstream } => {
+                assert_eq!(detected.protocol, Protocol::Http1);
+                assert!(matches!(upstream, Some(Err("no endpoints"))));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tells_who_speaks_first() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let wait = Duration::from_secs(5);
+
+        let (client, _app) = pair(&l).await;
+        let (server, mut banner) = pair(&l).await;
+        banner.write_all(b"220 ready").await.unwrap();
+        assert_eq!(first_word(&client, &server, wait).await, FirstWord::Server);
+
+        let (client, mut slow_app) = pair(&l).await;
+        let (server, _quiet) = pair(&l).await;
+        slow_app.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(first_word(&client, &server, wait).await, FirstWord::Client);
+
+        let (client, _a) = pair(&l).await;
+        let (server, _s) = pair(&l).await;
+        let short = Duration::from_millis(20);
+        assert_eq!(first_word(&client, &server, short).await, FirstWord::Neither);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_on_both_sides_ends_at_the_bound() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut client, _app) = pair(&l).await;
+        let (upstream, _server) = open_ok(&l).await;
+        let open = async { Ok::<_, ()>(upstream) };
+        let sorted = sort(&mut client, open, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(matches!(sorted, Sorted::Silent { .. }), "{sorted:?}");
+    }
+}
