@@ -16,7 +16,7 @@ use support::mesh::{
     call, calls_until_seen, endpoints, expect_only, instance_health, intercept, lists_instance,
     rss_mb, sidecar_args, start_app, wait_ready, Hello, APP_PORT, LEASE_TTL,
 };
-use support::{ms_between, path, secs, skip, strs, wait_for, words, Net};
+use support::{ms_between, path, secs, strs, wait_for, words, Net};
 
 /// Port of mesh-control inside the control pod.
 const CONTROL_PORT: u16 = 15010;
@@ -27,11 +27,7 @@ const PROPAGATION_BUDGET_MS: u128 = 1000;
 
 /// The harness itself: two pods, an app in one, curl from the other, and
 /// nothing left behind.
-#[test]
 fn harness_pods_talk() {
-    if skip() {
-        return;
-    }
     let ns_names;
     {
         let net = Net::new("ht");
@@ -74,11 +70,7 @@ fn harness_pods_talk() {
 
 /// The story of one small mesh: a control plane, a `hello` service that
 /// grows and shrinks, and callers in transparent and explicit mode.
-#[test]
 fn hello_mesh_in_namespaces() {
-    if skip() {
-        return;
-    }
     let ctl = mesh_ctl();
     let net = Net::new("e2e");
 
@@ -266,4 +258,15 @@ fn hello_mesh_in_namespaces() {
     // Everything still running stops when `net` is dropped.
     drop(client_proxy);
     drop(hello1);
+}
+
+fn main() -> std::process::ExitCode {
+    use support::stories::Need::Pods;
+    support::stories::run(
+        "e2e_netns",
+        stories![
+            [Pods] => harness_pods_talk,
+            [Pods] => hello_mesh_in_namespaces,
+        ],
+    )
 }

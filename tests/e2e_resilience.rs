@@ -27,7 +27,7 @@ mod shedding;
 use std::time::{Duration, Instant};
 use support::fault::{median_ms, percentile_ms, Call, Fault};
 use support::resilience::{LoadOpts, Mesh};
-use support::{secs, skip, wait_for};
+use support::{secs, wait_for};
 
 /// Fast failures must be fast: no upstream, no waiting.
 const FAST_MS: f64 = 100.0;
@@ -40,11 +40,7 @@ fn outcome(c: &Call) -> (u16, Option<&str>) {
 /// At 100 % failures the breaker opens after minRequests calls; then calls
 /// fail fast without reaching the upstream; after openFor one probe goes
 /// through and, the upstream healed, the breaker closes.
-#[test]
 fn breaker_opens_fails_fast_then_half_opens_and_closes() {
-    if skip() {
-        return;
-    }
     let mesh = Mesh::start("rbk");
     let flaky = mesh.upstream("flaky", "flaky-1", &Fault::default());
     mesh.apply_ok(
@@ -122,11 +118,7 @@ outlier: { consecutiveFailures: 100000 }
 
 /// Calls slower than slowCall.duration count as slow; at slowCall.rate
 /// over minRequests calls the breaker opens although every call succeeded.
-#[test]
 fn slow_calls_open_the_breaker() {
-    if skip() {
-        return;
-    }
     let mesh = Mesh::start("rsl");
     let sluggish = mesh.upstream("sluggish", "sluggish-1", &Fault::default());
     mesh.apply_ok(
@@ -163,11 +155,7 @@ outlier: { consecutiveFailures: 100000 }
 }
 
 /// With the breaker open, the static fallback answers instead of a 503.
-#[test]
 fn open_breaker_answers_with_the_static_fallback() {
-    if skip() {
-        return;
-    }
     let mesh = Mesh::start("rfb");
     let catalog = mesh.upstream("catalog", "catalog-1", &Fault::failing(500));
     mesh.apply_ok(
@@ -214,4 +202,20 @@ fallback: { status: 200, headers: { content-type: application/json }, body: '{"i
         "fallback while open: p50 {:.2} ms over 20 calls",
         median_ms(&answered.results)
     );
+}
+
+fn main() -> std::process::ExitCode {
+    use support::stories::Need::Pods;
+    support::stories::run(
+        "e2e_resilience",
+        stories![
+            [Pods] => breaker_opens_fails_fast_then_half_opens_and_closes,
+            [Pods] => slow_calls_open_the_breaker,
+            [Pods] => open_breaker_answers_with_the_static_fallback,
+            [Pods] => endpoints::retries_hide_resets_spare_received_posts_and_keep_to_their_budget,
+            [Pods] => endpoints::outlier_is_ejected_and_returns_after_eject_for,
+            [Pods] => shedding::full_bulkhead_rejects_at_once_and_spares_other_services,
+            [Pods] => shedding::a_tighter_bulkhead_applies_live_without_resets,
+        ],
+    )
 }

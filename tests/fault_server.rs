@@ -110,7 +110,6 @@ impl Conn {
     }
 }
 
-#[test]
 fn serves_its_name_over_keep_alive_and_counts_only_app_requests() {
     let server = start("fs", &Fault::default());
     let mut conn = server.connect();
@@ -138,7 +137,6 @@ fn serves_its_name_over_keep_alive_and_counts_only_app_requests() {
     assert_eq!(server.stats(), Stats::default());
 }
 
-#[test]
 fn each_knob_acts_and_unspecified_knobs_keep_their_values() {
     let server = start("fs", &Fault::default());
 
@@ -214,7 +212,6 @@ fn each_knob_acts_and_unspecified_knobs_keep_their_values() {
     assert!(body.contains("failure_rate"), "{body}");
 }
 
-#[test]
 fn start_flags_set_the_initial_knobs() {
     let server = start(
         "fs",
@@ -234,4 +231,16 @@ fn start_flags_set_the_initial_knobs() {
     assert_eq!(fault["latency_ms"], 10, "{fault}");
     assert_eq!(fault["hang"], false, "{fault}");
     server.proc.assert_running();
+}
+
+fn main() -> std::process::ExitCode {
+    use support::stories::PYTHON3;
+    support::stories::run(
+        "fault_server",
+        stories![
+            [PYTHON3] => serves_its_name_over_keep_alive_and_counts_only_app_requests,
+            [PYTHON3] => each_knob_acts_and_unspecified_knobs_keep_their_values,
+            [PYTHON3] => start_flags_set_the_initial_knobs,
+        ],
+    )
 }

@@ -135,15 +135,6 @@ fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn available(program: &str, arg: &str) -> bool {
-    Command::new(program)
-        .arg(arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn default_args(netns: &str) -> InitArgs {
     let cmd = InitArgs::augment_args(Cli::new("init").no_binary_name(true));
     let matches = cmd.try_get_matches_from(Vec::<String>::new()).unwrap();
@@ -152,16 +143,7 @@ fn default_args(netns: &str) -> InitArgs {
     args
 }
 
-#[test]
 fn install_redirect_remove_in_a_namespace() {
-    let root = nix::unistd::Uid::effective().is_root();
-    let tools = ["iptables", "ip", "python3", "curl"]
-        .iter()
-        .all(|p| available(p, if *p == "ip" { "-V" } else { "--version" }));
-    if !root || !tools {
-        println!("skipping: needs root and iptables (plus ip, python3, curl)");
-        return;
-    }
     let mut ns = Netns::create();
     let args = default_args(&ns.name);
 
@@ -259,11 +241,7 @@ fn nothing_accepted(listener: &TcpListener) {
     }
 }
 
-#[test]
 fn inbound_redirect_from_another_pod() {
-    if support::skip() {
-        return;
-    }
     let net = support::Net::new("mi");
     let pod = net.pod("app");
     let caller = net.pod("caller");
@@ -341,4 +319,15 @@ fn inbound_redirect_from_another_pod() {
     let err = connect_from(caller.ns(), target).expect_err("no redirect after remove");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
     nothing_accepted(&listener);
+}
+
+fn main() -> std::process::ExitCode {
+    use support::stories::Need::Pods;
+    support::stories::run(
+        "intercept",
+        stories![
+            [Pods] => install_redirect_remove_in_a_namespace,
+            [Pods] => inbound_redirect_from_another_pod,
+        ],
+    )
 }

@@ -125,7 +125,6 @@ fn text(out: &Output) -> String {
     )
 }
 
-#[test]
 fn malformed_policies_are_refused_by_field_and_change_nothing() {
     let control = start_control();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -232,4 +231,12 @@ fn malformed_policies_are_refused_by_field_and_change_nothing() {
         Some(before),
         "the stored policy changed"
     );
+}
+
+fn main() -> std::process::ExitCode {
+    use support::stories::CURL;
+    support::stories::run(
+        "policy_bad_input",
+        stories![[CURL] => malformed_policies_are_refused_by_field_and_change_nothing],
+    )
 }

@@ -210,7 +210,6 @@ impl Mesh {
     }
 }
 
-#[test]
 fn explicit_mode_routes_and_answers_its_own_errors() {
     let mesh = Mesh::start();
     let (_a, pa) = app(mesh.dir.path(), "hello-a");
@@ -293,7 +292,6 @@ fn explicit_mode_routes_and_answers_its_own_errors() {
     assert_eq!(status, 200, "proxy stopped serving after bad input");
 }
 
-#[test]
 fn registration_reaches_a_running_proxy_fast() {
     let mesh = Mesh::start();
     let (_a, pa) = app(mesh.dir.path(), "late");
@@ -322,7 +320,6 @@ fn registration_reaches_a_running_proxy_fast() {
     assert_eq!((status, body(&text)), (200, "late"));
 }
 
-#[test]
 fn sigterm_deregisters_drains_and_exits_zero() {
     let mesh = Mesh::start();
     // An upstream that takes a second to answer, so a request is in flight.
@@ -382,7 +379,6 @@ fn sigterm_deregisters_drains_and_exits_zero() {
 /// the mesh (here on loopback), `--proxytunnel` reaches a mesh service by
 /// name (opaque, balanced per connection), and an unknown name is refused
 /// with the mesh's error before any tunnel opens.
-#[test]
 fn connect_tunnels_tls_and_mesh_names() {
     let mesh = Mesh::start();
     let dir = mesh.dir.path();
@@ -462,7 +458,6 @@ fn connect_tunnels_tls_and_mesh_names() {
 /// A chunked POST has no length to buffer ahead by: it streams to the
 /// endpoint and is copied on the way. When the chosen endpoint refuses
 /// the connection, the retry on the live one carries the whole body.
-#[test]
 fn streamed_bodies_survive_a_connect_failure() {
     let mesh = Mesh::start();
     let dir = mesh.dir.path();
@@ -506,4 +501,18 @@ fn streamed_bodies_survive_a_connect_failure() {
         Some(3.0),
         "one retry per call that met the dead endpoint"
     );
+}
+
+fn main() -> std::process::ExitCode {
+    use support::stories::{CURL, OPENSSL, PYTHON3};
+    support::stories::run(
+        "proxy_loopback",
+        stories![
+            [CURL, PYTHON3] => explicit_mode_routes_and_answers_its_own_errors,
+            [CURL, PYTHON3] => registration_reaches_a_running_proxy_fast,
+            [CURL, PYTHON3] => sigterm_deregisters_drains_and_exits_zero,
+            [CURL, PYTHON3, OPENSSL] => connect_tunnels_tls_and_mesh_names,
+            [CURL, PYTHON3] => streamed_bodies_survive_a_connect_failure,
+        ],
+    )
 }

@@ -13,16 +13,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-use support::{control_bin, ctl, ctl_bin, json, start_control, stderr, stdout};
+use support::{ctl, ctl_bin, json, start_control, stderr, stdout};
 
 #[test]
 fn register_list_deregister_through_the_cli() {
-    let Some(bin) = control_bin() else {
-        eprintln!("SKIPPED: no mesh-control next to {}", ctl_bin().display());
-        return;
-    };
     let data = tempfile::tempdir().expect("tempdir");
-    let (_daemon, url) = start_control(&bin, data.path());
+    let control = start_control(data.path());
+    let url = control.url.clone();
 
     let out = ctl(
         &url,
@@ -112,12 +109,9 @@ fn register_list_deregister_through_the_cli() {
 
 #[test]
 fn watch_prints_changes_and_exits_0_on_ctrl_c() {
-    let Some(bin) = control_bin() else {
-        eprintln!("SKIPPED: no mesh-control next to {}", ctl_bin().display());
-        return;
-    };
     let data = tempfile::tempdir().expect("tempdir");
-    let (_daemon, url) = start_control(&bin, data.path());
+    let control = start_control(data.path());
+    let url = control.url.clone();
 
     let mut watch = Command::new(ctl_bin())
         .env_remove("MESH_OUTPUT")

@@ -3,11 +3,12 @@
 
 mod support;
 
-use support::{ctl, free_port, stderr};
+use support::{ctl, refusing, stderr};
 
 #[test]
 fn unreachable_control_plane_is_one_line_and_exit_1() {
-    let url = format!("http://127.0.0.1:{}", free_port());
+    let closed = refusing();
+    let url = closed.url.clone();
     for args in [
         &["services"][..],
         &["status"],
@@ -35,7 +36,8 @@ fn unreachable_control_plane_is_one_line_and_exit_1() {
 #[test]
 fn bad_usage_and_bad_input_exit_2() {
     // Never contacted: every case fails before a request is sent.
-    let url = format!("http://127.0.0.1:{}", free_port());
+    let closed = refusing();
+    let url = closed.url.clone();
     let cases: &[(&[&str], &str)] = &[
         (&[], "Usage"),
         (&["frobnicate"], "unrecognized subcommand"),
@@ -70,12 +72,24 @@ fn bad_usage_and_bad_input_exit_2() {
 
 #[test]
 fn control_url_comes_from_the_environment() {
-    let url = format!("http://127.0.0.1:{}", free_port());
-    let out = std::process::Command::new(support::ctl_bin())
-        .env("MESH_CONTROL_URL", &url)
-        .arg("status")
-        .output()
-        .expect("run mesh-ctl");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains(&url), "{}", stderr(&out));
+    let closed = refusing();
+    // MESH_CONTROL, as for mesh-proxy; MESH_CONTROL_URL is its old name,
+    // still read (with a warning) when MESH_CONTROL is not set.
+    for (var, warns) in [("MESH_CONTROL", false), ("MESH_CONTROL_URL", true)] {
+        let out = std::process::Command::new(support::ctl_bin())
+            .env_remove("MESH_CONTROL")
+            .env_remove("MESH_CONTROL_URL")
+            .env(var, &closed.url)
+            .arg("status")
+            .output()
+            .expect("run mesh-ctl");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{var}: {err}");
+        assert!(err.contains(&closed.url), "{var}: {err}");
+        assert_eq!(
+            err.contains("MESH_CONTROL_URL is deprecated"),
+            warns,
+            "{var}: {err}"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-use support::{ctl_bin, free_port, stderr, stdout};
+use support::{ctl_bin, refusing, stderr, stdout};
 
 const STATE: &str = r#"{"control": "http://127.0.0.1:15010", "control_connected": true,
   "registry": {"revision": 7, "services": [
@@ -120,7 +120,8 @@ fn live_mode_redraws_until_ctrl_c() {
 
 #[test]
 fn failures_exit_1_and_bad_urls_exit_2() {
-    let refused = format!("http://127.0.0.1:{}", free_port());
+    let closed = refusing();
+    let refused = closed.url.clone();
     let out = top(&["--admin", &refused, "--once"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

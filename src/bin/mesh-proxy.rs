@@ -21,7 +21,13 @@ struct Cli {
     run: ProxyArgs,
     /// Log line format on stderr: `text` (coloured only on a terminal) or
     /// `json` (one object per line).
-    #[arg(long, global = true, env = "MESH_LOG_FORMAT", value_enum, default_value_t)]
+    #[arg(
+        long,
+        global = true,
+        env = "MESH_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
     log_format: LogFormat,
 }
 

@@ -336,7 +336,11 @@ impl ProxyMetrics {
     /// (endpoint gauges start empty, so a removed service leaves none),
     /// then the exposition for a scraper that sent `accept` is encoded.
     /// Returns (content type, text).
-    pub fn scrape(&self, set_gauges: impl FnOnce(), accept: Option<&str>) -> (&'static str, String) {
+    pub fn scrape(
+        &self,
+        set_gauges: impl FnOnce(),
+        accept: Option<&str>,
+    ) -> (&'static str, String) {
         let _one_at_a_time = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         self.endpoints.clear();
         set_gauges();

@@ -2,13 +2,13 @@
 //! (CPU, memory, file descriptors, start time), read from `/proc` at each
 //! scrape so they cost nothing between scrapes.
 
+use procfs::process::{LimitValue, Process};
+use procfs::WithCurrentSystemInfo;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use procfs::process::{LimitValue, Process};
-use procfs::WithCurrentSystemInfo;
 
 /// Registers the process collector at `registry`'s root (the names carry
 /// no program prefix: dashboards match `process_*` across programs).

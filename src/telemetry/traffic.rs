@@ -2,11 +2,11 @@
 //! opaque destinations, and requests the inbound side let through to the
 //! app, by caller.
 
+use super::metrics::latency_histogram;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use super::metrics::latency_histogram;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -34,6 +34,13 @@ struct PortLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EarlyLabels {
+    service: String,
+    port: u16,
+    first: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InboundLabels {
     caller: String,
     class: &'static str,
@@ -56,6 +63,7 @@ pub struct TrafficMetrics {
     tls: Family<SniLabels, Counter>,
     sni_seen: std::sync::Mutex<std::collections::HashSet<String>>,
     learned_opaque: Family<PortLabels, Counter>,
+    early_connects: Family<EarlyLabels, Counter>,
     inbound_requests: Family<InboundLabels, Counter>,
     inbound_latency: Family<CallerLabel, Histogram, fn() -> Histogram>,
     inbound_rejections: Family<ReasonLabel, Counter>,
@@ -72,6 +80,7 @@ impl TrafficMetrics {
             tls: Family::default(),
             sni_seen: Default::default(),
             learned_opaque: Family::default(),
+            early_connects: Family::default(),
             inbound_requests: Family::default(),
             inbound_latency: Family::new_with_constructor(latency_histogram),
             inbound_rejections: Family::default(),
@@ -90,8 +99,13 @@ impl TrafficMetrics {
         );
         registry.register(
             "detect_learned_opaque",
-            "Service ports whose protocol detection timed out (client silent: a server-speaks-first protocol) and that are now treated as opaque; declare them in the policy's opaquePorts",
+            "Service ports learned opaque because the server spoke first (a server-speaks-first protocol); declare them in the policy's opaquePorts",
             m.learned_opaque.clone(),
+        );
+        registry.register(
+            "detect_early_connects",
+            "Connections to an undeclared port whose endpoint was connected before the client spoke, by who then spoke first (client, server, neither); ports known client-first or opaque skip this. service=\"(inbound)\" for the inbound side",
+            m.early_connects.clone(),
         );
         registry.register(
             "inbound_requests",
@@ -156,6 +170,18 @@ impl TrafficMetrics {
             .get_or_create(&PortLabels {
                 service: service.to_string(),
                 port,
+            })
+            .inc();
+    }
+
+    /// A connection sorted by who spoke first (`first`: client, server or
+    /// neither), with the upstream opened early.
+    pub fn early_connect(&self, service: &str, port: u16, first: &'static str) {
+        self.early_connects
+            .get_or_create(&EarlyLabels {
+                service: service.to_string(),
+                port,
+                first,
             })
             .inc();
     }

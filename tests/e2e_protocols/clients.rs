@@ -5,14 +5,23 @@
 
 use crate::support::fault::server_args;
 use crate::support::fault::Fault;
-use crate::support::protocols::{have_tools, json_line, peer, stdout_ok, ServerSpec};
+use crate::support::protocols::{json_line, peer, stdout_ok, ServerSpec};
 use crate::support::resilience::Mesh;
-use crate::support::{secs, skip, strs};
-use crate::{Tool, NODE};
+use crate::support::stories::{tool, Need};
+use crate::support::{secs, strs};
+
 use serde_json::Value;
 
-const JAVA: Tool = ("java", &["-version"]);
-const WEBSOCKETS: Tool = ("python3", &["-c", "import websockets.sync.client"]);
+pub const JAVA: Need = tool(
+    "java",
+    &["-version"],
+    "apt-get install openjdk-17-jdk-headless",
+);
+pub const WEBSOCKETS: Need = tool(
+    "python3",
+    &["-c", "import websockets.sync.client"],
+    "pip install 'websockets>=15'",
+);
 
 const WEB_PORT: u16 = 8000;
 const WS_PORT: u16 = 8765;
@@ -48,11 +57,7 @@ fn seen(echo: &str) -> (String, String, Vec<String>) {
 /// `java HttpCheck.java URL`: GET and POST answered 200 over HTTP/1.1;
 /// the POST body arrives; the upgrade request never reaches the app (its
 /// `Upgrade`/`HTTP2-Settings` are hop-by-hop).
-#[test]
-fn java_httpclient_with_default_settings() {
-    if skip() || !have_tools("Java story", &[JAVA]) {
-        return;
-    }
+pub fn java_httpclient_with_default_settings() {
     let (mesh, _web) = web_mesh("pjv");
     let url = format!("http://web.mesh:{WEB_PORT}/_echo");
     // The source launcher compiles in memory first: seconds, not millis.
@@ -79,11 +84,7 @@ fn java_httpclient_with_default_settings() {
 }
 
 /// `node node_client.js URL`: GET and POST with node's `http` module.
-#[test]
-fn node_http_client() {
-    if skip() || !have_tools("node story", &[NODE]) {
-        return;
-    }
+pub fn node_http_client() {
     let (mesh, _web) = web_mesh("pnd");
     let url = format!("http://web.mesh:{WEB_PORT}/_echo");
     let out = mesh
@@ -114,11 +115,7 @@ fn node_http_client() {
 
 /// A WebSocket through the mesh: the server's greeting after the 101, then
 /// 20 echoes (the last one 100 kB).
-#[test]
-fn websocket_echo() {
-    if skip() || !have_tools("WebSocket story", &[WEBSOCKETS]) {
-        return;
-    }
+pub fn websocket_echo() {
     let mesh = Mesh::start("pws");
     let port = WS_PORT.to_string();
     let app = [

@@ -6,7 +6,7 @@
 use crate::support::fault::{server_args, Fault};
 use crate::support::protocols::{metric, metrics, ServerSpec};
 use crate::support::resilience::{LoadOpts, Mesh};
-use crate::support::{skip, strs};
+use crate::support::strs;
 use serde_json::Value;
 
 const APP_PORT: u16 = 8000;
@@ -25,11 +25,7 @@ fn fault_app(name: &str, initial: &Fault) -> Vec<String> {
 /// `--inbound-max-concurrent 2`, an app taking 1 s per call, 3 concurrent
 /// POSTs: two reach the app, the third is rejected at once with 503
 /// `overloaded`, and the app never has more than 2 in flight.
-#[test]
-fn inbound_limit_rejects_the_third_concurrent_call() {
-    if skip() {
-        return;
-    }
+pub fn inbound_limit_rejects_the_third_concurrent_call() {
     let mesh = Mesh::start("pil");
     let app = fault_app("busy-1", &Fault::latency_ms(1000));
     let spec = ServerSpec::argv("busy", "busy-1", APP_PORT, &strs(&app))
@@ -87,11 +83,7 @@ fn busy_stats(server: &crate::support::protocols::Server) -> Value {
 /// caller's IP in `x-forwarded-for` and `forwarded`, and a valid generated
 /// traceparent; a given traceparent keeps its trace id; an invalid one is
 /// replaced.
-#[test]
-fn inbound_header_hygiene_and_traceparent() {
-    if skip() {
-        return;
-    }
+pub fn inbound_header_hygiene_and_traceparent() {
     let mesh = Mesh::start("phh");
     let app = fault_app("echo-1", &Fault::default());
     let _echo = mesh.server(ServerSpec::argv("echo", "echo-1", APP_PORT, &strs(&app)));

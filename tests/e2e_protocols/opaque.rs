@@ -1,33 +1,42 @@
-//! Opaque TCP by logical name: redis and PostgreSQL on their well-known
-//! ports (opaque by default: no detection), and a server-speaks-first
-//! banner on an undeclared port, where detection must give up quickly
-//! (`--detect-timeout`, 50 ms) and then remember the port as opaque.
+//! Opaque TCP by logical name, and detection on undeclared ports: redis
+//! and PostgreSQL on their well-known ports (opaque by default: no
+//! detection); a server-speaks-first banner on an undeclared port, which
+//! the early endpoint connection reveals at once (and the port is then
+//! remembered opaque); a client that waits before its HTTP request, which
+//! still gets HTTP (and the port is then remembered client-first).
 
+use crate::support::fault::{server_args, Fault};
 use crate::support::postgres::Postgres;
 use crate::support::protocols::ServerSpec;
-use crate::support::protocols::{have_tools, json_line, metric, metrics, peer, stdout_ok};
+use crate::support::protocols::{json_line, metric, metrics, peer, stdout_ok};
 use crate::support::resilience::Mesh;
-use crate::support::{path, secs, skip, strs, wait_for};
-use crate::Tool;
+use crate::support::stories::{tool, Need};
+use crate::support::{path, secs, strs, wait_for};
+use serde_json::Value;
 
-const REDIS_SERVER: Tool = ("redis-server", &["--version"]);
-const REDIS_CLI: Tool = ("redis-cli", &["--version"]);
-const PSQL: Tool = ("psql", &["--version"]);
-const INITDB: Tool = ("sh", &["-c", "ls /usr/lib/postgresql/*/bin/initdb"]);
-const RUNUSER: Tool = ("runuser", &["--version"]);
-const SOCAT: Tool = ("socat", &["-V"]);
+pub const REDIS_SERVER: Need = tool(
+    "redis-server",
+    &["--version"],
+    "apt-get install redis-server",
+);
+pub const REDIS_CLI: Need = tool("redis-cli", &["--version"], "apt-get install redis-tools");
+pub const PSQL: Need = tool("psql", &["--version"], "apt-get install postgresql-client");
+pub const INITDB: Need = tool(
+    "sh",
+    &["-c", "ls /usr/lib/postgresql/*/bin/initdb"],
+    "apt-get install postgresql",
+);
+pub const RUNUSER: Need = tool("runuser", &["--version"], "apt-get install util-linux");
+pub const SOCAT: Need = tool("socat", &["-V"], "apt-get install socat");
 
 const BANNER_PORT: u16 = 7777;
 /// The first byte of a server-speaks-first protocol may not wait longer.
-const FIRST_BYTE_BUDGET_MS: f64 = 200.0;
+const FIRST_BYTE_BUDGET_MS: f64 = 100.0;
 const LEARNED: &str = "mesh_detect_learned_opaque_total";
+const EARLY: &str = "mesh_detect_early_connects_total";
 
 /// redis-cli SET then GET against redis-server by logical name.
-#[test]
-fn redis_by_logical_name() {
-    if skip() || !have_tools("redis story", &[REDIS_SERVER, REDIS_CLI]) {
-        return;
-    }
+pub fn redis_by_logical_name() {
     let mesh = Mesh::start("prd");
     let app = [
         "redis-server",
@@ -57,11 +66,7 @@ fn redis_by_logical_name() {
 }
 
 /// psql `select 42` against PostgreSQL by logical name.
-#[test]
-fn postgres_by_logical_name() {
-    if skip() || !have_tools("PostgreSQL story", &[PSQL, INITDB, RUNUSER]) {
-        return;
-    }
+pub fn postgres_by_logical_name() {
     let mesh = Mesh::start("ppg");
     let pg = Postgres::init(&mesh.net, "db-1").unwrap_or_else(|e| panic!("initdb: {e}"));
     let app = pg.server_argv(5432);
@@ -76,22 +81,22 @@ fn postgres_by_logical_name() {
 }
 
 /// socat's `echo banner; cat` on port 7777, which no one declared opaque:
-/// the banner arrives within 200 ms on the first connection (detection
-/// times out) and on a later one (learned), both ways work, and the client
-/// sidecar's learned-opaque counter for (banner, 7777) goes 0 → 1.
-#[test]
-fn server_speaks_first_on_an_undeclared_port() {
-    if skip() || !have_tools("banner story", &[SOCAT]) {
-        return;
-    }
+/// the banner arrives within 100 ms on the first connection (the endpoint
+/// was connected at once, and its greeting decided) and on a later one
+/// (learned: no early connect, no detection), both ways work, and the
+/// client sidecar's learned-opaque counter for (banner, 7777) goes 0 → 1.
+pub fn server_speaks_first_on_an_undeclared_port() {
     let mesh = Mesh::start("pbn");
     let listen = format!("TCP-LISTEN:{BANNER_PORT},reuseaddr,fork");
     let app = ["socat", &listen, "SYSTEM:echo banner; exec cat"];
     let _banner = mesh.server(ServerSpec::argv("banner", "banner-1", BANNER_PORT, &app));
     let port = BANNER_PORT.to_string();
     let labels = [("service", "banner"), ("port", port.as_str())];
-    let learned = || metric(&metrics(&mesh.client), LEARNED, &labels).unwrap_or(0.0);
-    assert_eq!(learned(), 0.0, "learned before any connection");
+    let count = |name: &str, extra: &[(&str, &str)]| {
+        let all: Vec<(&str, &str)> = labels.iter().chain(extra).copied().collect();
+        metric(&metrics(&mesh.client), name, &all).unwrap_or(0.0)
+    };
+    assert_eq!(count(LEARNED, &[]), 0.0, "learned before any connection");
 
     let connect = |which: &str| {
         let args = [
@@ -112,32 +117,112 @@ fn server_speaks_first_on_an_undeclared_port() {
         );
         ms
     };
-    connect("first (detection times out)");
+    connect("first (sorted: the server spoke first)");
     wait_for("the learned-opaque counter to reach 1", secs(2), || {
-        (learned() == 1.0).then_some(())
+        (count(LEARNED, &[]) == 1.0).then_some(())
     });
+    assert_eq!(count(EARLY, &[("first", "server")]), 1.0);
     connect("second (learned)");
-    assert_eq!(learned(), 1.0, "a learned port is not detected again");
-    let (status, state) = mesh.client.curl("http://127.0.0.1:15000/state", &[]);
-    assert_eq!(status, 200, "{state}");
-    let state: serde_json::Value = serde_json::from_str(&state).expect("/state JSON");
+    assert_eq!(count(LEARNED, &[]), 1.0);
+    assert_eq!(
+        count(EARLY, &[]),
+        1.0,
+        "a port learned opaque is relayed without sorting again"
+    );
+    let state = state(&mesh.client);
     assert_eq!(
         state["learned_opaque"],
         serde_json::json!([format!("banner:{port}")])
     );
 }
 
-const OPENSSL: Tool = ("openssl", &["version"]);
+/// A client that connects and waits 500 ms before its HTTP request (ten
+/// times the old 50 ms detection timeout) to an undeclared port: the
+/// request gets the HTTP path (the mesh's headers reach the app, a forged
+/// `x-mesh-*` does not, it is counted as a request), the port is then known
+/// client-first, and the next connection opens no endpoint early.
+pub fn a_slow_client_still_gets_http() {
+    let mesh = Mesh::start("psl");
+    let app = [
+        &["python3".to_string()][..],
+        &server_args("0.0.0.0", ECHO_PORT, "echo-1", &Fault::default()),
+    ]
+    .concat();
+    let _echo = mesh.server(ServerSpec::argv("echo", "echo-1", ECHO_PORT, &strs(&app)));
+    let port = ECHO_PORT.to_string();
+    let args = [
+        &peer("slow_http_client.py"),
+        "--host",
+        "echo.mesh",
+        "--port",
+        &port,
+        "--path",
+        "/_echo",
+        "--wait",
+        "0.5",
+    ];
+    let out = mesh.client.run_with("python3", &args, &[], secs(10));
+    let r = json_line("slow_http_client.py", &out);
+    assert_eq!(r["status"], 200, "{r}");
+    assert!(r["waited_ms"].as_f64() >= Some(500.0), "{r}");
+    let seen: Value = serde_json::from_str(r["body"].as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("the app's /_echo answer: {e}: {r}"));
+    let names: Vec<String> = seen["headers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h[0].as_str().map(str::to_ascii_lowercase))
+        .collect();
+    for added in ["traceparent", "via", "x-forwarded-for"] {
+        assert!(names.iter().any(|n| n == added), "{added} in {names:?}");
+    }
+    assert!(
+        !names.iter().any(|n| n.starts_with("x-mesh-")),
+        "a forged x-mesh-* header reached the app: {names:?}"
+    );
+    let text = metrics(&mesh.client);
+    let svc = [("service", "echo")];
+    assert_eq!(
+        metric(&text, "mesh_requests_total", &svc),
+        Some(1.0),
+        "{text}"
+    );
+    let early = [("service", "echo"), ("port", port.as_str())];
+    assert_eq!(
+        metric(&text, EARLY, &[early[0], early[1], ("first", "client")]),
+        Some(1.0)
+    );
+
+    // Known client-first now: curl's connection is detected at once.
+    let (status, _) = mesh.client.curl(&format!("http://echo.mesh:{port}/"), &[]);
+    assert_eq!(status, 200);
+    let text = metrics(&mesh.client);
+    assert_eq!(metric(&text, "mesh_requests_total", &svc), Some(2.0));
+    assert_eq!(
+        metric(&text, EARLY, &early),
+        Some(1.0),
+        "no second early connect"
+    );
+    assert_eq!(
+        state(&mesh.client)["learned_client_first"],
+        serde_json::json!([format!("echo:{port}")])
+    );
+}
+
+const ECHO_PORT: u16 = 8000;
 const TLS_PORT: u16 = 8443;
+
+/// The client sidecar's `/state`.
+fn state(pod: &crate::support::Pod) -> Value {
+    let (status, state) = pod.curl("http://127.0.0.1:15000/state", &[]);
+    assert_eq!(status, 200, "{state}");
+    serde_json::from_str(&state).expect("/state JSON")
+}
 
 /// TLS to a service on an undeclared port: the ClientHello is detected,
 /// relayed as opaque TCP end to end (the mesh never terminates it), and
 /// the client sidecar counts the connection under the SNI curl sent.
-#[test]
-fn tls_is_relayed_opaque_and_its_sni_counted() {
-    if skip() || !have_tools("TLS story", &[OPENSSL]) {
-        return;
-    }
+pub fn tls_is_relayed_opaque_and_its_sni_counted() {
     let mesh = Mesh::start("ptl");
     let dir = mesh.net.subdir("tls");
     let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));

@@ -2,10 +2,10 @@
 //! instance (but never repeat a POST it received, and stay within their
 //! budget), and outlier ejection of an instance that answers 500.
 
+use crate::outcome;
 use crate::support::fault::{Fault, Load};
 use crate::support::resilience::{endpoint_state, epoch_ms, LoadOpts, Mesh};
 use crate::support::secs;
-use crate::{outcome, skip};
 
 const RETRY_POLICIES: &str = "kind: ServicePolicy
 service: pair
@@ -30,11 +30,7 @@ outlier: { consecutiveFailures: 100000 }
 /// `pair`: one good and one resetting instance. `solo`: only a resetting
 /// instance (so a POST surely lands on it). `down`: two instances that
 /// always answer 503.
-#[test]
-fn retries_hide_resets_spare_received_posts_and_keep_to_their_budget() {
-    if skip() {
-        return;
-    }
+pub fn retries_hide_resets_spare_received_posts_and_keep_to_their_budget() {
     let mesh = Mesh::start("rrt");
     let _good = mesh.upstream("pair", "pair-ok", &Fault::default());
     let resetting = mesh.upstream("pair", "pair-reset", &Fault::resetting());
@@ -132,11 +128,7 @@ fn retries_hide_resets_spare_received_posts_and_keep_to_their_budget() {
 /// One of three instances answers 500: after 3 consecutive failures it is
 /// ejected, the others carry the traffic, and healed it returns after
 /// ejectFor.
-#[test]
-fn outlier_is_ejected_and_returns_after_eject_for() {
-    if skip() {
-        return;
-    }
+pub fn outlier_is_ejected_and_returns_after_eject_for() {
     let mesh = Mesh::start("rol");
     let _t1 = mesh.upstream("trio", "trio-1", &Fault::default());
     let _t2 = mesh.upstream("trio", "trio-2", &Fault::default());

@@ -5,7 +5,7 @@
 use crate::support::fault::{median_ms, percentile_ms, Fault, Stats};
 use crate::support::resilience::{LoadOpts, Mesh, PROPAGATION};
 use crate::support::{secs, wait_for};
-use crate::{outcome, skip, FAST_MS};
+use crate::{outcome, FAST_MS};
 use std::time::Duration;
 
 /// A healthy service's latency may grow this much while another is full.
@@ -13,11 +13,7 @@ const NEIGHBOUR_SLACK_MS: f64 = 20.0;
 
 /// The upstream hangs and holds maxConcurrent calls: the next one gets 503
 /// `bulkhead-full` at once, and calls to `other` keep their latency.
-#[test]
-fn full_bulkhead_rejects_at_once_and_spares_other_services() {
-    if skip() {
-        return;
-    }
+pub fn full_bulkhead_rejects_at_once_and_spares_other_services() {
     let mesh = Mesh::start("rbh");
     let stuck = mesh.upstream("stuck", "stuck-1", &Fault::default());
     let _other = mesh.upstream("other", "other-1", &Fault::default());
@@ -99,11 +95,7 @@ outlier: { consecutiveFailures: 100000 }
 
 /// Under a steady load, `maxConcurrent: 1` applied live: rejections start
 /// within a second, and no call fails at the transport level (no reset).
-#[test]
-fn a_tighter_bulkhead_applies_live_without_resets() {
-    if skip() {
-        return;
-    }
+pub fn a_tighter_bulkhead_applies_live_without_resets() {
     let mesh = Mesh::start("rlv");
     let steady = mesh.upstream("steady", "steady-1", &Fault::latency_ms(200));
     let policy = |max: u32| {

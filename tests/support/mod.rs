@@ -2,7 +2,8 @@
 //! (`netns`), processes with logs and timeouts (`proc`), the binaries under
 //! test (`bins`), the fault-injecting upstream and load generator
 //! (`fault`), the resilience scenarios' cast (`resilience`), the protocol
-//! scenarios' servers and peers (`protocols`, `postgres`, `peers/`), and
+//! scenarios' servers and peers (`protocols`, `postgres`, `peers/`), the
+//! story harness that skips what a machine cannot run (`stories`), and
 //! bounded polling.
 //!
 //! Tests wait for state by polling with a deadline, never by sleeping.
@@ -15,23 +16,13 @@ pub mod postgres;
 pub mod proc;
 pub mod protocols;
 pub mod resilience;
+pub mod stories;
 
-pub use netns::{preflight, Net, Pod};
+pub use netns::{Net, Pod};
 pub use proc::Proc;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// True (after saying why) when the namespace tests cannot run here.
-pub fn skip() -> bool {
-    match preflight() {
-        Ok(()) => false,
-        Err(why) => {
-            println!("skipping: needs root, ip and iptables ({why})");
-            true
-        }
-    }
-}
 
 /// How long `poll` rests between attempts.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);

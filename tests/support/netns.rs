@@ -28,26 +28,6 @@ const LOG_TAIL_LINES: usize = 40;
 /// threads, so the pid alone is not unique).
 static NET_COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// Why end-to-end tests cannot run here, if they cannot: they need root,
-/// `ip`, `iptables`, `curl` and `python3`.
-pub fn preflight() -> Result<(), String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err("not root".into());
-    }
-    for (tool, arg) in [
-        ("ip", "-V"),
-        ("iptables", "--version"),
-        ("curl", "--version"),
-        ("python3", "--version"),
-    ] {
-        let out = run_with_timeout(command(tool, &[arg], &[]), SETUP_TIMEOUT);
-        if !out.status.success() {
-            return Err(format!("`{tool} {arg}` failed"));
-        }
-    }
-    Ok(())
-}
-
 /// One private network of pods. See the module docs.
 pub struct Net {
     inner: Arc<NetInner>,

@@ -9,7 +9,6 @@
 
 use super::bins::MESH_PROXY;
 use super::mesh::{sidecar_args, wait_ready};
-use super::proc::{command, run_with_timeout};
 use super::resilience::{endpoint_state, Mesh, PROPAGATION};
 use super::{secs, strs, wait_for, words, Pod, Proc};
 use serde_json::Value;
@@ -46,30 +45,6 @@ pub struct ServerSpec<'a> {
 /// Path of a peer program under `tests/support/peers/`.
 pub fn peer(file: &str) -> String {
     format!("{PEERS}/{file}")
-}
-
-/// Whether a story's external tools are here. A missing tool skips the
-/// story (saying so) on a developer's machine, but fails it in CI (`CI`
-/// set), where `.ci/run` must have installed everything.
-pub fn have_tools(story: &str, tools: &[(&str, &[&str])]) -> bool {
-    let missing: Vec<String> = tools
-        .iter()
-        .filter(|(program, args)| {
-            let cmd = command(program, args, &[]);
-            !run_with_timeout(cmd, secs(30)).status.success()
-        })
-        .map(|(program, args)| format!("`{program} {}`", args.join(" ")))
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!("{story}: needs {}", missing.join(", "));
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{why} (CI is set: .ci/run must install it)"
-    );
-    eprintln!("skipping {why}");
-    false
 }
 
 /// Stdout of a finished command as text; panics with its output unless it

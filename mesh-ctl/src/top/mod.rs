@@ -13,13 +13,13 @@ pub use state::ProxyState;
 use crate::cli::{Output, TopArgs};
 use crate::commands::{emit, CtlError};
 use crate::output;
-use serde::Deserialize;
 use bytes::Bytes;
 use http::{StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
 use std::time::Duration;
 
 /// ANSI: cursor home, then clear the screen.
@@ -38,7 +38,9 @@ pub async fn run(args: &TopArgs, format: Output) -> Result<(), CtlError> {
         let state = fetch(&client, &url).await?;
         if format == Output::Table {
             let parsed = ProxyState::deserialize(&state).map_err(|e| {
-                CtlError::Admin(format!("cannot read proxy state at {url}: not the /state JSON: {e}"))
+                CtlError::Admin(format!(
+                    "cannot read proxy state at {url}: not the /state JSON: {e}"
+                ))
             })?;
             return emit(frame(&args.admin, &parsed).trim_end());
         }

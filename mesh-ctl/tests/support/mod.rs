@@ -1,11 +1,10 @@
 //! Helpers for running the real mesh-ctl binary in tests.
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 /// The mesh-ctl binary under test.
 pub fn ctl_bin() -> PathBuf {
@@ -17,6 +16,7 @@ pub fn ctl_bin() -> PathBuf {
 pub fn ctl(url: &str, args: &[&str]) -> Output {
     Command::new(ctl_bin())
         .env_remove("MESH_CONTROL_URL")
+        .env_remove("MESH_CONTROL")
         .env_remove("MESH_OUTPUT")
         .arg("--control")
         .arg(url)
@@ -33,63 +33,83 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("local addr").port()
+/// A URL where nothing answers: a socket bound to a loopback port but not
+/// listening, held for the test's life, so the port cannot be taken by
+/// anyone else and every connect is refused at once.
+pub struct Refusing {
+    _socket: socket2::Socket,
+    pub url: String,
 }
 
-/// Kills the daemon when the test ends, however it ends.
-pub struct Daemon(Child);
+pub fn refusing() -> Refusing {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let any = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    socket.bind(&any.into()).expect("bind 127.0.0.1:0");
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address");
+    Refusing {
+        _socket: socket,
+        url: format!("http://{addr}"),
+    }
+}
 
-impl Drop for Daemon {
+/// mesh-control running in this test process, built from this very
+/// source (no binary on disk that could be stale), on a port the kernel
+/// picked, over `data`. Stopped when dropped.
+pub struct Control {
+    pub url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Control {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-pub fn control_bin() -> Option<PathBuf> {
-    let bin = ctl_bin().parent()?.join("mesh-control");
-    bin.exists().then_some(bin)
-}
-
-fn healthz(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let req = "GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n";
-    let mut answer = String::new();
-    s.write_all(req.as_bytes()).is_ok()
-        && s.read_to_string(&mut answer).is_ok()
-        && answer.starts_with("HTTP/1.1 200")
-}
-
-/// Starts mesh-control on a free port and waits for /healthz.
-pub fn start_control(bin: &PathBuf, data: &std::path::Path) -> (Daemon, String) {
-    let port = free_port();
-    let child = Command::new(bin)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data)
-        .env("MESH_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn mesh-control");
-    let mut daemon = Daemon(child);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !healthz(port) {
-        if let Ok(Some(status)) = daemon.0.try_wait() {
-            panic!("mesh-control exited ({status}) before serving /healthz; is it still the skeleton stub?");
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-        assert!(
-            Instant::now() < deadline,
-            "mesh-control not healthy within 15s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
-    (daemon, format!("http://127.0.0.1:{port}"))
+}
+
+pub fn start_control(data: &std::path::Path) -> Control {
+    let config = mesh::control::ControlConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: data.to_path_buf(),
+        ..Default::default()
+    };
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let server = mesh::control::ControlServer::bind(config)
+                .await
+                .expect("bind mesh-control");
+            addr_tx.send(server.local_addr()).expect("report address");
+            let stopped = async {
+                let _ = stop_rx.await;
+            };
+            server.serve(stopped).await.expect("serve mesh-control");
+        });
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("mesh-control bound within 15 s");
+    Control {
+        url: format!("http://{addr}"),
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    }
 }
 
 pub fn json<T: serde::de::DeserializeOwned>(out: &std::process::Output) -> T {
@@ -101,6 +121,7 @@ pub fn json<T: serde::de::DeserializeOwned>(out: &std::process::Output) -> T {
 pub fn ctl_stdin(url: &str, args: &[&str], input: &str) -> Output {
     let mut child = Command::new(ctl_bin())
         .env_remove("MESH_CONTROL_URL")
+        .env_remove("MESH_CONTROL")
         .env_remove("MESH_OUTPUT")
         .arg("--control")
         .arg(url)

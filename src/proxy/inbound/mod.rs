@@ -16,11 +16,11 @@ pub use self::http::InboundHttp;
 
 use super::outbound::{original_dst, DetectConfig, Learned};
 use super::protocol::{detect, fast_close, relay, sort, Detected, PrefixedIo, Protocol, Sorted};
-use bytes::Bytes;
 use super::server;
 use crate::net::{connect, ConnectOptions};
 use crate::proxy::upstream::Proto;
 use crate::telemetry::ProxyMetrics;
+use bytes::Bytes;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,14 +84,27 @@ impl InboundServer {
         // outside the mesh, redirected here, may be server-speaks-first.
         let sorted = match redirected {
             None => detect(&mut stream, timeout).await.map(client_spoke),
-            Some(_) if self.detect.opaque_ports.contains(&port) || self.learned.contains(APP, port) => {
-                return Box::pin(self.relay(PrefixedIo::new(Bytes::new(), stream), peer, app, None))
-                    .await;
+            Some(_)
+                if self.detect.opaque_ports.contains(&port) || self.learned.contains(APP, port) =>
+            {
+                return Box::pin(self.relay(
+                    PrefixedIo::new(Bytes::new(), stream),
+                    peer,
+                    app,
+                    None,
+                ))
+                .await;
             }
             Some(_) if self.learned.is_client_first(APP, port) => {
                 detect(&mut stream, timeout).await.map(client_spoke)
             }
-            Some(_) => Box::pin(sort(&mut stream, connect(app, self.connect), timeout)).await,
+            Some(_) => {
+                let sorted = Box::pin(sort(&mut stream, connect(app, self.connect), timeout)).await;
+                if let Ok(s) = &sorted {
+                    self.metrics.traffic.early_connect(APP, port, s.first());
+                }
+                sorted
+            }
         };
         let (detected, upstream) = match sorted {
             Ok(Sorted::Client { detected, upstream }) => (detected, upstream),

@@ -237,10 +237,7 @@ fn validate_inbound(args: &InitArgs) -> Result<(), InitError> {
     }
     for (other, flag) in [(args.outbound, "--outbound"), (args.dns, "--dns")] {
         if inbound == other {
-            return invalid(
-                "inbound",
-                format!("port {inbound} is also the {flag} port"),
-            );
+            return invalid("inbound", format!("port {inbound} is also the {flag} port"));
         }
     }
     for (i, &port) in args.app_ports.iter().enumerate() {

@@ -136,10 +136,7 @@ fn inbound_flags_are_checked() {
     for (flags, flag) in [
         (&["--app-port", "8000,8000"][..], "--app-port"),
         (&["--app-port", "15006"][..], "--app-port"),
-        (
-            &["--app-port", "80", "--inbound", "15001"][..],
-            "--inbound",
-        ),
+        (&["--app-port", "80", "--inbound", "15001"][..], "--inbound"),
         (
             &["--app-port", "80", "--inbound-port", "15053"][..],
             "--inbound",

@@ -204,7 +204,5 @@ pub(super) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, MeshErr
     let mut addrs = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| failed(e.to_string()))?;
-    addrs
-        .next()
-        .ok_or_else(|| failed("no address".into()))
+    addrs.next().ok_or_else(|| failed("no address".into()))
 }

@@ -31,11 +31,11 @@ use crate::net::ConnectOptions;
 use crate::proxy::protocol::{
     detect, detect_http_version, fast_close, relay, sort, PrefixedIo, Protocol, Sorted,
 };
-use bytes::Bytes;
-use opaque::Opened;
 use crate::proxy::server;
 use crate::proxy::upstream::Proto;
 use crate::telemetry::ProxyMetrics;
+use bytes::Bytes;
+use opaque::Opened;
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -119,12 +119,20 @@ impl OutboundServer {
         }
         let timeout = self.detect.timeout;
         let sorted = if self.learned.is_client_first(&svc.name, port) {
-            detect(&mut stream, timeout).await.map(|detected| Sorted::Client {
-                detected,
-                upstream: None,
-            })
+            detect(&mut stream, timeout)
+                .await
+                .map(|detected| Sorted::Client {
+                    detected,
+                    upstream: None,
+                })
         } else {
-            Box::pin(sort(&mut stream, self.opaque.open(&svc), timeout)).await
+            let sorted = Box::pin(sort(&mut stream, self.opaque.open(&svc), timeout)).await;
+            if let Ok(s) = &sorted {
+                self.metrics
+                    .traffic
+                    .early_connect(&svc.name, port, s.first());
+            }
+            sorted
         };
         let (detected, upstream) = match sorted {
             Ok(Sorted::Client { detected, upstream }) => (detected, upstream),

@@ -13,9 +13,7 @@ mod io;
 mod relay;
 mod sort;
 
-pub use detect::{
-    classify, detect, detect_http_version, Detected, Protocol, MESH_OPAQUE_PREAMBLE,
-};
+pub use detect::{classify, detect, detect_http_version, Detected, Protocol, MESH_OPAQUE_PREAMBLE};
 pub use io::PrefixedIo;
 pub use relay::{fast_close, relay, RelayEnd};
 pub use sort::{first_word, sort, FirstWord, Sorted, Upstream};

@@ -11,7 +11,9 @@
 //!   For HTTP the early upstream connection is dropped unused (the
 //!   request goes through the HTTP path and its pools); for anything else
 //!   it carries the connection.
-//! - the server: a server-speaks-first protocol, relayed opaque.
+//! - the server: a server-speaks-first protocol, relayed opaque. An
+//!   HTTP/2 server's SETTINGS frame, which it sends without waiting, is
+//!   not taken for a greeting: the wait for the client goes on.
 //! - neither, within the bound: relayed opaque as it is.
 //!
 //! The caller skips this once a port is known to be client-first, so
@@ -49,6 +51,47 @@ pub async fn first_word(client: &TcpStream, server: &TcpStream, within: Duration
     }
 }
 
+/// Waits for the client alone: `Client` once it is readable (or closed),
+/// `Neither` after `within`.
+async fn client_within(client: &TcpStream, within: Duration) -> FirstWord {
+    let mut c = [0u8; 1];
+    match tokio::time::timeout(within, client.peek(&mut c)).await {
+        Ok(_) => FirstWord::Client,
+        Err(_) => FirstWord::Neither,
+    }
+}
+
+/// Whether the server's first bytes (peeked) are an HTTP/2 server
+/// connection preface: a SETTINGS frame on stream 0 (RFC 9113 §3.4),
+/// which HTTP/2 servers send without waiting for the client.
+async fn sends_h2_preface(server: &TcpStream) -> bool {
+    let mut head = [0u8; 9];
+    match server.peek(&mut head).await {
+        Ok(n) if n > 0 => looks_like_h2_settings(&head[..n]),
+        _ => false,
+    }
+}
+
+/// A frame header (length 3 bytes, type, flags, stream id 4 bytes) that
+/// is, or may still become, an initial SETTINGS frame: type 0x4, no flags,
+/// stream 0, a length of whole 6-byte settings within the default frame
+/// size. Judged on the bytes there are, so a header split across segments
+/// still counts (a greeting that begins with zero bytes in so short a
+/// segment is not worth telling apart).
+fn looks_like_h2_settings(b: &[u8]) -> bool {
+    const SETTINGS: u8 = 0x4;
+    const MAX_FRAME: usize = 16_384;
+    let expected_at = |i: usize, v: u8| b.get(i).is_none_or(|&x| x == v);
+    let length_ok = match b {
+        [l0, l1, l2, ..] => {
+            let len = usize::from(*l0) << 16 | usize::from(*l1) << 8 | usize::from(*l2);
+            len % 6 == 0 && len <= MAX_FRAME
+        }
+        _ => b.first().is_none_or(|&x| x == 0),
+    };
+    length_ok && expected_at(3, SETTINGS) && (4..9).all(|i| expected_at(i, 0))
+}
+
 /// The outcome of [`sort`].
 #[derive(Debug)]
 pub enum Sorted<U, E> {
@@ -63,6 +106,17 @@ pub enum Sorted<U, E> {
     Server { upstream: U },
     /// Both sides stayed silent for the whole bound.
     Silent { upstream: U },
+}
+
+impl<U, E> Sorted<U, E> {
+    /// Who spoke first, as a metric label: `client`, `server`, `neither`.
+    pub fn first(&self) -> &'static str {
+        match self {
+            Sorted::Client { .. } => "client",
+            Sorted::Server { .. } => "server",
+            Sorted::Silent { .. } => "neither",
+        }
+    }
 }
 
 /// A connection to the upstream, as [`sort`] needs to see it.
@@ -115,7 +169,13 @@ where
         }
         Some(Ok(u)) => u,
     };
-    match first_word(client, upstream.stream(), remaining()).await {
+    let mut first = first_word(client, upstream.stream(), remaining()).await;
+    if first == FirstWord::Server && sends_h2_preface(upstream.stream()).await {
+        // An HTTP/2 server (gRPC, h2c) sends its SETTINGS at once, then
+        // waits for the client's preface: not a greeting.
+        first = client_within(client, remaining()).await;
+    }
+    match first {
         FirstWord::Server => Ok(Sorted::Server { upstream }),
         FirstWord::Neither => Ok(Sorted::Silent { upstream }),
         FirstWord::Client => {
@@ -227,6 +287,53 @@ mod tests {
         }
     }
 
+    #[test]
+    fn tells_an_h2_server_preface_from_a_greeting() {
+        let settings = [0, 0, 18, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        assert!(looks_like_h2_settings(&settings));
+        assert!(looks_like_h2_settings(&[0, 0, 0, 4, 0, 0, 0, 0, 0]));
+        assert!(looks_like_h2_settings(&settings[..2]), "split header");
+        for greeting in [
+            &b"220 smtp.example ESMTP\r\n"[..],
+            &[0x4a, 0, 0, 0, 0x0a, b'8'][..], // MySQL handshake
+            b"+OK POP3 ready\r\n",
+            &[0, 0, 18, 1, 4, 0, 0, 0, 1][..], // HEADERS on stream 1
+            &[0, 0, 7, 4, 0, 0, 0, 0, 0][..],  // not whole settings
+        ] {
+            assert!(!looks_like_h2_settings(greeting), "{greeting:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_h2_servers_settings_do_not_make_it_opaque() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (mut client, mut app) = pair(&l).await;
+        let (upstream, mut server) = open_ok(&l).await;
+        server
+            .write_all(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100])
+            .await
+            .unwrap();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            app.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+                .await
+                .unwrap();
+            app
+        });
+        let open = async { Ok::<_, ()>(upstream) };
+        let sorted = sort(&mut client, open, Duration::from_secs(10))
+            .await
+            .unwrap();
+        match sorted {
+            Sorted::Client { detected, upstream } => {
+                assert_eq!(detected.protocol, Protocol::Http2);
+                assert!(upstream.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(writer.await.unwrap());
+    }
+
     #[tokio::test]
     async fn tells_who_speaks_first() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -245,7 +352,10 @@ mod tests {
         let (client, _a) = pair(&l).await;
         let (server, _s) = pair(&l).await;
         let short = Duration::from_millis(20);
-        assert_eq!(first_word(&client, &server, short).await, FirstWord::Neither);
+        assert_eq!(
+            first_word(&client, &server, short).await,
+            FirstWord::Neither
+        );
     }
 
     #[tokio::test(start_paused = true)]
