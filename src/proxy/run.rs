@@ -93,6 +93,8 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
         dns.local_addr(),
     ];
     own_addrs.extend(inbound_addr);
+    // What was bound (a flag's port 0 is the kernel's pick): logged below.
+    let (outbound_addr, admin_addr, dns_addr) = (own_addrs[0], own_addrs[1], own_addrs[2]);
 
     let shutdown = CancellationToken::new(); // phase 2: stop accepting, drain
     let stop = CancellationToken::new(); //     phase 3: everything else
@@ -220,7 +222,8 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
         _ => None,
     };
     listening.store(true, Ordering::Release);
-    tracing::info!(outbound = %args.outbound, inbound = ?inbound_addr, admin = %args.admin, dns = %args.dns, control = %args.control, "mesh-proxy running");
+    let inbound_shown = inbound_addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+    tracing::info!(outbound = %outbound_addr, inbound = %inbound_shown, admin = %admin_addr, dns = %dns_addr, control = %args.control, "mesh-proxy running");
 
     tokio::select! {
         () = signals() => {}

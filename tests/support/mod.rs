@@ -10,6 +10,7 @@
 
 pub mod bins;
 pub mod fault;
+pub mod loopback;
 pub mod mesh;
 pub mod netns;
 pub mod postgres;

@@ -49,12 +49,20 @@ pub(super) struct ProcInner {
     child: Mutex<(Child, Option<ExitStatus>)>,
 }
 
-/// Builds a `Command` with the environment hygiene every pod command needs.
+/// Builds a `Command` with the environment hygiene every test process
+/// needs: no proxy variables, no `MESH_*` but those in `envs`.
 pub fn command(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args);
     for var in PROXY_ENV {
         cmd.env_remove(var);
+    }
+    // The developer's own MESH_* settings (a control URL, a log filter)
+    // must not change what a test's processes do.
+    for (var, _) in std::env::vars_os() {
+        if var.to_string_lossy().starts_with("MESH_") {
+            cmd.env_remove(&var);
+        }
     }
     for (k, v) in envs {
         cmd.env(k, v);

@@ -1,0 +1,384 @@
+//! Real processes on loopback, no root: mesh-control, sidecars in explicit
+//! mode, fault-server apps, and addresses that refuse connections.
+//!
+//! Every listener binds port 0 and the test reads the port the kernel
+//! picked from the process itself (the daemons' JSON log line, the fault
+//! server's `listening` line), so no port is ever "free a moment ago" and
+//! taken by someone else before use. A dead endpoint is a socket bound but
+//! never listening, held by the test: connects to it are refused for as
+//! long as the test runs. When a test fails, the tail of every log is
+//! printed and the directory kept.
+
+use super::bins::{MESH_CONTROL, MESH_PROXY};
+use super::fault::{server_args, Fault, Stats};
+use super::proc::{command, run_with_timeout, spawn_logged, tail, Proc};
+use super::{secs, wait_for};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Lines of each log printed when a test fails.
+const LOG_TAIL_LINES: usize = 40;
+/// How long a daemon may take to say where it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One test's mesh on loopback. See the module docs.
+pub struct Loopback {
+    /// Logs, data dirs, caches; kept when the test fails.
+    dir: PathBuf,
+    pub control: SocketAddr,
+    control_proc: Option<Proc>,
+    /// Every log written, for the failure dump.
+    logs: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+/// A sidecar and the addresses it bound.
+pub struct Sidecar {
+    pub proc: Proc,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub inbound: Option<SocketAddr>,
+}
+
+/// A fault-server app and where it listens.
+pub struct App {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+/// A loopback address that refuses every connection (see the module docs).
+pub struct Refusing {
+    _socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+pub fn refusing() -> Refusing {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind 127.0.0.1:0");
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("bound address");
+    Refusing {
+        _socket: socket,
+        addr,
+    }
+}
+
+// === impl Loopback ===
+
+impl Loopback {
+    /// A fresh directory and mesh-control on a port of its own.
+    pub fn start(name: &str) -> Loopback {
+        let dir = std::env::temp_dir().join(format!("mesh-lo-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create test dir");
+        let mut lo = Loopback {
+            dir,
+            control: SocketAddr::from(([127, 0, 0, 1], 0)),
+            control_proc: None,
+            logs: Default::default(),
+        };
+        lo.start_control(&[]);
+        lo
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn control_url(&self) -> String {
+        format!("http://{}", self.control)
+    }
+
+    /// (Re)starts mesh-control over the same data dir, on its current
+    /// port (the first time: one the kernel picks), with `extra` flags.
+    pub fn start_control(&mut self, extra: &[&str]) {
+        let data = self.dir.join("control-data");
+        let listen = self.control.to_string();
+        let mut args = vec!["--listen", &listen, "--data-dir", data.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let n = self.logs.lock().map(|l| l.len()).unwrap_or(0);
+        let proc = self.spawn(&format!("control-{n}"), MESH_CONTROL, &args);
+        let ev = log_event(&proc, "mesh-control serving", START_TIMEOUT);
+        self.control = addr_field(&ev, "listen");
+        self.control_proc = Some(proc);
+    }
+
+    /// Stops mesh-control (SIGTERM) and waits for it to exit.
+    pub fn stop_control(&mut self) {
+        if let Some(p) = self.control_proc.take() {
+            p.term();
+            p.wait_exit(secs(15)).expect("mesh-control exits on SIGTERM");
+        }
+    }
+
+    /// A sidecar in explicit mode on ports the kernel picks; `extra` adds
+    /// flags (`--service`, `--app-port`, ... : then `--inbound` too).
+    pub fn sidecar(&self, label: &str, extra: &[&str]) -> Sidecar {
+        let control = self.control_url();
+        let cache = self.dir.join(format!("{label}-cache"));
+        let mut args = vec![
+            "--control",
+            &control,
+            "--outbound",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--dns",
+            "127.0.0.1:0",
+            "--inbound",
+            "127.0.0.1:0",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--mark",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        let proc = self.spawn(label, MESH_PROXY, &args);
+        let ev = log_event(&proc, "mesh-proxy running", START_TIMEOUT);
+        let inbound = ev["inbound"]
+            .as_str()
+            .and_then(|s| s.parse().ok());
+        let sidecar = Sidecar {
+            outbound: addr_field(&ev, "outbound"),
+            admin: addr_field(&ev, "admin"),
+            inbound,
+            proc,
+        };
+        wait_for(&format!("{label} /ready"), secs(10), || {
+            sidecar.proc.assert_running();
+            get(sidecar.admin, "/ready")
+        });
+        sidecar
+    }
+
+    /// The fault server as an app named `name`, on a port it picks.
+    pub fn app(&self, name: &str, initial: &Fault) -> App {
+        let args = server_args("127.0.0.1", 0, name, initial);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let proc = self.spawn(name, "python3", &args);
+        let addr = wait_for(&format!("{name} to listen"), START_TIMEOUT, || {
+            proc.assert_running();
+            let log = std::fs::read_to_string(proc.log_path()).ok()?;
+            log.lines()
+                .find_map(|l| l.strip_prefix("listening "))
+                .and_then(|a| a.trim().parse().ok())
+        });
+        App { proc, addr }
+    }
+
+    /// Registers an instance over the API; `json` is the request body.
+    pub fn register(&self, service: &str, json: &str) {
+        let url = format!("{}/v1/services/{service}/instances", self.control_url());
+        let args = [
+            "-sf",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            json,
+            &url,
+        ];
+        let out = run_with_timeout(command("curl", &args, &[]), secs(5));
+        assert!(out.status.success(), "register {service} {json}: {out:?}");
+    }
+
+    /// Registers `addr` as a static instance of `service`.
+    pub fn register_addr(&self, service: &str, addr: SocketAddr) {
+        let json = format!(r#"{{"address":"{}","port":{}}}"#, addr.ip(), addr.port());
+        self.register(service, &json);
+    }
+
+    /// Applies a policy document with mesh-ctl; panics unless it is taken.
+    pub fn apply(&self, yaml: &str) {
+        let n = self.logs.lock().map(|l| l.len()).unwrap_or(0);
+        let file = self.dir.join(format!("policy-{n}.yaml"));
+        std::fs::write(&file, yaml).expect("write policy");
+        let control = self.control_url();
+        let args = ["--control", &control, "apply", "-f", file.to_str().unwrap()];
+        let out = run_with_timeout(command(super::bins::mesh_ctl(), &args, &[]), secs(10));
+        assert!(out.status.success(), "mesh-ctl apply:\n{yaml}\n{out:?}");
+    }
+
+    fn spawn(&self, label: &str, program: &str, args: &[&str]) -> Proc {
+        let log = self.dir.join(format!("{label}.log"));
+        if let Ok(mut logs) = self.logs.lock() {
+            logs.push(log.clone());
+        }
+        let envs = [("MESH_LOG_FORMAT", "json")];
+        spawn_logged(command(program, args, &envs), label.to_string(), log)
+    }
+}
+
+impl Drop for Loopback {
+    fn drop(&mut self) {
+        let failing = std::thread::panicking();
+        if failing {
+            for log in self.logs.lock().map(|l| l.clone()).unwrap_or_default() {
+                eprintln!(
+                    "----- {} -----\n{}",
+                    log.display(),
+                    tail(&log, LOG_TAIL_LINES)
+                );
+            }
+            eprintln!("----- test files kept in {} -----", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+// === impl Sidecar ===
+
+impl Sidecar {
+    /// The sidecar's `/state`.
+    pub fn state(&self) -> Value {
+        let text = get(self.admin, "/state").expect("GET /state");
+        serde_json::from_str(&text).expect("/state is JSON")
+    }
+
+    /// The sidecar's `/metrics` (Prometheus text).
+    pub fn metrics(&self) -> String {
+        get(self.admin, "/metrics").expect("GET /metrics")
+    }
+
+    /// Waits until the sidecar routes `service` to `n` ready endpoints.
+    pub fn wait_ready_endpoints(&self, service: &str, n: usize) {
+        wait_for(
+            &format!("{} ready endpoints of {service}", n),
+            secs(10),
+            || {
+                let state = self.state();
+                let svc = state["registry"]["services"]
+                    .as_array()?
+                    .iter()
+                    .find(|s| s["name"] == service)?
+                    .clone();
+                let ready = svc["endpoints"]
+                    .as_array()?
+                    .iter()
+                    .filter(|e| e["state"] == "ready")
+                    .count();
+                (ready == n).then_some(())
+            },
+        );
+    }
+}
+
+// === impl App ===
+
+impl App {
+    /// The app's own counters, asked directly (not through the mesh).
+    pub fn stats(&self) -> Stats {
+        let text = get(self.addr, "/_stats").expect("GET /_stats");
+        serde_json::from_str(&text).expect("/_stats JSON")
+    }
+
+    /// Changes the app's faults at run time.
+    pub fn set_fault(&self, fault: &Fault) {
+        let url = format!("http://{}/_fault", self.addr);
+        let body = serde_json::to_string(fault).expect("fault JSON");
+        let args = ["-sf", "-X", "POST", "-d", &body, &url];
+        let out = run_with_timeout(command("curl", &args, &[]), secs(5));
+        assert!(out.status.success(), "POST /_fault {body}: {out:?}");
+    }
+}
+
+/// A response as curl saw it through a sidecar.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// Header names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `curl -x` through `sidecar`'s outbound listener (explicit mode).
+pub fn call(sidecar: &Sidecar, url: &str, extra: &[&str]) -> Answer {
+    let proxy = format!("http://{}", sidecar.outbound);
+    let mut args = vec!["-s", "-i", "--max-time", "10", "-x", &proxy];
+    args.extend_from_slice(extra);
+    args.push(url);
+    let out = run_with_timeout(command("curl", &args, &[]), secs(15));
+    parse_answer(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// A raw `curl -i` response: the last head (after a 100 Continue, or a
+/// CONNECT's 200 with the tunnelled response behind it) and the body.
+pub fn parse_answer(text: &str) -> Answer {
+    let mut rest = text;
+    let (mut head, mut body) = ("", "");
+    while let Some((h, b)) = rest.split_once("\r\n\r\n") {
+        head = h;
+        body = b;
+        if !b.starts_with("HTTP/") {
+            break;
+        }
+        rest = b;
+    }
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// `GET http://addr/path` directly; the body when it answered 2xx.
+pub fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let url = format!("http://{addr}{path}");
+    let out = run_with_timeout(
+        command("curl", &["-sf", "--max-time", "2", &url], &[]),
+        secs(5),
+    );
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits for the JSON log line whose message is `message`; returns it.
+pub fn log_event(proc: &Proc, message: &str, within: Duration) -> Value {
+    wait_for(
+        &format!("{} to log {message:?}", proc.label()),
+        within,
+        || {
+            proc.assert_running();
+            let log = std::fs::read_to_string(proc.log_path()).ok()?;
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| v["message"] == message)
+        },
+    )
+}
+
+fn addr_field(ev: &Value, field: &str) -> SocketAddr {
+    ev[field]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{field} is not an address in {ev}"))
+}
