@@ -19,7 +19,11 @@ use support::{secs, wait_for};
 
 /// `mesh_retries_total` for `service` from a sidecar's `/metrics`.
 fn retries(sidecar: &Sidecar, service: &str) -> Option<f64> {
-    metric(&sidecar.metrics(), "mesh_retries_total", &[("service", service)])
+    metric(
+        &sidecar.metrics(),
+        "mesh_retries_total",
+        &[("service", service)],
+    )
 }
 
 /// `hello` at `live` and at an address that refuses connections, and a
@@ -210,7 +214,14 @@ fn connect_tunnels_tls_and_mesh_names() {
     );
     assert!(made.status.success(), "openssl req: {made:?}");
     let args = [
-        "s_server", "-accept", "127.0.0.1:0", "-cert", &cert, "-key", &key, "-www",
+        "s_server",
+        "-accept",
+        "127.0.0.1:0",
+        "-cert",
+        &cert,
+        "-key",
+        &key,
+        "-www",
     ];
     let log = dir.join("tls-server.log");
     let tls = spawn_logged(command("openssl", &args, &[]), "tls-server".into(), log);
@@ -229,7 +240,11 @@ fn connect_tunnels_tls_and_mesh_names() {
 
     for i in 0..4 {
         let r = call(&client, "http://hello/name", &["-p"]);
-        assert_eq!((r.status, r.body.as_str()), (200, "hello-a"), "tunnel {i}: {r:?}");
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "hello-a"),
+            "tunnel {i}: {r:?}"
+        );
     }
     assert_eq!(
         retries(&client, "hello"),
@@ -238,7 +253,11 @@ fn connect_tunnels_tls_and_mesh_names() {
     );
 
     let r = call(&client, "http://nosuch.mesh/", &["-p"]);
-    assert_eq!((r.status, r.header("x-mesh-error")), (503, Some("unknown-service")), "{r:?}");
+    assert_eq!(
+        (r.status, r.header("x-mesh-error")),
+        (503, Some("unknown-service")),
+        "{r:?}"
+    );
 }
 
 /// A chunked POST has no length to buffer ahead by: it streams to the
@@ -270,7 +289,11 @@ fn streamed_bodies_survive_a_connect_failure() {
         Some(3.0),
         "one retry per call that met the dead endpoint"
     );
-    assert_eq!(echo.stats().by_method.get("POST"), None, "/_echo is not counted");
+    assert_eq!(
+        echo.stats().by_method.get("POST"),
+        None,
+        "/_echo is not counted"
+    );
 }
 
 fn main() -> std::process::ExitCode {

@@ -2,6 +2,8 @@
 """The python half of the `hello` service in examples/demo.sh.
 
 A plain stdlib HTTP server: it knows nothing about the mesh.
+  GET /      200 "hello from python (pid N)"
+  GET /fail  500 "python: failing on purpose" (for the breaker step)
 Usage: hello.py PORT
 """
 import os
@@ -10,9 +12,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Hello(BaseHTTPRequestHandler):
+    # Keep-alive, so the sidecar can reuse its connection to the app.
+    protocol_version = "HTTP/1.1"
+
     def do_GET(self):
-        body = f"hello from python (pid {os.getpid()})\n".encode()
-        self.send_response(200)
+        if self.path.startswith("/fail"):
+            status, text = 500, "python: failing on purpose\n"
+        else:
+            status, text = 200, f"hello from python (pid {os.getpid()})\n"
+        body = text.encode()
+        self.send_response(status)
         self.send_header("content-type", "text/plain")
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -25,4 +34,5 @@ class Hello(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 18081
+    ThreadingHTTPServer.daemon_threads = True
     ThreadingHTTPServer(("127.0.0.1", port), Hello).serve_forever()

@@ -144,67 +144,71 @@ impl ProxyMetrics {
         registry.register(
             "breaker_state",
             "Circuit breaker state by service: 0 closed, 1 open, 2 half-open",
-            breaker_state.clone(),
+            super::Declared(breaker_state.clone()),
         );
         registry.register(
             "breaker_transitions",
             "Circuit breaker state changes by service and new state",
-            breaker_transitions.clone(),
+            super::Declared(breaker_transitions.clone()),
         );
         registry.register(
             "bulkhead_inflight",
             "Calls holding a bulkhead slot, by service",
-            bulkhead_inflight.clone(),
+            super::Declared(bulkhead_inflight.clone()),
         );
         registry.register(
             "bulkhead_queued",
             "Calls waiting for a bulkhead slot, by service",
-            bulkhead_queued.clone(),
+            super::Declared(bulkhead_queued.clone()),
         );
-        registry.register("retries", "Retries sent, by service", retries.clone());
+        registry.register(
+            "retries",
+            "Retries sent, by service",
+            super::Declared(retries.clone()),
+        );
         registry.register(
             "retry_budget_exhausted",
             "Retries refused because the retry budget was spent, by service",
-            budget_exhausted.clone(),
+            super::Declared(budget_exhausted.clone()),
         );
         registry.register(
             "outlier_ejections",
             "Endpoints ejected for consecutive failures, by service",
-            ejections.clone(),
+            super::Declared(ejections.clone()),
         );
         registry.register(
             "fast_failures",
             "Calls rejected by the breaker or bulkhead without reaching an upstream",
-            fast_failed.clone(),
+            super::Declared(fast_failed.clone()),
         );
         registry.register(
             "requests",
             "Outbound HTTP requests to mesh services, once each with its final status class \
              (after retries and fallbacks; a mesh error counts as the status it maps to)",
-            requests.clone(),
+            super::Declared(requests.clone()),
         );
         registry.register(
             "request_attempts",
             "Tries sent to an endpoint of a mesh service (first tries and retries), \
              by the status class of what came back",
-            attempts.clone(),
+            super::Declared(attempts.clone()),
         );
         registry.register(
             "request_duration_seconds",
             "Outbound HTTP latency to the final response's headers (retries included), \
              by destination service",
-            latency.clone(),
+            super::Declared(latency.clone()),
         );
         registry.register(
             "endpoints",
             "Endpoints of each destination service by state (ready, ejected, unhealthy), \
              as /state shows them",
-            endpoints.clone(),
+            super::Declared(endpoints.clone()),
         );
         registry.register(
             "rejections",
             "Failures the mesh answered itself, by service and x-mesh-error reason",
-            errors.clone(),
+            super::Declared(errors.clone()),
         );
         registry.register(
             "tcp_relays",

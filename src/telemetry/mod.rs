@@ -10,7 +10,30 @@ pub use metrics::{ProxyMetrics, RequestCounts, ServiceMetrics, ENDPOINT_STATES};
 pub use process::register_process_metrics;
 pub use traffic::TrafficMetrics;
 
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+
+/// A metric family exported with its HELP and TYPE even before its first
+/// series (prometheus-client skips empty families), so every documented
+/// family is on `/metrics` from startup and a dashboard or alert never
+/// sees a family appear out of nowhere.
+#[derive(Clone, Debug)]
+pub(crate) struct Declared<M>(pub M);
+
+impl<M: EncodeMetric> EncodeMetric for Declared<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
 
 /// Content type of the Prometheus text format, version 0.0.4.
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";

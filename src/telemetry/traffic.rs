@@ -90,37 +90,37 @@ impl TrafficMetrics {
         registry.register(
             "connections",
             "Outbound connections to mesh services, by service and detected protocol (http1, http2, tls, opaque)",
-            m.connections.clone(),
+            super::Declared(m.connections.clone()),
         );
         registry.register(
             "tls_connections",
             "TLS connections to mesh services (relayed opaque), by service and the ClientHello's server name (none: no SNI; other: past 256 distinct names)",
-            m.tls.clone(),
+            super::Declared(m.tls.clone()),
         );
         registry.register(
             "detect_learned_opaque",
             "Service ports learned opaque because the server spoke first (a server-speaks-first protocol); declare them in the policy's opaquePorts",
-            m.learned_opaque.clone(),
+            super::Declared(m.learned_opaque.clone()),
         );
         registry.register(
             "detect_early_connects",
             "Connections to an undeclared port whose endpoint was connected before the client spoke, by who then spoke first (client, server, neither); ports known client-first or opaque skip this. service=\"(inbound)\" for the inbound side",
-            m.early_connects.clone(),
+            super::Declared(m.early_connects.clone()),
         );
         registry.register(
             "inbound_requests",
             "Inbound HTTP requests by calling service (x-mesh-caller; unknown outside the mesh) and status class",
-            m.inbound_requests.clone(),
+            super::Declared(m.inbound_requests.clone()),
         );
         registry.register(
             "inbound_request_duration_seconds",
             "Inbound HTTP latency to the app's response headers, by calling service",
-            m.inbound_latency.clone(),
+            super::Declared(m.inbound_latency.clone()),
         );
         registry.register(
             "inbound_rejections",
             "Inbound requests the proxy answered itself, by x-mesh-error reason",
-            m.inbound_rejections.clone(),
+            super::Declared(m.inbound_rejections.clone()),
         );
         registry.register(
             "inbound_inflight",

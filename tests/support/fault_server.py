@@ -17,8 +17,11 @@ keep-alive with Content-Length. Its faults can be changed at run time:
                        {"method": str, "path": str, "headers": [[name, value],
                         ...] (in arrival order, names as sent), "body": str}
                        (header-hygiene and client tests look at it).
+  ANY  /_respond?h=NAME:VALUE[&h=...]
+                       200 "respond" with each given response header (a test
+                       of what a sidecar lets through from its app).
 
-Control endpoints (/_fault, /_stats, /_reset_stats, /_echo) are never
+Control endpoints (/_fault, /_stats, /_reset_stats, /_echo, /_respond) are never
 faulted and never counted. Every other request is counted as soon as its head has been
 read (a reset request counts as received), then goes through, in order:
   hang       held until the fault is cleared (POST {"hang": false}) or 60 s;
@@ -45,13 +48,14 @@ import struct
 import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from io import BytesIO
 
 # A hung request gives up after this long even if nobody clears the fault,
 # so a forgotten test cannot keep threads forever.
 HANG_LIMIT_S = 60.0
-CONTROL_PATHS = ("/_fault", "/_stats", "/_reset_stats", "/_echo")
+CONTROL_PATHS = ("/_fault", "/_stats", "/_reset_stats", "/_echo", "/_respond")
 KNOBS = {
     "failure_rate": float,
     "status": int,
@@ -216,6 +220,16 @@ class Handler(BaseHTTPRequestHandler):
                     "body": body.decode("utf-8", "replace"),
                 },
             )
+        elif path == "/_respond":
+            query = urllib.parse.parse_qs(self.path.partition("?")[2])
+            data = b"respond"
+            self.send_response(200)
+            for pair in query.get("h", []):
+                name, _, value = pair.partition(":")
+                self.send_header(name.strip(), value.strip())
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         elif path == "/_reset_stats" and self.command == "POST":
             with state.lock:
                 state.zero()

@@ -114,7 +114,8 @@ impl Loopback {
     pub fn stop_control(&mut self) {
         if let Some(p) = self.control_proc.take() {
             p.term();
-            p.wait_exit(secs(15)).expect("mesh-control exits on SIGTERM");
+            p.wait_exit(secs(15))
+                .expect("mesh-control exits on SIGTERM");
         }
     }
 
@@ -142,9 +143,7 @@ impl Loopback {
         args.extend_from_slice(extra);
         let proc = self.spawn(label, MESH_PROXY, &args);
         let ev = log_event(&proc, "mesh-proxy running", START_TIMEOUT);
-        let inbound = ev["inbound"]
-            .as_str()
-            .and_then(|s| s.parse().ok());
+        let inbound = ev["inbound"].as_str().and_then(|s| s.parse().ok());
         let sidecar = Sidecar {
             outbound: addr_field(&ev, "outbound"),
             admin: addr_field(&ev, "admin"),
