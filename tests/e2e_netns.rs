@@ -16,14 +16,21 @@ use support::mesh::{
     call, calls_until_seen, endpoints, expect_only, instance_health, intercept, lists_instance,
     rss_mb, sidecar_args, start_app, wait_ready, Hello, APP_PORT, LEASE_TTL,
 };
-use support::{ms_between, path, secs, strs, wait_for, words, Net};
+use support::{ms_between, ms_signed, path, secs, strs, wait_for, words, Net};
 
 /// Port of mesh-control inside the control pod.
 const CONTROL_PORT: u16 = 15010;
 /// Slack on top of the lease for the sweep (200 ms) and our polling.
 const EVICTION_MARGIN: Duration = Duration::from_millis(1500);
 /// A registration must reach every proxy in well under a second.
-const PROPAGATION_BUDGET_MS: u128 = 1000;
+const PROPAGATION_BUDGET_MS: i128 = 1000;
+/// How far a polled observation (a process start each) may lag the event.
+const OBSERVATION_SLACK_MS: i128 = 500;
+/// The health check runs every 500 ms here; reporting and routing around
+/// a dead app may take a few rounds, not more.
+const DOWN_BUDGET: Duration = Duration::from_secs(3);
+/// A debug build's sidecar after this story's traffic (release: ~9 MB).
+const RSS_BUDGET_MB: f64 = 40.0;
 
 /// The harness itself: two pods, an app in one, curl from the other, and
 /// nothing left behind.
@@ -164,8 +171,17 @@ fn hello_mesh_in_namespaces() {
         });
         (listed.join().expect("listing thread"), ready_at, reached_at)
     });
-    let from_listed = ms_between(listed_at, reached_at);
-    let from_ready = ms_between(ready_at, reached_at);
+    // Signed: traffic may reach hello-3 a little before a poll observes it
+    // listed or ready (each poll takes a process start), never by much.
+    let from_listed = ms_signed(listed_at, reached_at);
+    let from_ready = ms_signed(ready_at, reached_at);
+    for (what, ms) in [("listed", from_listed), ("ready", from_ready)] {
+        assert!(
+            ms > -OBSERVATION_SLACK_MS,
+            "traffic reached hello-3 {} ms before it was {what}: the clocks are off",
+            -ms
+        );
+    }
     println!(
         "hello-3: ready {} ms after start, listed {} ms after start; traffic reached it \
          {from_ready} ms after /ready, {from_listed} ms after mesh-ctl listed it",
@@ -188,10 +204,12 @@ fn hello_mesh_in_namespaces() {
         endpoints(&control_pod, ctl, &ctrl_url)
             .filter(|v| instance_health(v, "hello-2").as_deref() == Some("down"))
     });
+    let reported = killed.elapsed();
     println!(
         "hello-2 reported down {} ms after its app died",
-        killed.elapsed().as_millis()
+        reported.as_millis()
     );
+    assert!(reported < DOWN_BUDGET, "reported down after {reported:?}");
     let mut streak = 0;
     wait_for("20 consecutive calls without hello-2", secs(5), || {
         match call(&client_pod, "http://hello.mesh/name").as_deref() {
@@ -200,9 +218,15 @@ fn hello_mesh_in_namespaces() {
         }
         (streak >= 20).then_some(())
     });
+    // The streak's own 20 calls are part of this figure.
+    let out_of_rotation = killed.elapsed();
     println!(
         "hello-2 out of rotation {} ms after its app died",
-        killed.elapsed().as_millis()
+        out_of_rotation.as_millis()
+    );
+    assert!(
+        out_of_rotation < DOWN_BUDGET + secs(2),
+        "out of rotation after {out_of_rotation:?}"
     );
 
     // --- hello-3 vanishes without a word; its lease runs out. ---
@@ -234,6 +258,7 @@ fn hello_mesh_in_namespaces() {
     });
     let rss = rss_mb(&client_proxy);
     println!("client proxy idle RSS after the traffic: {rss:.1} MB");
+    assert!(rss < RSS_BUDGET_MB, "client proxy RSS {rss:.1} MB");
 
     // --- The control plane goes away; the data plane carries on. ---
     control.term();

@@ -210,6 +210,23 @@ retries: { attempts: 2, on: [connect-failure, gateway-error, unavailable] }
     );
     assert_eq!(retries, Some(1.0));
 
+    // The request timeout reaches a gRPC caller as DEADLINE_EXCEEDED.
+    mesh.apply_ok(
+        "kind: ServicePolicy
+service: grpc
+timeouts: { request: 300ms }
+retries: { attempts: 0 }
+",
+    );
+    let slow = grpc(&mesh.client, &target, "Slow", "3000");
+    assert_eq!(slow["code"], "DEADLINE_EXCEEDED", "{slow}");
+    assert_eq!(mesh_error(&slow), Some("timeout"), "{slow}");
+    let ms = slow["ms"].as_f64().unwrap_or(f64::INFINITY);
+    assert!(ms < 2000.0, "answered after {ms:.0} ms: {slow}");
+    // A success after it, so the breaker's run of failures starts at 0.
+    let ok = grpc(&mesh.client, &target, "Unary", "after the timeout");
+    assert_eq!(ok["code"], "OK", "{ok}");
+
     mesh.apply_ok(
         "kind: ServicePolicy
 service: grpc
@@ -235,7 +252,7 @@ outlier: { consecutiveFailures: 100000 }
     let open = open.unwrap_or_else(|| panic!("no UNAVAILABLE after 20 failing calls"));
     eprintln!("breaker open after {failed} INTERNAL calls: {open}");
     // Four INTERNAL in a row open it, whatever the window still holds of
-    // the calls above (the last of them, Flaky's retry, succeeded). An
+    // the calls above (the last of them succeeded). An
     // HTTP-only breaker (INTERNAL arrives with HTTP 200) would never open.
     assert_eq!(failed, 4, "opened after {failed} failures");
     assert_eq!(mesh_error(&open), Some("breaker-open"), "{open}");
@@ -324,6 +341,7 @@ fn main() -> std::process::ExitCode {
             [Pods, PSQL, INITDB, RUNUSER] => opaque::postgres_by_logical_name,
             [Pods, SOCAT] => opaque::server_speaks_first_on_an_undeclared_port,
             [Pods] => opaque::a_slow_client_still_gets_http,
+            [Pods] => opaque::an_unresolvable_external_name_is_dns_failed,
             [Pods, OPENSSL] => opaque::tls_is_relayed_opaque_and_its_sni_counted,
         ],
     )

@@ -13,8 +13,8 @@ use std::time::Duration;
     name = "mesh-ctl",
     version,
     about = "Read and change the mesh control plane",
-    after_help = "Every flag can also be set as an environment variable MESH_<FLAG> \
-                  (MESH_CONTROL, MESH_OUTPUT, MESH_ADMIN, MESH_INTERVAL).\n\
+    after_help = "Environment: MESH_CONTROL (--control), MESH_OUTPUT (-o), and for top \
+                  MESH_ADMIN (--admin) and MESH_INTERVAL (--interval); a flag wins.\n\
                   Exit codes: 0 done, 1 the request failed, 2 bad usage or invalid input."
 )]
 pub struct Cli {
@@ -232,6 +232,14 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_flag_has_help_and_is_in_the_reference() {
+        let reference = include_str!("../../docs/reference.md");
+        let section = |_: &[&str]| "## mesh-ctl";
+        let problems = mesh::flags::undocumented(&Cli::command(), reference, &section);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
 
     #[test]

@@ -87,3 +87,17 @@ async fn shutdown_signal() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_has_help_and_is_in_the_reference() {
+        let reference = include_str!("../../docs/reference.md");
+        let section = |_: &[&str]| "## mesh-control";
+        let problems = mesh::flags::undocumented(&Args::command(), reference, &section);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}

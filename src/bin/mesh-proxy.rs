@@ -81,3 +81,20 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_has_help_and_is_in_the_reference() {
+        let reference = include_str!("../../docs/reference.md");
+        let section = |path: &[&str]| match path {
+            [_, "init", ..] => "## mesh-proxy init",
+            _ => "## mesh-proxy",
+        };
+        let problems = mesh::flags::undocumented(&Cli::command(), reference, &section);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}

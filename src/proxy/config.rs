@@ -65,7 +65,8 @@ pub struct ProxyArgs {
     /// The resolver configuration non-mesh DNS names are forwarded by.
     #[arg(long, env = "MESH_RESOLV_CONF", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
-    /// VIP range; connections redirected to it are mesh HTTP.
+    /// VIP range: redirected connections to it are for mesh services
+    /// (protocol-detected); others are relayed as they are.
     #[arg(long, env = "MESH_VIP_CIDR", default_value = "127.100.0.0/16")]
     pub vip_cidr: Ipv4Cidr,
     /// Load balancer per service, overriding its policy:

@@ -75,6 +75,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
             domain: args.domain.trim_matches('.').to_ascii_lowercase(),
             resolv_conf: args.resolv_conf.clone(),
             mark,
+            queries: metrics.dns_queries.clone(),
         },
         dir.clone() as Arc<dyn VipLookup>,
     )

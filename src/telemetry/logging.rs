@@ -1,7 +1,7 @@
 //! Logging for `mesh-proxy` and `mesh-control`: one setup for both.
 //!
 //! Lines go to stderr, filtered by `MESH_LOG` (then `RUST_LOG`; default
-//! `info`), in the `--log-format` of the program: `text` (colour only
+//! `info`, with hickory's per-query noise at `warn`), in the `--log-format` of the program: `text` (colour only
 //! when stderr is a terminal, so a log file or a container log has no
 //! escape codes) or `json` (one object per line, for log shippers).
 

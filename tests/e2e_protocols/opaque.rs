@@ -207,6 +207,77 @@ pub fn a_slow_client_still_gets_http() {
         state(&mesh.client)["learned_client_first"],
         serde_json::json!([format!("echo:{port}")])
     );
+
+    // Declared opaque in the policy: the same request is relayed as bytes,
+    // untouched (no `via`, no traceparent), and counted as a connection.
+    mesh.apply_ok(&format!(
+        "kind: ServicePolicy\nservice: echo\nopaquePorts: [{port}]\n"
+    ));
+    let (status, body) = mesh
+        .client
+        .curl(&format!("http://echo.mesh:{port}/_echo"), &[]);
+    assert_eq!(status, 200, "{body}");
+    let seen: Value = serde_json::from_str(&body).expect("/_echo JSON");
+    let names: Vec<String> = seen["headers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h[0].as_str().map(str::to_ascii_lowercase))
+        .collect();
+    for untouched in ["via", "traceparent", "x-forwarded-for"] {
+        assert!(
+            !names.iter().any(|n| n == untouched),
+            "{untouched} added: {names:?}"
+        );
+    }
+    let text = metrics(&mesh.client);
+    let opaque = [("service", "echo"), ("protocol", "opaque")];
+    assert_eq!(
+        metric(&text, "mesh_connections_total", &opaque),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "mesh_requests_total", &svc),
+        Some(2.0),
+        "not an HTTP request"
+    );
+}
+
+/// Explicit mode to a host outside the mesh whose name does not resolve
+/// (the pod's DNS has no upstream): 502 `dns-failed`, not `unknown-service`.
+pub fn an_unresolvable_external_name_is_dns_failed() {
+    let mesh = Mesh::start("pdn");
+    let start = std::time::Instant::now();
+    let args = [
+        "-s",
+        "-D",
+        "-",
+        "-m",
+        "20",
+        "-x",
+        "http://127.0.0.1:15001",
+        "http://no-such-host.example/",
+    ];
+    let out = mesh.client.run_with("curl", &args, &[], secs(25));
+    let ms = start.elapsed().as_millis();
+    eprintln!("dns-failed answered after {ms} ms");
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status: u16 = body
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.to_ascii_lowercase()
+            .contains("x-mesh-error: dns-failed"),
+        "{body}"
+    );
+    assert!(
+        body.contains("cannot resolve \"no-such-host.example\""),
+        "{body}"
+    );
 }
 
 const ECHO_PORT: u16 = 8000;

@@ -47,9 +47,19 @@ pub fn wait_for<T>(what: &str, within: Duration, f: impl FnMut() -> Option<T>) -
     poll(within, f).unwrap_or_else(|| panic!("timed out after {within:?} waiting for {what}"))
 }
 
-/// Milliseconds between two instants, saturating at zero.
+/// Milliseconds from `from` to `to`, for figures printed about events
+/// known to be in that order (saturates at zero).
 pub fn ms_between(from: Instant, to: Instant) -> u128 {
     to.saturating_duration_since(from).as_millis()
+}
+
+/// Milliseconds from `from` to `to`, negative when `to` came first: for
+/// observations whose order a test must check rather than assume.
+pub fn ms_signed(from: Instant, to: Instant) -> i128 {
+    match to.checked_duration_since(from) {
+        Some(d) => d.as_millis() as i128,
+        None => -(from.duration_since(to).as_millis() as i128),
+    }
 }
 
 pub fn secs(n: u64) -> Duration {

@@ -28,6 +28,43 @@ const LOG_TAIL_LINES: usize = 40;
 /// threads, so the pid alone is not unique).
 static NET_COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Every namespace of a `Net` is named `mt<pid>-...`: the pid of the test
+/// process that made it, so a later run can tell an aborted run's leftovers.
+const TAG_PREFIX: &str = "mt";
+
+/// Deletes the namespaces (and kills the processes inside them) that a
+/// test process which no longer exists left behind: a run killed before
+/// its `Net`s were dropped (Ctrl-C, a CI timeout). Namespaces of live test
+/// processes are left alone.
+fn clean_leftovers() {
+    let out = run_with_timeout(command("ip", &["netns", "list"], &[]), SETUP_TIMEOUT);
+    let list = String::from_utf8_lossy(&out.stdout);
+    for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+        let Some(pid) = name
+            .strip_prefix(TAG_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let pids = run_with_timeout(command("ip", &["netns", "pids", name], &[]), SETUP_TIMEOUT);
+        for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+            if let Ok(p) = p.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _ = run_with_timeout(command("ip", &["netns", "del", name], &[]), SETUP_TIMEOUT);
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(name));
+        eprintln!("removed namespace {name}, left behind by test process {pid}");
+    }
+}
+
 /// One private network of pods. See the module docs.
 pub struct Net {
     inner: Arc<NetInner>,
@@ -71,9 +108,11 @@ impl Net {
     /// pid; `prefix` should be short (namespace names are shown by
     /// `ip netns list`).
     pub fn new(prefix: &str) -> Net {
+        static CLEANED: std::sync::Once = std::sync::Once::new();
+        CLEANED.call_once(clean_leftovers);
         let pid = std::process::id();
         let k = NET_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("{prefix}{pid}n{k}");
+        let tag = format!("{TAG_PREFIX}{pid}-{prefix}{k}");
         // 10.64.0.0 .. 10.127.255.0: 16384 /24s chosen by pid and counter.
         let slot = (pid.wrapping_mul(8).wrapping_add(k)) % (64 * 256);
         let subnet = [10, 64 + (slot / 256) as u8, (slot % 256) as u8];

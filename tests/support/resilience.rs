@@ -271,7 +271,23 @@ impl Mesh {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        Load::parse(&out.stdout)
+        let load = Load::parse(&out.stdout);
+        // Every request issued came back (answered or failed), and fewer
+        // than asked only because the run's duration ended it.
+        let n = load.results.len();
+        let cut_short = load.elapsed_ms + 500.0 >= opts.duration.as_secs_f64() * 1000.0;
+        assert!(
+            n == opts.requests as usize || (n < opts.requests as usize && cut_short),
+            "load.py: {n} of {} results after {:.0} ms (duration {:?})",
+            opts.requests,
+            load.elapsed_ms,
+            opts.duration
+        );
+        let mut seen: Vec<u64> = load.results.iter().map(|c| c.i).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), n, "load.py reported a request twice");
+        load
     }
 
     /// One call from the client pod.

@@ -80,20 +80,29 @@ pub(super) struct MeshHandler {
     names: Arc<dyn VipLookup>,
     /// Upstream resolver for names that are not ours.
     forwarder: Forwarder,
+    /// Every query received, answered or forwarded.
+    queries: prometheus_client::metrics::counter::Counter,
 }
 
 // === impl MeshHandler ===
 
 impl MeshHandler {
-    pub(super) fn new(zone: Name, names: Arc<dyn VipLookup>, forwarder: Forwarder) -> Self {
+    pub(super) fn new(
+        zone: Name,
+        names: Arc<dyn VipLookup>,
+        forwarder: Forwarder,
+        queries: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         MeshHandler {
             zone,
             names,
             forwarder,
+            queries,
         }
     }
 
     async fn answer<R: ResponseHandler>(&self, request: &Request, handle: R) -> ResponseInfo {
+        self.queries.inc();
         let mut metadata = Metadata::response_from_request(&request.metadata);
         metadata.recursion_available = true;
         let reply = match request.request_info() {

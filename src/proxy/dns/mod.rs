@@ -60,6 +60,8 @@ pub struct DnsConfig {
     pub resolv_conf: PathBuf,
     /// `SO_MARK` for the forwarder's sockets (`--mark`; `None` = unmarked).
     pub mark: Option<u32>,
+    /// Counts every query received (`mesh_dns_queries_total`).
+    pub queries: prometheus_client::metrics::counter::Counter,
 }
 
 /// A bound, not yet running DNS responder (UDP and TCP on the same port).
@@ -86,7 +88,7 @@ impl DnsServer {
         let (udp, tcp) = bind_pair(cfg.listen).await?;
         let addr = udp.local_addr()?;
         let forwarder = forward::Forwarder::from_resolv_conf(&cfg.resolv_conf, cfg.mark);
-        let handler = MeshHandler::new(zone, names, forwarder);
+        let handler = MeshHandler::new(zone, names, forwarder, cfg.queries);
         Ok(DnsServer {
             addr,
             udp,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One call to the gRPC echo server (grpc_echo.py), result as one JSON line.
 
-Run: grpc_client.py --target grpc.mesh:50051 --method Unary|Stream|Fail|Flaky|Sum|Chat|Count
+Run: grpc_client.py --target grpc.mesh:50051 --method Unary|Stream|Fail|Flaky|Sum|Chat|Slow|Count
        [--data BYTES] [--timeout SECONDS]
 For Stream, --data is the number of messages to ask for. For Sum and Chat
 it is a comma-separated list of messages; Chat sends each only after the
@@ -40,7 +40,7 @@ def metadata(md):
 def main():
     p = argparse.ArgumentParser(description="one call to grpc_echo.py")
     p.add_argument("--target", required=True)
-    p.add_argument("--method", required=True, choices=["Unary", "Stream", "Fail", "Flaky", "Sum", "Chat", "Count"])
+    p.add_argument("--method", required=True, choices=["Unary", "Stream", "Fail", "Flaky", "Sum", "Chat", "Slow", "Count"])
     p.add_argument("--data", default="hello")
     p.add_argument("--timeout", type=float, default=5.0)
     a = p.parse_args()

@@ -15,6 +15,9 @@ serializers), so no .proto file or code generation is needed:
   /mesh.test.Echo/Flaky    unary: odd-numbered calls (1st, 3rd, ...) abort
                            with UNAVAILABLE before any metadata (a
                            trailers-only answer), even ones echo.
+  /mesh.test.Echo/Slow     unary: sleeps the request's milliseconds (ASCII
+                           digits, at most 10000) before any metadata, then
+                           echoes them.
   /mesh.test.Echo/Count    unary: JSON {"Unary": n, "Stream": n, "Fail": n, "Flaky": n},
                            the calls each method has received (Count itself
                            is not counted), so a test can tell whether calls
@@ -31,6 +34,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -103,6 +107,16 @@ def handlers(name, counts):
         for m in requests:
             yield f"{name}: ".encode() + m
 
+    def slow(request, context):
+        text = request.decode("ascii", "replace").strip()
+        if not text.isdigit() or int(text) > 10000:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad milliseconds {text!r}")
+        # The wait comes before any metadata: a unary call that takes long
+        # to answer, headers included.
+        time.sleep(int(text) / 1000.0)
+        served_by(context)
+        return request
+
     def count(request, context):
         return json.dumps(counts.snapshot()).encode()
 
@@ -116,6 +130,7 @@ def handlers(name, counts):
             "Flaky": grpc.unary_unary_rpc_method_handler(flaky),
             "Sum": grpc.stream_unary_rpc_method_handler(sum_),
             "Chat": grpc.stream_stream_rpc_method_handler(chat),
+            "Slow": grpc.unary_unary_rpc_method_handler(slow),
             "Count": grpc.unary_unary_rpc_method_handler(count),
         },
     )

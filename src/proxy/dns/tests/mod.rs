@@ -35,6 +35,8 @@ fn names() -> Arc<dyn VipLookup> {
 /// A running responder; dropping `stop` shuts it down.
 struct Running {
     addr: SocketAddr,
+    /// The responder's `mesh_dns_queries_total`.
+    queries: prometheus_client::metrics::counter::Counter,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<io::Result<()>>,
     _dir: tempfile::TempDir,
@@ -57,7 +59,9 @@ async fn start(resolv_conf: &str) -> Running {
         domain: "mesh".into(),
         resolv_conf: path,
         mark: Some(crate::net::DEFAULT_MARK),
+        queries: Default::default(),
     };
+    let queries = cfg.queries.clone();
     let server = DnsServer::bind(cfg, names()).await.unwrap();
     let addr = server.local_addr();
     assert_ne!(addr.port(), 0);
@@ -67,6 +71,7 @@ async fn start(resolv_conf: &str) -> Running {
     }));
     Running {
         addr,
+        queries,
         stop: Some(tx),
         task,
         _dir: dir,
@@ -156,6 +161,7 @@ async fn answers_mesh_names_case_insensitively() {
             "{name}"
         );
     }
+    assert_eq!(dns.queries.get(), 4, "every query counted");
     dns.shutdown().await;
 }
 
