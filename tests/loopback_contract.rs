@@ -134,6 +134,48 @@ retries: { attempts: 0 }
     assert_eq!(r.header("x-mesh-error"), Some("timeout"), "{r:?}");
 }
 
+/// A policy change reaches the sidecar live; a request already in flight
+/// finishes under the policy it started with.
+///
+/// | app      | answers after 1.5 s |
+/// | policy   | timeouts.request 5s |
+/// | GET #1   | started, in flight |
+/// | policy   | timeouts.request 300ms, applied while #1 is in flight |
+/// | GET #1   | 200 after ~1.5 s (its 5 s timeout) |
+/// | GET #2   | 504 `timeout` (the new one) |
+fn in_flight_requests_keep_the_policy_they_started_with() {
+    let lo = Loopback::start("inflight");
+    let slow = lo.app("slow-1", &Fault::latency_ms(1500));
+    lo.register_addr("slow", slow.addr);
+    let policy = |timeout: &str| {
+        format!(
+            "kind: ServicePolicy\nservice: slow\ntimeouts: {{ request: {timeout} }}\nretries: {{ attempts: 0 }}\n"
+        )
+    };
+    lo.apply(&policy("5s"));
+    let client = lo.sidecar("client", &[]);
+    client.wait_ready_endpoints("slow", 1);
+    let first = std::thread::scope(|scope| {
+        let first = scope.spawn(|| call(&client, "http://slow/first", &[]));
+        wait_for("the first call in flight at the app", secs(5), || {
+            (slow.stats().in_flight == 1).then_some(())
+        });
+        let before = client.state()["registry"]["revision"].as_u64();
+        lo.apply(&policy("300ms"));
+        wait_for("the sidecar to take the new policy", secs(5), || {
+            (client.state()["registry"]["revision"].as_u64() > before).then_some(())
+        });
+        first.join().expect("first call")
+    });
+    assert_eq!((first.status, first.body.as_str()), (200, "slow-1"), "{first:?}");
+    let second = call(&client, "http://slow/second", &[]);
+    assert_eq!(
+        (second.status, second.header("x-mesh-error")),
+        (504, Some("timeout")),
+        "{second:?}"
+    );
+}
+
 /// | orders          | one endpoint, refusing |
 /// | orders-readonly | an app |
 /// | policy          | orders: fallback to service orders-readonly |
@@ -485,6 +527,7 @@ fn main() -> std::process::ExitCode {
         stories![
             [CURL, PYTHON3] => counts_once_per_request_and_endpoints_as_state_shows,
             [CURL, PYTHON3] => request_timeout_answers_504_and_deadline_exceeded,
+            [CURL, PYTHON3] => in_flight_requests_keep_the_policy_they_started_with,
             [CURL, PYTHON3] => service_fallback_answers_from_the_other_service,
             [CURL, PYTHON3] => retry_budget_exhausted_when_no_retry_is_left,
             [CURL, PYTHON3] => proxy_to_proxy_caller_header_stripping_and_via_loops,
