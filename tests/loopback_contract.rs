@@ -167,7 +167,11 @@ fn in_flight_requests_keep_the_policy_they_started_with() {
         });
         first.join().expect("first call")
     });
-    assert_eq!((first.status, first.body.as_str()), (200, "slow-1"), "{first:?}");
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (200, "slow-1"),
+        "{first:?}"
+    );
     let second = call(&client, "http://slow/second", &[]);
     assert_eq!(
         (second.status, second.header("x-mesh-error")),
