@@ -16,9 +16,10 @@ const DEFAULT_RTT_NS: f64 = 1_000_000.0;
 pub struct EndpointStats {
     /// Requests sent and not yet answered.
     pending: AtomicU32,
-    /// (EWMA latency in ns, when it was last updated). A mutex, not
-    /// atomics: the two values change together, and it is uncontended.
-    rtt: Mutex<(f64, Instant)>,
+    /// (EWMA latency in ns, when it was last updated: `None` before the
+    /// first sample). A mutex, not atomics: the two values change
+    /// together, and it is uncontended.
+    rtt: Mutex<(f64, Option<Instant>)>,
     /// Outlier-ejection state: lives here so it survives table rebuilds.
     pub ejection: crate::resilience::EjectionState,
 }
@@ -27,7 +28,7 @@ impl Default for EndpointStats {
     fn default() -> Self {
         EndpointStats {
             pending: AtomicU32::new(0),
-            rtt: Mutex::new((DEFAULT_RTT_NS, Instant::now())),
+            rtt: Mutex::new((DEFAULT_RTT_NS, None)),
             ejection: Default::default(),
         }
     }
@@ -46,8 +47,31 @@ impl EndpointStats {
 
     /// Lower is better: expected latency scaled by queue depth.
     pub fn cost(&self) -> f64 {
-        let rtt = self.rtt.lock().map(|g| g.0).unwrap_or(DEFAULT_RTT_NS);
-        rtt * f64::from(self.pending() + 1)
+        self.cost_at(Instant::now())
+    }
+
+    /// [`cost`](Self::cost) as of `now`. The latency estimate decays
+    /// toward zero with the time since its last sample (as tower's and
+    /// Linkerd's peak-EWMA do): without that, an endpoint whose last answer
+    /// was slow would keep its high cost for as long as it is not picked,
+    /// which is forever when the other one is always cheaper, and it would
+    /// never be measured again.
+    pub fn cost_at(&self, now: Instant) -> f64 {
+        let (rtt, last) = self
+            .rtt
+            .lock()
+            .map(|g| *g)
+            .unwrap_or((DEFAULT_RTT_NS, None));
+        // Never measured: the optimistic default, undecayed, so new
+        // endpoints tie and are spread over evenly.
+        let decayed = match last {
+            Some(last) => {
+                let idle = now.saturating_duration_since(last).as_secs_f64();
+                rtt * (-idle / DECAY.as_secs_f64()).exp()
+            }
+            None => rtt,
+        };
+        decayed * f64::from(self.pending() + 1)
     }
 
     /// Folds in one response time. Peaks are taken at once; improvements
@@ -57,14 +81,17 @@ impl EndpointStats {
         let Ok(mut g) = self.rtt.lock() else { return };
         let now = Instant::now();
         let (ewma, last) = *g;
-        let next = if sample > ewma {
-            sample
-        } else {
-            let elapsed = now.saturating_duration_since(last).as_secs_f64();
-            let w = (-elapsed / DECAY.as_secs_f64()).exp();
-            ewma * w + sample * (1.0 - w)
+        let next = match last {
+            // The first sample replaces the optimistic default.
+            None => sample,
+            Some(_) if sample > ewma => sample,
+            Some(last) => {
+                let elapsed = now.saturating_duration_since(last).as_secs_f64();
+                let w = (-elapsed / DECAY.as_secs_f64()).exp();
+                ewma * w + sample * (1.0 - w)
+            }
         };
-        *g = (next, now);
+        *g = (next, Some(now));
     }
 }
 
@@ -110,6 +137,22 @@ mod tests {
         // A fast sample right after barely moves it (little time elapsed).
         s.observe(Duration::from_millis(1));
         assert!(s.ewma() > Duration::from_millis(90));
+    }
+
+    #[test]
+    fn an_endpoint_left_alone_becomes_worth_measuring_again() {
+        let slow = EndpointStats::default();
+        let fast = EndpointStats::default();
+        slow.observe(Duration::from_millis(20));
+        fast.observe(Duration::from_millis(2));
+        let now = Instant::now();
+        assert!(slow.cost_at(now) > fast.cost_at(now));
+        // Thirty seconds without a sample: 20 ms × e^-3 ≈ 1 ms, below the
+        // fast one's fresh 2 ms, so the next pick measures it again.
+        let later = now + Duration::from_secs(30);
+        let fresh_fast = 2_000_000.0;
+        assert!(slow.cost_at(later) < fresh_fast, "{}", slow.cost_at(later));
+        assert!(slow.cost_at(later) > 0.0);
     }
 
     #[test]

@@ -48,7 +48,10 @@ impl Balancer {
             n => match self.algorithm {
                 Algorithm::RoundRobin => ready.get(self.next.fetch_add(1, Ordering::Relaxed) % n),
                 Algorithm::Random => ready.get(fastrand::usize(..n)),
-                Algorithm::P2cEwma => Some(p2c(ready, |e| e.stats().cost())),
+                Algorithm::P2cEwma => {
+                    let now = std::time::Instant::now();
+                    Some(p2c(ready, |e| e.stats().cost_at(now)))
+                }
                 Algorithm::LeastRequest => Some(p2c(ready, |e| f64::from(e.stats().pending()))),
             },
         }
