@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
 # mesh in one command: a newcomer's tour, no root needed.
 #
-#   ./examples/demo.sh            (from the repository root, or anywhere)
+#   examples/demo.sh                   builds (cargo build --workspace), then the tour
+#   DEMO_NO_BUILD=1 examples/demo.sh   skips the build: uses the binaries already
+#                                      in target/debug (or $CARGO_TARGET_DIR/debug)
+#   KEEP=1 examples/demo.sh            keeps the work dir and its logs afterwards
 #
-# Needs: cargo, curl, python3, node. Builds the workspace (debug profile:
-# startup time does not matter here, and it reuses the usual build cache),
-# then on 127.0.0.1 only:
-#   - mesh-control on :15010 with a throw-away data dir,
-#   - service `hello` twice: a python app and a node app, each with its own
-#     mesh-proxy (explicit mode: no iptables, so no root),
-#   - a client sidecar on the default ports (outbound :15001, admin :15000),
-# and shows: calls spread over both languages, what mesh-ctl sees, and
-# traffic moving to python alone once the node app dies.
-# Every process it starts is stopped on exit. Set KEEP=1 to keep the logs.
+# Needs: curl, python3, node, and cargo unless DEMO_NO_BUILD=1. Debug build:
+# startup time does not matter here, and it reuses the usual build cache.
+# Everything runs on 127.0.0.1 (ports 15000-15253, 18081-18082), in explicit
+# mode (http_proxy=..., no iptables, so no root), with one throw-away work dir:
+#   - mesh-control on :15010,
+#   - service `hello` twice: a python app (:18081) and a node app (:18082),
+#     each with its own mesh-proxy registering it,
+#   - a client sidecar on the default ports (outbound :15001, admin :15000).
+# The tour, one numbered step each (about 20 s once built):
+#   1. discovery: what the control plane knows,
+#   2. balancing: P2C peak-EWMA, one call at a time and under concurrent load,
+#   3. a circuit breaker opening on the app's 500s,
+#   4. a live policy change: a static fallback, no restart,
+#   5. mesh-ctl top: the client sidecar's live view,
+#   6. an excerpt of the client sidecar's /metrics,
+#   7. back to the defaults, then failover: the node app dies, python answers.
+# Every process it starts is stopped on exit. If what a step claims does not
+# happen, the demo says so and exits non-zero, keeping the logs.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,17 +31,43 @@ DEMO="$ROOT/examples/demo"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET/debug"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/mesh-demo.XXXXXX")"
-CONTROL_URL="http://127.0.0.1:15010"
+PROXY=http://127.0.0.1:15001 # the client sidecar's outbound listener
+ADMIN=http://127.0.0.1:15000 # the client sidecar's admin listener
+NODE_DELAY_MS=5              # the node app answers this much later: the slower instance
 PIDS=()
 declare -A PID # name -> pid of what start() launched
 
-# Proxy variables from the caller's shell would send our curls elsewhere.
+# Proxy variables from the caller's shell would send our curls elsewhere, and
+# MESH_* ones would change the programs' flags (MESH_OUTPUT=json, say).
 unset http_proxy https_proxy all_proxy no_proxy HTTP_PROXY HTTPS_PROXY ALL_PROXY NO_PROXY
+while read -r var; do unset "$var"; done < <(compgen -e MESH_ || true)
+# Every mesh program reads the control plane's URL from MESH_CONTROL.
+export MESH_CONTROL=http://127.0.0.1:15010
 
-step() { printf '\n\033[1m=== %s ===\033[0m\n' "$*"; }
+if [[ -t 1 && -z ${NO_COLOR:-} ]]; then
+  BOLD=$'\033[1m' DIM=$'\033[2m' OFF=$'\033[0m'
+else
+  BOLD='' DIM='' OFF=''
+fi
+
+# step TITLE EXPLANATION...: a numbered step and what the viewer sees in it.
+step() {
+  printf '\n%s=== %s ===%s\n' "$BOLD" "$1" "$OFF"
+  shift
+  local line
+  for line in "$@"; do printf '%s%s%s\n' "$DIM" "$line" "$OFF"; done
+}
+
+# show CMD ARGS...: prints a command the way one would type it, then runs it.
+show() {
+  printf '\n$ %s\n' "$*"
+  "$@"
+}
+mesh-ctl() { "$BIN/mesh-ctl" "$@"; }
 
 cleanup() {
   local status=$?
+  local pid
   for pid in "${PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
@@ -54,7 +91,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-die() { echo "demo: $*" >&2; exit 1; }
+die() {
+  echo "demo: $*" >&2
+  exit 1
+}
 
 # start NAME CMD ARGS...: runs a process in the background, logging to
 # $WORK/NAME.log, and remembers its pid for cleanup.
@@ -64,6 +104,15 @@ start() {
   "$@" >"$WORK/$name.log" 2>&1 &
   PIDS+=("$!")
   PID[$name]=$!
+}
+
+# stop NAME: stops what start() launched as NAME, and forgets it.
+stop() {
+  local pid=${PID[$1]} p keep=()
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
 }
 
 # wait_http URL WHAT NAME: polls until URL answers 200 (10 s at most);
@@ -82,94 +131,316 @@ wait_http() {
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-# call: one request through the client sidecar, the way any app would make it.
-call() { http_proxy=http://127.0.0.1:15001 curl -s -m 3 http://hello/ || true; }
+# hello PYEXPR: PYEXPR evaluated (python) on service hello, `s`, of the
+# client sidecar's admin /state; empty if there is no such service yet.
+hello() {
+  curl -s -m 1 "$ADMIN/state" | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+s = next((x for x in d["registry"]["services"] if x["name"] == "hello"), None)
+print(eval(sys.argv[1]) if s else "")' "$1" 2>/dev/null || true
+}
 
-for tool in cargo curl python3 node; do
+# call PATH: one request to service hello through the client sidecar, the
+# way any app would make it. Sets STATUS (000: no answer), ERR and FALLBACK
+# (the x-mesh-error and x-mesh-fallback headers, `-` when absent) and BODY
+# (its first line). Parsed in bash: the breaker step makes hundreds of calls.
+call() {
+  local line
+  STATUS=000 ERR=- FALLBACK=- BODY=""
+  : >"$WORK/call.body"
+  while IFS= read -r line; do
+    line=${line%$'\r'}
+    case ${line,,} in
+      http/*) STATUS=${line#* } STATUS=${STATUS%% *} ;;
+      x-mesh-error:*) ERR=${line#*:} ERR=${ERR# } ;;
+      x-mesh-fallback:*) FALLBACK=${line#*:} FALLBACK=${FALLBACK# } ;;
+      *) ;;
+    esac
+  done < <(http_proxy=$PROXY curl -s -m 3 -D - -o "$WORK/call.body" "http://hello$1" || true)
+  IFS= read -r BODY <"$WORK/call.body" || true
+  BODY=${BODY%$'\r'}
+  BODY=${BODY:0:200}
+}
+
+# print_answer LABEL [STATUS ERR FALLBACK BODY [NOTE]]: one line per answer
+# (the last call's, by default): status, the mesh's headers, the body.
+print_answer() {
+  local status=${2:-$STATUS} err=${3:-$ERR} fallback=${4:-$FALLBACK} body=${5-$BODY} extra=""
+  [[ $fallback == - ]] || extra="  x-mesh-fallback: $fallback"
+  printf '  %-14s %s  x-mesh-error: %-12s%s  "%s"%s\n' "$1" "$status" "$err" "$extra" "$body" "${6:+  $6}"
+}
+
+# load: 100 calls to http://hello/ from 8 concurrent clients; prints how
+# many each instance answered and sets load_python and load_node.
+load() {
+  python3 "$DEMO/load.py" 127.0.0.1:15001 http://hello/ 100 8 20 >"$WORK/load.out" ||
+    die "the load generator failed (see $WORK/load.out)"
+  sed 's/^/  /' "$WORK/load.out"
+  load_python=$(awk '$1 == "python" { print $2 }' "$WORK/load.out")
+  load_node=$(awk '$1 == "node" { print $2 }' "$WORK/load.out")
+}
+
+# How many /fail requests the two apps have logged.
+app_fails() { cat "$WORK/app-python.log" "$WORK/app-node.log" | grep -c 'GET /fail' || true; }
+
+for tool in curl python3 node; do
   command -v "$tool" >/dev/null || die "needs $tool on PATH"
 done
-for port in 15010 15000 15001 15053 15100 15101 15153 15200 15201 15253 18081 18082; do
-  port_free "$port" || die "port 127.0.0.1:$port is in use; stop whatever holds it"
+for port in 15010 15000 15001 15053 15100 15101 15106 15153 15200 15201 15206 15253 18081 18082; do
+  port_free "$port" || die "port 127.0.0.1:$port is in use; stop whatever holds it (another run of the demo?)"
 done
 
-step "1. Build (debug)"
-(cd "$ROOT" && cargo build --workspace)
+if [[ ${DEMO_NO_BUILD:-0} == 1 ]]; then
+  step "0. Build: skipped (DEMO_NO_BUILD=1)" "Using the binaries in $BIN."
+else
+  step "0. Build (debug): cargo build --workspace"
+  command -v cargo >/dev/null || die "needs cargo on PATH (or DEMO_NO_BUILD=1 with built binaries)"
+  (cd "$ROOT" && cargo build --workspace)
+fi
 for b in mesh-control mesh-proxy mesh-ctl; do
-  [[ -x $BIN/$b ]] || die "missing $BIN/$b"
+  [[ -x $BIN/$b ]] || die "missing $BIN/$b (build it, or drop DEMO_NO_BUILD)"
 done
 
-step "2. Control plane: mesh-control on $CONTROL_URL"
+# ---------------------------------------------------------------------------
+step "1. Discovery: a control plane, service hello twice, a client sidecar" \
+  "Each app's own sidecar registers it (lease, health); the client sidecar learns both from the registry watch."
 start control "$BIN/mesh-control" --listen 127.0.0.1:15010 --data-dir "$WORK/control-data"
-wait_http "$CONTROL_URL/healthz" mesh-control control
-echo "mesh-control is up (pid ${PID[control]})"
-
-step "3. Service hello: a python app and a node app, each with a sidecar"
+wait_http "$MESH_CONTROL/healthz" mesh-control control
 start app-python python3 "$DEMO/hello.py" 18081
-start app-node node "$DEMO/hello.js" 18082
-wait_http http://127.0.0.1:18081/ "python app" app-python
-wait_http http://127.0.0.1:18082/ "node app" app-node
+start app-node node "$DEMO/hello.js" 18082 "$NODE_DELAY_MS"
+wait_http http://127.0.0.1:18081/ "the python app" app-python
+wait_http http://127.0.0.1:18082/ "the node app" app-node
 # Explicit mode (no iptables): each sidecar gets its own ports. --mark 0
 # because marking sockets needs privileges and nothing is intercepted here.
-start proxy-python "$BIN/mesh-proxy" --control "$CONTROL_URL" --service hello \
-  --app-port 18081 --advertise 127.0.0.1 --instance-id python \
+start proxy-python "$BIN/mesh-proxy" --service hello --app-port 18081 \
+  --advertise 127.0.0.1 --instance-id python \
   --outbound 127.0.0.1:15101 --admin 127.0.0.1:15100 --dns 127.0.0.1:15153 \
   --inbound 127.0.0.1:15106 \
   --health-interval 500ms --cache-dir "$WORK/cache-python" --mark 0
-start proxy-node "$BIN/mesh-proxy" --control "$CONTROL_URL" --service hello \
-  --app-port 18082 --advertise 127.0.0.1 --instance-id node \
+start proxy-node "$BIN/mesh-proxy" --service hello --app-port 18082 \
+  --advertise 127.0.0.1 --instance-id node \
   --outbound 127.0.0.1:15201 --admin 127.0.0.1:15200 --dns 127.0.0.1:15253 \
   --inbound 127.0.0.1:15206 \
   --health-interval 500ms --cache-dir "$WORK/cache-node" --mark 0
+# The client sidecar: default ports, no --service (it only calls).
+start proxy-client "$BIN/mesh-proxy" --cache-dir "$WORK/cache-client" --mark 0
 wait_http http://127.0.0.1:15100/ready "python's sidecar" proxy-python
 wait_http http://127.0.0.1:15200/ready "node's sidecar" proxy-node
-echo "python app on :18081 (sidecar admin :15100, inbound :15106), node app on :18082 (sidecar admin :15200, inbound :15206)"
+wait_http "$ADMIN/ready" "the client sidecar" proxy-client
+for _ in $(seq 1 100); do
+  [[ $(hello 'sum(e["state"] == "ready" for e in s["endpoints"])') == 2 ]] && break
+  sleep 0.1
+done
+[[ $(hello 'sum(e["state"] == "ready" for e in s["endpoints"])') == 2 ]] ||
+  die "the client sidecar does not see two ready instances of hello within 10 s"
+echo "mesh-control :15010; python app :18081 (sidecar inbound :15106, admin :15100);"
+echo "node app :18082 (sidecar inbound :15206, admin :15200); client sidecar :15001 (admin :15000)"
+show mesh-ctl services
+show mesh-ctl endpoints hello
 
-step "4. A client sidecar on the default ports (outbound :15001)"
-start proxy-client "$BIN/mesh-proxy" --control "$CONTROL_URL" \
-  --cache-dir "$WORK/cache-client" --mark 0
-wait_http http://127.0.0.1:15000/ready "the client sidecar" proxy-client
-echo "client sidecar is ready"
-
-step "5. Twelve calls: http_proxy=http://127.0.0.1:15001 curl http://hello/"
+# ---------------------------------------------------------------------------
+step "2. Balancing: P2C peak-EWMA" \
+  "The client sidecar picks the better of two endpoints by latency x (in-flight + 1). With one call at a time" \
+  "nothing is in flight, so once both are measured the faster one answers: python (node waits ${NODE_DELAY_MS} ms on purpose)." \
+  "Under load, the busy instance's in-flight count multiplies its cost, and the slower one takes a share."
+# One call straight to each sidecar's inbound listener first, so that opening
+# connections to the apps does not count as their latency.
+curl -s -o /dev/null -m 3 http://127.0.0.1:15106/ || true
+curl -s -o /dev/null -m 3 http://127.0.0.1:15206/ || true
+echo "ten calls, one at a time: http_proxy=$PROXY curl http://hello/"
 python_hits=0
 node_hits=0
-for i in $(seq 1 12); do
-  answer=$(call)
-  printf '  call %2d -> %s\n' "$i" "${answer:-(no answer)}"
-  case $answer in
+for i in $(seq 1 10); do
+  call /
+  [[ $STATUS == 200 ]] || die "call $i to http://hello/ answered $STATUS (x-mesh-error: $ERR)"
+  printf '  call %2d -> %s\n' "$i" "$BODY"
+  case $BODY in
     *python*) python_hits=$((python_hits + 1)) ;;
     *node*) node_hits=$((node_hits + 1)) ;;
   esac
 done
-echo "python answered $python_hits, node answered $node_hits"
-
-step "6. What the control plane knows: mesh-ctl services, mesh-ctl endpoints hello"
-"$BIN/mesh-ctl" --control "$CONTROL_URL" services
+echo "python answered $python_hits, node $node_hits; the client sidecar's latency estimates (EWMA):" \
+  "$(hello '", ".join("%s %.1f ms" % (e["id"], e["ewma_ms"]) for e in s["endpoints"])')"
 echo
-"$BIN/mesh-ctl" --control "$CONTROL_URL" endpoints hello
+echo "100 calls from 8 concurrent clients (examples/demo/load.py, keep-alive connections to :15001):"
+load
+((${load_python:-0} + ${load_node:-0} == 100)) || die "not all 100 concurrent calls were answered 200"
+((${load_python:-0} > 0 && ${load_node:-0} > 0)) || die "under concurrent load only one instance answered"
+echo "both answered: python ${load_python}, node ${load_node}"
 
-step "7. The node app dies; its sidecar's health check takes it out of rotation"
-kill "${PID[app-node]}"
-wait "${PID[app-node]}" 2>/dev/null || true
-echo "killed the node app (pid ${PID[app-node]})"
-streak=0
-for i in $(seq 1 150); do
-  answer=$(call)
-  case $answer in
-    *python*) streak=$((streak + 1)) ;;
-    *) streak=0 ;;
+# ---------------------------------------------------------------------------
+step "3. A circuit breaker opens" \
+  "Both apps answer /fail with 500. The breaker counts the app's 5xx over a 10 s window; once at least half" \
+  "of its calls (5 at least) failed, it opens: for 5 s the client sidecar answers 503 x-mesh-error: breaker-open" \
+  "itself, without reaching the app. (No retries, and no outlier ejection, so only the breaker acts.)"
+cat >"$WORK/policy.yaml" <<'EOF'
+kind: ServicePolicy
+service: hello
+retries: { attempts: 0 }
+breaker: { window: 10s, minRequests: 5, failureRate: 50, openFor: 5s }
+outlier: { consecutiveFailures: 1000 }
+EOF
+echo "$WORK/policy.yaml:"
+sed 's/^/  /' "$WORK/policy.yaml"
+show mesh-ctl apply -f - <"$WORK/policy.yaml"
+echo
+echo "The window still holds step 2's calls ($(hello 's["breaker"]["calls"]') of them," \
+  "$(hello 's["breaker"]["failures"]') failed), so it takes about as many failures to reach 50%."
+echo "Calls to http://hello/fail, one at a time (runs of identical answers on one line):"
+# A run of identical answers (status and mesh headers) is printed as one
+# line, with how many of them each app answered.
+run_key="" run_from=0 run_to=0 run_body="" run_python=0 run_node=0
+flush_run() {
+  [[ -n $run_key ]] || return 0
+  local label="call $run_from" status err fallback who=""
+  ((run_to == run_from)) || label="calls $run_from-$run_to"
+  ((run_python == 0)) || who="python $run_python"
+  ((run_node == 0)) || who="${who:+$who, }node $run_node"
+  IFS='|' read -r status err fallback <<<"$run_key"
+  print_answer "$label" "$status" "$err" "$fallback" "$run_body" "${who:+(from the apps: $who)}"
+  run_key=""
+}
+add_to_run() { # N: adds call N's answer (STATUS, ERR, FALLBACK, BODY)
+  local key="$STATUS|$ERR|$FALLBACK"
+  if [[ $key != "$run_key" ]]; then
+    flush_run
+    run_key=$key run_from=$1 run_body=$BODY run_python=0 run_node=0
+  fi
+  run_to=$1
+  case $BODY in
+    python:*) run_python=$((run_python + 1)) ;;
+    node:*) run_node=$((run_node + 1)) ;;
   esac
-  if ((streak >= 10)); then
-    echo "after $i calls: 10 answers in a row from python, none from node"
+}
+opened_at=0
+deadline=$((SECONDS + 20))
+for i in $(seq 1 400); do
+  call /fail
+  add_to_run "$i"
+  if [[ $STATUS == 503 && $ERR == breaker-open ]]; then
+    opened_at=$i
+    break
+  fi
+  [[ $STATUS == 500 && $ERR == - ]] ||
+    die "call $i to /fail answered $STATUS (x-mesh-error: $ERR), not the app's 500"
+  ((SECONDS < deadline)) || break
+done
+((opened_at > 0)) || { flush_run; die "the breaker did not open within $i failing calls"; }
+fails_seen=$(app_fails)
+for i in $(seq $((opened_at + 1)) $((opened_at + 5))); do
+  call /fail
+  add_to_run "$i"
+  [[ $STATUS == 503 && $ERR == breaker-open ]] ||
+    { flush_run; die "call $i answered $STATUS (x-mesh-error: $ERR) while the breaker should be open"; }
+done
+flush_run
+sleep 0.2 # the apps' logs are line-buffered; give a stray request time to show
+(($(app_fails) == fails_seen)) || die "a call reached the apps while the breaker was open"
+echo "The breaker opened at call $opened_at. The apps logged $fails_seen /fail requests in all:"
+echo "none of the $((i - opened_at + 1)) calls answered breaker-open reached them."
+
+# ---------------------------------------------------------------------------
+step "4. A live policy change: a static fallback" \
+  "The same policy plus a fallback, applied while the breaker is open: the client sidecar picks it up from the" \
+  "registry watch (no restart) and answers what the breaker rejects with 200 x-mesh-fallback: breaker-open."
+show mesh-ctl get policy hello
+cat "$WORK/policy.yaml" >"$WORK/policy-fallback.yaml"
+echo 'fallback: { status: 200, headers: { content-type: text/plain }, body: "fallback answer" }' \
+  >>"$WORK/policy-fallback.yaml"
+echo
+echo "$WORK/policy-fallback.yaml:"
+sed 's/^/  /' "$WORK/policy-fallback.yaml"
+show mesh-ctl apply -f - <"$WORK/policy-fallback.yaml"
+show mesh-ctl get policies
+echo
+echo "Calls to http://hello/fail until the fallback answers:"
+got_fallback=0
+deadline=$((SECONDS + 10))
+for i in $(seq 1 50); do
+  call /fail
+  print_answer "call $i"
+  if [[ $FALLBACK != - ]]; then
+    [[ $STATUS == 200 && $BODY == "fallback answer" && $FALLBACK == breaker-open ]] ||
+      die "the fallback answered $STATUS x-mesh-fallback: $FALLBACK \"$BODY\", not the policy's answer"
+    got_fallback=1
+    break
+  fi
+  ((SECONDS < deadline)) || break
+  sleep 0.1
+done
+((got_fallback)) || die "no fallback answer within $i calls after the policy change"
+echo "The breaker guards the whole service, so while it is open http://hello/ gets the fallback too:"
+call /
+print_answer "GET /"
+kill -0 "${PID[proxy-client]}" 2>/dev/null || die "the client sidecar exited"
+echo "(the client sidecar is the same process as in step 1: pid ${PID[proxy-client]})"
+
+# ---------------------------------------------------------------------------
+step "5. mesh-ctl top: the client sidecar's live view (one frame)" \
+  "Per service: breaker, bulkhead, requests (failed; fast-failed by the mesh), retries, each endpoint's EWMA."
+show mesh-ctl top --once --admin "$ADMIN" || die "mesh-ctl top failed"
+
+# ---------------------------------------------------------------------------
+step "6. The client sidecar's /metrics (excerpt)" \
+  "Prometheus text: requests by status class, breaker state (1 = open), the mesh's rejections, endpoints, RSS."
+printf '\n$ curl -s %s/metrics | grep ...\n' "$ADMIN"
+curl -s -m 3 "$ADMIN/metrics" >"$WORK/metrics.txt" || die "no answer from $ADMIN/metrics"
+grep -E '^(mesh_requests_total|mesh_breaker_state|mesh_rejections_total|mesh_endpoints|process_resident_memory_bytes)[{ ]' \
+  "$WORK/metrics.txt" | grep -vE '^mesh_requests_total.* 0$' || true
+grep -qE '^mesh_rejections_total\{.*reason="breaker-open".* [1-9]' "$WORK/metrics.txt" ||
+  die "/metrics does not count the breaker-open rejections"
+rss=$(awk '$1 == "process_resident_memory_bytes" { printf "%d", $2 / 1048576 }' "$WORK/metrics.txt")
+echo "(the client sidecar's resident memory: ${rss:-?} MiB, debug build)"
+
+# ---------------------------------------------------------------------------
+step "7. Back to the defaults, then failover" \
+  "Deleting the policy restores the default stack; after its 5 s the breaker lets one probe call through, which" \
+  "succeeds and closes it. Then the node app dies: retries cover the calls that still reach its sidecar, until" \
+  "the sidecar's health check reports it down and every proxy takes it out of rotation."
+show mesh-ctl delete policy hello
+closed=0
+t0=$SECONDS
+for i in $(seq 1 75); do
+  call /
+  if [[ $STATUS == 200 && $BODY == hello* ]]; then
+    closed=1
+    break
+  fi
+  [[ $STATUS == 503 && $ERR == breaker-open ]] ||
+    die "call $i to / answered $STATUS (x-mesh-error: $ERR) while waiting for the breaker to close"
+  ((SECONDS - t0 < 15)) || break
+  sleep 0.2
+done
+((closed)) || die "the breaker did not close again within 15 s"
+echo "after $((i - 1)) calls answered 503 breaker-open, call $i went through: $BODY"
+[[ $(hello 's["breaker"]["state"]') == closed ]] || die "the breaker is not closed after a successful probe"
+echo "breaker: $(hello 's["breaker"]["state"]')"
+echo
+retried_before=$(hello 's["retries"]["retried"]')
+stop app-node
+echo "killed the node app; at once, 100 calls from 8 concurrent clients again:"
+load
+((${load_python:-0} == 100)) || die "after the node app died, not all 100 calls were answered by python"
+echo "python answered all 100: the client sidecar retried $(($(hello 's["retries"]["retried"]') - ${retried_before:-0}))" \
+  "calls that had gone to node's sidecar"
+echo "before it reported node down (the default policy retries connect failures on another endpoint)."
+down=0
+for _ in $(seq 1 100); do
+  if [[ $(mesh-ctl -o json endpoints hello | grep -c '"health": "down"') == 1 &&
+    $(hello 'sum(e["state"] == "ready" for e in s["endpoints"])') == 1 ]]; then
+    down=1
     break
   fi
   sleep 0.1
 done
-((streak >= 10)) || die "traffic did not move to python within 15 s"
-for i in 1 2 3; do
-  printf '  call %d -> %s\n' "$i" "$(call)"
-done
+((down)) || die "the node instance is not reported down within 10 s"
+show mesh-ctl endpoints hello
 echo
-"$BIN/mesh-ctl" --control "$CONTROL_URL" endpoints hello
+for i in 1 2 3; do
+  call /
+  [[ $BODY == *python* ]] || die "call $i after the failover was not answered by python"
+  print_answer "call $i"
+done
 
-step "Done: stopping everything"
+step "Done in ${SECONDS} s: stopping everything"
