@@ -191,7 +191,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
         vip_net: args.vip_cidr,
         connect,
         detect: detect.clone(),
-        learned,
+        learned: learned.clone(),
     });
     let outbound = tokio::spawn(server.serve(outbound_l, shutdown.clone(), args.drain_timeout));
     let inbound = match (inbound_l, args.app_port) {
@@ -210,7 +210,9 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
                 metrics: metrics.clone(),
                 app_port,
                 detect,
-                learned: Learned::default(),
+                // One store, so /state lists both sides' ports (the
+                // inbound side's under the service "(inbound)").
+                learned,
                 connect,
                 idle: args.tcp_idle_timeout,
             });

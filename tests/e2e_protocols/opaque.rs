@@ -5,7 +5,7 @@
 //! remembered opaque); a client that waits before its HTTP request, which
 //! still gets HTTP (and the port is then remembered client-first).
 
-use crate::support::fault::{server_args, Fault};
+use crate::support::fault::{echoed_header_names, server_args, Fault};
 use crate::support::postgres::Postgres;
 use crate::support::protocols::ServerSpec;
 use crate::support::protocols::{json_line, metric, metrics, peer, stdout_ok};
@@ -165,14 +165,7 @@ pub fn a_slow_client_still_gets_http() {
     let r = json_line("slow_http_client.py", &out);
     assert_eq!(r["status"], 200, "{r}");
     assert!(r["waited_ms"].as_f64() >= Some(500.0), "{r}");
-    let seen: Value = serde_json::from_str(r["body"].as_str().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("the app's /_echo answer: {e}: {r}"));
-    let names: Vec<String> = seen["headers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|h| h[0].as_str().map(str::to_ascii_lowercase))
-        .collect();
+    let names = echoed_header_names(r["body"].as_str().unwrap_or_default());
     for added in ["traceparent", "via", "x-forwarded-for"] {
         assert!(names.iter().any(|n| n == added), "{added} in {names:?}");
     }
@@ -217,13 +210,7 @@ pub fn a_slow_client_still_gets_http() {
         .client
         .curl(&format!("http://echo.mesh:{port}/_echo"), &[]);
     assert_eq!(status, 200, "{body}");
-    let seen: Value = serde_json::from_str(&body).expect("/_echo JSON");
-    let names: Vec<String> = seen["headers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|h| h[0].as_str().map(str::to_ascii_lowercase))
-        .collect();
+    let names = echoed_header_names(&body);
     for untouched in ["via", "traceparent", "x-forwarded-for"] {
         assert!(
             !names.iter().any(|n| n == untouched),

@@ -133,6 +133,19 @@ impl Fault {
     }
 }
 
+/// The header names (lower-cased, in arrival order) that the app saw,
+/// from the body of the fault server's `/_echo` answer.
+pub fn echoed_header_names(echo_body: &str) -> Vec<String> {
+    let seen: serde_json::Value = serde_json::from_str(echo_body)
+        .unwrap_or_else(|e| panic!("not /_echo JSON ({e}): {echo_body:?}"));
+    seen["headers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|h| h[0].as_str().map(str::to_ascii_lowercase))
+        .collect()
+}
+
 /// Arguments of `python3` that start the fault server.
 pub fn server_args(bind: &str, port: u16, name: &str, initial: &Fault) -> Vec<String> {
     let mut args: Vec<String> = ["-u", FAULT_SERVER, "--bind", bind, "--port"]

@@ -33,6 +33,63 @@ pub struct Loopback {
     logs: std::sync::Mutex<Vec<PathBuf>>,
 }
 
+/// In each test's directory: one `PID<tab>ARGV` line per process started
+/// (arguments joined by [`ARG_SEP`]).
+const PIDS_FILE: &str = "pids";
+const ARG_SEP: &str = "\u{1f}";
+
+/// Stops the processes that an earlier test process started and could not
+/// stop because it died first (killed by a CI timeout, Ctrl-C: the children
+/// run in their own process groups, so the signal did not reach them).
+/// Only a pid that still runs the very command line it was started with
+/// is killed (a reused pid runs something else);
+/// the directory is kept (it may be a failed test's, kept for reading).
+fn stop_leftovers() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(owner) = name
+            .strip_prefix("mesh-lo-")
+            .and_then(|rest| rest.rsplit('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{owner}")).exists() {
+            continue; // a test process still running
+        }
+        let pids = entry.path().join(PIDS_FILE);
+        let Ok(text) = std::fs::read_to_string(&pids) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some((pid, argv)) = line.split_once('\t') else {
+                continue;
+            };
+            let Ok(pid) = pid.parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let running: Vec<String> = String::from_utf8_lossy(&cmdline)
+                .split('\0')
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect();
+            let program = argv.split(ARG_SEP).next().unwrap_or_default();
+            if !running.is_empty() && running.join(ARG_SEP) == argv {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                eprintln!("stopped {program} (pid {pid}), left behind by test process {owner}");
+            }
+        }
+        let _ = std::fs::remove_file(pids);
+    }
+}
+
 /// A sidecar and the addresses it bound.
 pub struct Sidecar {
     pub proc: Proc,
@@ -75,6 +132,8 @@ pub fn refusing() -> Refusing {
 impl Loopback {
     /// A fresh directory and mesh-control on a port of its own.
     pub fn start(name: &str) -> Loopback {
+        static CLEANED: std::sync::Once = std::sync::Once::new();
+        CLEANED.call_once(stop_leftovers);
         let dir = std::env::temp_dir().join(format!("mesh-lo-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create test dir");
@@ -212,7 +271,21 @@ impl Loopback {
             logs.push(log.clone());
         }
         let envs = [("MESH_LOG_FORMAT", "json")];
-        spawn_logged(command(program, args, &envs), label.to_string(), log)
+        let proc = spawn_logged(command(program, args, &envs), label.to_string(), log);
+        // For `stop_leftovers`, should this test process die before its
+        // `Proc`s are dropped.
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(PIDS_FILE))
+        {
+            let argv: Vec<&str> = std::iter::once(program)
+                .chain(args.iter().copied())
+                .collect();
+            let _ = writeln!(f, "{}\t{}", proc.pid(), argv.join(ARG_SEP));
+        }
+        proc
     }
 }
 

@@ -27,7 +27,8 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// The label under which learned opaque app ports are kept.
+/// The service name under which the inbound side's learned app ports are
+/// kept (and shown in `/state`, and in the learned-opaque metric).
 const APP: &str = "(inbound)";
 
 /// Detection from the client's bytes alone, as a sorting outcome.
@@ -44,7 +45,9 @@ pub struct InboundServer {
     /// `--app-port`: where direct (proxy-to-proxy) connections go.
     pub app_port: u16,
     pub detect: DetectConfig,
-    pub learned: Learned,
+    /// Shared with the outbound side and `/state`; this side's ports are
+    /// kept under the service name [`APP`].
+    pub learned: Arc<Learned>,
     pub connect: ConnectOptions,
     /// `--tcp-idle-timeout`.
     pub idle: Duration,
@@ -110,6 +113,7 @@ impl InboundServer {
             Ok(Sorted::Client { detected, upstream }) => (detected, upstream),
             Ok(Sorted::Server { upstream }) => {
                 if self.learned.learn(APP, port) {
+                    self.metrics.traffic.learned_opaque(APP, port);
                     tracing::warn!(port, "the app spoke first on a redirected connection: treating app port {port} as opaque TCP from now on; list it in --opaque-ports to skip detection");
                 }
                 let io = PrefixedIo::new(Bytes::new(), stream);
