@@ -138,10 +138,10 @@ impl OutboundServer {
             Ok(Sorted::Client { detected, upstream }) => (detected, upstream),
             Ok(Sorted::Server { upstream }) => {
                 self.learn(&svc.name, port);
-                return self.relay_sorted(stream, &svc, "opaque", upstream).await;
+                return self.relay_sorted(stream, &svc, upstream).await;
             }
             Ok(Sorted::Silent { upstream }) => {
-                return self.relay_sorted(stream, &svc, "opaque", upstream).await;
+                return self.relay_sorted(stream, &svc, upstream).await;
             }
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "connection failed during detection");
@@ -189,15 +189,9 @@ impl OutboundServer {
         }
     }
 
-    /// Relays a connection sorted before the client said anything.
-    async fn relay_sorted(
-        &self,
-        stream: TcpStream,
-        svc: &Arc<Service>,
-        protocol: &'static str,
-        upstream: Opened,
-    ) {
-        self.metrics.traffic.connection(&svc.name, protocol);
+    /// Relays, opaque, a connection sorted before the client said anything.
+    async fn relay_sorted(&self, stream: TcpStream, svc: &Arc<Service>, upstream: Opened) {
+        self.metrics.traffic.connection(&svc.name, "opaque");
         let io = PrefixedIo::new(Bytes::new(), stream);
         Box::pin(self.opaque.serve(io, svc, Some(Ok(upstream)), None::<fn()>)).await;
     }
