@@ -204,7 +204,8 @@ mod tests {
         pair(l).await
     }
 
-    #[tokio::test]
+    // The paused clock plays the slow side's wait; real sockets carry the bytes.
+    #[tokio::test(start_paused = true)]
     async fn a_slow_http_client_is_still_http() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (mut client, mut app) = pair(&l).await;
@@ -245,7 +246,8 @@ mod tests {
         assert!(start.elapsed() < Duration::from_secs(2));
     }
 
-    #[tokio::test]
+    // The paused clock plays the slow side's wait; real sockets carry the bytes.
+    #[tokio::test(start_paused = true)]
     async fn client_bytes_before_the_connect_keep_the_upstream_for_opaque() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (mut client, mut app) = pair(&l).await;
@@ -304,7 +306,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    // The paused clock plays the slow side's wait; real sockets carry the bytes.
+    #[tokio::test(start_paused = true)]
     async fn an_h2_servers_settings_do_not_make_it_opaque() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (mut client, mut app) = pair(&l).await;
