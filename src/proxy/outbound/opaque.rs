@@ -40,6 +40,22 @@ pub struct Opened {
     /// Held for the connection's life: the bulkhead counts connections.
     pub slot: BulkheadPermit,
     pub ep: Arc<Endpoint>,
+    /// The connect's success, told to the breaker and the outlier detector
+    /// only once the connection is used ([`Opened::confirm`]). A connection
+    /// opened early while the protocol was sorted, then dropped because the
+    /// client spoke HTTP, was never a call: it must not move the breaker's
+    /// window (its permit is dropped unrecorded, as for the mesh's own
+    /// rejections).
+    connected: Option<Verdict>,
+}
+
+impl Opened {
+    /// The connection carries the client's bytes: its connect counts.
+    pub fn confirm(&mut self) {
+        if let Some(v) = self.connected.take() {
+            v.record(false);
+        }
+    }
 }
 
 impl crate::proxy::protocol::Upstream for Opened {
@@ -67,10 +83,14 @@ impl OpaqueOutbound {
             Some(o) => o,
             None => self.open(svc).await,
         };
-        let Opened { stream, slot, ep } = match opened {
+        let mut opened = match opened {
             Ok(o) => o,
             Err(e) => return self.refuse(client.into_inner(), svc, &e),
         };
+        opened.confirm();
+        let Opened {
+            stream, slot, ep, ..
+        } = opened;
         if let Some(learn) = on_server_first {
             if first_word(client.get_ref(), &stream, LEARN_WITHIN).await == FirstWord::Server {
                 learn();
@@ -96,7 +116,9 @@ impl OpaqueOutbound {
     }
 
     /// Breaker, bulkhead, balancer, connect; connect failures retried on
-    /// other endpoints within the policy's attempts and budget.
+    /// other endpoints within the policy's attempts and budget (and
+    /// recorded as failures). A success is recorded by the caller, with
+    /// [`Opened::confirm`], once the connection is used.
     pub async fn open(&self, svc: &Arc<Service>) -> Result<Opened, MeshError> {
         let rt = svc.resilience.clone();
         let retries = &rt.policy.retries;
@@ -130,8 +152,12 @@ impl OpaqueOutbound {
             };
             let err = match result {
                 Ok(stream) => {
-                    verdict.record(false);
-                    return Ok(Opened { stream, slot, ep });
+                    return Ok(Opened {
+                        stream,
+                        slot,
+                        ep,
+                        connected: Some(verdict),
+                    })
                 }
                 Err(e) => {
                     verdict.record(true);
@@ -163,4 +189,55 @@ async fn dial(ep: &Endpoint, opts: ConnectOptions) -> std::io::Result<TcpStream>
         stream.write_all(MESH_OPAQUE_PREAMBLE).await?;
     }
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::Directory;
+    use crate::model::{Health, Instance, ServiceInfo, Snapshot};
+    use std::net::Ipv4Addr;
+
+    /// A connection opened early while a protocol was sorted, then dropped
+    /// (the client spoke HTTP), is not a call: the breaker's window does
+    /// not move. Used, it counts once.
+    #[tokio::test]
+    async fn only_a_used_connection_counts_for_the_breaker() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(ProxyMetrics::new());
+        let dir = Directory::new(Default::default(), metrics.clone());
+        dir.replace(Snapshot {
+            revision: 1,
+            policies: Vec::new(),
+            services: vec![ServiceInfo {
+                name: "db".into(),
+                vip: Ipv4Addr::new(127, 100, 0, 9),
+                instances: vec![Instance {
+                    id: "db-1".into(),
+                    service: "db".into(),
+                    address: addr.ip(),
+                    port: addr.port(),
+                    metadata: Default::default(),
+                    health: Health::Up,
+                    ttl_secs: None,
+                    inbound_port: None,
+                }],
+            }],
+        });
+        let svc = dir.table().by_name("db").cloned().unwrap();
+        let opaque = OpaqueOutbound {
+            metrics,
+            mark: None,
+            idle: Duration::from_secs(60),
+        };
+        let calls = || svc.resilience.view().breaker.calls;
+
+        drop(opaque.open(&svc).await.unwrap());
+        assert_eq!(calls(), 0, "an unused early connection was counted");
+        let mut used = opaque.open(&svc).await.unwrap();
+        used.confirm();
+        used.confirm();
+        assert_eq!(calls(), 1);
+    }
 }

@@ -72,9 +72,10 @@ async fn open(
     match route {
         Route::Service(svc) => {
             h.metrics.traffic.connection(&svc.name, "connect");
-            let opened = h.opaque.open(&svc).await.inspect_err(|e| {
+            let mut opened = h.opaque.open(&svc).await.inspect_err(|e| {
                 h.metrics.mesh_error(&svc.name, e.reason());
             })?;
+            opened.confirm();
             let guard = StreamGuard {
                 bulkhead: Some(opened.slot),
                 ..StreamGuard::default()
