@@ -99,9 +99,12 @@ pub fn run(binary: &str, stories: Vec<Story>) -> ExitCode {
                 }),
                 Some(why) => {
                     if selected(&args, &name) {
-                        skipped.push((name.clone(), why));
+                        skipped.push((name.clone(), why.clone()));
                     }
-                    Trial::test(name, || Ok(())).with_ignored_flag(true)
+                    // Run anyway (`-- --ignored`), it fails saying why: a
+                    // skipped story never passes without running.
+                    let not_run = move || Err(Failed::from(format!("cannot run here: {why}")));
+                    Trial::test(name, not_run).with_ignored_flag(true)
                 }
             }
         })
