@@ -200,28 +200,35 @@ mod tests {
         (near, far)
     }
 
-    async fn open_ok(l: &TcpListener) -> (TcpStream, TcpStream) {
-        pair(l).await
+    /// `far` sends `bytes` after `wait` (on the paused clock in the tests
+    /// that use it: the slow side's wait, while real sockets carry bytes).
+    fn speaks_after(
+        wait: Duration,
+        mut far: TcpStream,
+        bytes: &'static [u8],
+    ) -> tokio::task::JoinHandle<TcpStream> {
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            far.write_all(bytes).await.unwrap();
+            far
+        })
+    }
+
+    /// Sorts `client` with `upstream` already connected (10 s bound).
+    async fn sort_open(client: &mut TcpStream, upstream: TcpStream) -> Sorted<TcpStream, ()> {
+        let open = async { Ok::<_, ()>(upstream) };
+        sort(client, open, Duration::from_secs(10)).await.unwrap()
     }
 
     // The paused clock plays the slow side's wait; real sockets carry the bytes.
     #[tokio::test(start_paused = true)]
     async fn a_slow_http_client_is_still_http() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (mut client, mut app) = pair(&l).await;
-        let (upstream, _server) = open_ok(&l).await;
-        let writer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            app.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-                .await
-                .unwrap();
-            app
-        });
-        let open = async { Ok::<_, ()>(upstream) };
-        let sorted = sort(&mut client, open, Duration::from_secs(10))
-            .await
-            .unwrap();
-        match sorted {
+        let (mut client, app) = pair(&l).await;
+        let (upstream, _server) = pair(&l).await;
+        let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        let writer = speaks_after(Duration::from_millis(300), app, request);
+        match sort_open(&mut client, upstream).await {
             Sorted::Client { detected, upstream } => {
                 assert_eq!(detected.protocol, Protocol::Http1);
                 assert!(upstream.is_none(), "the early connection is dropped");
@@ -235,13 +242,10 @@ mod tests {
     async fn a_server_greeting_decides_at_once() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (mut client, _quiet_app) = pair(&l).await;
-        let (upstream, mut server) = open_ok(&l).await;
+        let (upstream, mut server) = pair(&l).await;
         server.write_all(b"220 ready\r\n").await.unwrap();
         let start = std::time::Instant::now();
-        let open = async { Ok::<_, ()>(upstream) };
-        let sorted = sort(&mut client, open, Duration::from_secs(10))
-            .await
-            .unwrap();
+        let sorted = sort_open(&mut client, upstream).await;
         assert!(matches!(sorted, Sorted::Server { .. }), "{sorted:?}");
         assert!(start.elapsed() < Duration::from_secs(2));
     }
@@ -251,7 +255,7 @@ mod tests {
     async fn client_bytes_before_the_connect_keep_the_upstream_for_opaque() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (mut client, mut app) = pair(&l).await;
-        let (upstream, _server) = open_ok(&l).await;
+        let (upstream, _server) = pair(&l).await;
         app.write_all(b"*1\r\n$4\r\nPING\r\n").await.unwrap();
         // The connect finishes only after the client has spoken.
         let open = async {
@@ -310,24 +314,15 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_h2_servers_settings_do_not_make_it_opaque() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (mut client, mut app) = pair(&l).await;
-        let (upstream, mut server) = open_ok(&l).await;
+        let (mut client, app) = pair(&l).await;
+        let (upstream, mut server) = pair(&l).await;
         server
             .write_all(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100])
             .await
             .unwrap();
-        let writer = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            app.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-                .await
-                .unwrap();
-            app
-        });
-        let open = async { Ok::<_, ()>(upstream) };
-        let sorted = sort(&mut client, open, Duration::from_secs(10))
-            .await
-            .unwrap();
-        match sorted {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let writer = speaks_after(Duration::from_millis(100), app, preface);
+        match sort_open(&mut client, upstream).await {
             Sorted::Client { detected, upstream } => {
                 assert_eq!(detected.protocol, Protocol::Http2);
                 assert!(upstream.is_none());
@@ -365,11 +360,8 @@ mod tests {
     async fn silence_on_both_sides_ends_at_the_bound() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (mut client, _app) = pair(&l).await;
-        let (upstream, _server) = open_ok(&l).await;
-        let open = async { Ok::<_, ()>(upstream) };
-        let sorted = sort(&mut client, open, Duration::from_secs(10))
-            .await
-            .unwrap();
+        let (upstream, _server) = pair(&l).await;
+        let sorted = sort_open(&mut client, upstream).await;
         assert!(matches!(sorted, Sorted::Silent { .. }), "{sorted:?}");
     }
 }
