@@ -8,7 +8,9 @@
 //! | `bulkhead.rs` | concurrency limit per service| `bulkhead.acquire().await? -> BulkheadPermit` (slot freed on drop) |
 //! | `budget.rs`   | retry budget per service     | `budget.deposit()` per original request; `budget.try_withdraw()` per retry |
 //! | `outlier.rs`  | ejection per endpoint        | `outlier.record(&ep_state, success, endpoints_total)`; `ep_state.is_ejected(now)` |
-//! | `retry.rs`    | retry rules                  | `should_retry(&policy.retries.on, result)`, `may_repeat`, `retry_delay(attempt)` |
+//! | `retry.rs`    | retry rules                  | `classify(tried) -> Option<Retryable>`, `may_repeat`, `retry_delay(attempt)` |
+//! | `timeout.rs`  | total timeout and deadline   | `Deadline::new(now, policy, caller_left)`; `grpc-timeout` and `x-mesh-timeout` values |
+//! | `fallback.rs` | static fallback answers      | `static_response(..)`, `mark(headers, reason)` |
 //! | `window.rs`   | 1 s-bucket sliding window    | internal |
 //!
 //! [`ServiceResilience`] bundles one service's breaker, bulkhead, budget and
@@ -27,8 +29,10 @@
 mod breaker;
 mod budget;
 mod bulkhead;
+pub mod fallback;
 mod outlier;
 pub mod retry;
+pub mod timeout;
 mod window;
 
 pub use breaker::{
@@ -38,7 +42,10 @@ pub use breaker::{
 pub use budget::{BudgetView, RetryBudget, BUDGET_WINDOW};
 pub use bulkhead::{Bulkhead, BulkheadFull, BulkheadPermit, BulkheadView};
 pub use outlier::{EjectionState, OutlierDetector, MAX_EJECTION_MULTIPLIER};
-pub use retry::{classify, is_idempotent, may_repeat, retry_delay, should_retry, FailureKind};
+pub use retry::{
+    classify, is_idempotent, may_repeat, retry_delay, should_retry, FailureKind, Retryable, Tried,
+};
+pub use timeout::Deadline;
 
 use crate::model::ServicePolicy;
 use serde::Serialize;

@@ -33,28 +33,75 @@ pub fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// The retry class of an attempt's result: `Ok(status)` for a response,
-/// `Err(kind)` for a failure before one. `None`: not a retryable failure
-/// (a success, a 4xx, a 500, ...).
-pub fn classify(result: Result<u16, FailureKind>) -> Option<RetryOn> {
-    match result {
-        Ok(502..=504) => Some(RetryOn::GatewayError),
-        Ok(_) => None,
-        Err(FailureKind::ConnectFailure) => Some(RetryOn::ConnectFailure),
-        Err(FailureKind::Reset) => Some(RetryOn::Reset),
+/// What an attempt came to, as the retry rules see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tried<'a> {
+    /// No response: the connection could not be made, or it broke.
+    Failed(FailureKind),
+    /// A response arrived.
+    Answered {
+        status: u16,
+        /// `x-mesh-error` when the response came from a peer proxy, which
+        /// names its own failures there (the app's headers are stripped
+        /// of it, so it cannot be forged by the app).
+        peer_error: Option<&'a [u8]>,
+        /// `grpc-status` in the headers (a trailers-only response).
+        grpc_status: Option<u32>,
+    },
+}
+
+/// A failure that a policy may retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retryable {
+    pub class: RetryOn,
+    /// The request may be sent again whatever its method: the app surely
+    /// never saw it (a connect failure, here or at the peer proxy, or the
+    /// peer shedding load), or the policy declares the answer safe to
+    /// repeat after (`unavailable`).
+    pub unseen: bool,
+}
+
+const fn retryable(class: RetryOn, unseen: bool) -> Option<Retryable> {
+    Some(Retryable { class, unseen })
+}
+
+/// The retry class of an attempt's result. `None`: not a retryable
+/// failure (a success, a 4xx, a 500, ...).
+pub fn classify(tried: Tried<'_>) -> Option<Retryable> {
+    match tried {
+        Tried::Failed(FailureKind::ConnectFailure) => retryable(RetryOn::ConnectFailure, true),
+        Tried::Failed(FailureKind::Reset) => retryable(RetryOn::Reset, false),
+        Tried::Answered {
+            status,
+            peer_error,
+            grpc_status,
+        } => match (peer_error, status) {
+            (Some(b"connect-failed" | b"overloaded"), _) => {
+                retryable(RetryOn::ConnectFailure, true)
+            }
+            (Some(b"upstream-reset"), _) => retryable(RetryOn::Reset, false),
+            (_, 502..=504) => retryable(RetryOn::GatewayError, false),
+            // gRPC UNAVAILABLE (trailers-only): repeatable when the policy
+            // lists `unavailable`, whatever the method.
+            _ if grpc_status == Some(GRPC_UNAVAILABLE) => retryable(RetryOn::Unavailable, true),
+            _ => None,
+        },
     }
 }
 
+/// gRPC's UNAVAILABLE code.
+const GRPC_UNAVAILABLE: u32 = 14;
+
 /// Whether a policy retrying on `on` retries this result.
-pub fn should_retry(on: &[RetryOn], result: Result<u16, FailureKind>) -> bool {
-    classify(result).is_some_and(|class| on.contains(&class))
+pub fn should_retry(on: &[RetryOn], tried: Tried<'_>) -> bool {
+    classify(tried).is_some_and(|r| on.contains(&r.class))
 }
 
-/// Whether a request may be sent again after failing with `class`: always
-/// after a connect failure (the upstream never saw it; the caller must
-/// still be able to replay the body), else only idempotent methods.
-pub fn may_repeat(method: &Method, class: RetryOn) -> bool {
-    class == RetryOn::ConnectFailure || is_idempotent(method)
+/// Whether a request may be sent again after `failure`: always when the
+/// app never saw it (or the policy says the answer is safe to repeat
+/// after), else only idempotent methods.
+pub fn may_repeat(idempotent: bool, failure: Retryable) -> bool {
+    failure.unseen || idempotent
 }
 
 /// The longest wait before retry number `attempt` (1 = the first retry):
@@ -87,50 +134,80 @@ mod tests {
         }
     }
 
+    fn answered(status: u16) -> Tried<'static> {
+        Tried::Answered {
+            status,
+            peer_error: None,
+            grpc_status: None,
+        }
+    }
+
     #[test]
     fn classes_against_policies() {
-        use FailureKind::*;
         let default = crate::model::policy::Retries::default().on;
         let all = [
             RetryOn::ConnectFailure,
             RetryOn::Reset,
             RetryOn::GatewayError,
+            RetryOn::Unavailable,
         ];
-        type Case = (Result<u16, FailureKind>, Option<RetryOn>, bool, bool);
-        let cases: [Case; 9] = [
-            // result, class, default policy retries, all-classes retries
-            (Ok(200), None, false, false),
-            (Ok(404), None, false, false),
-            (Ok(500), None, false, false),
-            (Ok(501), None, false, false),
-            (Ok(502), Some(RetryOn::GatewayError), true, true),
-            (Ok(503), Some(RetryOn::GatewayError), true, true),
-            (Ok(504), Some(RetryOn::GatewayError), true, true),
+        let peer = |e: &'static [u8]| Tried::Answered {
+            status: 502,
+            peer_error: Some(e),
+            grpc_status: None,
+        };
+        let grpc = |code| Tried::Answered {
+            status: 200,
+            peer_error: None,
+            grpc_status: Some(code),
+        };
+        use RetryOn::*;
+        type Case = (Tried<'static>, Option<(RetryOn, bool)>, bool);
+        let cases: [Case; 14] = [
+            // tried, (class, unseen), default policy retries
+            (answered(200), None, false),
+            (answered(404), None, false),
+            (answered(500), None, false),
+            (answered(501), None, false),
+            (answered(502), Some((GatewayError, false)), true),
+            (answered(503), Some((GatewayError, false)), true),
+            (answered(504), Some((GatewayError, false)), true),
             (
-                Err(ConnectFailure),
-                Some(RetryOn::ConnectFailure),
-                true,
+                Tried::Failed(FailureKind::ConnectFailure),
+                Some((ConnectFailure, true)),
                 true,
             ),
-            (Err(Reset), Some(RetryOn::Reset), false, true),
+            (
+                Tried::Failed(FailureKind::Reset),
+                Some((Reset, false)),
+                false,
+            ),
+            (peer(b"connect-failed"), Some((ConnectFailure, true)), true),
+            (peer(b"overloaded"), Some((ConnectFailure, true)), true),
+            (peer(b"upstream-reset"), Some((Reset, false)), false),
+            (grpc(14), Some((Unavailable, true)), false),
+            (grpc(13), None, false),
         ];
-        for (result, class, by_default, by_all) in cases {
-            assert_eq!(classify(result), class, "{result:?}");
-            assert_eq!(should_retry(&default, result), by_default, "{result:?}");
-            assert_eq!(should_retry(&all, result), by_all, "{result:?}");
-            assert!(!should_retry(&[], result));
+        for (tried, class, by_default) in cases {
+            let got = classify(tried).map(|r| (r.class, r.unseen));
+            assert_eq!(got, class, "{tried:?}");
+            assert_eq!(should_retry(&default, tried), by_default, "{tried:?}");
+            assert_eq!(should_retry(&all, tried), class.is_some(), "{tried:?}");
+            assert!(!should_retry(&[], tried));
         }
-        assert!(should_retry(&[RetryOn::Reset], Err(Reset)));
-        assert!(!should_retry(&[RetryOn::Reset], Ok(503)));
     }
 
     #[test]
     fn repeatable_requests() {
-        assert!(may_repeat(&Method::POST, RetryOn::ConnectFailure));
-        assert!(!may_repeat(&Method::POST, RetryOn::Reset));
-        assert!(!may_repeat(&Method::PATCH, RetryOn::GatewayError));
-        assert!(may_repeat(&Method::GET, RetryOn::Reset));
-        assert!(may_repeat(&Method::PUT, RetryOn::GatewayError));
+        let connect = classify(Tried::Failed(FailureKind::ConnectFailure)).unwrap();
+        let reset = classify(Tried::Failed(FailureKind::Reset)).unwrap();
+        let gateway = classify(answered(503)).unwrap();
+        let post = is_idempotent(&Method::POST);
+        assert!(may_repeat(post, connect));
+        assert!(!may_repeat(post, reset));
+        assert!(!may_repeat(is_idempotent(&Method::PATCH), gateway));
+        assert!(may_repeat(is_idempotent(&Method::GET), reset));
+        assert!(may_repeat(is_idempotent(&Method::PUT), gateway));
     }
 
     #[test]
