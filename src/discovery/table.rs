@@ -2,6 +2,7 @@
 
 use crate::balance::{Algorithm, Balancer, EndpointStats, HasStats};
 use crate::model::Health;
+use crate::proxy::upstream::H1Pool;
 use crate::resilience::{BreakerView, BudgetView, BulkheadView, ServiceResilience};
 use crate::telemetry::{ServiceMetrics, ENDPOINT_STATES};
 use serde::Serialize;
@@ -24,6 +25,9 @@ pub struct Endpoint {
     /// Load statistics, shared with every later table that holds this
     /// endpoint so the balancer's knowledge survives registry changes.
     pub stats: Arc<EndpointStats>,
+    /// Idle HTTP/1 connections to [`Endpoint::dial`], kept like `stats`
+    /// (while the instance stays registered at the same address).
+    pub conns: Arc<H1Pool>,
 }
 
 impl Endpoint {

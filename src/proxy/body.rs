@@ -3,18 +3,16 @@
 //! Requests to upstreams stream the caller's body (copying it on the way
 //! when a retry may need it: `request`), or replay buffered bytes.
 //! Responses from upstreams stream through [`ResponseBody`], which
-//! holds what must live as long as the response does — the bulkhead slot,
-//! the inbound concurrency permit — and, for gRPC, reads the status from
-//! the trailers when the stream ends.
+//! holds what must live as long as the response does (a [`StreamGuard`]:
+//! the bulkhead slot, the inbound concurrency permit, the upstream
+//! connection) and, for gRPC, reads the status from the trailers when the
+//! stream ends.
 
-use crate::resilience::BulkheadPermit;
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use prometheus_client::metrics::gauge::Gauge;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use tokio::sync::OwnedSemaphorePermit;
 
 mod request;
 
@@ -39,45 +37,33 @@ pub enum StreamEnd {
 /// drops it early: a cancelled call is no one's failure).
 pub type OnEnd = Box<dyn FnOnce(StreamEnd) + Send>;
 
-/// A slot of the inbound concurrency limit, reflected in a gauge.
-#[derive(Debug)]
-pub struct InboundPermit {
-    _permit: OwnedSemaphorePermit,
-    gauge: Gauge,
-}
-
-impl InboundPermit {
-    pub fn new(permit: OwnedSemaphorePermit, gauge: Gauge) -> Self {
-        gauge.inc();
-        InboundPermit {
-            _permit: permit,
-            gauge,
-        }
-    }
-}
-
-impl Drop for InboundPermit {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
-/// Everything a response holds until its stream ends.
+/// Everything a response holds until its stream ends: whatever the layers
+/// it passed through hand it (a bulkhead slot, the inbound permit, the
+/// pooled connection or HTTP/2 stream it occupies), released when the
+/// body is dropped, and one completion hook. It names no layer.
 #[derive(Default)]
 pub struct StreamGuard {
-    pub bulkhead: Option<BulkheadPermit>,
-    pub inbound: Option<InboundPermit>,
-    /// The stream this response occupies on a pooled HTTP/2 connection.
-    pub h2_stream: Option<crate::proxy::upstream::StreamSlot>,
-    pub on_end: Option<OnEnd>,
+    held: Vec<Box<dyn Send>>,
+    on_end: Option<OnEnd>,
+}
+
+impl StreamGuard {
+    /// Keeps `value` alive until the response ends (or is dropped).
+    pub fn hold<T: Send + 'static>(&mut self, value: T) {
+        self.held.push(Box::new(value));
+    }
+
+    /// Runs `hook` once, when the stream ends (not when it is dropped
+    /// early: a cancelled call is no one's failure).
+    pub fn on_end(&mut self, hook: OnEnd) {
+        self.on_end = Some(hook);
+    }
 }
 
 impl std::fmt::Debug for StreamGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamGuard")
-            .field("bulkhead", &self.bulkhead.is_some())
-            .field("inbound", &self.inbound.is_some())
-            .field("h2_stream", &self.h2_stream.is_some())
+            .field("held", &self.held.len())
             .field("on_end", &self.on_end.is_some())
             .finish()
     }
@@ -167,7 +153,8 @@ mod tests {
         let ends = Arc::new(Mutex::new(Vec::new()));
         let seen = ends.clone();
         let mut body = ResponseBody::new(body);
-        body.guard_mut().on_end = Some(Box::new(move |end| seen.lock().unwrap().push(end)));
+        body.guard_mut()
+            .on_end(Box::new(move |end| seen.lock().unwrap().push(end)));
         (body, ends)
     }
 

@@ -1,9 +1,12 @@
 //! Header hygiene on both sides of the proxy: hop-by-hop headers, the
-//! mesh's own `x-mesh-*` headers, `x-forwarded-for`/`forwarded`, and W3C
-//! trace context.
+//! mesh's own `x-mesh-*` headers, `x-forwarded-for`/`forwarded`, W3C
+//! trace context, and the deadline a request carries.
 
+use super::grpc::GRPC_TIMEOUT;
+use crate::resilience::timeout;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// Headers that describe one connection, not the message (RFC 9110
 /// §7.6.1). Not `Trailer`: it announces the message's trailers, and
@@ -23,6 +26,46 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// Which mesh service sent a proxy-to-proxy request (for the callee's
 /// inbound metrics; unauthenticated until mTLS).
 pub const MESH_CALLER: HeaderName = HeaderName::from_static("x-mesh-caller");
+/// The time a request's caller has left, in milliseconds: sent by a
+/// proxy to its peer, and handed on by the peer to its app (which may
+/// pass it along on its own calls, as it does `traceparent`).
+pub const MESH_TIMEOUT: HeaderName = HeaderName::from_static("x-mesh-timeout");
+
+/// The time the caller of this request has left, if it said: the sooner
+/// of `x-mesh-timeout` and gRPC's `grpc-timeout`. `x-mesh-timeout` is
+/// taken out (each hop sends its own); `grpc-timeout` stays, for the
+/// server's gRPC library. A malformed value is ignored.
+pub fn caller_deadline(headers: &mut HeaderMap) -> Option<Duration> {
+    let mesh = headers
+        .remove(MESH_TIMEOUT)
+        .and_then(|v| timeout::parse_millis(v.as_bytes()));
+    let grpc = headers
+        .get(GRPC_TIMEOUT)
+        .and_then(|v| timeout::parse_grpc_timeout(v.as_bytes()));
+    match (mesh, grpc) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Tells the app the time its caller has left: `x-mesh-timeout` always,
+/// and for gRPC a `grpc-timeout` no later than it.
+pub fn tell_deadline(headers: &mut HeaderMap, left: Duration, grpc: bool) {
+    if let Ok(v) = HeaderValue::from_str(&timeout::format_millis(left)) {
+        headers.insert(MESH_TIMEOUT, v);
+    }
+    if grpc {
+        let sooner = headers
+            .get(GRPC_TIMEOUT)
+            .and_then(|v| timeout::parse_grpc_timeout(v.as_bytes()))
+            .is_some_and(|own| own <= left);
+        if !sooner {
+            if let Ok(v) = HeaderValue::from_str(&timeout::format_grpc_timeout(left)) {
+                headers.insert(GRPC_TIMEOUT, v);
+            }
+        }
+    }
+}
 
 /// Removes hop-by-hop headers, including those the `Connection` header
 /// names. `keep_upgrade` keeps `Connection` and `Upgrade` for a protocol

@@ -1,10 +1,16 @@
-//! The one place where failures the mesh creates itself become HTTP
-//! responses (linkerd's `ServerRescue`). Everything else returns
-//! [`MeshError`]; nothing else writes an `x-mesh-error` header.
+//! The one place where failures the mesh creates itself become responses
+//! (linkerd's `ServerRescue`). Handlers return `Result<_, MeshError>`;
+//! each listener calls [`render`] once, which answers in HTTP's form or,
+//! for a gRPC caller, as a trailers-only gRPC response (a gRPC client
+//! reads `grpc-status`, not the HTTP status). Nothing else writes an
+//! `x-mesh-error` header.
 
+use super::body::RespBody;
+use super::grpc::{code, GRPC_MESSAGE, GRPC_STATUS};
 use bytes::Bytes;
+use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use std::net::SocketAddr;
 
 pub const MESH_ERROR: &str = "x-mesh-error";
@@ -96,19 +102,67 @@ impl MeshError {
         matches!(self, MeshError::BreakerOpen(_) | MeshError::BulkheadFull(_))
     }
 
-    /// The response the caller sees: status, `x-mesh-error`, and the
+    /// The status a gRPC caller sees.
+    pub fn grpc_code(&self) -> u32 {
+        match self {
+            MeshError::Timeout(_) => code::DEADLINE_EXCEEDED,
+            MeshError::BadRequest(_) => code::INVALID_ARGUMENT,
+            MeshError::LoopDetected => code::INTERNAL,
+            _ => code::UNAVAILABLE,
+        }
+    }
+
+    /// The response an HTTP caller sees: status, `x-mesh-error`, and the
     /// message as a one-line plain-text body.
-    pub fn to_response(&self) -> Response<Full<Bytes>> {
+    fn to_response(&self) -> Response<Full<Bytes>> {
         let mut resp = Response::new(Full::new(Bytes::from(format!("{self}\n"))));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(MESH_ERROR, HeaderValue::from_static(self.reason()));
         h.insert(
-            http::header::CONTENT_TYPE,
+            CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         resp
     }
+
+    /// A trailers-only gRPC response: HTTP 200 with `grpc-status`,
+    /// `grpc-message` and `x-mesh-error` in the headers.
+    fn to_grpc_response(&self) -> Response<Full<Bytes>> {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert(GRPC_STATUS, HeaderValue::from(self.grpc_code()));
+        let msg = percent_encode(&format!("mesh: {}: {self}", self.reason()));
+        if let Ok(v) = HeaderValue::from_str(&msg) {
+            h.insert(GRPC_MESSAGE, v);
+        }
+        h.insert(MESH_ERROR, HeaderValue::from_static(self.reason()));
+        resp
+    }
+}
+
+/// A mesh error as its caller can read it: gRPC's form for a gRPC
+/// request (`grpc`: [`super::grpc::is_grpc`] of the request), else HTTP's.
+pub fn render(e: &MeshError, grpc: bool) -> Response<RespBody> {
+    let resp = match grpc {
+        true => e.to_grpc_response(),
+        false => e.to_response(),
+    };
+    resp.map(Either::Right)
+}
+
+/// `grpc-message` is percent-encoded outside printable ASCII (and `%`).
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -157,9 +211,24 @@ mod tests {
             (MeshError::Overloaded(2), 503, "overloaded"),
         ];
         for (err, status, reason) in cases {
-            let r = err.to_response();
+            let r = render(&err, false);
             assert_eq!(r.status().as_u16(), status);
             assert_eq!(r.headers()[MESH_ERROR], reason);
         }
+    }
+
+    #[test]
+    fn mesh_errors_become_trailers_only_grpc_responses() {
+        let r = render(&MeshError::BreakerOpen("orders".into()), true);
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()[GRPC_STATUS], "14");
+        assert_eq!(r.headers()[MESH_ERROR], "breaker-open");
+        assert!(r.headers()[GRPC_MESSAGE]
+            .to_str()
+            .unwrap()
+            .contains("breaker-open"));
+        let t = render(&MeshError::Timeout(std::time::Duration::from_secs(1)), true);
+        assert_eq!(t.headers()[GRPC_STATUS], "4");
+        assert_eq!(percent_encode("50% é"), "50%25 %C3%A9");
     }
 }

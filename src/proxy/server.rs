@@ -4,6 +4,8 @@
 //! upgrades, which hyper-util's `GracefulShutdown` does not cover).
 
 use super::body::RespBody;
+use super::grpc;
+use super::rescue::{self, MeshError};
 use super::upstream::Proto;
 use futures_util::FutureExt;
 use http::{Request, Response};
@@ -38,6 +40,17 @@ where
     }
     stop(conn.as_mut());
     conn.await
+}
+
+/// The one error edge: a handler's failure becomes the caller's response.
+fn answer_or_rescue(
+    answer: Result<Response<RespBody>, MeshError>,
+    grpc: bool,
+) -> Response<RespBody> {
+    answer.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, "answered by the mesh");
+        rescue::render(&e, grpc)
+    })
 }
 
 fn http1() -> hyper::server::conn::http1::Builder {
@@ -101,8 +114,9 @@ pub async fn accept_until<F, Fut>(
 }
 
 /// Serves HTTP/1 (with upgrades) or HTTP/2 on `io` until it ends, or
-/// gracefully once `shutdown` fires. `handler` answers every request
-/// (mesh failures are responses too).
+/// gracefully once `shutdown` fires. `handler` answers every request or
+/// fails with a [`MeshError`], which is rendered here, once, in the form
+/// the caller reads (gRPC's for gRPC requests).
 pub async fn serve_http<I, F, Fut>(
     io: I,
     handler: F,
@@ -112,13 +126,16 @@ pub async fn serve_http<I, F, Fut>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Response<RespBody>> + Send + 'static,
+    Fut: Future<Output = Result<Response<RespBody>, MeshError>> + Send + 'static,
 {
     // hyper keeps room for one request's future in every connection, sized
     // for it: callers pass a boxed future (allocated per request, not held
     // by idle connections), and `map` adds nothing around it (an async
     // block would keep its captured future and the awaited one apart).
-    let svc = service_fn(move |req| handler(req).map(Ok::<_, Infallible>));
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let grpc = grpc::is_grpc(req.headers());
+        handler(req).map(move |answer| Ok::<_, Infallible>(answer_or_rescue(answer, grpc)))
+    });
     let io = TokioIo::new(io);
     match proto {
         Proto::Http2 => {

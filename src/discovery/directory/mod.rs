@@ -7,6 +7,7 @@
 use super::table::{Endpoint, Service, Table};
 use crate::balance::{Algorithm, Balancer, EndpointStats};
 use crate::model::{Health, ServiceInfo, ServicePolicy, Snapshot, WatchEvent};
+use crate::proxy::upstream::H1Pool;
 use crate::resilience::ServiceResilience;
 use crate::telemetry::ProxyMetrics;
 use arc_swap::ArcSwap;
@@ -29,13 +30,20 @@ pub struct Directory {
     revision_tx: watch::Sender<Option<u64>>,
 }
 
+/// What an endpoint keeps across table rebuilds.
+struct Kept {
+    stats: Arc<EndpointStats>,
+    /// Its connections, while it keeps its address.
+    conns: Arc<H1Pool>,
+}
+
 #[derive(Default)]
 struct Inner {
     revision: u64,
     services: BTreeMap<String, ServiceInfo>,
-    /// Balancer statistics by (service, instance id), kept while the
-    /// instance stays registered.
-    stats: HashMap<(String, String), Arc<EndpointStats>>,
+    /// Balancer statistics and connections by (service, instance id),
+    /// kept while the instance stays registered.
+    stats: HashMap<(String, String), Kept>,
     /// Applied policies by service; absent means the default stack.
     policies: HashMap<String, Arc<ServicePolicy>>,
     /// Resilience state by service, kept across table rebuilds and updated
@@ -222,7 +230,7 @@ impl Directory {
     fn build(
         &self,
         info: &ServiceInfo,
-        stats: &mut HashMap<(String, String), Arc<EndpointStats>>,
+        stats: &mut HashMap<(String, String), Kept>,
         policies: &HashMap<String, Arc<ServicePolicy>>,
         runtimes: &mut HashMap<String, Arc<ServiceResilience>>,
     ) -> Service {
@@ -243,13 +251,19 @@ impl Directory {
             .instances
             .iter()
             .map(|i| {
-                let stats = stats
-                    .entry((info.name.clone(), i.id.clone()))
-                    .or_default()
-                    .clone();
                 let addr = SocketAddr::new(i.address, i.port);
                 let inbound = i.inbound_port.map(|p| SocketAddr::new(i.address, p));
                 let dial = inbound.unwrap_or(addr);
+                let kept = stats
+                    .entry((info.name.clone(), i.id.clone()))
+                    .or_insert_with(|| Kept {
+                        stats: Arc::default(),
+                        conns: H1Pool::new(dial),
+                    });
+                if kept.conns.addr() != dial {
+                    kept.conns = H1Pool::new(dial);
+                }
+                let (stats, conns) = (kept.stats.clone(), kept.conns.clone());
                 Arc::new(Endpoint {
                     id: i.id.clone(),
                     addr,
@@ -259,6 +273,7 @@ impl Directory {
                     inbound,
                     health: i.health,
                     stats,
+                    conns,
                 })
             })
             .collect();

@@ -1,23 +1,68 @@
-//! Inbound HTTP: the concurrency limit, header hygiene, and the hop to the
-//! app on localhost.
+//! Inbound HTTP: the concurrency limit, header hygiene, the caller's
+//! deadline, and the hop to the app on localhost.
 
 use crate::discovery::Directory;
-use crate::proxy::body::{InboundPermit, RespBody, StreamedBody};
+use crate::proxy::body::{RespBody, StreamedBody};
 use crate::proxy::grpc;
 use crate::proxy::headers::{self, MESH_CALLER};
-use crate::proxy::outbound::{proto_of, rescue, splice_upgrade};
+use crate::proxy::protocol::tunnel::splice_upgrade;
 use crate::proxy::rescue::MeshError;
-use crate::proxy::upstream::Upstreams;
+use crate::proxy::upstream::{proto_of, Dest, H1Pool, Upstreams};
 use crate::telemetry::ProxyMetrics;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
+use prometheus_client::metrics::gauge::Gauge;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+/// A slot of the inbound concurrency limit, reflected in a gauge; held by
+/// the response until it ends.
+#[derive(Debug)]
+struct InboundPermit {
+    _permit: OwnedSemaphorePermit,
+    gauge: Gauge,
+}
+
+impl InboundPermit {
+    fn new(permit: OwnedSemaphorePermit, gauge: Gauge) -> Self {
+        gauge.inc();
+        InboundPermit {
+            _permit: permit,
+            gauge,
+        }
+    }
+}
+
+impl Drop for InboundPermit {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// The app at one address: where requests go, and its connections.
+#[derive(Clone)]
+pub struct App {
+    pub addr: SocketAddr,
+    pub authority: Authority,
+    pub conns: Arc<H1Pool>,
+}
+
+impl App {
+    pub fn new(addr: SocketAddr, conns: Arc<H1Pool>) -> Self {
+        App {
+            addr,
+            // A socket address always forms a valid authority.
+            authority: Authority::try_from(addr.to_string().as_str())
+                .unwrap_or_else(|_| Authority::from_static("127.0.0.1")),
+            conns,
+        }
+    }
+}
 
 pub struct InboundHttp {
     /// Callers are labelled only by names the registry knows.
@@ -32,13 +77,15 @@ pub struct InboundHttp {
 }
 
 impl InboundHttp {
+    /// One request to the app. A deadline the caller's proxy sent
+    /// (`x-mesh-timeout`) or a `grpc-timeout` bounds the time to the app's
+    /// answer (504 `timeout` past it), and is handed on to the app.
     pub async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         peer: SocketAddr,
-        app: SocketAddr,
-        authority: Authority,
-    ) -> Response<RespBody> {
+        app: App,
+    ) -> Result<Response<RespBody>, MeshError> {
         let start = Instant::now();
         let grpc = grpc::is_grpc(req.headers());
         // Cloning the value (a refcount) keeps `req` free to change.
@@ -50,35 +97,45 @@ impl InboundHttp {
             self.metrics
                 .traffic
                 .inbound_request(caller, err.status().as_u16(), 0.0);
-            return rescue(&err, grpc);
+            return Err(err);
         };
         let permit = InboundPermit::new(permit, self.metrics.traffic.inbound_inflight.clone());
         let upgrade = (req.version() == Version::HTTP_11
             && headers::wants_tunnel_upgrade(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
         let h = req.headers_mut();
+        let left = headers::caller_deadline(h);
         headers::strip_mesh_headers(h);
         headers::strip_hop_by_hop(h, upgrade.is_some());
         headers::append_forwarded(h, peer.ip());
         headers::ensure_traceparent(h);
+        if let Some(left) = left {
+            headers::tell_deadline(h, left, grpc);
+        }
         let proto = proto_of(&req);
         let connect = self.upstreams.connect_timeout();
-        let sent = self
-            .upstreams
-            .send(
-                req.map(|b| Either::Left(StreamedBody::plain(b))),
-                app,
-                authority,
-                connect,
-                proto,
-            )
-            .await;
+        let dest = Dest {
+            pool: &app.conns,
+            authority: &app.authority,
+        };
+        let sent = self.upstreams.send(
+            req.map(|b| Either::Left(StreamedBody::plain(b))),
+            dest,
+            connect,
+            proto,
+        );
+        let sent = match left {
+            Some(left) => tokio::time::timeout(left, sent)
+                .await
+                .unwrap_or(Err(MeshError::Timeout(left))),
+            None => sent.await,
+        };
         let elapsed = start.elapsed().as_secs_f64();
         match sent {
             Ok(mut resp) => {
                 // The app's own headers must not pose as the mesh's.
                 headers::strip_mesh_headers(resp.headers_mut());
-                resp.body_mut().guard_mut().inbound = Some(permit);
+                resp.body_mut().guard_mut().hold(permit);
                 self.metrics
                     .traffic
                     .inbound_request(caller, resp.status().as_u16(), elapsed);
@@ -88,15 +145,15 @@ impl InboundHttp {
                         splice_upgrade(downstream, &mut resp, self.idle);
                     }
                 }
-                resp
+                Ok(resp)
             }
             Err(e) => {
-                tracing::debug!(%peer, %app, error = %e, "inbound request failed");
+                tracing::debug!(%peer, app = %app.addr, error = %e, "inbound request failed");
                 self.metrics.traffic.inbound_rejected(e.reason());
                 self.metrics
                     .traffic
                     .inbound_request(caller, e.status().as_u16(), elapsed);
-                rescue(&e, grpc)
+                Err(e)
             }
         }
     }

@@ -12,10 +12,12 @@
 
 mod http;
 
-pub use self::http::InboundHttp;
+pub use self::http::{App, InboundHttp};
 
-use super::outbound::{original_dst, DetectConfig, Learned};
-use super::protocol::{detect, fast_close, relay, sort, Detected, PrefixedIo, Protocol, Sorted};
+use super::protocol::{
+    detect, fast_close, original_dst, relay, sort, DetectConfig, Detected, Learned, PrefixedIo,
+    Protocol, Sorted,
+};
 use super::server;
 use crate::net::{connect, ConnectOptions};
 use crate::proxy::upstream::Proto;
@@ -44,6 +46,9 @@ pub struct InboundServer {
     pub metrics: Arc<ProxyMetrics>,
     /// `--app-port`: where direct (proxy-to-proxy) connections go.
     pub app_port: u16,
+    /// The app at `--app-port` (its connections); other ports redirected
+    /// here get theirs from the upstreams' pools.
+    pub app: App,
     pub detect: DetectConfig,
     /// Shared with the outbound side and `/state`; this side's ports are
     /// kept under the service name [`APP`].
@@ -139,11 +144,11 @@ impl InboundServer {
                     _ => Proto::Http1,
                 };
                 let h = self.http.clone();
-                // A socket address always forms a valid authority.
-                let authority = ::http::uri::Authority::try_from(app.to_string().as_str())
-                    .unwrap_or_else(|_| ::http::uri::Authority::from_static("127.0.0.1"));
-                let handler =
-                    move |req| Box::pin(h.clone().handle(req, peer, app, authority.clone()));
+                let app = match app == self.app.addr {
+                    true => self.app.clone(),
+                    false => App::new(app, self.http.upstreams.pool(app)),
+                };
+                let handler = move |req| Box::pin(h.clone().handle(req, peer, app.clone()));
                 if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
                     tracing::debug!(%peer, error = %e, "inbound connection ended with error");
                 }

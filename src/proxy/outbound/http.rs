@@ -1,22 +1,26 @@
 //! Outbound HTTP: route each request to a service endpoint (or, in
 //! explicit mode, to an external host), in the caller's HTTP version.
 
-use super::target::{is_own, ConnTarget, Names, Route};
-use super::tunnel;
+use super::opaque::OpaqueOutbound;
+use super::request::Services;
+use super::target::{is_own, resolve, ConnTarget, Names, Route};
 use crate::discovery::Directory;
-use crate::proxy::body::{RespBody, StreamedBody};
-use crate::proxy::grpc;
-use crate::proxy::headers::{self, MESH_CALLER};
+use crate::net::ConnectOptions;
+use crate::proxy::body::{RespBody, StreamGuard, StreamedBody};
+use crate::proxy::headers;
+use crate::proxy::protocol::tunnel;
 use crate::proxy::rescue::MeshError;
-use crate::proxy::upstream::{Proto, Upstreams};
+use crate::proxy::upstream::{proto_of, Dest, Upstreams};
 use crate::telemetry::ProxyMetrics;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::net::TcpStream;
 
 /// Everything the outbound request path shares across connections.
 pub struct HttpOutbound {
@@ -35,47 +39,37 @@ pub struct HttpOutbound {
     /// inbound metrics are labelled by caller).
     pub caller: Option<HeaderValue>,
     /// Opaque TCP settings, for CONNECT tunnels to mesh services.
-    pub opaque: Arc<super::opaque::OpaqueOutbound>,
+    pub opaque: Arc<OpaqueOutbound>,
 }
 
 impl HttpOutbound {
-    /// Serves one request; never fails (mesh errors become responses, in
-    /// gRPC's form for gRPC callers).
+    /// Serves one request. Mesh failures come back as [`MeshError`], for
+    /// the listener to render.
     pub async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
         target: ConnTarget,
-    ) -> Response<RespBody> {
-        let grpc = grpc::is_grpc(req.headers());
+    ) -> Result<Response<RespBody>, MeshError> {
         if req.method() == Method::CONNECT {
             return match target {
                 // Boxed, as every rare path here: hyper keeps room for this
                 // future in every connection, sized for its largest state.
-                ConnTarget::FromRequest => Box::pin(tunnel::connect(&self, req)).await,
-                ConnTarget::Vip(_) => MeshError::BadRequest(
+                ConnTarget::FromRequest => Box::pin(self.connect(req)).await,
+                ConnTarget::Vip(_) => Err(MeshError::BadRequest(
                     "CONNECT is for explicit proxy mode, not to a service address".into(),
-                )
-                .to_response()
-                .map(Either::Right),
+                )),
             };
         }
         let upgrade = (req.version() == Version::HTTP_11
             && headers::wants_tunnel_upgrade(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
-        match self.forward(req, target, upgrade.is_some()).await {
-            Ok(mut resp) => {
-                if let Some(downstream) = upgrade {
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        tunnel::splice_upgrade(downstream, &mut resp, self.opaque.idle);
-                    }
-                }
-                resp
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "answered by the mesh");
-                rescue(&e, grpc)
+        let mut resp = self.forward(req, target, upgrade.is_some()).await?;
+        if let Some(downstream) = upgrade {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                tunnel::splice_upgrade(downstream, &mut resp, self.opaque.idle);
             }
         }
+        Ok(resp)
     }
 
     async fn forward(
@@ -116,35 +110,100 @@ impl HttpOutbound {
         h.append(header::VIA, self.via.clone());
 
         match route {
-            Route::Service(svc) => self.call_service(svc, req).await,
-            Route::External { host, port } => {
-                let addr = Box::pin(resolve(&host, port)).await?;
-                if is_own(&self.own_addrs, addr) {
-                    return Err(MeshError::LoopDetected);
-                }
-                let authority = Authority::try_from(addr.to_string().as_str())
-                    .map_err(|e| MeshError::BadRequest(format!("invalid upstream address: {e}")))?;
-                let proto = proto_of(&req);
-                let connect = self.upstreams.connect_timeout();
-                let resp = Box::pin(self.upstreams.send(
-                    req.map(|b| Either::Left(StreamedBody::plain(b))),
-                    addr,
-                    authority,
-                    connect,
-                    proto,
-                ))
-                .await?;
-                Ok(resp.map(Either::Left))
-            }
+            Route::Service(svc) => self.services().call(svc, req).await,
+            Route::External { host, port } => Box::pin(self.external(req, &host, port)).await,
         }
     }
 
-    /// Marks a request for a peer proxy with this pod's service name.
-    pub(super) fn add_caller(&self, headers: &mut HeaderMap) {
-        match &self.caller {
-            Some(c) => headers.insert(MESH_CALLER, c.clone()),
-            None => headers.remove(MESH_CALLER),
+    fn services(&self) -> Services<'_> {
+        Services {
+            dir: &self.dir,
+            metrics: &self.metrics,
+            upstreams: &self.upstreams,
+            caller: self.caller.as_ref(),
+        }
+    }
+
+    /// Explicit mode to a host outside the mesh: no policy, one try.
+    async fn external(
+        &self,
+        req: Request<Incoming>,
+        host: &str,
+        port: u16,
+    ) -> Result<Response<RespBody>, MeshError> {
+        let addr = self.outside(host, port).await?;
+        let authority = Authority::try_from(addr.to_string().as_str())
+            .map_err(|e| MeshError::BadRequest(format!("invalid upstream address: {e}")))?;
+        let proto = proto_of(&req);
+        let pool = self.upstreams.pool(addr);
+        let dest = Dest {
+            pool: &pool,
+            authority: &authority,
         };
+        let connect = self.upstreams.connect_timeout();
+        let req = req.map(|b| Either::Left(StreamedBody::plain(b)));
+        let resp = self.upstreams.send(req, dest, connect, proto).await?;
+        Ok(resp.map(Either::Left))
+    }
+
+    /// A host outside the mesh, resolved; never this proxy itself.
+    async fn outside(&self, host: &str, port: u16) -> Result<SocketAddr, MeshError> {
+        let addr = resolve(host, port).await?;
+        if is_own(&self.own_addrs, addr) {
+            return Err(MeshError::LoopDetected);
+        }
+        Ok(addr)
+    }
+
+    /// `CONNECT host:port`: connects (a mesh name goes to one of the
+    /// service's endpoints, through its policy), answers 200, then relays
+    /// the caller's bytes.
+    async fn connect(&self, mut req: Request<Incoming>) -> Result<Response<RespBody>, MeshError> {
+        let (stream, guard) = self.open_tunnel(&req).await.inspect_err(|e| {
+            tracing::debug!(error = %e, "CONNECT refused");
+        })?;
+        let downstream = hyper::upgrade::on(&mut req);
+        tunnel::splice_connect(downstream, stream, self.opaque.idle, guard);
+        Ok(Response::new(Either::Right(Full::new(Bytes::new()))))
+    }
+
+    async fn open_tunnel(
+        &self,
+        req: &Request<Incoming>,
+    ) -> Result<(TcpStream, StreamGuard), MeshError> {
+        let authority = req
+            .uri()
+            .authority()
+            .ok_or_else(|| MeshError::BadRequest("CONNECT needs host:port".into()))?;
+        let route = Names {
+            domain_suffix: &self.domain_suffix,
+        }
+        .route(&self.dir.table(), authority.as_str())?;
+        let mut guard = StreamGuard::default();
+        match route {
+            Route::Service(svc) => {
+                self.metrics.traffic.connection(&svc.name, "connect");
+                let mut opened = self.opaque.open(&svc).await?;
+                opened.confirm();
+                let (stream, slot) = opened.into_parts();
+                guard.hold(slot);
+                Ok((stream, guard))
+            }
+            Route::External { host, port } => {
+                let addr = self.outside(&host, port).await?;
+                let opts = ConnectOptions {
+                    mark: self.opaque.mark,
+                    timeout: self.upstreams.connect_timeout(),
+                };
+                let stream = crate::net::connect(addr, opts).await.map_err(|e| {
+                    MeshError::ConnectFailed {
+                        addr,
+                        reason: e.to_string(),
+                    }
+                })?;
+                Ok((stream, guard))
+            }
+        }
     }
 
     fn looped(&self, headers: &HeaderMap) -> bool {
@@ -152,23 +211,6 @@ impl HttpOutbound {
             .get_all(header::VIA)
             .iter()
             .any(|v| v.to_str().is_ok_and(|s| s.contains(&self.via_token)))
-    }
-}
-
-/// The HTTP version to speak upstream: the caller's.
-pub fn proto_of<B>(req: &Request<B>) -> Proto {
-    match req.version() {
-        Version::HTTP_2 => Proto::Http2,
-        _ => Proto::Http1,
-    }
-}
-
-/// A mesh error as the caller can read it.
-pub fn rescue(e: &MeshError, grpc: bool) -> Response<RespBody> {
-    if grpc {
-        grpc::error_response(e).map(Either::Right)
-    } else {
-        e.to_response().map(Either::Right)
     }
 }
 
@@ -191,18 +233,4 @@ fn request_authority(req: &Request<Incoming>) -> Result<&str, MeshError> {
             "no Host header and no absolute URI: cannot tell where the request goes".into(),
         )),
     }
-}
-
-pub(super) async fn resolve(host: &str, port: u16) -> Result<SocketAddr, MeshError> {
-    if let Ok(ip) = host.parse() {
-        return Ok(SocketAddr::new(ip, port));
-    }
-    let failed = |reason: String| MeshError::DnsFailed {
-        host: host.to_string(),
-        reason,
-    };
-    let mut addrs = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| failed(e.to_string()))?;
-    addrs.next().ok_or_else(|| failed("no address".into()))
 }

@@ -10,48 +10,32 @@
 //! included.
 
 mod http;
-mod learned;
 mod opaque;
-mod orig_dst;
+pub mod policy;
 mod replay;
-mod stack;
+mod request;
 mod target;
-mod tunnel;
 
-pub use self::http::{proto_of, rescue, HttpOutbound};
-pub use learned::Learned;
-pub use opaque::{OpaqueOutbound, LEARN_WITHIN};
-pub use orig_dst::original_dst;
-pub use stack::MESH_FALLBACK;
+pub use self::http::HttpOutbound;
+pub use crate::resilience::fallback::MESH_FALLBACK;
+pub use opaque::{OpaqueOutbound, Opened, LEARN_WITHIN};
 pub use target::{is_own, split_host_port, ConnTarget};
-pub use tunnel::splice_upgrade;
 
 use crate::discovery::Service;
 use crate::net::ConnectOptions;
 use crate::proxy::protocol::{
-    detect, detect_http_version, fast_close, relay, sort, PrefixedIo, Protocol, Sorted,
+    detect, detect_http_version, fast_close, original_dst, relay, sort, DetectConfig, Learned,
+    PrefixedIo, Protocol, Sorted,
 };
 use crate::proxy::server;
 use crate::proxy::upstream::Proto;
 use crate::telemetry::ProxyMetrics;
 use bytes::Bytes;
-use opaque::Opened;
-use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
-
-/// How intercepted connections to a VIP are told apart.
-#[derive(Clone, Debug)]
-pub struct DetectConfig {
-    /// `--detect-timeout`: how long a new connection may stay silent on
-    /// both sides before it is relayed opaque as it is.
-    pub timeout: Duration,
-    /// `--opaque-ports`: never detected.
-    pub opaque_ports: HashSet<u16>,
-}
 
 /// Accepts outbound connections until `shutdown`, then lets in-flight
 /// requests finish for up to `drain` before returning.
@@ -76,7 +60,7 @@ impl OutboundServer {
         let this = self;
         server::accept_until(listener, &shutdown, drain, "outbound", |stream, peer| {
             let local = stream.local_addr().ok();
-            let orig = orig_dst::original_dst(&stream).filter(|d| Some(*d) != local);
+            let orig = original_dst(&stream).filter(|d| Some(*d) != local);
             let this = this.clone();
             let stop = shutdown.clone();
             async move {

@@ -1,32 +1,32 @@
-//! Opaque TCP to a mesh service (VIP:port): each connection is balanced to
-//! an endpoint through the service's breaker and bulkhead. Connect
-//! failures count as failures for outlier ejection and the breaker and are
-//! retried on another endpoint as the policy allows; the bulkhead limits
+//! Opaque TCP to a mesh service (VIP:port): each connection is one call
+//! through the service's policy (the one call path, `policy`): balanced
+//! to an endpoint through the breaker and bulkhead, connect failures
+//! retried on another endpoint as the policy allows, a service fallback
+//! taking the connection when the service cannot. The bulkhead limits
 //! concurrent connections; a connection idle past `--tcp-idle-timeout` is
 //! closed. A peer proxy's inbound listener gets the mesh's opaque preamble
 //! first, so it never waits on protocol detection.
 
-use super::stack::{pick, Verdict};
-use crate::discovery::{Endpoint, Service};
-use crate::model::policy::RetryOn;
+use super::policy::{self, Admitted, Attempt, Target, Verdict};
+use crate::discovery::{Directory, Endpoint, Service};
 use crate::net::{connect, ConnectOptions};
 use crate::proxy::protocol::{
     fast_close, first_word, relay, FirstWord, PrefixedIo, MESH_OPAQUE_PREAMBLE,
 };
 use crate::proxy::rescue::MeshError;
-use crate::resilience::{retry, BulkheadPermit};
+use crate::resilience::{BulkheadPermit, Tried};
 use crate::telemetry::ProxyMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 /// How long after a silent detection the server has to speak first for
 /// the port to be learned opaque.
 pub const LEARN_WITHIN: Duration = Duration::from_secs(5);
 
 pub struct OpaqueOutbound {
+    pub dir: Arc<Directory>,
     pub metrics: Arc<ProxyMetrics>,
     /// SO_MARK for upstream sockets.
     pub mark: Option<u32>,
@@ -37,9 +37,9 @@ pub struct OpaqueOutbound {
 /// A connection made to one of a service's endpoints.
 pub struct Opened {
     pub stream: TcpStream,
-    /// Held for the connection's life: the bulkhead counts connections.
-    pub slot: BulkheadPermit,
     pub ep: Arc<Endpoint>,
+    /// Held for the connection's life: the bulkhead counts connections.
+    slot: Option<BulkheadPermit>,
     /// The connect's success, told to the breaker and the outlier detector
     /// only once the connection is used ([`Opened::confirm`]). A connection
     /// opened early while the protocol was sorted, then dropped because the
@@ -56,11 +56,62 @@ impl Opened {
             v.record(false);
         }
     }
+
+    /// The stream, and what must be held for as long as it is used.
+    pub fn into_parts(self) -> (TcpStream, Option<BulkheadPermit>) {
+        (self.stream, self.slot)
+    }
 }
 
 impl crate::proxy::protocol::Upstream for Opened {
     fn stream(&self) -> &TcpStream {
         &self.stream
+    }
+}
+
+/// Opaque TCP's [`Attempt`]: a connect to one endpoint.
+struct Connect {
+    mark: Option<u32>,
+}
+
+impl Attempt for Connect {
+    type Call = ();
+    type Output = Opened;
+
+    /// Only connect failures are retried, and the endpoint never saw those.
+    fn idempotent(&self) -> bool {
+        true
+    }
+
+    async fn send(&self, (): (), to: Target<'_>) -> Result<Opened, MeshError> {
+        let ep = to.endpoint;
+        let opts = ConnectOptions {
+            mark: self.mark,
+            timeout: to.connect,
+        };
+        let stream = dial(ep, opts).await.map_err(|e| MeshError::ConnectFailed {
+            addr: ep.dial(),
+            reason: e.to_string(),
+        })?;
+        Ok(Opened {
+            stream,
+            ep: ep.clone(),
+            slot: None,
+            connected: None,
+        })
+    }
+
+    fn admit(&self, opened: &mut Opened, admitted: Admitted) {
+        opened.slot = Some(admitted.slot);
+        opened.connected = Some(admitted.verdict);
+    }
+
+    fn answered<'a>(&self, _: &'a Opened, _from_peer: bool) -> Option<Tried<'a>> {
+        None
+    }
+
+    fn again(&self) -> Option<()> {
+        Some(())
     }
 }
 
@@ -88,9 +139,8 @@ impl OpaqueOutbound {
             Err(e) => return self.refuse(client.into_inner(), svc, &e),
         };
         opened.confirm();
-        let Opened {
-            stream, slot, ep, ..
-        } = opened;
+        let ep = opened.ep.clone();
+        let (stream, slot) = opened.into_parts();
         if let Some(learn) = on_server_first {
             if first_word(client.get_ref(), &stream, LEARN_WITHIN).await == FirstWord::Server {
                 learn();
@@ -108,77 +158,18 @@ impl OpaqueOutbound {
     }
 
     /// No endpoint could take the connection: a reset, since opaque TCP
-    /// has no way to say why (the reason is counted and logged).
+    /// has no way to say why (the reason was counted by the call path).
     pub fn refuse(&self, client: TcpStream, svc: &Service, e: &MeshError) {
-        self.metrics.mesh_error(&svc.name, e.reason());
         tracing::debug!(service = %svc.name, error = %e, "opaque connection refused");
         fast_close(client);
     }
 
-    /// Breaker, bulkhead, balancer, connect; connect failures retried on
-    /// other endpoints within the policy's attempts and budget (and
-    /// recorded as failures). A success is recorded by the caller, with
-    /// [`Opened::confirm`], once the connection is used.
+    /// A connection to an endpoint of `svc`, through its policy. A success
+    /// is recorded by the caller, with [`Opened::confirm`], once the
+    /// connection is used.
     pub async fn open(&self, svc: &Arc<Service>) -> Result<Opened, MeshError> {
-        let rt = svc.resilience.clone();
-        let retries = &rt.policy.retries;
-        let opts = ConnectOptions {
-            mark: self.mark,
-            timeout: rt.policy.timeouts.connect,
-        };
-        rt.budget.deposit();
-        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
-        let mut attempt = 0;
-        loop {
-            let Ok(permit) = rt.breaker.try_acquire() else {
-                svc.metrics.fast_failed();
-                return Err(MeshError::BreakerOpen(svc.name.clone()));
-            };
-            let Ok(slot) = rt.bulkhead.acquire().await else {
-                svc.metrics.fast_failed();
-                return Err(MeshError::BulkheadFull(svc.name.clone()));
-            };
-            let Some(ep) = pick(svc, &rt, &tried) else {
-                return Err(MeshError::NoEndpoints(svc.name.clone()));
-            };
-            let start = Instant::now();
-            let result = dial(&ep, opts).await;
-            let verdict = Verdict {
-                permit,
-                rt: rt.clone(),
-                svc: svc.clone(),
-                ep: ep.clone(),
-                elapsed: start.elapsed(),
-            };
-            let err = match result {
-                Ok(stream) => {
-                    return Ok(Opened {
-                        stream,
-                        slot,
-                        ep,
-                        connected: Some(verdict),
-                    })
-                }
-                Err(e) => {
-                    verdict.record(true);
-                    MeshError::ConnectFailed {
-                        addr: ep.dial(),
-                        reason: e.to_string(),
-                    }
-                }
-            };
-            drop(slot);
-            if attempt >= retries.attempts
-                || !retries.on.contains(&RetryOn::ConnectFailure)
-                || !rt.budget.try_withdraw()
-            {
-                return Err(err);
-            }
-            svc.metrics.retried();
-            tokio::time::sleep(retry::retry_delay(attempt)).await;
-            attempt += 1;
-            tried.push(ep);
-        }
+        let attempt = Connect { mark: self.mark };
+        policy::call(&self.dir, &self.metrics, svc, &attempt, (), None).await
     }
 }
 
@@ -194,7 +185,6 @@ async fn dial(ep: &Endpoint, opts: ConnectOptions) -> std::io::Result<TcpStream>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::Directory;
     use crate::model::{Health, Instance, ServiceInfo, Snapshot};
     use std::net::Ipv4Addr;
 
@@ -206,7 +196,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(ProxyMetrics::new());
-        let dir = Directory::new(Default::default(), metrics.clone());
+        let dir = Arc::new(Directory::new(Default::default(), metrics.clone()));
         dir.replace(Snapshot {
             revision: 1,
             policies: Vec::new(),
@@ -227,6 +217,7 @@ mod tests {
         });
         let svc = dir.table().by_name("db").cloned().unwrap();
         let opaque = OpaqueOutbound {
+            dir: dir.clone(),
             metrics,
             mark: None,
             idle: Duration::from_secs(60),

@@ -101,6 +101,22 @@ pub fn is_own(own: &[SocketAddr], addr: SocketAddr) -> bool {
     })
 }
 
+/// A host outside the mesh as an address: an IP literal as it is, a name
+/// through the system resolver.
+pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, MeshError> {
+    if let Ok(ip) = host.parse() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let failed = |reason: String| MeshError::DnsFailed {
+        host: host.to_string(),
+        reason,
+    };
+    let mut addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    addrs.next().ok_or_else(|| failed("no address".into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

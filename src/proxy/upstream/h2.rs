@@ -3,8 +3,8 @@
 //! [`MAX_STREAMS_PER_CONN`] open streams each (servers commonly allow 100
 //! or 200), another one opened beyond that, closed ones dropped.
 
-use super::error_chain;
-use crate::net::{connect, ConnectOptions};
+use super::dial::{self, error_chain};
+use crate::net::ConnectOptions;
 use crate::proxy::body::ReqBody;
 use crate::proxy::rescue::MeshError;
 use http::{Request, Response};
@@ -135,9 +135,7 @@ impl H2Pool {
             mark: self.mark,
             timeout,
         };
-        let stream = connect(addr, opts)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let stream = dial::tcp(addr, opts).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEPALIVE_INTERVAL)

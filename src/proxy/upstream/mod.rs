@@ -1,31 +1,32 @@
 //! Connections from the proxy to upstreams (service endpoints, peer
 //! proxies' inbound listeners, the local app, external hosts).
 //!
-//! HTTP/1.1 goes over hyper-util's pooled keep-alive client (one per
-//! connect timeout in use). HTTP/2 goes over multiplexed connections per
-//! address ([`H2Pool`]), made with hyper's connection API so that the
-//! request keeps its own `:authority` while the socket goes to the
-//! endpoint the balancer chose. Responses come back as [`ResponseBody`]
-//! streams, hop-by-hop headers removed.
+//! HTTP/1.1 goes over keep-alive connections pooled per upstream address
+//! ([`H1Pool`], owned by the endpoint it serves). HTTP/2 goes over
+//! multiplexed connections per address ([`H2Pool`]). Both are made with
+//! hyper's connection API, so the request keeps its own `Host` or
+//! `:authority` while the socket goes to the address the balancer chose.
+//! Responses come back as [`ResponseBody`] streams, hop-by-hop headers
+//! removed, holding the connection (or stream) they use until dropped.
 
+mod dial;
+mod h1;
 mod h2;
 
+pub use dial::error_chain;
+pub use h1::{H1Pool, Pooled, IDLE_TIMEOUT, MAX_IDLE};
 pub use h2::{H2Pool, StreamSlot, MAX_STREAMS_PER_CONN};
 
 use super::body::{ReqBody, ResponseBody};
 use super::rescue::MeshError;
-use crate::net::{ConnectOptions, MarkedConnector};
+use crate::net::ConnectOptions;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-pub type H1Client = Client<MarkedConnector, ReqBody>;
 
 /// Which HTTP version to speak to the upstream: the caller's, so h2c
 /// callers (gRPC) reach h2c servers and HTTP/1 callers HTTP/1 servers.
@@ -35,13 +36,29 @@ pub enum Proto {
     Http2,
 }
 
+/// The HTTP version to speak upstream: the caller's.
+pub fn proto_of<B>(req: &Request<B>) -> Proto {
+    match req.version() {
+        Version::HTTP_2 => Proto::Http2,
+        _ => Proto::Http1,
+    }
+}
+
+/// Where a request goes: the address, its pool, and the address as an
+/// authority (made once per endpoint, so the hot path formats nothing).
+#[derive(Clone, Copy)]
+pub struct Dest<'a> {
+    pub pool: &'a Arc<H1Pool>,
+    pub authority: &'a Authority,
+}
+
 /// Every upstream connection the proxy makes.
 pub struct Upstreams {
     /// Mark and default connect timeout (`--connect-timeout`).
     opts: ConnectOptions,
-    default: H1Client,
-    /// HTTP/1 clients for other connect timeouts, made on first use.
-    others: Mutex<HashMap<Duration, H1Client>>,
+    /// Pools for addresses that are not endpoints (the app's ports, hosts
+    /// outside the mesh), made on first use; endpoints carry their own.
+    others: Mutex<HashMap<SocketAddr, Arc<H1Pool>>>,
     h2: H2Pool,
 }
 
@@ -51,7 +68,6 @@ impl Upstreams {
     pub fn new(opts: ConnectOptions) -> Self {
         Upstreams {
             opts,
-            default: build_h1(opts),
             others: Mutex::new(HashMap::new()),
             h2: H2Pool::new(opts.mark),
         }
@@ -62,52 +78,46 @@ impl Upstreams {
         self.opts.timeout
     }
 
-    fn h1(&self, connect: Duration) -> H1Client {
-        if connect == self.opts.timeout {
-            return self.default.clone();
-        }
+    /// The pool for `addr` when it is not an endpoint's.
+    pub fn pool(&self, addr: SocketAddr) -> Arc<H1Pool> {
         let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
         others
-            .entry(connect)
-            .or_insert_with(|| {
-                build_h1(ConnectOptions {
-                    timeout: connect,
-                    ..self.opts
-                })
-            })
+            .entry(addr)
+            .or_insert_with(|| H1Pool::new(addr))
             .clone()
     }
 
-    /// Sends `req` to `addr`. `authority` is `addr` as a URI authority
-    /// (endpoints keep theirs, so the hot path formats nothing); HTTP/1
-    /// requests keep their `Host` header, HTTP/2 requests their
-    /// `:authority`.
+    /// Closes idle connections past [`IDLE_TIMEOUT`] in the pools kept
+    /// here (endpoints' pools are expired by whoever walks the table), and
+    /// forgets pools with nothing left that nobody else holds.
+    pub fn expire_idle(&self) {
+        let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
+        others.retain(|_, pool| {
+            pool.expire();
+            pool.idle_count() > 0 || Arc::strong_count(pool) > 1
+        });
+    }
+
+    /// Sends `req` to `dest`. HTTP/1 requests keep their `Host` header,
+    /// HTTP/2 requests their `:authority`.
     pub async fn send(
         &self,
         mut req: Request<ReqBody>,
-        addr: SocketAddr,
-        authority: Authority,
+        dest: Dest<'_>,
         connect: Duration,
         proto: Proto,
     ) -> Result<Response<ResponseBody>, MeshError> {
+        let opts = ConnectOptions {
+            timeout: connect,
+            ..self.opts
+        };
         match proto {
             Proto::Http1 => {
-                set_uri(&mut req, authority)?;
-                let resp =
-                    self.h1(connect)
-                        .request(req)
-                        .await
-                        .map_err(|e| match e.is_connect() {
-                            true => MeshError::ConnectFailed {
-                                addr,
-                                reason: error_chain(&e),
-                            },
-                            false => MeshError::UpstreamReset {
-                                addr,
-                                reason: error_chain(&e),
-                            },
-                        })?;
-                Ok(streamed(resp))
+                origin_form(&mut req, dest.authority)?;
+                let (resp, conn) = dest.pool.send(req, opts).await?;
+                let mut resp = streamed(resp);
+                resp.body_mut().guard_mut().hold(conn);
+                Ok(resp)
             }
             Proto::Http2 => {
                 // Keep the caller's authority; fall back to the endpoint's.
@@ -116,13 +126,14 @@ impl Upstreams {
                         .get(http::header::HOST)
                         .and_then(|h| Authority::try_from(h.as_bytes()).ok())
                 });
-                set_uri(&mut req, keep.unwrap_or(authority))?;
+                absolute_form(&mut req, keep.unwrap_or_else(|| dest.authority.clone()))?;
                 req.headers_mut().remove(http::header::HOST);
                 // Boxed: the HTTP/2 path (with its connect and handshake)
                 // would size every request's future, HTTP/1 ones included.
+                let addr = dest.pool.addr();
                 let (resp, slot) = Box::pin(self.h2.send(req, addr, connect)).await?;
                 let mut resp = streamed(resp);
-                resp.body_mut().guard_mut().h2_stream = Some(slot);
+                resp.body_mut().guard_mut().hold(slot);
                 Ok(resp)
             }
         }
@@ -137,15 +148,34 @@ fn streamed(mut resp: Response<Incoming>) -> Response<ResponseBody> {
     resp.map(ResponseBody::new)
 }
 
-fn build_h1(opts: ConnectOptions) -> H1Client {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_timer(TokioTimer::new())
-        .build(MarkedConnector { opts })
+/// HTTP/1 to an origin server: `/path?query`, and a `Host` header (from
+/// the absolute URI of explicit proxy mode, else the upstream's address).
+fn origin_form(req: &mut Request<ReqBody>, authority: &Authority) -> Result<(), MeshError> {
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let host = req.uri().authority().cloned();
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
+        if let Some(host) = host {
+            let v = http::HeaderValue::from_str(host.as_str())
+                .map_err(|e| MeshError::BadRequest(format!("invalid host: {e}")))?;
+            req.headers_mut().entry(http::header::HOST).or_insert(v);
+        }
+    }
+    if !req.headers().contains_key(http::header::HOST) {
+        let v = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|e| MeshError::BadRequest(format!("invalid host: {e}")))?;
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+    Ok(())
 }
 
-/// `http://<authority><path>`, from the request's own parts.
-fn set_uri(req: &mut Request<ReqBody>, authority: Authority) -> Result<(), MeshError> {
+/// `http://<authority><path>`, from the request's own parts (HTTP/2's
+/// `:scheme` and `:authority`).
+fn absolute_form(req: &mut Request<ReqBody>, authority: Authority) -> Result<(), MeshError> {
     let mut parts = std::mem::take(req.uri_mut()).into_parts();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority);
@@ -155,17 +185,4 @@ fn set_uri(req: &mut Request<ReqBody>, authority: Authority) -> Result<(), MeshE
     *req.uri_mut() = Uri::from_parts(parts)
         .map_err(|e| MeshError::BadRequest(format!("invalid request target: {e}")))?;
     Ok(())
-}
-
-/// `a: b: c` from an error and its sources: hyper's top-level messages
-/// alone ("client error (Connect)") hide the cause.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -1,0 +1,344 @@
+//! The one call path. Every call to a mesh service — an HTTP request, an
+//! opaque TCP connection, a CONNECT tunnel — runs through [`call`], outer
+//! to inner (DESIGN's order):
+//!
+//! fallback → total timeout and deadline → retries with budget → circuit
+//! breaker → bulkhead → balancer pick over ready, non-ejected endpoints →
+//! the protocol's attempt (its connect timeout inside).
+//!
+//! A protocol supplies only an [`Attempt`]: how to send one try to one
+//! endpoint, what a success says to the retry rules, when its outcome is
+//! told to the breaker and the outlier detector (at once, at the end of
+//! the response, or once the connection is used), how to make another try
+//! of the same call, and the static fallback it can give. The rules
+//! themselves live beside the other policies in `resilience/` (retry
+//! classes, backoff, deadline, fallback answers); this file only orders
+//! them.
+//!
+//! A departure from STYLE, in the open: the layers are plain calls on one
+//! path rather than one tower `Layer` per policy, because each layer would
+//! box a future per request.
+
+use crate::balance::InFlight;
+use crate::discovery::{Directory, Endpoint, Service};
+use crate::model::policy::Fallback;
+use crate::proxy::rescue::MeshError;
+use crate::resilience::{
+    classify, may_repeat, retry_delay, BreakerPermit, BulkheadPermit, Deadline, FailureKind,
+    Outcome, ServiceResilience, Tried,
+};
+use crate::telemetry::ProxyMetrics;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// One protocol's way of trying a call on one endpoint.
+pub trait Attempt: Sync {
+    /// What one try sends (an HTTP request; nothing for a connection).
+    type Call: Send;
+    /// What a successful try gives back (a response; a connection).
+    type Output: Send;
+
+    /// Whether the call may be repeated after any failure (its method is
+    /// idempotent). Calls that are not may still be retried when the
+    /// endpoint surely never saw them.
+    fn idempotent(&self) -> bool;
+
+    /// Sends `call` to `to.endpoint`.
+    fn send(
+        &self,
+        call: Self::Call,
+        to: Target<'_>,
+    ) -> impl Future<Output = Result<Self::Output, MeshError>> + Send;
+
+    /// A success takes what it holds until it ends: the bulkhead slot, and
+    /// the verdict for the breaker and outlier detector, to record when
+    /// the protocol knows the outcome.
+    fn admit(&self, out: &mut Self::Output, admitted: Admitted);
+
+    /// A failed try, for the protocol's own accounting.
+    fn failed(&self, _svc: &Service, _e: &MeshError) {}
+
+    /// What a success says to the retry rules (`None`: a success that is
+    /// never retried, such as a connection).
+    fn answered<'a>(&self, out: &'a Self::Output, from_peer: bool) -> Option<Tried<'a>>;
+
+    /// The same call again, for a retry or a service fallback; `None`
+    /// when it cannot be sent twice (a streamed body not kept).
+    fn again(&self) -> Option<Self::Call>;
+
+    /// The policy's static fallback, where this protocol can answer one.
+    fn static_fallback(&self, _fallback: &Fallback, _reason: &'static str) -> Option<Self::Output> {
+        None
+    }
+
+    /// Marks a service fallback's answer for a call that failed with
+    /// `reason`.
+    fn mark_fallback(&self, _out: &mut Self::Output, _reason: &'static str) {}
+}
+
+/// Where one try goes.
+#[derive(Clone, Copy)]
+pub struct Target<'a> {
+    pub svc: &'a Arc<Service>,
+    pub endpoint: &'a Arc<Endpoint>,
+    /// The policy's connect timeout.
+    pub connect: Duration,
+    pub deadline: Deadline,
+}
+
+/// What a successful try holds until it ends.
+pub struct Admitted {
+    /// The bulkhead counts the call until it ends.
+    pub slot: BulkheadPermit,
+    pub verdict: Verdict,
+}
+
+/// Runs `first` (and its retries, and the fallback) through `svc`'s policy.
+/// `caller_left` is the time the caller has left, when it said so: the
+/// deadline is the sooner of it and the policy's total timeout. Mesh
+/// failures are counted here, once, after the fallback's chance.
+pub async fn call<A: Attempt>(
+    dir: &Directory,
+    metrics: &ProxyMetrics,
+    svc: &Arc<Service>,
+    attempt: &A,
+    first: A::Call,
+    caller_left: Option<Duration>,
+) -> Result<A::Output, MeshError> {
+    // The policy the call starts with is the one it finishes with, even if
+    // a new one lands meanwhile.
+    let rt = svc.resilience.clone();
+    let err = match run(svc, &rt, attempt, first, caller_left).await {
+        Ok(out) => return Ok(out),
+        Err(e) => e,
+    };
+    metrics.mesh_error(&svc.name, err.reason());
+    if !err.falls_back() {
+        return Err(err);
+    }
+    match &rt.policy.fallback {
+        Some(Fallback::Service { service }) => {
+            let Some(alt) = dir.table().by_name(service).cloned() else {
+                return Err(err);
+            };
+            let Some(again) = attempt.again() else {
+                return Err(err);
+            };
+            let alt_rt = alt.resilience.clone();
+            let mut out = Box::pin(run(&alt, &alt_rt, attempt, again, caller_left)).await?;
+            attempt.mark_fallback(&mut out, err.reason());
+            Ok(out)
+        }
+        Some(f) => attempt.static_fallback(f, err.reason()).ok_or(err),
+        None => Err(err),
+    }
+}
+
+/// The total timeout (capped by the caller's deadline) around all tries.
+async fn run<A: Attempt>(
+    svc: &Arc<Service>,
+    rt: &Arc<ServiceResilience>,
+    attempt: &A,
+    first: A::Call,
+    caller_left: Option<Duration>,
+) -> Result<A::Output, MeshError> {
+    let deadline = Deadline::new(Instant::now(), rt.policy.timeouts.request, caller_left);
+    tokio::time::timeout_at(deadline.at, tries(svc, rt, attempt, first, deadline))
+        .await
+        .unwrap_or(Err(MeshError::Timeout(deadline.timeout)))
+}
+
+/// The first try, and the retries that the policy, the call's safety and
+/// the budget allow, each on a different endpoint when there is one.
+async fn tries<A: Attempt>(
+    svc: &Arc<Service>,
+    rt: &Arc<ServiceResilience>,
+    attempt: &A,
+    first: A::Call,
+    deadline: Deadline,
+) -> Result<A::Output, MeshError> {
+    let retries = &rt.policy.retries;
+    rt.budget.deposit();
+    let mut call = first;
+    let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+    let mut retry: u32 = 0;
+    loop {
+        let (result, endpoint) = try_once(svc, rt, attempt, call, &tried, deadline).await;
+        let from_peer = endpoint.as_ref().is_some_and(|e| e.inbound.is_some());
+        let outcome = match &result {
+            Ok(out) => attempt.answered(out, from_peer),
+            Err(e) => failure_kind(e).map(Tried::Failed),
+        };
+        // Success, or breaker-open, bulkhead-full, no-endpoints, timeout:
+        // a retry would not help.
+        let Some(failure) = outcome.and_then(classify) else {
+            return result;
+        };
+        if !may_repeat(attempt.idempotent(), failure)
+            || retry >= retries.attempts
+            || !retries.on.contains(&failure.class)
+        {
+            return result;
+        }
+        // A streamed body is known whole only now (or never).
+        let Some(again) = attempt.again() else {
+            return result;
+        };
+        if !rt.budget.try_withdraw() {
+            svc.metrics.retry_budget_exhausted();
+            return result.map_err(|e| MeshError::RetryBudgetExhausted(Box::new(e)));
+        }
+        let delay = retry_delay(retry + 1);
+        if Instant::now() + delay >= deadline.at {
+            return result;
+        }
+        retry += 1;
+        svc.metrics.retried();
+        tried.extend(endpoint);
+        drop(result);
+        tokio::time::sleep(delay).await;
+        call = again;
+    }
+}
+
+/// A failure before any answer, as the retry rules name it.
+fn failure_kind(e: &MeshError) -> Option<FailureKind> {
+    match e {
+        MeshError::ConnectFailed { .. } => Some(FailureKind::ConnectFailure),
+        MeshError::UpstreamReset { .. } => Some(FailureKind::Reset),
+        _ => None,
+    }
+}
+
+/// One try: breaker, bulkhead, balancer, send. Returns the endpoint used,
+/// so a retry can avoid it.
+async fn try_once<A: Attempt>(
+    svc: &Arc<Service>,
+    rt: &Arc<ServiceResilience>,
+    attempt: &A,
+    call: A::Call,
+    tried: &[Arc<Endpoint>],
+    deadline: Deadline,
+) -> (Result<A::Output, MeshError>, Option<Arc<Endpoint>>) {
+    let Ok(permit) = rt.breaker.try_acquire() else {
+        svc.metrics.fast_failed();
+        return (Err(MeshError::BreakerOpen(svc.name.clone())), None);
+    };
+    let Ok(slot) = rt.bulkhead.acquire().await else {
+        svc.metrics.fast_failed();
+        return (Err(MeshError::BulkheadFull(svc.name.clone())), None);
+    };
+    let Some(ep) = pick(svc, rt, tried) else {
+        return (Err(MeshError::NoEndpoints(svc.name.clone())), None);
+    };
+    let to = Target {
+        svc,
+        endpoint: &ep,
+        connect: rt.policy.timeouts.connect,
+        deadline,
+    };
+    let start = Instant::now();
+    let in_flight = InFlight::start(ep.stats.clone());
+    // Inside the total timeout too, so that a try cut off by the deadline
+    // is recorded against its endpoint.
+    let result = tokio::time::timeout_at(deadline.at, attempt.send(call, to))
+        .await
+        .unwrap_or(Err(MeshError::Timeout(deadline.timeout)));
+    let verdict = Verdict {
+        permit,
+        rt: rt.clone(),
+        svc: svc.clone(),
+        ep: ep.clone(),
+        elapsed: start.elapsed(),
+    };
+    let result = match result {
+        Ok(mut out) => {
+            in_flight.finish();
+            attempt.admit(&mut out, Admitted { slot, verdict });
+            Ok(out)
+        }
+        Err(e) => {
+            drop(in_flight);
+            attempt.failed(svc, &e);
+            verdict.record(true);
+            Err(e)
+        }
+    };
+    (result, Some(ep))
+}
+
+/// The balancer's choice among ready endpoints that are not ejected and
+/// not tried yet; tried ones are taken again rather than none.
+fn pick(svc: &Service, rt: &ServiceResilience, tried: &[Arc<Endpoint>]) -> Option<Arc<Endpoint>> {
+    let now = Instant::now();
+    if tried.is_empty() && !rt.outlier.any_ejected(now) {
+        // The hot path: nothing to filter, no allocation.
+        return svc.balancer.pick(&svc.ready).cloned();
+    }
+    let live: Vec<Arc<Endpoint>> = svc
+        .ready
+        .iter()
+        .filter(|e| !rt.outlier.is_ejected(&e.stats.ejection, now))
+        .cloned()
+        .collect();
+    let fresh: Vec<Arc<Endpoint>> = live
+        .iter()
+        .filter(|e| !tried.iter().any(|t| Arc::ptr_eq(t, e)))
+        .cloned()
+        .collect();
+    let pool = if !fresh.is_empty() {
+        &fresh
+    } else if !live.is_empty() {
+        &live
+    } else {
+        &svc.ready
+    };
+    svc.balancer.pick(pool).cloned()
+}
+
+/// A try's outcome, to be told to the breaker and the outlier detector
+/// once known: at a response's headers or its end, or when a connection
+/// is used. Dropped unrecorded, it is not counted (as for the mesh's own
+/// rejections).
+pub struct Verdict {
+    permit: BreakerPermit,
+    rt: Arc<ServiceResilience>,
+    svc: Arc<Service>,
+    ep: Arc<Endpoint>,
+    /// Time to the answer (slow calls are judged on it, so a long stream
+    /// is not a slow call).
+    elapsed: Duration,
+}
+
+impl Verdict {
+    /// Whether the breaker admitted this try as its half-open probe: a
+    /// probe is judged at once, so that a long stream does not hold it.
+    pub fn is_probe(&self) -> bool {
+        self.permit.is_probe()
+    }
+
+    /// The service the try went to.
+    pub fn service(&self) -> &Service {
+        &self.svc
+    }
+
+    pub fn record(self, failed: bool) {
+        self.permit.record(Outcome {
+            failed,
+            elapsed: self.elapsed,
+        });
+        let ejected =
+            self.rt
+                .outlier
+                .record(&self.ep.stats.ejection, !failed, self.svc.ready.len());
+        if ejected {
+            self.svc.metrics.ejected();
+            tracing::warn!(service = %self.svc.name, endpoint = %self.ep.id, "endpoint ejected after consecutive failures");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
