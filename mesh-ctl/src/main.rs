@@ -1,13 +1,14 @@
 //! mesh-ctl: the operator's command line for the mesh control plane.
 //!
-//! `cli` declares the commands (clap), `commands` runs them and maps every
-//! failure to an exit code, `output` renders tables, JSON and YAML,
+//! `cli` declares the commands (clap), `commands` runs them, `error` maps
+//! every failure to an exit code and a message, `output` renders tables, JSON and YAML,
 //! `watch` follows the change stream, `policy` applies, shows and deletes
 //! policy documents, and `top` is a live dashboard of one proxy.
 #![forbid(unsafe_code)]
 
 mod cli;
 mod commands;
+mod error;
 mod output;
 mod policy;
 mod top;

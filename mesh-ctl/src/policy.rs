@@ -5,7 +5,7 @@
 //! `get policy` prints a document `apply -f` takes back unchanged.
 
 use crate::cli::Output;
-use crate::commands::{emit, CtlError};
+use crate::error::{emit, CtlError};
 use crate::output::{self, RenderError};
 use mesh::control::client::ControlClient;
 use mesh::model::policy::Fallback;

@@ -6,7 +6,7 @@
 //! attempts, until the operator presses Ctrl-C.
 
 use crate::cli::Output;
-use crate::commands::{emit, CtlError};
+use crate::error::{emit, CtlError};
 use crate::output;
 use mesh::control::client::{ClientError, ControlClient, WatchStream};
 use std::time::Duration;

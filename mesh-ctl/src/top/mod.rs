@@ -11,7 +11,7 @@ pub use render::frame;
 pub use state::ProxyState;
 
 use crate::cli::{Output, TopArgs};
-use crate::commands::{emit, CtlError};
+use crate::error::{emit, CtlError};
 use crate::output;
 use bytes::Bytes;
 use http::{StatusCode, Uri};

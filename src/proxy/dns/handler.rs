@@ -2,7 +2,6 @@
 //! forwarded answer, and sends it through hickory's response handle.
 
 use super::forward::{Forwarded, Forwarder};
-use super::VipLookup;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, SOA};
@@ -11,6 +10,12 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+
+/// Where the responder learns which services exist (discovery's routing table).
+pub trait VipLookup: Send + Sync + 'static {
+    /// The virtual IP of `service` (a lower-case service name), if it exists.
+    fn vip(&self, service: &str) -> Option<Ipv4Addr>;
+}
 
 /// TTL of a VIP answer: short, so a re-created service's VIP is picked up fast.
 pub(super) const VIP_TTL: u32 = 5;

@@ -25,11 +25,12 @@ mod handler;
 mod tests;
 
 use handler::MeshHandler;
+pub use handler::VipLookup;
 use hickory_server::proto::rr::Name;
 use hickory_server::Server;
 use std::future::Future;
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,12 +42,6 @@ const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const TCP_RESPONSE_BUFFER: usize = 32;
 /// With port 0 the TCP bind can lose a race for the port UDP picked; retry this often.
 const BIND_ATTEMPTS: usize = 16;
-
-/// Where the responder learns which services exist (discovery's routing table).
-pub trait VipLookup: Send + Sync + 'static {
-    /// The virtual IP of `service` (a lower-case service name), if it exists.
-    fn vip(&self, service: &str) -> Option<Ipv4Addr>;
-}
 
 /// How the responder is set up (from `mesh-proxy` flags).
 #[derive(Clone, Debug)]

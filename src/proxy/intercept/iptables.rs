@@ -2,7 +2,8 @@
 //! inside a named network namespace, plus the chain operations `install`
 //! and `remove` are made of (each one idempotent on its own).
 
-use super::{InitArgs, InitError};
+use super::args::InitArgs;
+use super::error::InitError;
 use std::process::{Command, Output};
 
 /// Bound on jump deletions (a jump added by hand many times over).

@@ -38,11 +38,13 @@
 //! app that reaches a service over IPv6 bypasses the mesh.
 
 mod args;
+mod error;
 mod iptables;
 #[cfg(test)]
 mod tests;
 
 pub use args::{parse_mark, parse_port, parse_port_or_addr, InitArgs, Ipv4Cidr};
+pub use error::InitError;
 
 use iptables::{Hook, Iptables};
 
@@ -63,27 +65,6 @@ const INBOUND_HOOK: Hook = Hook {
     from: "PREROUTING",
     matches: &["-p", "tcp"],
 };
-
-/// Why installing or removing the rules failed.
-#[derive(Debug, thiserror::Error)]
-pub enum InitError {
-    /// A flag value that cannot produce sensible rules.
-    #[error("invalid --{flag}: {reason}")]
-    Invalid { flag: &'static str, reason: String },
-    /// The iptables (or ip) binary could not be started.
-    #[error("cannot run {program}: {source}")]
-    Spawn {
-        program: String,
-        source: std::io::Error,
-    },
-    /// An iptables command exited unsuccessfully.
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Command {
-        command: String,
-        status: String,
-        stderr: String,
-    },
-}
 
 /// The iptables argument lists `install` appends to `MESH_OUTPUT`, in order
 /// (each without the binary name and `-w`). Pure: validates and builds.

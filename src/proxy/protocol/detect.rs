@@ -18,6 +18,16 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Sent by a mesh proxy to a peer's inbound listener before the bytes of
 /// an opaque connection, so the peer never waits on detection.
 pub const MESH_OPAQUE_PREAMBLE: &[u8] = b"MESH-OPAQUE/1\r\n";
+
+/// How intercepted connections are told apart.
+#[derive(Clone, Debug)]
+pub struct DetectConfig {
+    /// `--detect-timeout`: how long a new connection may stay silent on
+    /// both sides before it is relayed opaque as it is.
+    pub timeout: Duration,
+    /// `--opaque-ports`: never detected.
+    pub opaque_ports: std::collections::HashSet<u16>,
+}
 /// An HTTP/1 request line longer than this is not worth waiting for.
 const MAX_REQUEST_LINE: usize = 8 * 1024;
 /// A TLS record carries at most 16 KiB; the ClientHello is in the first.
@@ -280,7 +290,7 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
         let (mut server, _) = l.accept().await.unwrap();
-        let start = std::time::Instant::now();
+        let start = tokio::time::Instant::now();
         let d = detect(&mut server, Duration::from_millis(30))
             .await
             .unwrap();

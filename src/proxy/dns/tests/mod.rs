@@ -10,6 +10,7 @@ use hickory_server::proto::op::{Message, MessageType, OpCode, Query, ResponseCod
 use hickory_server::proto::rr::rdata::A;
 use hickory_server::proto::rr::{DNSClass, Name, RData, RecordType};
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
