@@ -25,7 +25,7 @@ pub struct AdminState {
     pub shutdown: CancellationToken,
     pub control_url: String,
     /// What connections taught about undeclared service ports.
-    pub learned: Arc<crate::proxy::outbound::Learned>,
+    pub learned: Arc<crate::proxy::protocol::Learned>,
     /// The inbound listener and its limit, when there is one.
     pub inbound: Option<(std::net::SocketAddr, u32)>,
 }

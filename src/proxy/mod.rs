@@ -8,11 +8,11 @@ pub mod grpc; //      gRPC status classification and trailers-only mesh errors
 pub mod headers; //   header hygiene: hop-by-hop, x-mesh-*, forwarded, traceparent
 pub mod inbound; //   inbound listener: concurrency limit, header hygiene, to the app on localhost
 pub mod intercept; // `mesh-proxy init`: iptables rules that redirect outbound TCP and DNS
-pub mod outbound; //  outbound listener: transparent and explicit HTTP, TCP relay
-pub mod protocol; //  protocol detection, prefixed IO, opaque relay
-pub mod rescue; //    the one place mesh errors become HTTP responses
-mod run;
+pub mod outbound; //  outbound listener, and the one call path every protocol shares (policy)
+pub mod protocol; //  protocol detection, learned ports, prefixed IO, relay, tunnels
+pub mod rescue; //    the one place mesh errors become responses (HTTP or gRPC form)
+mod run; //           startup in two steps (bind, serve) and the shutdown phases
 pub mod server; //    hyper server builders and graceful connection stop
-pub mod upstream; //  HTTP/1 and HTTP/2 connections to endpoints, peers, the app //           startup and the shutdown phases
+pub mod upstream; //  pooled HTTP/1 and HTTP/2 connections to endpoints, peers, the app
 
-pub use run::{run, ProxyError};
+pub use run::{bind, run, Bound, Phase, ProxyError};

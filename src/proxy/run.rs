@@ -1,17 +1,14 @@
-//! Starting and stopping `mesh-proxy`.
-//!
-//! Shutdown phases, in order (SIGTERM, SIGINT or `POST /shutdown`):
-//! 1. **Deregister**: the control plane drops this instance, so callers'
-//!    proxies stop picking it before we stop serving.
-//! 2. **Drain**: stop accepting outbound connections; in-flight requests
-//!    finish, up to `--drain-timeout`.
-//! 3. **Stop**: DNS, admin, watch and cache writer end; exit 0.
+//! Starting and stopping `mesh-proxy`, in two steps: [`bind`] opens every
+//! socket and checks the configuration (so every error is reported
+//! before anything starts), then [`Bound::serve`] runs until shutdown and
+//! goes through the [`Phase`]s in order.
 
 use super::admin::{self, AdminState};
 use super::config::ProxyArgs;
 use super::dns::{DnsConfig, DnsServer, VipLookup};
-use super::inbound::{InboundHttp, InboundServer};
-use super::outbound::{DetectConfig, HttpOutbound, Learned, OpaqueOutbound, OutboundServer};
+use super::inbound::{App, InboundHttp, InboundServer};
+use super::outbound::{HttpOutbound, OpaqueOutbound, OutboundServer};
+use super::protocol::{DetectConfig, Learned};
 use super::upstream::Upstreams;
 use crate::control::client::ControlClient;
 use crate::discovery::{
@@ -23,6 +20,7 @@ use http::HeaderValue;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -40,8 +38,66 @@ pub enum ProxyError {
     Config(String),
 }
 
+/// The shutdown phases, in the order they run (SIGTERM, SIGINT or
+/// `POST /shutdown` starts them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The control plane drops this instance, so callers' proxies stop
+    /// picking it before it stops serving.
+    Deregister,
+    /// The listeners stop accepting; in-flight requests finish, for up to
+    /// `--drain-timeout`.
+    Drain,
+    /// DNS, admin, the registry watch and the cache writer end; exit 0.
+    Stop,
+}
+
+/// One cancellation token per [`Phase`].
+#[derive(Clone, Default)]
+struct Phases([CancellationToken; 3]);
+
+impl Phases {
+    fn token(&self, phase: Phase) -> CancellationToken {
+        self.0[phase as usize].clone()
+    }
+
+    fn enter(&self, phase: Phase) {
+        self.0[phase as usize].cancel();
+    }
+}
+
+/// How often idle upstream connections past their timeout are closed.
+const EXPIRE_IDLE_EVERY: Duration = Duration::from_secs(15);
+
 /// Runs the proxy until a shutdown signal, then drains and returns.
 pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
+    bind(args).await?.serve().await
+}
+
+/// Every socket bound and the configuration checked; nothing running yet.
+pub struct Bound {
+    args: ProxyArgs,
+    metrics: Arc<ProxyMetrics>,
+    dir: Arc<Directory>,
+    cache: SnapshotCache,
+    client: ControlClient,
+    outbound: TcpListener,
+    admin: TcpListener,
+    inbound: Option<(TcpListener, u16)>,
+    dns: DnsServer,
+    /// Outbound, admin, DNS, and inbound when there is one: forwarding
+    /// there would loop.
+    own_addrs: Vec<SocketAddr>,
+    inbound_addr: Option<SocketAddr>,
+    agent: Option<AgentConfig>,
+    via_token: String,
+    via: HeaderValue,
+    caller: Option<HeaderValue>,
+}
+
+/// Binds every listener and checks the flags, loading the cached registry
+/// if there is one.
+pub async fn bind(args: ProxyArgs) -> Result<Bound, ProxyError> {
     let metrics = Arc::new(ProxyMetrics::new());
     let dir = Arc::new(Directory::new(
         args.lb.iter().cloned().collect(),
@@ -62,11 +118,11 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
     let client =
         ControlClient::new(&args.control, mark).map_err(|e| ProxyError::Control(e.to_string()))?;
 
-    let outbound_l = bind("--outbound", args.outbound).await?;
-    let admin_l = bind("--admin", args.admin).await?;
+    let outbound = bind_tcp("--outbound", args.outbound).await?;
+    let admin = bind_tcp("--admin", args.admin).await?;
     // The inbound side exists for an app; a client-only sidecar has none.
-    let inbound_l = match args.app_port {
-        Some(_) => Some(bind("--inbound", args.inbound).await?),
+    let inbound = match args.app_port {
+        Some(port) => Some((bind_tcp("--inbound", args.inbound).await?, port)),
         None => None,
     };
     let dns = DnsServer::bind(
@@ -85,121 +141,165 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
         addr: args.dns,
         source,
     })?;
-    let inbound_addr = inbound_l
+    let inbound_addr = inbound
         .as_ref()
-        .map(|l| l.local_addr().unwrap_or(args.inbound));
+        .map(|(l, _)| l.local_addr().unwrap_or(args.inbound));
     let mut own_addrs = vec![
-        outbound_l.local_addr().unwrap_or(args.outbound),
-        admin_l.local_addr().unwrap_or(args.admin),
+        outbound.local_addr().unwrap_or(args.outbound),
+        admin.local_addr().unwrap_or(args.admin),
         dns.local_addr(),
     ];
     own_addrs.extend(inbound_addr);
-    // What was bound (a flag's port 0 is the kernel's pick): logged below.
-    let (outbound_addr, admin_addr, dns_addr) = (own_addrs[0], own_addrs[1], own_addrs[2]);
-
-    let shutdown = CancellationToken::new(); // phase 2: stop accepting, drain
-    let stop = CancellationToken::new(); //     phase 3: everything else
-    let agent_stop = CancellationToken::new(); // phase 1: deregister
-    let listening = Arc::new(AtomicBool::new(false));
-
-    tokio::spawn(discovery::run_watch(
-        client.clone(),
-        dir.clone(),
-        metrics.clone(),
-        discovery::WATCH_IDLE_TIMEOUT,
-        stop.clone(),
-    ));
-    tokio::spawn(discovery::run_cache_writer(
-        dir.clone(),
-        cache,
-        stop.clone(),
-    ));
-
-    let agent = match agent_config(&args, inbound_addr)? {
-        Some(cfg) => {
-            let agent = RegistrationAgent::new(cfg, client.clone());
-            let state = agent.state();
-            let token = agent_stop.clone();
-            Some((state, tokio::spawn(agent.run(token))))
-        }
-        None => None,
-    };
-
-    let learned = Arc::new(Learned::default());
-    let admin_state = AdminState {
-        dir: dir.clone(),
-        metrics: metrics.clone(),
-        agent: agent.as_ref().map(|(s, _)| s.clone()),
-        listening: listening.clone(),
-        shutdown: shutdown.clone(),
-        control_url: args.control.clone(),
-        learned: learned.clone(),
-        inbound: inbound_addr.map(|a| (a, args.inbound_max_concurrent)),
-    };
-    let admin_stop = stop.clone();
-    tokio::spawn(async move {
-        let app = admin::router(admin_state);
-        if let Err(e) = axum::serve(admin_l, app)
-            .with_graceful_shutdown(async move { admin_stop.cancelled().await })
-            .await
-        {
-            tracing::error!(error = %e, "admin server failed");
-        }
-    });
-    let dns_stop = stop.clone();
-    tokio::spawn(async move {
-        if let Err(e) = dns.run(async move { dns_stop.cancelled().await }).await {
-            tracing::error!(error = %e, "DNS responder failed");
-        }
-    });
-
-    let connect = ConnectOptions {
-        mark,
-        timeout: args.connect_timeout,
-    };
-    let token = format!("mesh-{:08x}", fastrand::u32(..));
-    let via = HeaderValue::from_str(&format!("1.1 {token}"))
+    let agent = agent_config(&args, inbound_addr)?;
+    let via_token = format!("mesh-{:08x}", fastrand::u32(..));
+    let via = HeaderValue::from_str(&format!("1.1 {via_token}"))
         .map_err(|e| ProxyError::Config(e.to_string()))?;
     let caller = match &args.service {
         Some(s) => Some(HeaderValue::from_str(s).map_err(|e| ProxyError::Config(e.to_string()))?),
         None => None,
     };
-    let upstreams = Arc::new(Upstreams::new(connect));
-    let detect = DetectConfig {
-        timeout: args.detect_timeout,
-        opaque_ports: args.opaque_ports.0.iter().copied().collect(),
-    };
-    let opaque = Arc::new(OpaqueOutbound {
-        metrics: metrics.clone(),
-        mark,
-        idle: args.tcp_idle_timeout,
-    });
-    let server = Arc::new(OutboundServer {
-        http: Arc::new(HttpOutbound {
-            dir: dir.clone(),
-            upstreams: upstreams.clone(),
-            metrics: metrics.clone(),
-            domain_suffix: format!(".{}", args.domain.trim_matches('.').to_ascii_lowercase()),
+    Ok(Bound {
+        args,
+        metrics,
+        dir,
+        cache,
+        client,
+        outbound,
+        admin,
+        inbound,
+        dns,
+        own_addrs,
+        inbound_addr,
+        agent,
+        via_token,
+        via,
+        caller,
+    })
+}
+
+impl Bound {
+    /// Serves until a signal or `POST /shutdown`, then runs the shutdown
+    /// phases and returns.
+    pub async fn serve(self) -> Result<(), ProxyError> {
+        let Bound {
+            args,
+            metrics,
+            dir,
+            cache,
+            client,
+            outbound,
+            admin,
+            inbound,
+            dns,
             own_addrs,
+            inbound_addr,
+            agent,
+            via_token,
             via,
-            via_token: token,
             caller,
-            opaque: opaque.clone(),
-        }),
-        opaque,
-        metrics: metrics.clone(),
-        vip_net: args.vip_cidr,
-        connect,
-        detect: detect.clone(),
-        learned: learned.clone(),
-    });
-    let outbound = tokio::spawn(server.serve(outbound_l, shutdown.clone(), args.drain_timeout));
-    let inbound = match (inbound_l, args.app_port) {
-        (Some(listener), Some(app_port)) => {
+        } = self;
+        let phases = Phases::default();
+        let listening = Arc::new(AtomicBool::new(false));
+        let mark = (args.mark != 0).then_some(args.mark);
+        // What was bound (a flag's port 0 is the kernel's pick): logged below.
+        let (outbound_addr, admin_addr, dns_addr) = (own_addrs[0], own_addrs[1], own_addrs[2]);
+
+        tokio::spawn(discovery::run_watch(
+            client.clone(),
+            dir.clone(),
+            metrics.clone(),
+            discovery::WATCH_IDLE_TIMEOUT,
+            phases.token(Phase::Stop),
+        ));
+        tokio::spawn(discovery::run_cache_writer(
+            dir.clone(),
+            cache,
+            phases.token(Phase::Stop),
+        ));
+        let agent = agent.map(|cfg| {
+            let agent = RegistrationAgent::new(cfg, client.clone());
+            let state = agent.state();
+            (
+                state,
+                tokio::spawn(agent.run(phases.token(Phase::Deregister))),
+            )
+        });
+
+        let learned = Arc::new(Learned::default());
+        let admin_state = AdminState {
+            dir: dir.clone(),
+            metrics: metrics.clone(),
+            agent: agent.as_ref().map(|(s, _)| s.clone()),
+            listening: listening.clone(),
+            shutdown: phases.token(Phase::Deregister),
+            control_url: args.control.clone(),
+            learned: learned.clone(),
+            inbound: inbound_addr.map(|a| (a, args.inbound_max_concurrent)),
+        };
+        let admin_stop = phases.token(Phase::Stop);
+        tokio::spawn(async move {
+            let app = admin::router(admin_state);
+            if let Err(e) = axum::serve(admin, app)
+                .with_graceful_shutdown(async move { admin_stop.cancelled().await })
+                .await
+            {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        });
+        let dns_stop = phases.token(Phase::Stop);
+        tokio::spawn(async move {
+            if let Err(e) = dns.run(async move { dns_stop.cancelled().await }).await {
+                tracing::error!(error = %e, "DNS responder failed");
+            }
+        });
+
+        let connect = ConnectOptions {
+            mark,
+            timeout: args.connect_timeout,
+        };
+        let upstreams = Arc::new(Upstreams::new(connect));
+        tokio::spawn(expire_idle(
+            dir.clone(),
+            upstreams.clone(),
+            phases.token(Phase::Stop),
+        ));
+        let detect = DetectConfig {
+            timeout: args.detect_timeout,
+            opaque_ports: args.opaque_ports.0.iter().copied().collect(),
+        };
+        let opaque = Arc::new(OpaqueOutbound {
+            dir: dir.clone(),
+            metrics: metrics.clone(),
+            mark,
+            idle: args.tcp_idle_timeout,
+        });
+        let server = Arc::new(OutboundServer {
+            http: Arc::new(HttpOutbound {
+                dir: dir.clone(),
+                upstreams: upstreams.clone(),
+                metrics: metrics.clone(),
+                domain_suffix: format!(".{}", args.domain.trim_matches('.').to_ascii_lowercase()),
+                own_addrs,
+                via,
+                via_token,
+                caller,
+                opaque: opaque.clone(),
+            }),
+            opaque,
+            metrics: metrics.clone(),
+            vip_net: args.vip_cidr,
+            connect,
+            detect: detect.clone(),
+            learned: learned.clone(),
+        });
+        let drain = phases.token(Phase::Drain);
+        let outbound = tokio::spawn(server.serve(outbound, drain.clone(), args.drain_timeout));
+        let inbound = inbound.map(|(listener, app_port)| {
+            let app = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, app_port));
             let inbound = Arc::new(InboundServer {
                 http: Arc::new(InboundHttp {
                     dir: dir.clone(),
-                    upstreams,
+                    upstreams: upstreams.clone(),
                     metrics: metrics.clone(),
                     limit: Arc::new(tokio::sync::Semaphore::new(
                         usize::try_from(args.inbound_max_concurrent).unwrap_or(usize::MAX),
@@ -209,6 +309,7 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
                 }),
                 metrics: metrics.clone(),
                 app_port,
+                app: App::new(app, upstreams.pool(app)),
                 detect,
                 // One store, so /state lists both sides' ports (the
                 // inbound side's under the service "(inbound)").
@@ -216,39 +317,52 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
                 connect,
                 idle: args.tcp_idle_timeout,
             });
-            Some(tokio::spawn(inbound.serve(
-                listener,
-                shutdown.clone(),
-                args.drain_timeout,
-            )))
-        }
-        _ => None,
-    };
-    listening.store(true, Ordering::Release);
-    let inbound_shown = inbound_addr.map_or_else(|| "-".to_string(), |a| a.to_string());
-    tracing::info!(outbound = %outbound_addr, inbound = %inbound_shown, admin = %admin_addr, dns = %dns_addr, control = %args.control, "mesh-proxy running");
+            tokio::spawn(inbound.serve(listener, drain.clone(), args.drain_timeout))
+        });
+        listening.store(true, Ordering::Release);
+        let inbound_shown = inbound_addr.map_or_else(|| "-".to_string(), |a| a.to_string());
+        tracing::info!(outbound = %outbound_addr, inbound = %inbound_shown, admin = %admin_addr, dns = %dns_addr, control = %args.control, "mesh-proxy running");
 
-    tokio::select! {
-        () = signals() => {}
-        () = shutdown.cancelled() => {}
+        let requested = phases.token(Phase::Deregister);
+        tokio::select! {
+            () = signals() => {}
+            () = requested.cancelled() => {}
+        }
+        tracing::info!("shutting down: deregistering");
+        phases.enter(Phase::Deregister);
+        if let Some((_, handle)) = agent {
+            let _ = handle.await;
+        }
+        tracing::info!(timeout = ?args.drain_timeout, "draining");
+        phases.enter(Phase::Drain);
+        let _ = outbound.await;
+        if let Some(inbound) = inbound {
+            let _ = inbound.await;
+        }
+        phases.enter(Phase::Stop);
+        tracing::info!("stopped");
+        Ok(())
     }
-    tracing::info!("shutting down: deregistering");
-    agent_stop.cancel();
-    if let Some((_, handle)) = agent {
-        let _ = handle.await;
-    }
-    tracing::info!(timeout = ?args.drain_timeout, "draining");
-    shutdown.cancel();
-    let _ = outbound.await;
-    if let Some(inbound) = inbound {
-        let _ = inbound.await;
-    }
-    stop.cancel();
-    tracing::info!("stopped");
-    Ok(())
 }
 
-async fn bind(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+/// Now and then, closes idle upstream connections past their timeout in
+/// every endpoint's pool and the others.
+async fn expire_idle(dir: Arc<Directory>, upstreams: Arc<Upstreams>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(EXPIRE_IDLE_EVERY) => {}
+            () = stop.cancelled() => return,
+        }
+        for svc in dir.table().services() {
+            for ep in &svc.all {
+                ep.conns.expire();
+            }
+        }
+        upstreams.expire_idle();
+    }
+}
+
+async fn bind_tcp(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| ProxyError::Bind { flag, addr, source })
