@@ -1,6 +1,9 @@
 //! Registers the local app with the control plane and keeps it there.
 //!
-//! The agent owns three clocks: health checks every `health_interval`,
+//! The agent owns three clocks: health checks every `health_interval`
+//! (every [`FIRST_UP_CHECK`] until the app first answers, for up to
+//! [`FIRST_UP_WINDOW`], so a new instance is routable within ~100 ms of
+//! its app listening rather than a whole interval later),
 //! heartbeats every third of the lease (so two may be lost before the lease
 //! runs out), and reconnect backoff. A health change is reported at once
 //! rather than at the next heartbeat, so callers stop routing to a failing
@@ -92,6 +95,8 @@ impl RegistrationAgent {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut next_heartbeat = Instant::now();
         let mut next_check = Instant::now();
+        let started = Instant::now();
+        let mut ever_up = false;
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(next_check.min(next_heartbeat)) => {}
@@ -99,8 +104,9 @@ impl RegistrationAgent {
             }
             let now = Instant::now();
             if now >= next_check {
-                next_check = now + self.cfg.health_interval;
                 let ok = self.check().await;
+                ever_up |= ok;
+                next_check = now + check_delay(ever_up, now - started, self.cfg.health_interval);
                 failures = if ok { 0 } else { failures + 1 };
                 let observed = match (ok, health) {
                     (true, _) => Health::Up,
@@ -202,6 +208,21 @@ impl RegistrationAgent {
     }
 }
 
+/// How often an app that has never answered is checked.
+pub const FIRST_UP_CHECK: Duration = Duration::from_millis(100);
+/// How long after start the fast checks go on for an app that never
+/// answers (then: every `health_interval`, as for any app).
+pub const FIRST_UP_WINDOW: Duration = Duration::from_secs(60);
+
+/// The wait before the next health check.
+fn check_delay(ever_up: bool, since_start: Duration, interval: Duration) -> Duration {
+    if ever_up || since_start >= FIRST_UP_WINDOW {
+        interval
+    } else {
+        FIRST_UP_CHECK.min(interval)
+    }
+}
+
 async fn http_check(
     addr: SocketAddr,
     path: &str,
@@ -216,4 +237,22 @@ async fn http_check(
         .body(http_body_util::Empty::<bytes::Bytes>::new())?;
     let resp = send.send_request(req).await?;
     Ok(resp.status().as_u16() < 400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_app_that_never_answered_is_checked_often_for_a_while() {
+        let interval = Duration::from_secs(1);
+        let s = Duration::from_secs;
+        assert_eq!(check_delay(false, s(0), interval), FIRST_UP_CHECK);
+        assert_eq!(check_delay(false, s(59), interval), FIRST_UP_CHECK);
+        assert_eq!(check_delay(false, s(60), interval), interval);
+        assert_eq!(check_delay(true, s(0), interval), interval);
+        // Never slower than the configured interval.
+        let fast = Duration::from_millis(50);
+        assert_eq!(check_delay(false, s(0), fast), fast);
+    }
 }
