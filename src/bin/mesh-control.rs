@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, env = "MESH_DATA_DIR", default_value = "./mesh-data")]
     data_dir: PathBuf,
     /// Network that service VIPs are allocated from.
-    #[arg(long, env = "MESH_VIP_CIDR", default_value = "127.100.0.0/16")]
+    #[arg(long, env = "MESH_VIP_CIDR", default_value = "127.100.0.0/16", value_parser = VipCidr::network)]
     vip_cidr: VipCidr,
     /// How often expired leases are evicted.
     #[arg(long, env = "MESH_SWEEP_INTERVAL", default_value = "1s", value_parser = parse_duration)]

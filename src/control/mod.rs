@@ -58,7 +58,7 @@ impl Default for ControlConfig {
         ControlConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 15010)),
             data_dir: PathBuf::from("./mesh-data"),
-            vip_cidr: VipCidr::DEFAULT,
+            vip_cidr: VipCidr::DEFAULT_VIPS,
             sweep_interval: Duration::from_secs(1),
             self_preservation_threshold: 15,
             self_preservation_min: 3,

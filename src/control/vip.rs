@@ -5,17 +5,9 @@
 //! created the service), so a VIP is stable for the service's whole life and
 //! survives restarts.
 
+pub use crate::model::Ipv4Cidr as VipCidr;
 use std::collections::HashSet;
-use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
-
-/// An IPv4 network such as `127.100.0.0/16`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VipCidr {
-    network: Ipv4Addr,
-    prefix: u8,
-}
 
 /// The CIDR has no free host address left.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,79 +17,6 @@ pub struct VipCidr {
 pub struct VipExhausted {
     pub cidr: VipCidr,
     pub capacity: u64,
-}
-
-// === impl VipCidr ===
-
-impl VipCidr {
-    /// `127.100.0.0/16`: loopback space, so a packet to a VIP never leaves
-    /// the host even when interception is missing.
-    pub const DEFAULT: VipCidr = VipCidr {
-        network: Ipv4Addr::new(127, 100, 0, 0),
-        prefix: 16,
-    };
-
-    pub fn new(network: Ipv4Addr, prefix: u8) -> Result<Self, String> {
-        if prefix > 32 {
-            return Err(format!("prefix /{prefix} is longer than 32"));
-        }
-        let cidr = VipCidr { network, prefix };
-        if cidr.first() != u32::from(network) {
-            let base = Ipv4Addr::from(cidr.first());
-            return Err(format!(
-                "{network}/{prefix} has host bits set; did you mean {base}/{prefix}?"
-            ));
-        }
-        Ok(cidr)
-    }
-
-    fn mask(self) -> u32 {
-        u32::MAX
-            .checked_shl(32 - u32::from(self.prefix))
-            .unwrap_or(0)
-    }
-
-    /// The network address (never handed out).
-    fn first(self) -> u32 {
-        u32::from(self.network) & self.mask()
-    }
-
-    /// The broadcast address (never handed out).
-    fn last(self) -> u32 {
-        self.first() | !self.mask()
-    }
-
-    pub fn contains(self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == self.first()
-    }
-
-    /// How many addresses can be handed out: all but network and broadcast.
-    pub fn capacity(self) -> u64 {
-        (u64::from(self.last()) - u64::from(self.first()) + 1).saturating_sub(2)
-    }
-}
-
-impl FromStr for VipCidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (ip, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR like 127.100.0.0/16"))?;
-        let ip: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .map_err(|_| format!("{prefix:?} is not a prefix length"))?;
-        VipCidr::new(ip, prefix)
-    }
-}
-
-impl fmt::Display for VipCidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
 }
 
 /// Hands out unused host addresses of one CIDR.
@@ -182,16 +101,16 @@ mod tests {
 
     #[test]
     fn parses_and_rejects() {
-        let c: VipCidr = "127.100.0.0/16".parse().unwrap();
-        assert_eq!(c, VipCidr::DEFAULT);
+        let c = VipCidr::network("127.100.0.0/16").unwrap();
+        assert_eq!(c, VipCidr::DEFAULT_VIPS);
         assert_eq!(c.capacity(), 65534);
         assert_eq!(c.to_string(), "127.100.0.0/16");
         assert!(c.contains("127.100.255.255".parse().unwrap()));
         assert!(!c.contains("127.101.0.0".parse().unwrap()));
-        let err = "127.100.0.1/16".parse::<VipCidr>().unwrap_err();
+        let err = VipCidr::network("127.100.0.1/16").unwrap_err();
         assert!(err.contains("did you mean 127.100.0.0/16"), "{err}");
         for bad in ["127.100.0.0", "x/16", "127.0.0.0/33", "::1/128"] {
-            assert!(bad.parse::<VipCidr>().is_err(), "{bad} accepted");
+            assert!(VipCidr::network(bad).is_err(), "{bad} accepted");
         }
     }
 

@@ -17,9 +17,50 @@ pub struct Ipv4Cidr {
 // === impl Ipv4Cidr ===
 
 impl Ipv4Cidr {
+    /// `127.100.0.0/16`, where VIPs live: loopback space, so a packet to a
+    /// VIP never leaves the host even when interception is missing.
+    pub const DEFAULT_VIPS: Ipv4Cidr = Ipv4Cidr {
+        addr: Ipv4Addr::new(127, 100, 0, 0),
+        prefix: 16,
+    };
+
     /// Whether `ip` lies in this network.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & mask(self.prefix) == u32::from(self.addr)
+    }
+
+    /// A network written exactly (`--vip-cidr`): `ADDR/PREFIX` with no
+    /// host bits set, where a typo must not silently pick another range.
+    pub fn network(s: &str) -> Result<Self, String> {
+        if !s.contains('/') {
+            return Err(format!("{s:?} is not a CIDR like 127.100.0.0/16"));
+        }
+        let cidr: Ipv4Cidr = s.parse()?;
+        let given = s
+            .trim()
+            .split_once('/')
+            .map(|(ip, _)| ip.parse::<Ipv4Addr>());
+        match given {
+            Some(Ok(ip)) if ip != cidr.addr => {
+                Err(format!("{s} has host bits set; did you mean {cidr}?"))
+            }
+            _ => Ok(cidr),
+        }
+    }
+
+    /// The network address, as a number.
+    pub fn first(self) -> u32 {
+        u32::from(self.addr)
+    }
+
+    /// The broadcast address, as a number.
+    pub fn last(self) -> u32 {
+        self.first() | !mask(self.prefix)
+    }
+
+    /// Host addresses: all but network and broadcast.
+    pub fn capacity(self) -> u64 {
+        (u64::from(self.last()) - u64::from(self.first()) + 1).saturating_sub(2)
     }
 }
 

@@ -67,7 +67,7 @@ pub struct ProxyArgs {
     pub resolv_conf: PathBuf,
     /// VIP range: redirected connections to it are for mesh services
     /// (protocol-detected); others are relayed as they are.
-    #[arg(long, env = "MESH_VIP_CIDR", default_value = "127.100.0.0/16")]
+    #[arg(long, env = "MESH_VIP_CIDR", default_value = "127.100.0.0/16", value_parser = Ipv4Cidr::network)]
     pub vip_cidr: Ipv4Cidr,
     /// Load balancer per service, overriding its policy:
     /// `SERVICE=p2c-ewma|round-robin|least-request|random`; repeatable.
