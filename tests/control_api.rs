@@ -2,6 +2,9 @@
 //! change on a watch stream, stop it with SIGTERM (exit 0), start it again on
 //! the same data dir and find the registry intact.
 
+// Test code: real processes on the wall clock, and unwrap() as assertion.
+#![allow(clippy::disallowed_types, clippy::unwrap_used)]
+
 #[allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 mod support;
 

@@ -2,6 +2,9 @@
 //! rebuild NDJSON lines that chunks split or bundle. A tiny in-process axum
 //! server plays the control plane; the real one is tested end to end later.
 
+// Test code: real processes on the wall clock, and unwrap() as assertion.
+#![allow(clippy::disallowed_types, clippy::unwrap_used)]
+
 use axum::body::Body;
 use axum::extract::Query;
 use axum::routing::get;

@@ -7,6 +7,9 @@
 //! Run: `cargo test --test e2e_netns -- --nocapture --test-threads 1`
 //! (the figures it measures are printed).
 
+// Test code: real processes on the wall clock, and unwrap() as assertion.
+#![allow(clippy::disallowed_types, clippy::unwrap_used)]
+
 #[allow(dead_code)] // each test binary uses a different part of the harness
 mod support;
 

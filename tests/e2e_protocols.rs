@@ -21,6 +21,9 @@
 //! Time: ~2 s of pods per story; h2load's 2000 requests and the JVM's
 //! start are the longest steps (a few seconds each).
 
+// Test code: real processes on the wall clock, and unwrap() as assertion.
+#![allow(clippy::disallowed_types, clippy::unwrap_used)]
+
 #[allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 mod support;
 

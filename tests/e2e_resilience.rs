@@ -16,6 +16,9 @@
 //! stories' own waits add ~15 s (openFor 2 s, ejectFor 2 s, 2 s slow calls,
 //! a 4 s load): ~25-30 s expected for the file, well under 90 s.
 
+// Test code: real processes on the wall clock, and unwrap() as assertion.
+#![allow(clippy::disallowed_types, clippy::unwrap_used)]
+
 #[allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 mod support;
 

@@ -2,6 +2,9 @@
 //! own, over loopback with raw TCP: every knob does what the resilience
 //! scenarios rely on. No root needed; a few hundred milliseconds.
 
+// Test code: real processes on the wall clock, and unwrap() as assertion.
+#![allow(clippy::disallowed_types, clippy::unwrap_used)]
+
 #[allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 mod support;
 

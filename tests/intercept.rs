@@ -8,6 +8,9 @@
 //! its original destination intact), marked sockets are exempt, and remove
 //! leaves nothing behind.
 
+// Test code: real processes on the wall clock, and unwrap() as assertion.
+#![allow(clippy::disallowed_types, clippy::unwrap_used)]
+
 #[allow(dead_code)] // each test binary uses a different part of the harness
 mod support;
 

@@ -3,6 +3,9 @@
 //! named, nothing from a bad file is applied, and the stored policy stays
 //! as it was. No root needed.
 
+// Test code: real processes on the wall clock, and unwrap() as assertion.
+#![allow(clippy::disallowed_types, clippy::unwrap_used)]
+
 #[allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 mod support;
 

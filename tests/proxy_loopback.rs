@@ -5,6 +5,9 @@
 //!
 //! Run: `cargo test --test proxy_loopback -- --nocapture` (prints figures).
 
+// Test code: real processes on the wall clock, and unwrap() as assertion.
+#![allow(clippy::disallowed_types, clippy::unwrap_used)]
+
 #[allow(dead_code, unused_imports)] // each test binary uses a different part of the harness
 mod support;
 

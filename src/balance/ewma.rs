@@ -2,7 +2,8 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// How fast old latency samples fade: a sample's weight halves roughly every
 /// `DECAY * ln 2`. Linkerd uses 10 s.

@@ -49,7 +49,7 @@ impl Balancer {
                 Algorithm::RoundRobin => ready.get(self.next.fetch_add(1, Ordering::Relaxed) % n),
                 Algorithm::Random => ready.get(fastrand::usize(..n)),
                 Algorithm::P2cEwma => {
-                    let now = std::time::Instant::now();
+                    let now = tokio::time::Instant::now();
                     Some(p2c(ready, |e| e.stats().cost_at(now)))
                 }
                 Algorithm::LeastRequest => Some(p2c(ready, |e| f64::from(e.stats().pending()))),

@@ -3,7 +3,7 @@
 //! `x-mesh-*` and hop-by-hop headers removed, `x-forwarded-for` /
 //! `forwarded` appended, W3C `traceparent` kept or generated).
 
-use crate::support::fault::{server_args, Fault};
+use crate::support::fault::{foreign_mesh_headers, server_args, Fault};
 use crate::support::protocols::{metric, metrics, ServerSpec};
 use crate::support::resilience::{LoadOpts, Mesh};
 use crate::support::strs;
@@ -113,10 +113,25 @@ pub fn inbound_header_hygiene_and_traceparent() {
             .collect()
     };
 
-    let seen = request(&["x-mesh-spoof: 1", "Connection: x-hop", "x-hop: 1"]);
+    // The client app passes on a deadline it was given (700 ms left).
+    let seen = request(&[
+        "x-mesh-spoof: 1",
+        "Connection: x-hop",
+        "x-hop: 1",
+        "x-mesh-timeout: 700",
+    ]);
     eprintln!("the app saw: {seen:?}");
     let names: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
-    assert!(!names.iter().any(|k| k.starts_with("x-mesh-")), "{names:?}");
+    assert_eq!(foreign_mesh_headers(&names), [""; 0], "{names:?}");
+    // The deadline travelled through both sidecars, less the time spent.
+    let left: Vec<u64> = get(&seen, "x-mesh-timeout")
+        .iter()
+        .map(|v| v.parse().unwrap_or(u64::MAX))
+        .collect();
+    assert!(
+        matches!(left[..], [ms] if ms > 0 && ms <= 700),
+        "x-mesh-timeout {left:?}"
+    );
     assert!(
         !names.contains(&"x-hop"),
         "hop-by-hop header passed: {names:?}"

@@ -146,6 +146,17 @@ pub fn echoed_header_names(echo_body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The `x-mesh-*` headers among `names` that the mesh never hands an app:
+/// all but `x-mesh-timeout` (the time its caller has left, the one the
+/// inbound side sets for the app to pass along).
+pub fn foreign_mesh_headers<S: AsRef<str>>(names: &[S]) -> Vec<String> {
+    names
+        .iter()
+        .map(|n| n.as_ref().to_ascii_lowercase())
+        .filter(|n| n.starts_with("x-mesh-") && n != "x-mesh-timeout")
+        .collect()
+}
+
 /// Arguments of `python3` that start the fault server.
 pub fn server_args(bind: &str, port: u16, name: &str, initial: &Fault) -> Vec<String> {
     let mut args: Vec<String> = ["-u", FAULT_SERVER, "--bind", bind, "--port"]
