@@ -2,6 +2,8 @@
 # Side-by-side benchmark of mesh-proxy against HAProxy, nginx and Envoy.
 #   bench/run.sh            full run (~12 min), writes bench/RESULTS.md + bench/latency.png
 #   bench/run.sh --smoke    seconds of tiny load; checks the harness works (output in bench/out/)
+#   bench/run.sh --only-instructions   (or BENCH_ONLY_INSTRUCTIONS=1) only the callgrind
+#                           instructions per request, ~1 min (output in bench/out/)
 # Installs what it needs (idempotent), builds mesh in release, runs the
 # harness (bench/harness/). Needs root for apt; loopback only.
 set -euo pipefail
@@ -9,10 +11,18 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 smoke=""
-[[ "${1:-}" == "--smoke" ]] && smoke="--smoke"
+only=""
+for arg in "$@"; do
+    case "$arg" in
+        --smoke) smoke="--smoke" ;;
+        --only-instructions) only="--only-instructions" ;;
+        *) echo "usage: $0 [--smoke] [--only-instructions]" >&2; exit 2 ;;
+    esac
+done
+[[ -n "${BENCH_ONLY_INSTRUCTIONS:-}" && "${BENCH_ONLY_INSTRUCTIONS}" != 0 ]] && only="--only-instructions"
 
 need_apt=()
-for pair in haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux ss:iproute2; do
+for pair in haproxy:haproxy nginx:nginx wrk:wrk taskset:util-linux ss:iproute2 valgrind:valgrind; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 if ((${#need_apt[@]})); then
@@ -33,12 +43,12 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 export MESH_BIN_DIR="$target_dir/release"
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-out="$here/out/$(date +%Y%m%d-%H%M%S)${smoke:+-smoke}"
+out="$here/out/$(date +%Y%m%d-%H%M%S)${smoke:+-smoke}${only:+-instructions}"
 mkdir -p "$out"
 echo "output: $out"
 cd "$here"
-python3 -m harness $smoke --out "$out"
-if [[ -z "$smoke" ]]; then
+python3 -m harness $smoke $only --out "$out"
+if [[ -z "$smoke" && -z "$only" ]]; then
     cp "$out/RESULTS.md" "$out/latency.png" "$here/"
     echo "wrote bench/RESULTS.md and bench/latency.png"
 fi

@@ -1,5 +1,5 @@
-"""Entry point: `python3 -m harness [--smoke] --out DIR` (bench/run.sh
-calls it after installing the tools and building mesh)."""
+"""Entry point: `python3 -m harness [--smoke] [--only-instructions] --out DIR`
+(bench/run.sh calls it after installing the tools and building mesh)."""
 
 import argparse
 import json
@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from . import compare, mesh_timings, procs, report
+from . import compare, instructions, mesh_timings, procs, report
 
 
 def machine():
@@ -36,6 +36,7 @@ def machine():
             "envoy": sh("envoy", "--version").split("version:")[-1].strip(),
             "wrk": sh("sh", "-c", "wrk -v 2>&1 | head -1"),
             "oha": sh(compare.loadgen.oha_bin(), "--version"),
+            "valgrind": sh("valgrind", "--version"),
         },
     }
 
@@ -46,7 +47,13 @@ def main():
     ap.add_argument("--out", required=True, help="directory for logs, results.json, RESULTS.md, chart")
     ap.add_argument("--skip-compare", action="store_true")
     ap.add_argument("--skip-mesh", action="store_true")
+    ap.add_argument("--skip-instructions", action="store_true")
+    ap.add_argument("--only-instructions", action="store_true",
+                    help="only instructions per request (callgrind); also BENCH_ONLY_INSTRUCTIONS=1")
     a = ap.parse_args()
+    if a.only_instructions or os.environ.get("BENCH_ONLY_INSTRUCTIONS", "") not in ("", "0"):
+        a.skip_compare = a.skip_mesh = True
+        a.skip_instructions = False
     os.makedirs(a.out, exist_ok=True)
     os.environ["BENCH_OUT"] = a.out
 
@@ -56,8 +63,10 @@ def main():
     res = {"smoke": a.smoke, "machine": machine(), "load_before": open("/proc/loadavg").read().strip(),
            "notes": os.environ.get("BENCH_NOTES", "")}
     if not a.skip_compare:
-        rows, mems = compare.run(a.out, a.smoke, log)
-        res["rows"], res["memory"] = rows, mems
+        rows, mems, info = compare.run(a.out, a.smoke, log)
+        res["rows"], res["memory"], res["targets"] = rows, mems, info
+    if not a.skip_instructions:
+        res["instructions"] = instructions.run(a.out, a.smoke, log)
     if not a.skip_mesh:
         res["mesh"] = mesh_timings.run(a.out, a.smoke, log)
     res["load_after"] = open("/proc/loadavg").read().strip()

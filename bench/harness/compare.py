@@ -1,7 +1,12 @@
 """The side-by-side comparison: every target as one L7 hop in front of the
-same upstream, the same load cases, figures from /proc.
+same upstream, the same load cases, figures from /proc; then the two-hop
+targets (client → client-side proxy → server-side proxy → upstream) on a
+few of the cases.
 
-The proxy under test runs on CPU 0; wrk/oha and the upstream on CPU 1.
+The proxy under test (both of its processes in two hops) runs on CPU 0;
+wrk/oha and the upstream on CPU 1. For `direct` (wrk → upstream, no proxy)
+the upstream is moved to the idle CPU 0 for the time of its cases, so that
+it is the real limit; it goes back to CPU 1 for every other target.
 """
 
 import os
@@ -71,6 +76,14 @@ def cases(smoke):
     return out
 
 
+def two_hop_cases(smoke):
+    """The two-hop targets run only these: keep-alive closed loop and the
+    open loop at the lowest and highest rates."""
+    open_ = [name for name, kind, _ in cases(smoke) if name.startswith("open-") and name.endswith("rps")]
+    want = {"keepalive-small", open_[0], open_[-1]}
+    return [c for c in cases(smoke) if c[0] in want]
+
+
 def run_case(port, kind, p):
     url = f"http://127.0.0.1:{port}{p['path']}"
     if kind == "wrk":
@@ -78,16 +91,20 @@ def run_case(port, kind, p):
     return loadgen.oha(url, p["seconds"], p["conns"], p["rate"], LOAD_CPU, p["headers"])
 
 
-def measure_target(t, smoke, log):
-    """Runs every case against one started target; returns its rows."""
+def measure_target(t, smoke, log, case_list=None):
+    """Runs every case (or those of case_list) against one started target;
+    returns its rows. For a target of several processes (two hops), CPU
+    and RSS are their sums; `cpu_s_hops` keeps each process's share."""
     pids = t.pids()
+    hops = t.hop_pids() if len(t.measure_pids) > 1 else None
     time.sleep(0.5 if smoke else 2.0)
     idle_kb = procs.rss_kb(pids, "VmRSS")
     rows = []
     # Warm-up: connections, pools, caches; not recorded.
     loadgen.wrk(f"http://127.0.0.1:{t.port}/small", 1, 4 if smoke else 50, LOAD_CPU, [HOST])
-    for name, kind, params in cases(smoke):
+    for name, kind, params in case_list or cases(smoke):
         cpu0 = procs.cpu_seconds(pids)
+        hop0 = [procs.cpu_seconds(h) for h in hops] if hops else None
         with Sampler(pids, t.port) as s:
             r = run_case(t.port, kind, params)
         cpu = procs.cpu_seconds(pids) - cpu0
@@ -95,9 +112,11 @@ def measure_target(t, smoke, log):
                  cpu_s=round(cpu, 2) if pids else None,
                  req_per_cpu_s=round(r["requests"] / cpu) if pids and cpu > 0 else None,
                  rss_during_kb=s.max_rss or None, conns_seen=s.max_conns)
+        if hops:
+            r["cpu_s_hops"] = [round(procs.cpu_seconds(h) - c, 2) for h, c in zip(hops, hop0)]
         lat = r["latency_us"]
         log(f"  {t.name:14} {name:17} {r['rps']:>9.0f} req/s  p50 {lat['p50']}us p99 {lat['p99']}us"
-            f"  errors {r['errors']}  cpu {r['cpu_s']}s")
+            f"  errors {r['errors']}  cpu {r['cpu_s']}s" + (f" {r['cpu_s_hops']}" if hops else ""))
         rows.append(r)
     mem = {"target": t.name, "rss_idle_kb": idle_kb or None,
            "rss_peak_kb": procs.rss_kb(pids, "VmHWM") or None}
@@ -105,7 +124,10 @@ def measure_target(t, smoke, log):
 
 
 def run(out, smoke, log):
+    """Returns (rows, memory, info); info: where the upstream ran per
+    target, and what the two-hop targets reported about themselves."""
     upstream = targets.start_upstream(out, LOAD_CPU)
+    two = two_hop_cases(smoke)
     plan = [
         ("direct", None),
         ("haproxy", lambda: targets.start_haproxy(out, PROXY_CPU)),
@@ -118,19 +140,35 @@ def run(out, smoke, log):
         # The multi-thread figure, reported apart: default workers (one per
         # core), both CPUs, so it shares CPU 1 with the load generator.
         ("mesh-proxy-mt", lambda: targets.start_mesh(out, "0,1", None, "mesh-proxy-mt")),
+        # Two hops (client side → server side → upstream), both on CPU 0,
+        # on the cases of two_hop_cases() only.
+        ("haproxy-2hop", lambda: targets.start_haproxy_2hop(out, PROXY_CPU)),
+        ("envoy-2hop", lambda: targets.start_envoy_2hop(out, PROXY_CPU)),
+        ("mesh-proxy-2hop", lambda: targets.start_mesh_2hop(out, PROXY_CPU)),
     ]
     only = os.environ.get("BENCH_TARGETS")
     if only:
         plan = [p for p in plan if p[0] in only.split(",")]
     rows, mems = [], []
-    for name, start in plan:
-        log(f"target {name}")
-        t = targets.Running("direct", targets.UPSTREAM_PORT, [], None) if start is None else start()
-        try:
-            r, m = measure_target(t, smoke, log)
-            rows += r
-            mems.append(m)
-        finally:
-            t.stop()
-    procs.stop(upstream)
-    return rows, mems
+    info = {"upstream_cpus": {}, "targets": {}}
+    up_pids = procs.tree(upstream.pid)
+    try:
+        for name, start in plan:
+            log(f"target {name}")
+            # direct: no proxy on CPU 0, so the upstream gets it.
+            cpu = PROXY_CPU if start is None else LOAD_CPU
+            info["upstream_cpus"][name] = sorted(set(procs.pin(up_pids, cpu)))
+            t = targets.Running("direct", targets.UPSTREAM_PORT, [], None) if start is None else start()
+            try:
+                r, m = measure_target(t, smoke, log, two if name.endswith("-2hop") else None)
+                rows += r
+                mems.append(m)
+                if t.after:
+                    t.info.update(t.after())
+                if t.info:
+                    info["targets"][name] = t.info
+            finally:
+                t.stop()
+    finally:
+        procs.stop(upstream)
+    return rows, mems, info

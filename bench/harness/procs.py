@@ -102,12 +102,12 @@ def http_get(url, timeout=2.0, headers=None):
         return r.status, r.read()
 
 
-def wait_http(url, deadline_s=20.0, ok=lambda status, body: status == 200, headers=None):
+def wait_http(url, deadline_s=20.0, ok=lambda status, body: status == 200, headers=None, timeout=2.0):
     end = time.monotonic() + deadline_s
     last = None
     while time.monotonic() < end:
         try:
-            status, body = http_get(url, headers=headers)
+            status, body = http_get(url, headers=headers, timeout=timeout)
             if ok(status, body):
                 return body
             last = f"{status} {body[:200]!r}"
@@ -135,6 +135,34 @@ def tree(pid):
         out.append(p)
         todo.extend(children.get(p, []))
     return out
+
+
+def pin(pids, cpus):
+    """Moves running processes (every thread of each) to `cpus`, e.g. "0"
+    or "0,1"; returns their Cpus_allowed_list afterwards, one per process."""
+    want = {int(c) for c in cpus.split(",")}
+    for p in pids:
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{p}/task")]
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                os.sched_setaffinity(t, want)
+            except OSError:  # the thread exited meanwhile
+                pass
+    return [allowed_cpus(p) for p in pids]
+
+
+def allowed_cpus(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Cpus_allowed_list:"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def cpu_seconds(pids):

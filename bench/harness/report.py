@@ -4,6 +4,7 @@ fail a run whose figures cannot be right (used by --smoke)."""
 import os
 
 PEERS = ["haproxy", "nginx", "envoy"]
+PEERS_2HOP = ["haproxy-2hop", "envoy-2hop"]
 
 
 def fmt(x, unit=""):
@@ -50,7 +51,7 @@ def table(rows, mems):
     return out
 
 
-def ratios(rows, mems, mesh="mesh-proxy"):
+def ratios(rows, mems, mesh="mesh-proxy", peers=PEERS):
     """mesh-proxy ÷ peer for efficiency (higher is better for mesh) and
     added p99 latency over direct (lower is better)."""
     idx = {(r["target"], r["case"]): r for r in rows}
@@ -61,7 +62,7 @@ def ratios(rows, mems, mesh="mesh-proxy"):
         m = idx.get((mesh, case))
         if not m:
             continue
-        for peer in PEERS:
+        for peer in peers:
             p = idx.get((peer, case))
             if not p:
                 continue
@@ -75,12 +76,41 @@ def ratios(rows, mems, mesh="mesh-proxy"):
                        f"{fmt(div(m['req_per_cpu_s'], p['req_per_cpu_s']))} | "
                        f"{fmt(div(m['latency_us']['p99'], p['latency_us']['p99']))} | {fmt(add_m)} | {fmt(add_p)} |")
     mm = {m["target"]: m for m in mems}
-    if mesh in mm:
+    if mesh in mm and mm[mesh]["rss_idle_kb"]:
         out.append("")
-        for peer in PEERS:
+        for peer in peers:
             if peer in mm and mm[peer]["rss_idle_kb"]:
-                out.append(f"- idle RSS mesh-proxy ÷ {peer}: "
+                out.append(f"- idle RSS {mesh} ÷ {peer}: "
                            f"{mm[mesh]['rss_idle_kb'] / mm[peer]['rss_idle_kb']:.2f}")
+    return out
+
+
+def two_hop_table(rows):
+    """The two-hop targets' own figures, with each hop's share of the CPU
+    (client side + server side)."""
+    out = ["| case | target | req/s | p50 ms | p99 ms | errors | proxy CPU s (client + server side) | req per CPU-s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if not r["target"].endswith("-2hop"):
+            continue
+        l = r["latency_us"]
+        hops = r.get("cpu_s_hops")
+        split = f" ({' + '.join(f'{h:.2f}' for h in hops)})" if hops else ""
+        out.append(f"| {r['case']} | {r['target']} | {fmt(r['rps'])} | {lat(l['p50'])} | {lat(l['p99'])} | "
+                   f"{r['errors']} | {fmt(r['cpu_s'])}{split} | {fmt(r['req_per_cpu_s'])} |")
+    return out
+
+
+def instructions_section(ins):
+    out = ["| proxy | run | N1 | Ir(N1) | N2 | Ir(N2) | instructions per request | startup etc. (Ir(N1) − N1 × per request) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in ("mesh-proxy", "haproxy"):
+        for i, r in enumerate(ins.get(name, []), 1):
+            out.append(f"| {name} | {i} | {r['n1']:,} | {r['ir1']:,} | {r['n2']:,} | {r['ir2']:,} | "
+                       f"**{r['per_request']:,}** | {r['startup_ir']:,} |")
+    x = ins.get("mesh_over_haproxy")
+    out += ["", "- mesh-proxy ÷ haproxy, instructions per request (mean of the runs): "
+            + (f"**{x:.2f}**" if x else "–") + " (lower is better for mesh-proxy)"]
     return out
 
 
@@ -129,6 +159,7 @@ def chart(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if not r["target"].endswith("-2hop")]  # one hop only
     cases = [c for c in dict.fromkeys(r["case"] for r in rows) if c in ("keepalive-small", "keepalive-16k", "conn-per-request") or c.startswith("open-")]
     tgts = list(dict.fromkeys(r["target"] for r in rows))
     idx = {(r["target"], r["case"]): r for r in rows}
@@ -181,16 +212,44 @@ def mesh_section(m):
 
 
 def checks(res):
-    """What makes a run invalid: no traffic, errors in keep-alive cases,
-    missing CPU readings, mesh timings that did not complete."""
+    """What makes a run invalid: no traffic, errors in keep-alive cases
+    (in every two-hop case), missing CPU readings, a two-hop target whose
+    second hop did no work, the upstream not where it should be, mesh
+    timings that did not complete, instruction counts that cannot be."""
     bad = []
-    for r in res.get("rows", []):
+    rows = res.get("rows", [])
+    for r in rows:
         if r["requests"] <= 0:
             bad.append(f"{r['target']} {r['case']}: no requests")
-        if r["case"].startswith("keepalive") and r["errors"]:
+        if (r["case"].startswith("keepalive") or r["target"].endswith("-2hop")) and r["errors"]:
             bad.append(f"{r['target']} {r['case']}: {r['errors']} errors")
         if r["target"] != "direct" and not r["cpu_s"]:
             bad.append(f"{r['target']} {r['case']}: no proxy CPU reading")
+        if r["target"].endswith("-2hop"):
+            hops = r.get("cpu_s_hops") or []
+            if len(hops) != 2 or (r["case"].startswith("keepalive") and not all(h > 0 for h in hops)):
+                bad.append(f"{r['target']} {r['case']}: CPU per hop {hops}: not both hops worked")
+    info = res.get("targets") or {}
+    for name, cpus in (info.get("upstream_cpus") or {}).items():
+        want = "0" if name == "direct" else "1"
+        if cpus != [want]:
+            bad.append(f"{name}: upstream on CPUs {cpus}, not {want}")
+    if any(r["target"] == "mesh-proxy-2hop" for r in rows):
+        t = (info.get("targets") or {}).get("mesh-proxy-2hop", {})
+        if not any(e.get("inbound_port") for e in t.get("endpoints", [])):
+            bad.append("mesh-proxy-2hop: the registered endpoint has no inbound port")
+        sent = sum(max(0, r["requests"] - r["non2xx"]) for r in rows if r["target"] == "mesh-proxy-2hop")
+        seen = t.get("inbound_2xx_at_end", 0) - t.get("inbound_requests_at_start", 0)
+        if seen < sent:
+            bad.append(f"mesh-proxy-2hop: {sent} requests answered, only {seen} through the server sidecar's inbound listener")
+    ins = res.get("instructions")
+    if ins:
+        for name in ("mesh-proxy", "haproxy"):
+            for r in ins.get(name, []):
+                if not (r["ir2"] > r["ir1"] > 0) or not (1000 <= r["per_request"] <= 10_000_000):
+                    bad.append(f"instructions {name}: impossible figures {r}")
+            if not ins.get(name):
+                bad.append(f"instructions {name}: no run")
     m = res.get("mesh")
     if m:
         if not m["control_restart"]["all_reconnected"]:
@@ -212,7 +271,11 @@ def write(res, out):
         "- setup: every target is one L7 hop in front of the same nginx upstream (static files) on loopback; "
         "the proxy under test is pinned to CPU 0, wrk/oha and the upstream to CPU 1. mesh-proxy runs with "
         "`--workers 1`; `mesh-proxy-mt` is the default (one worker per core) on both CPUs, sharing CPU 1 "
-        "with the load generator, reported apart. `direct` is wrk → upstream (the physical limit; no proxy CPU). "
+        "with the load generator, reported apart. `direct` is wrk → upstream (the physical limit; no proxy CPU), "
+        "with the upstream moved to the idle CPU 0 for it (wrk alone on CPU 1). "
+        "`*-2hop`: client → client-side proxy → server-side proxy → upstream, both proxies on CPU 0, "
+        "proxy CPU = the sum of both; mesh-proxy-2hop's server sidecar registers the upstream as `bench` "
+        "and is reached at its inbound listener. "
         "Closed loop: wrk, 1 thread. Open loop: oha `-q RATE --latency-correction`. "
         "Proxy CPU = utime+stime delta from /proc/PID/stat (10 ms ticks) over the case.",
         "",
@@ -227,9 +290,27 @@ def write(res, out):
                   "Added p99 = target p99 − direct p99; only meaningful in the open-loop cases "
                   "(closed-loop latency is queueing behind 50 connections).", ""]
         lines += ratios(res["rows"], res["memory"])
+        if any(r["target"].endswith("-2hop") for r in res["rows"]):
+            lines += ["", "## Two hops: mesh-proxy-2hop ÷ each peer", "",
+                      "What a mesh user pays: client → client-side proxy → server-side proxy → app, "
+                      "both proxies `--workers 1` / `nbthread 1` / `--concurrency 1` on CPU 0; proxy CPU is "
+                      "the sum over both processes. Ratios read as above; added p99 = target p99 − direct p99 "
+                      "(both hops).", ""]
+            lines += ratios(res["rows"], res["memory"], mesh="mesh-proxy-2hop", peers=PEERS_2HOP)
+            lines += ["", "Two-hop figures:", ""] + two_hop_table(res["rows"])
         lines += ["", "## Every figure", "", "![latency percentiles](latency.png)"]
         lines += table(res["rows"], res["memory"])
         chart(res["rows"], os.path.join(out, "latency.png"))
+    if res.get("instructions"):
+        ins = res["instructions"]
+        lines += ["", "## Instructions per request", "",
+                  f"`valgrind --tool=callgrind`, one hop, the proxy alone on CPU 0 (mesh-proxy `--workers 1` "
+                  f"with its default policy, `Host: bench` → the upstream registered statically; HAProxy "
+                  f"`peers/haproxy.cfg`, one thread); oha `-n N -c {ins['conns']}` keep-alive on `/small`; "
+                  f"the proxy stopped gracefully (SIGTERM; HAProxy SIGUSR1) and the total Ir (every thread) "
+                  f"read. Instructions per request = (Ir(N2) − Ir(N1)) / (N2 − N1), N1 and N2 in fresh runs: "
+                  f"startup, readiness and shutdown cancel out. Does not depend on the machine's speed or load.", ""]
+        lines += instructions_section(ins)
     if res.get("mesh"):
         lines += ["", "## Mesh-specific timings (absolute)", ""] + mesh_section(res["mesh"])
     with open(os.path.join(out, "RESULTS.md"), "w") as f:

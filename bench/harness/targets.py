@@ -3,14 +3,21 @@ listens, and which processes its CPU and memory are read from.
 
 Ports (all 127.0.0.1): upstream 18080; HAProxy 18101; nginx 18102;
 Envoy 18103 (admin 18190); mesh-proxy 18104 (admin 18194, DNS 18153);
-mesh-control 18110. The peers' configs are in bench/peers/.
+mesh-control 18110. Two hops (client side → server side → upstream):
+HAProxy 18121 → 18122; Envoy 18123 → 18124 (admins 18191, 18192);
+mesh-proxy client sidecar 18105 (admin 18195, DNS 18155) → server sidecar's
+inbound listener 18106 (its outbound 18107, admin 18197, DNS 18157).
+The peers' configs are in bench/peers/.
 """
 
 import atexit
+import json
 import os
 import shutil
+import string
 import tempfile
 import subprocess
+import time
 
 from . import procs
 
@@ -30,16 +37,30 @@ def mesh_bin(name):
 
 
 class Running:
-    """A started target: its port and the processes to measure."""
+    """A started target: its port and the processes to measure (one pid, or
+    a list of them for the two-hop targets: the CPU figure is their sum).
+    `info` is what the target reports about itself (results.json), and
+    `after`, if set, is called once its cases ran and adds to it."""
 
-    def __init__(self, name, port, procs_, measure_pid):
+    def __init__(self, name, port, procs_, measure_pid, info=None, after=None):
         self.name = name
         self.port = port
         self.procs = procs_
-        self.measure_pid = measure_pid
+        if measure_pid is None:
+            self.measure_pids = []
+        elif isinstance(measure_pid, int):
+            self.measure_pids = [measure_pid]
+        else:
+            self.measure_pids = list(measure_pid)
+        self.info = info or {}
+        self.after = after
 
     def pids(self):
-        return procs.tree(self.measure_pid) if self.measure_pid else []
+        return [q for p in self.measure_pids for q in procs.tree(p)]
+
+    def hop_pids(self):
+        """Per measured process (per hop), its process tree."""
+        return [procs.tree(p) for p in self.measure_pids]
 
     def stop(self):
         for p in reversed(self.procs):
@@ -106,14 +127,19 @@ def ctl(*args, control=CONTROL_URL):
     return out.stdout
 
 
-def start_proxy(out, cpus, idx, workers=None, control=CONTROL_URL, log_name=None, extra=()):
+def start_proxy(out, cpus, idx, workers=None, control=CONTROL_URL, log_name=None, extra=(),
+                ports=None, wrap=()):
     """One mesh-proxy in explicit/Host-routing mode, no interception, no
-    SO_MARK; idx picks its ports (outbound 18104 for idx 0; 19000+ else)."""
-    if idx == 0:
+    SO_MARK; idx picks its ports (outbound 18104 for idx 0; 19000+ else)
+    unless `ports` = (outbound, admin, dns) names them, and its cache dir.
+    `wrap` goes before the binary (valgrind)."""
+    if ports:
+        outbound, admin, dns = ports
+    elif idx == 0:
         outbound, admin, dns = 18104, 18194, 18153
     else:
         outbound, admin, dns = 19000 + 3 * idx, 19001 + 3 * idx, 19002 + 3 * idx
-    argv = [mesh_bin("mesh-proxy"), "--control", control, "--mark", "0",
+    argv = [*wrap, mesh_bin("mesh-proxy"), "--control", control, "--mark", "0",
             "--outbound", f"127.0.0.1:{outbound}", "--admin", f"127.0.0.1:{admin}",
             "--dns", f"127.0.0.1:{dns}", "--cache-dir", os.path.join(out, f"proxy-cache-{idx}"),
             *extra]
@@ -152,3 +178,117 @@ def start_mesh(out, cpus, workers, name, policy=None):
     procs.wait_http(f"http://127.0.0.1:{admin}/ready")
     procs.wait_http(f"http://127.0.0.1:{port}/small", headers={"Host": "bench"})
     return Running(name, port, [control, p], p.pid)
+
+
+# Two hops: what a mesh user pays, client → client-side proxy → server-side
+# proxy → app. Every hop of one target on the same CPUs (`cpus`).
+
+def start_haproxy_2hop(out, cpus):
+    cfg = os.path.join(PEERS, "haproxy-2hop.cfg")
+    started = []
+    for side, listen, nxt in (("server", 18122, UPSTREAM_PORT), ("client", 18121, 18122)):
+        env = dict(os.environ, LISTEN=str(listen), NEXT=str(nxt))
+        p = procs.spawn(["haproxy", "-db", "-f", cfg], cpus=cpus, env=env,
+                        log=os.path.join(out, f"haproxy-2hop-{side}.log"))
+        procs.wait_port(listen, proc=p)
+        started.append(p)
+    procs.wait_http("http://127.0.0.1:18121/small", headers={"Host": "bench"})
+    server, client = started
+    return Running("haproxy-2hop", 18121, started, [client.pid, server.pid])
+
+
+def start_envoy_2hop(out, cpus):
+    with open(os.path.join(PEERS, "envoy-2hop.yaml")) as f:
+        tmpl = string.Template(f.read())
+    started = []
+    for side, listen, admin, nxt in (("server", 18124, 18192, UPSTREAM_PORT),
+                                     ("client", 18123, 18191, 18124)):
+        cfg = os.path.join(out, f"envoy-2hop-{side}.yaml")
+        with open(cfg, "w") as f:
+            f.write(tmpl.substitute(LISTEN=listen, ADMIN=admin, NEXT=nxt))
+        p = procs.spawn(["envoy", "-c", cfg, "--concurrency", "1", "--disable-hot-restart",
+                         "-l", "warn"], cpus=cpus, log=os.path.join(out, f"envoy-2hop-{side}.log"))
+        started.append(p)
+        procs.wait_port(listen, deadline_s=60, proc=p)
+        procs.wait_http(f"http://127.0.0.1:{admin}/ready", deadline_s=60)
+    procs.wait_http("http://127.0.0.1:18123/small", headers={"Host": "bench"})
+    server, client = started
+    return Running("envoy-2hop", 18123, started, [client.pid, server.pid])
+
+
+MESH_2HOP_CLIENT = (18105, 18195, 18155)  # outbound, admin, DNS
+MESH_2HOP_SERVER = (18107, 18197, 18157)
+MESH_2HOP_INBOUND = 18106
+
+
+def inbound_requests(admin):
+    """mesh_inbound_requests_total summed over callers and status classes,
+    from a proxy's /metrics; and the 2xx part."""
+    _s, body = procs.http_get(f"http://127.0.0.1:{admin}/metrics", timeout=5)
+    total = ok = 0
+    for line in body.decode().splitlines():
+        if line.startswith("mesh_inbound_requests_total"):
+            v = int(float(line.rsplit(None, 1)[1]))
+            total += v
+            if 'class="2xx"' in line:
+                ok += v
+    return total, ok
+
+
+def start_mesh_2hop(out, cpus, name="mesh-proxy-2hop"):
+    """mesh-control (on the load CPU), no static registration; the server
+    sidecar registers the app (the upstream) as `bench` with its inbound
+    listener; the client sidecar routes `Host: bench` to that inbound
+    listener. Both `--workers 1` on `cpus`. Checks that the endpoint the
+    client uses carries the inbound port and that a request went through
+    the server sidecar's inbound side."""
+    control = start_control(out, "1", data=f"control-data-{name}")
+    started = [control]
+    try:
+        srv, _o, sadmin = start_proxy(
+            out, cpus, "2hop-server", workers=1, log_name=f"{name}-server.log", ports=MESH_2HOP_SERVER,
+            extra=["--service", "bench", "--app-port", str(UPSTREAM_PORT), "--advertise", "127.0.0.1",
+                   "--inbound", f"127.0.0.1:{MESH_2HOP_INBOUND}"])
+        started.append(srv)
+        procs.wait_http(f"http://127.0.0.1:{sadmin}/ready")
+        procs.wait_port(MESH_2HOP_INBOUND, proc=srv)
+
+        # The registered instance must carry the inbound port: callers reach
+        # it there, not at the app port.
+        end = time.monotonic() + 20
+        while True:
+            try:
+                eps = json.loads(ctl("endpoints", "bench"))["instances"]
+            except RuntimeError:  # not registered yet
+                eps = []
+            if any(e.get("inbound_port") == MESH_2HOP_INBOUND and e.get("health") == "up" for e in eps):
+                break
+            if time.monotonic() > end:
+                raise RuntimeError(f"{name}: bench not registered with inbound port "
+                                   f"{MESH_2HOP_INBOUND} within 20s: {eps}")
+            time.sleep(0.1)
+        cl, port, cadmin = start_proxy(out, cpus, "2hop-client", workers=1, log_name=f"{name}-client.log",
+                                       ports=MESH_2HOP_CLIENT)
+        started.append(cl)
+        procs.wait_http(f"http://127.0.0.1:{cadmin}/ready")
+        procs.wait_http(f"http://127.0.0.1:{cadmin}/state",
+                        ok=lambda s, b: s == 200 and b'"state":"ready"' in b)
+        before, _ok = inbound_requests(sadmin)
+        procs.wait_http(f"http://127.0.0.1:{port}/small", headers={"Host": "bench"})
+        after, _ok = inbound_requests(sadmin)
+        if after <= before:
+            raise RuntimeError(f"{name}: a request through the client sidecar did not reach the "
+                               f"server sidecar's inbound listener (mesh_inbound_requests_total {before} → {after})")
+    except Exception:
+        for p in reversed(started):
+            procs.stop(p)
+        raise
+    info = {"endpoints": [{k: e.get(k) for k in ("id", "address", "port", "inbound_port", "health")}
+                          for e in eps],
+            "inbound_requests_at_start": after}
+
+    def done():
+        total, ok = inbound_requests(sadmin)
+        return {"inbound_requests_at_end": total, "inbound_2xx_at_end": ok}
+
+    return Running(name, port, started, [cl.pid, srv.pid], info=info, after=done)
