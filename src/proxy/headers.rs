@@ -71,6 +71,11 @@ pub fn tell_deadline(headers: &mut HeaderMap, left: Duration, grpc: bool) {
 /// names. `keep_upgrade` keeps `Connection` and `Upgrade` for a protocol
 /// upgrade that is tunnelled through (WebSocket), which needs both.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names (standard names
+    // compare as small integers) instead of a lookup per hop-by-hop name.
+    if !keep_upgrade && !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     // `te: trailers` is end to end in practice: gRPC servers require it.
     let te_trailers = headers
         .get(header::TE)

@@ -243,7 +243,9 @@ async fn try_once<A: Attempt>(
     let in_flight = InFlight::start(ep.stats.clone());
     // Inside the total timeout too, so that a try cut off by the deadline
     // is recorded against its endpoint.
-    let result = tokio::time::timeout_at(deadline.at, attempt.send(call, to))
+    // Boxed: a protocol's send holds its upstream connection's state, and
+    // every future around it would otherwise be sized (and moved) for it.
+    let result = tokio::time::timeout_at(deadline.at, Box::pin(attempt.send(call, to)))
         .await
         .unwrap_or(Err(MeshError::Timeout(deadline.timeout)));
     let verdict = Verdict {
