@@ -13,7 +13,6 @@
 use super::Backoff;
 use crate::control::client::{ClientError, ControlClient};
 use crate::model::{Health, RegisterRequest};
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -50,14 +49,7 @@ pub struct AgentConfig {
 }
 
 /// What `/state` shows about the local registration.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct AgentState {
-    pub service: String,
-    pub instance_id: String,
-    pub registered: bool,
-    pub health: Option<Health>,
-    pub last_error: Option<String>,
-}
+pub use crate::model::state::LocalState as AgentState;
 
 pub struct RegistrationAgent {
     cfg: AgentConfig,

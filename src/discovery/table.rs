@@ -1,11 +1,10 @@
 //! The routing table the request path reads: immutable, swapped whole.
 
-use crate::balance::{Algorithm, Balancer, EndpointStats, HasStats};
+use crate::balance::{Balancer, EndpointStats, HasStats};
 use crate::model::Health;
 use crate::proxy::upstream::H1Pool;
-use crate::resilience::{BreakerView, BudgetView, BulkheadView, ServiceResilience};
+use crate::resilience::ServiceResilience;
 use crate::telemetry::{ServiceMetrics, ENDPOINT_STATES};
-use serde::Serialize;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -137,22 +136,23 @@ impl Table {
                     name: s.name.clone(),
                     vip: s.vip,
                     balancer: s.balancer.algorithm(),
-                    breaker: view.breaker,
-                    bulkhead: view.bulkhead,
-                    retries: view.retries,
-                    requests: s.metrics.request_counts(),
-                    endpoints: s
-                        .all
-                        .iter()
-                        .map(|e| EndpointState {
-                            id: e.id.clone(),
-                            addr: e.addr,
-                            state: ENDPOINT_STATES[s.endpoint_state(e, now)],
-                            in_flight: e.stats.pending(),
-                            ewma_ms: e.stats.ewma().as_secs_f64() * 1000.0,
-                            ejections: e.stats.ejection.times_ejected(),
-                        })
-                        .collect(),
+                    breaker: Some(view.breaker),
+                    bulkhead: Some(view.bulkhead),
+                    retries: Some(view.retries),
+                    requests: Some(s.metrics.request_counts()),
+                    endpoints: Some(
+                        s.all
+                            .iter()
+                            .map(|e| EndpointState {
+                                id: e.id.clone(),
+                                addr: e.addr,
+                                state: ENDPOINT_STATES[s.endpoint_state(e, now)].to_string(),
+                                in_flight: e.stats.pending(),
+                                ewma_ms: e.stats.ewma().as_secs_f64() * 1000.0,
+                                ejections: e.stats.ejection.times_ejected(),
+                            })
+                            .collect(),
+                    ),
                 }
             })
             .collect();
@@ -164,30 +164,4 @@ impl Table {
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct TableState {
-    pub revision: u64,
-    pub services: Vec<ServiceState>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ServiceState {
-    pub name: String,
-    pub vip: Ipv4Addr,
-    pub balancer: Algorithm,
-    pub breaker: BreakerView,
-    pub bulkhead: BulkheadView,
-    pub retries: BudgetView,
-    pub requests: crate::telemetry::RequestCounts,
-    pub endpoints: Vec<EndpointState>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct EndpointState {
-    pub id: String,
-    pub addr: SocketAddr,
-    pub state: &'static str,
-    pub in_flight: u32,
-    pub ewma_ms: f64,
-    pub ejections: u32,
-}
+pub use crate::model::state::{EndpointState, RegistryState as TableState, ServiceState};

@@ -9,6 +9,7 @@ mod duration;
 pub mod policy;
 mod policy_parse;
 mod register;
+pub mod state;
 mod validate;
 
 pub use cidr::Ipv4Cidr;

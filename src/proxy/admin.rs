@@ -1,13 +1,13 @@
 //! The admin server: readiness, liveness, metrics, state, shutdown.
 
-use crate::discovery::{AgentState, Directory, TableState};
+use crate::discovery::{AgentState, Directory};
+use crate::model::state::{InboundState, ProxyState};
 use crate::telemetry::ProxyMetrics;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
@@ -70,42 +70,19 @@ async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
     ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
-#[derive(Serialize)]
-struct StateView {
-    control: String,
-    control_connected: bool,
-    registry: TableState,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    local: Option<AgentState>,
-    /// `service:port` treated as opaque: its server spoke first.
-    learned_opaque: Vec<String>,
-    /// `service:port` known to be client-first: its client spoke first,
-    /// so new connections wait for the client without an early connect.
-    learned_client_first: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    inbound: Option<InboundView>,
-}
-
-#[derive(Serialize)]
-struct InboundView {
-    listen: std::net::SocketAddr,
-    max_concurrent: u32,
-    in_flight: i64,
-}
-
-async fn proxy_state(State(s): State<AdminState>) -> Json<StateView> {
+async fn proxy_state(State(s): State<AdminState>) -> Json<ProxyState> {
     let local = s
         .agent
         .as_ref()
         .and_then(|a| a.lock().ok().map(|g| g.clone()));
-    Json(StateView {
+    Json(ProxyState {
         control: s.control_url.clone(),
         control_connected: s.metrics.control_connected.get() == 1,
         registry: s.dir.with_table(|t| t.state()),
         local,
         learned_opaque: s.learned.list(),
         learned_client_first: s.learned.list_client_first(),
-        inbound: s.inbound.map(|(listen, max_concurrent)| InboundView {
+        inbound: s.inbound.map(|(listen, max_concurrent)| InboundState {
             listen,
             max_concurrent,
             in_flight: s.metrics.traffic.inbound_inflight.get(),

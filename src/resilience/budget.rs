@@ -18,7 +18,6 @@
 //! `(R * percent + minPerSecond * 10 * 100) / 100 - W`.
 
 use crate::model::policy::RetryBudget as BudgetConfig;
-use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -32,16 +31,7 @@ pub const BUDGET_WINDOW: Duration = Duration::from_secs(10);
 const REQUESTS: usize = 0;
 const RETRIES: usize = 1;
 
-/// The `/state` view: the `retries` object of a service.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct BudgetView {
-    /// Retries granted since the budget was made.
-    pub retried: u64,
-    /// Retries refused for lack of budget since the budget was made.
-    pub budget_exhausted: u64,
-    /// Retries that would be granted now.
-    pub budget_available: u64,
-}
+pub use crate::model::state::BudgetView;
 
 #[derive(Debug)]
 pub struct RetryBudget {

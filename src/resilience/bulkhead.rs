@@ -11,7 +11,6 @@
 //! instead of going back. Calls already running are never interrupted.
 
 use crate::model::policy::Bulkhead as BulkheadConfig;
-use serde::Serialize;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,14 +25,7 @@ pub struct BulkheadFull {
     pub timed_out: bool,
 }
 
-/// The `/state` view of a bulkhead.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct BulkheadView {
-    pub in_flight: u32,
-    pub queued: u32,
-    pub max_concurrent: u32,
-    pub max_queued: u32,
-}
+pub use crate::model::state::BulkheadView;
 
 #[derive(Debug)]
 pub struct Bulkhead {

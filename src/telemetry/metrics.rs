@@ -37,18 +37,7 @@ struct TransitionLabels {
     to: &'static str,
 }
 
-/// `/state`'s request counters for one service: one per request, with
-/// its final status (after retries and fallbacks).
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
-pub struct RequestCounts {
-    pub total: u64,
-    /// Answered 5xx, by the upstream or by the mesh.
-    pub failed: u64,
-    /// Rejected by the breaker or the bulkhead without reaching an upstream.
-    pub fast_failed: u64,
-    /// Tries sent to an endpoint: the first of each request, and retries.
-    pub attempts: u64,
-}
+pub use crate::model::state::RequestCounts;
 
 /// Status classes, the `class` label of request counters.
 pub(super) const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];

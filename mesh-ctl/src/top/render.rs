@@ -5,6 +5,7 @@
 
 use super::state::{EndpointState, ProxyState, ServiceState};
 use crate::output;
+use mesh::model::state::BreakerState;
 
 /// Width of the label column of a service block.
 const LABEL: usize = 10;
@@ -12,11 +13,7 @@ const LABEL: usize = 10;
 pub fn frame(admin: &str, state: &ProxyState) -> String {
     let mut out = header(admin, state);
     out.push('\n');
-    let services = state
-        .registry
-        .as_ref()
-        .map(|r| r.services.as_slice())
-        .unwrap_or_default();
+    let services = &state.registry.services;
     if services.is_empty() {
         out.push_str("\nno services known to this proxy yet\n");
     }
@@ -28,23 +25,21 @@ pub fn frame(admin: &str, state: &ProxyState) -> String {
 }
 
 fn header(admin: &str, state: &ProxyState) -> String {
-    let control = match (&state.control, state.control_connected) {
-        (Some(url), Some(true)) => format!("{url} (connected)"),
-        (Some(url), Some(false)) => format!("{url} (DISCONNECTED)"),
-        (Some(url), None) => url.clone(),
-        (None, _) => "-".into(),
+    let control = match (state.control.as_str(), state.control_connected) {
+        ("", _) => "-".into(),
+        (url, true) => format!("{url} (connected)"),
+        (url, false) => format!("{url} (DISCONNECTED)"),
     };
-    let revision = num(state.registry.as_ref().and_then(|r| r.revision));
+    // Revision 0: no registry snapshot yet.
+    let revision = match state.registry.revision {
+        0 => "-".to_string(),
+        r => r.to_string(),
+    };
     format!("mesh top  proxy {admin}  control {control}  revision {revision}")
 }
 
 fn service_block(s: &ServiceState) -> String {
-    let mut lines = vec![format!(
-        "{}  {}  {}",
-        s.name,
-        s.vip.as_deref().unwrap_or("-"),
-        s.balancer.as_deref().unwrap_or("-")
-    )];
+    let mut lines = vec![format!("{}  {}  {}", s.name, s.vip, s.balancer.as_str())];
     let mut row = |label: &str, text: String| lines.push(format!("  {label:<LABEL$} {text}"));
 
     row(
@@ -52,11 +47,11 @@ fn service_block(s: &ServiceState) -> String {
         s.breaker.as_ref().map_or("-".into(), |b| {
             format!(
                 "{:<9}  calls {}  failed {} ({})  slow {} ({})",
-                breaker_state(b.state.as_deref()),
-                num(b.calls),
-                num(b.failures),
+                breaker_state(b.state),
+                b.calls,
+                b.failures,
                 pct(b.failure_rate),
-                num(b.slow),
+                b.slow,
                 pct(b.slow_rate)
             )
         }),
@@ -66,10 +61,7 @@ fn service_block(s: &ServiceState) -> String {
         s.bulkhead.as_ref().map_or("-".into(), |b| {
             format!(
                 "in-flight {} of {}  queued {} of {}",
-                num(b.in_flight),
-                num(b.max_concurrent),
-                num(b.queued),
-                num(b.max_queued)
+                b.in_flight, b.max_concurrent, b.queued, b.max_queued
             )
         }),
     );
@@ -78,9 +70,7 @@ fn service_block(s: &ServiceState) -> String {
         s.requests.as_ref().map_or("-".into(), |r| {
             format!(
                 "total {}  failed {}  fast-failed {}",
-                num(r.total),
-                num(r.failed),
-                num(r.fast_failed)
+                r.total, r.failed, r.fast_failed
             )
         }),
     );
@@ -89,9 +79,7 @@ fn service_block(s: &ServiceState) -> String {
         s.retries.as_ref().map_or("-".into(), |r| {
             format!(
                 "retried {}  budget exhausted {}  budget available {}",
-                num(r.retried),
-                num(r.budget_exhausted),
-                num(r.budget_available)
+                r.retried, r.budget_exhausted, r.budget_available
             )
         }),
     );
@@ -99,11 +87,7 @@ fn service_block(s: &ServiceState) -> String {
         None => row("endpoints", "-".into()),
         Some(eps) if eps.is_empty() => row("endpoints", "none".into()),
         Some(eps) => {
-            let count = |want: &str| {
-                eps.iter()
-                    .filter(|e| e.state.as_deref() == Some(want))
-                    .count()
-            };
+            let count = |want: &str| eps.iter().filter(|e| e.state == want).count();
             row(
                 "endpoints",
                 format!(
@@ -127,12 +111,12 @@ fn endpoints_table(eps: &[EndpointState]) -> String {
         .iter()
         .map(|e| {
             vec![
-                e.id.clone().unwrap_or_else(|| "-".into()),
-                e.addr.clone().unwrap_or_else(|| "-".into()),
-                e.state.clone().unwrap_or_else(|| "-".into()),
-                num(e.in_flight),
-                e.ewma_ms.map_or("-".into(), |ms| format!("{ms:.1}ms")),
-                num(e.ejections),
+                e.id.clone(),
+                e.addr.to_string(),
+                e.state.clone(),
+                e.in_flight.to_string(),
+                format!("{:.1}ms", e.ewma_ms),
+                e.ejections.to_string(),
             ]
         })
         .collect();
@@ -143,23 +127,14 @@ fn endpoints_table(eps: &[EndpointState]) -> String {
 }
 
 /// Open and half-open shout, as on a Hystrix dashboard.
-fn breaker_state(state: Option<&str>) -> String {
+fn breaker_state(state: BreakerState) -> &'static str {
     match state {
-        None => "-".into(),
-        Some("closed") => "closed".into(),
-        Some(other) => other.to_uppercase(),
+        BreakerState::Closed => "closed",
+        BreakerState::Open => "OPEN",
+        BreakerState::HalfOpen => "HALF-OPEN",
     }
 }
 
-/// A count: whole numbers without decimals, `-` when missing.
-fn num(v: Option<f64>) -> String {
-    match v {
-        None => "-".into(),
-        Some(x) if x.fract() == 0.0 && x.abs() < 1e15 => format!("{x:.0}"),
-        Some(x) => format!("{x:.1}"),
-    }
-}
-
-fn pct(v: Option<f64>) -> String {
-    v.map_or("-".into(), |p| format!("{p:.1}%"))
+fn pct(p: f64) -> String {
+    format!("{p:.1}%")
 }

@@ -10,7 +10,7 @@ const FULL: &str = r#"{
      "breaker": {"state": "open", "calls": 40, "failures": 22, "slow": 1,
                  "failure_rate": 55.0, "slow_rate": 2.5},
      "bulkhead": {"in_flight": 3, "queued": 1, "max_concurrent": 10, "max_queued": 5},
-     "retries": {"retried": 7, "budget_exhausted": 2, "budget_available": 12.5},
+     "retries": {"retried": 7, "budget_exhausted": 2, "budget_available": 12},
      "requests": {"total": 1234, "failed": 30, "fast_failed": 9},
      "endpoints": [
        {"id": "o-1", "addr": "10.0.0.1:8000", "state": "ready", "in_flight": 2, "ewma_ms": 3.25, "ejections": 0},
@@ -42,7 +42,7 @@ fn full_state_renders_every_section() {
         "  breaker    OPEN       calls 40  failed 22 (55.0%)  slow 1 (2.5%)",
         "  bulkhead   in-flight 3 of 10  queued 1 of 5",
         "  requests   total 1234  failed 30  fast-failed 9",
-        "  retries    retried 7  budget exhausted 2  budget available 12.5",
+        "  retries    retried 7  budget exhausted 2  budget available 12",
         "  endpoints  1 ready  1 ejected  1 unhealthy",
         "    ID   ADDRESS        STATE      IN-FLIGHT  EWMA     EJECTIONS",
         "    o-1  10.0.0.1:8000  ready      2          3.2ms    0",
@@ -88,7 +88,7 @@ fn sparse_or_empty_states_render_dashes() {
         "  breaker    -",
         "  retries    -",
         "  endpoints  1 ready  0 ejected  0 unhealthy",
-        "    w   1.2.3.4:80  ready  -          -     -",
+        "    w   1.2.3.4:80  ready  0          0.0ms  0",
     ] {
         assert!(text.contains(want), "{want:?} missing from\n{text}");
     }

@@ -4,13 +4,7 @@
 use serde::Serialize;
 use std::time::Duration;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BreakerState {
-    Closed,
-    Open,
-    HalfOpen,
-}
+pub use crate::model::state::{BreakerState, BreakerView};
 
 /// One state change.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,18 +29,6 @@ pub struct Outcome {
 pub struct BreakerOpen {
     /// Open, or half-open with every probe slot taken.
     pub state: BreakerState,
-}
-
-/// The `/state` view of a breaker.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct BreakerView {
-    pub state: BreakerState,
-    pub calls: u64,
-    pub failures: u64,
-    pub slow: u64,
-    /// Percent of the window's calls that failed (0 with no calls).
-    pub failure_rate: f64,
-    pub slow_rate: f64,
 }
 
 /// Transitions since the breaker was made, by target state.
