@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import time
+import urllib.error
 import urllib.request
 
 from . import aio, procs, targets
@@ -229,9 +230,67 @@ def control_restart(out, smoke, log):
         procs.stop(control)
 
 
+def http_status(port, host):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(req, timeout=1) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def first_traffic(out, smoke, log):
+    """A new instance: its sidecar and its app (nginx) start together at
+    t0; a client proxy's requests for the service are polled every 5 ms.
+    First traffic = t0 → the first 200. The app listens within tens of
+    milliseconds, after the sidecar's first health check has failed."""
+    trials = 1 if smoke else 5
+    port = 18210
+    control = targets.start_control(out, None, data="control-data-first")
+    started = [control]
+    times, listening = [], []
+    try:
+        client, cport, cadmin = targets.start_proxy(out, None, 60, workers=1)
+        started.append(client)
+        procs.wait_http(f"http://127.0.0.1:{cadmin}/ready")
+        prefix, conf = write_app_conf(out, "first", port)
+        for t in range(trials):
+            t0 = time.monotonic()
+            side, _, _admin = targets.start_proxy(
+                out, None, 61, workers=1, log_name=f"first-sidecar-{t}.log",
+                extra=["--service", "first", "--app-port", str(port), "--advertise", "127.0.0.1",
+                       "--inbound", "127.0.0.1:0", "--instance-id", f"first-{t}"])
+            app = procs.spawn(["nginx", "-p", prefix, "-c", conf, "-e", "stderr"],
+                              log=os.path.join(out, f"app-first-{t}.log"))
+            procs.wait_port(port, proc=app)
+            listening.append(time.monotonic() - t0)
+            deadline = t0 + 10
+            while time.monotonic() < deadline and http_status(cport, "first") != 200:
+                time.sleep(0.005)
+            if time.monotonic() >= deadline:
+                raise RuntimeError("the new instance never got traffic within 10 s")
+            times.append(time.monotonic() - t0)
+            procs.stop(side)
+            procs.stop(app)
+            # Deregistered: the client sees no endpoint before the next trial.
+            end = time.monotonic() + 10
+            while time.monotonic() < end and http_status(cport, "first") == 200:
+                time.sleep(0.01)
+        res = {"trials": trials, "first_traffic": summary_ms(times), "app_listening": summary_ms(listening)}
+        log(f"  first traffic: p50 {res['first_traffic']['p50_ms']} ms after the sidecar started "
+            f"(app listening after {res['app_listening']['p50_ms']} ms)")
+        return res
+    finally:
+        for p in reversed(started):
+            procs.stop(p)
+
+
 def run(out, smoke, log):
     log("mesh timings")
     return {
+        "first_traffic": first_traffic(out, smoke, log),
         "registration": registration(out, smoke, log),
         "kill_endpoint": kill_endpoint(out, smoke, log),
         "control_restart": control_restart(out, smoke, log),

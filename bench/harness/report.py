@@ -207,7 +207,12 @@ def mesh_section(m):
             f"all noticed the loss within {c['noticed_down']['max_ms']} ms; mesh-control answered /healthz "
             f"{c['control_start_ms']} ms after start; all proxies watching again (control_connected) "
             f"p50 {w['p50_ms']} ms, max {w['max_ms']} ms after the start ({'all' if c['all_reconnected'] else 'NOT all'} reconnected)."]
-    out += ["", "**Breaker trip latency**: not measured yet — the breaker lands with issue 3."]
+    f = m.get("first_traffic")
+    if f:
+        out += ["", f"**First traffic** ({f['trials']} trials): a new instance's sidecar and app start together; "
+                f"the first request through a client proxy answered 200 p50 **{f['first_traffic']['p50_ms']} ms**, "
+                f"max {f['first_traffic']['max_ms']} ms after the sidecar started (the app listened after "
+                f"p50 {f['app_listening']['p50_ms']} ms)."]
     return out
 
 
