@@ -19,6 +19,9 @@ const HOP_BY_HOP: [HeaderName; 6] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+/// `Connection` tokens that need no lookup: hop-by-hop headers removed
+/// anyway, or options that name no header (`close`).
+const USUAL_CONNECTION_TOKENS: [&str; 5] = ["keep-alive", "close", "upgrade", "te", ""];
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -36,6 +39,14 @@ pub const MESH_TIMEOUT: HeaderName = HeaderName::from_static("x-mesh-timeout");
 /// taken out (each hop sends its own); `grpc-timeout` stays, for the
 /// server's gRPC library. A malformed value is ignored.
 pub fn caller_deadline(headers: &mut HeaderMap) -> Option<Duration> {
+    // Most requests carry neither: one pass over the names (compared as
+    // names, no hashing) saves two lookups.
+    if !headers
+        .keys()
+        .any(|k| *k == MESH_TIMEOUT || k.as_str() == GRPC_TIMEOUT)
+    {
+        return None;
+    }
     let mesh = headers
         .remove(MESH_TIMEOUT)
         .and_then(|v| timeout::parse_millis(v.as_bytes()));
@@ -71,36 +82,48 @@ pub fn tell_deadline(headers: &mut HeaderMap, left: Duration, grpc: bool) {
 /// names. `keep_upgrade` keeps `Connection` and `Upgrade` for a protocol
 /// upgrade that is tunnelled through (WebSocket), which needs both.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one pass over the names (standard names
-    // compare as small integers) instead of a lookup per hop-by-hop name.
-    if !keep_upgrade && !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the names (standard names compare as small integers)
+    // finds which hop-by-hop headers are there; most messages carry none,
+    // or only `connection: keep-alive`.
+    let mut present = [false; 6];
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present[i] = true;
+        }
+    }
+    if !keep_upgrade && !present.contains(&true) {
         return;
     }
     // `te: trailers` is end to end in practice: gRPC servers require it.
     let te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    // Most messages carry no `Connection` header: skip the scan then.
-    if headers.contains_key(header::CONNECTION) {
+    if present[0] {
+        // Headers `Connection` names, besides the usual tokens (which are
+        // hop-by-hop already, or name no header): rare, so allocated only
+        // when there are some.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .map(str::trim)
+            .filter(|n| {
+                !USUAL_CONNECTION_TOKENS
+                    .iter()
+                    .any(|u| n.eq_ignore_ascii_case(u))
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for h in &named {
             headers.remove(h);
         }
     }
-    for h in &HOP_BY_HOP {
-        if keep_upgrade && (h == header::CONNECTION || h == header::UPGRADE) {
+    for (h, there) in HOP_BY_HOP.iter().zip(present) {
+        if !there || keep_upgrade && (h == header::CONNECTION || h == header::UPGRADE) {
             continue;
         }
-        if headers.contains_key(h) {
-            headers.remove(h);
-        }
+        headers.remove(h);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -166,14 +189,23 @@ pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr) {
 /// missing or malformed (then `tracestate`, which belongs to the old
 /// trace, goes too).
 pub fn ensure_traceparent(headers: &mut HeaderMap) {
-    if headers
-        .get(&TRACEPARENT)
-        .is_some_and(|v| valid_traceparent(v.as_bytes()))
-        && headers.get_all(&TRACEPARENT).iter().count() == 1
-    {
-        return;
+    // One pass over the names (each once, however many values): is there
+    // a `traceparent`, a `tracestate`.
+    let (mut parent, mut state) = (false, false);
+    for k in headers.keys() {
+        parent |= *k == TRACEPARENT;
+        state |= *k == TRACESTATE;
     }
-    headers.remove(&TRACESTATE);
+    if parent {
+        let mut all = headers.get_all(&TRACEPARENT).iter();
+        let first = all.next();
+        if all.next().is_none() && first.is_some_and(|v| valid_traceparent(v.as_bytes())) {
+            return;
+        }
+    }
+    if state {
+        headers.remove(&TRACESTATE);
+    }
     headers.insert(TRACEPARENT, new_traceparent());
 }
 
@@ -204,14 +236,18 @@ fn valid_traceparent(v: &[u8]) -> bool {
 /// which is invalid), written straight into the header's one buffer (this
 /// runs on every request that arrives without a trace).
 fn new_traceparent() -> HeaderValue {
-    use std::fmt::Write;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let trace = fastrand::u128(..) | 1;
     let span = fastrand::u64(..) | 1;
-    let mut buf = bytes::BytesMut::with_capacity(55);
-    // Writing hex into a BytesMut cannot fail.
-    let _ = write!(buf, "00-{trace:032x}-{span:016x}-00");
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    for (i, b) in buf[3..35].iter_mut().enumerate() {
+        *b = HEX[((trace >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    for (i, b) in buf[36..52].iter_mut().enumerate() {
+        *b = HEX[((span >> (60 - 4 * i)) & 0xf) as usize];
+    }
     // Lowercase hex and dashes: always a valid header value.
-    HeaderValue::from_maybe_shared(buf.freeze()).unwrap_or_else(|_| {
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| {
         HeaderValue::from_static("00-00000000000000000000000000000001-0000000000000001-00")
     })
 }

@@ -37,7 +37,12 @@ impl Names<'_> {
     pub fn route(&self, table: &Table, authority: &str) -> Result<Route, MeshError> {
         let (host, port) = split_host_port(authority)
             .ok_or_else(|| MeshError::BadRequest(format!("invalid host {authority:?}")))?;
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let host = host.trim_end_matches('.');
+        // Names are nearly always lower-case already: no copy then.
+        let host: std::borrow::Cow<'_, str> = match host.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => host.to_ascii_lowercase().into(),
+            false => host.into(),
+        };
         if let Ok(ip) = host.parse::<IpAddr>() {
             if let IpAddr::V4(v4) = ip {
                 if let Some(s) = table.by_vip(v4) {
@@ -45,7 +50,7 @@ impl Names<'_> {
                 }
             }
             return Ok(Route::External {
-                host,
+                host: host.into_owned(),
                 port: port.unwrap_or(80),
             });
         }
@@ -60,13 +65,13 @@ impl Names<'_> {
         }
         if host.contains('.') || host == "localhost" {
             return Ok(Route::External {
-                host,
+                host: host.into_owned(),
                 port: port.unwrap_or(80),
             });
         }
         // A bare name that is not registered: in a mesh, that is a service
         // that does not exist (yet), not a host on the network.
-        Err(MeshError::UnknownService(host))
+        Err(MeshError::UnknownService(host.into_owned()))
     }
 }
 

@@ -128,34 +128,38 @@ impl H1Pool {
         }
     }
 
-    /// The most recently used idle connection that is ready; closed and
-    /// expired ones are dropped on the way, busy ones left in place.
+    /// The most recently used idle connection that is ready; closed ones
+    /// are dropped on the way, busy ones left in place. The list stays in
+    /// the order connections came back (oldest first), for [`put`].
     fn checkout(&self) -> Option<SendRequest<ReqBody>> {
-        let now = Instant::now();
         let mut idle = self.lock();
         let mut i = idle.len();
         while i > 0 {
             i -= 1;
             let c = &idle[i];
-            if c.sender.is_closed() || now.duration_since(c.since) >= IDLE_TIMEOUT {
-                idle.swap_remove(i);
+            if c.sender.is_closed() {
+                idle.remove(i);
             } else if c.sender.is_ready() {
-                return Some(idle.swap_remove(i).sender);
+                return Some(idle.remove(i).sender);
             }
         }
         None
     }
 
+    /// Back from a response: kept at the end of the list; the oldest
+    /// expire from its front (and beyond [`MAX_IDLE`]).
     fn put(&self, sender: SendRequest<ReqBody>) {
         if sender.is_closed() {
             return;
         }
         let now = Instant::now();
         let mut idle = self.lock();
-        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
-        if idle.len() >= MAX_IDLE {
-            idle.remove(0);
-        }
+        let expired = idle
+            .iter()
+            .take_while(|c| now.duration_since(c.since) >= IDLE_TIMEOUT)
+            .count();
+        let over = (idle.len() - expired + 1).saturating_sub(MAX_IDLE);
+        idle.drain(..expired + over);
         idle.push(Idle { sender, since: now });
     }
 
