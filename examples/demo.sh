@@ -21,7 +21,8 @@
 #   4. a live policy change: a static fallback, no restart,
 #   5. mesh-ctl top: the client sidecar's live view,
 #   6. an excerpt of the client sidecar's /metrics,
-#   7. back to the defaults, then failover: the node app dies, python answers.
+#   7. back to the defaults, then failover: the node app dies, python answers,
+#   8. deadlines travel: the caller's time left bounds the call, app included.
 # Every process it starts is stopped on exit. If what a step claims does not
 # happen, the demo says so and exits non-zero, keeping the logs.
 set -euo pipefail
@@ -141,8 +142,8 @@ s = next((x for x in d["registry"]["services"] if x["name"] == "hello"), None)
 print(eval(sys.argv[1]) if s else "")' "$1" 2>/dev/null || true
 }
 
-# call PATH: one request to service hello through the client sidecar, the
-# way any app would make it. Sets STATUS (000: no answer), ERR and FALLBACK
+# call PATH [HEADER]: one request to service hello through the client
+# sidecar, the way any app would make it. Sets STATUS (000: no answer), ERR and FALLBACK
 # (the x-mesh-error and x-mesh-fallback headers, `-` when absent) and BODY
 # (its first line). Parsed in bash: the breaker step makes hundreds of calls.
 call() {
@@ -157,7 +158,7 @@ call() {
       x-mesh-fallback:*) FALLBACK=${line#*:} FALLBACK=${FALLBACK# } ;;
       *) ;;
     esac
-  done < <(http_proxy=$PROXY curl -s -m 3 -D - -o "$WORK/call.body" "http://hello$1" || true)
+  done < <(http_proxy=$PROXY curl -s -m 3 ${2:+-H "$2"} -D - -o "$WORK/call.body" "http://hello$1" || true)
   IFS= read -r BODY <"$WORK/call.body" || true
   BODY=${BODY%$'\r'}
   BODY=${BODY:0:200}
@@ -442,5 +443,21 @@ for i in 1 2 3; do
   [[ $BODY == *python* ]] || die "call $i after the failover was not answered by python"
   print_answer "call $i"
 done
+
+# ---------------------------------------------------------------------------
+step "8. Deadlines travel" \
+  "A call carries the time its caller has left (x-mesh-timeout, or gRPC's grpc-timeout). The client sidecar cuts" \
+  "the call off then, tells the callee's sidecar how long is left, and that sidecar hands it on to the app."
+t0=$(date +%s%N)
+call /slow "x-mesh-timeout: 300"
+ms=$((($(date +%s%N) - t0) / 1000000))
+print_answer "/slow, 300 ms" "$STATUS" "$ERR" "$FALLBACK" "$BODY" "after $ms ms (the app takes 1 s; the policy allows 15 s)"
+[[ $STATUS == 504 && $ERR == timeout ]] || die "a call with 300 ms left to a 1 s app answered $STATUS ($ERR), not 504 timeout"
+((ms < 900)) || die "the call with 300 ms left took $ms ms"
+call /deadline "x-mesh-timeout: 2000"
+print_answer "/deadline, 2 s"
+left=${BODY##* }
+[[ $STATUS == 200 && $left =~ ^[0-9]+$ ]] && ((left > 0 && left <= 2000)) ||
+  die "the app did not see the time left (x-mesh-timeout) below 2000 ms: $BODY"
 
 step "Done in ${SECONDS} s: stopping everything"

@@ -4,10 +4,13 @@
 A plain stdlib HTTP server: it knows nothing about the mesh.
   GET /      200 "hello from python (pid N)"
   GET /fail  500 "python: failing on purpose" (for the breaker step)
+  GET /slow  200 after a second (for the deadline step)
+  GET /deadline  200 "python: x-mesh-timeout V": the time its caller had left
 Usage: hello.py PORT
 """
 import os
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -18,6 +21,11 @@ class Hello(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/fail"):
             status, text = 500, "python: failing on purpose\n"
+        elif self.path.startswith("/slow"):
+            time.sleep(1)
+            status, text = 200, "python: slow on purpose\n"
+        elif self.path.startswith("/deadline"):
+            status, text = 200, f"python: x-mesh-timeout {self.headers.get('x-mesh-timeout', '-')}\n"
         else:
             status, text = 200, f"hello from python (pid {os.getpid()})\n"
         body = text.encode()
