@@ -8,10 +8,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 use std::time::Duration;
 
+const HOP_COUNT: usize = 6;
 /// Headers that describe one connection, not the message (RFC 9110
 /// §7.6.1). Not `Trailer`: it announces the message's trailers, and
 /// hyper's HTTP/1 encoder sends only the trailers it names.
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
     HeaderName::from_static("keep-alive"),
@@ -62,9 +63,7 @@ pub fn caller_deadline(headers: &mut HeaderMap) -> Option<Duration> {
 /// Tells the app the time its caller has left: `x-mesh-timeout` always,
 /// and for gRPC a `grpc-timeout` no later than it.
 pub fn tell_deadline(headers: &mut HeaderMap, left: Duration, grpc: bool) {
-    if let Ok(v) = HeaderValue::from_str(&timeout::format_millis(left)) {
-        headers.insert(MESH_TIMEOUT, v);
-    }
+    headers.insert(MESH_TIMEOUT, HeaderValue::from(timeout::millis_ceil(left)));
     if grpc {
         let sooner = headers
             .get(GRPC_TIMEOUT)
@@ -85,7 +84,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names (standard names compare as small integers)
     // finds which hop-by-hop headers are there; most messages carry none,
     // or only `connection: keep-alive`.
-    let mut present = [false; 6];
+    let mut present = [false; HOP_COUNT];
     for k in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
             present[i] = true;

@@ -48,10 +48,10 @@ pub fn parse_millis(value: &[u8]) -> Option<Duration> {
     Some(Duration::from_millis(ms))
 }
 
-/// Milliseconds, rounded up, so a sub-millisecond rest is not zero.
-pub fn format_millis(d: Duration) -> String {
-    let ms = d.as_micros().div_ceil(1000);
-    ms.to_string()
+/// Milliseconds, rounded up, so a sub-millisecond rest is not zero (for
+/// `x-mesh-timeout`).
+pub fn millis_ceil(d: Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
 /// gRPC's `grpc-timeout`: at most 8 digits and a unit (`H`, `M`, `S`,
@@ -119,8 +119,8 @@ mod tests {
     #[test]
     fn deadline_headers_round_trip_and_reject_garbage() {
         assert_eq!(parse_millis(b"250"), Some(Duration::from_millis(250)));
-        assert_eq!(format_millis(Duration::from_micros(1)), "1");
-        assert_eq!(format_millis(Duration::from_millis(1500)), "1500");
+        assert_eq!(millis_ceil(Duration::from_micros(1)), 1);
+        assert_eq!(millis_ceil(Duration::from_millis(1500)), 1500);
         for bad in [&b""[..], b"-1", b"1.5", b"abc", b"9999999999999"] {
             assert_eq!(parse_millis(bad), None, "{bad:?}");
         }

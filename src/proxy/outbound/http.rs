@@ -10,7 +10,7 @@ use crate::proxy::body::{RespBody, StreamGuard, StreamedBody};
 use crate::proxy::headers;
 use crate::proxy::protocol::tunnel;
 use crate::proxy::rescue::MeshError;
-use crate::proxy::upstream::{proto_of, Dest, Upstreams};
+use crate::proxy::upstream::{connect_tcp, proto_of, Dest, Upstreams};
 use crate::telemetry::ProxyMetrics;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -195,13 +195,7 @@ impl HttpOutbound {
                     mark: self.opaque.mark,
                     timeout: self.upstreams.connect_timeout(),
                 };
-                let stream = crate::net::connect(addr, opts).await.map_err(|e| {
-                    MeshError::ConnectFailed {
-                        addr,
-                        reason: e.to_string(),
-                    }
-                })?;
-                Ok((stream, guard))
+                Ok((connect_tcp(addr, opts).await?, guard))
             }
         }
     }

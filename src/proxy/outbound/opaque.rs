@@ -9,11 +9,12 @@
 
 use super::policy::{self, Admitted, Attempt, Target, Verdict};
 use crate::discovery::{Directory, Endpoint, Service};
-use crate::net::{connect, ConnectOptions};
+use crate::net::ConnectOptions;
 use crate::proxy::protocol::{
     fast_close, first_word, relay, FirstWord, PrefixedIo, MESH_OPAQUE_PREAMBLE,
 };
 use crate::proxy::rescue::MeshError;
+use crate::proxy::upstream::connect_tcp;
 use crate::resilience::{BulkheadPermit, Tried};
 use crate::telemetry::ProxyMetrics;
 use std::sync::Arc;
@@ -89,10 +90,7 @@ impl Attempt for Connect {
             mark: self.mark,
             timeout: to.connect,
         };
-        let stream = dial(ep, opts).await.map_err(|e| MeshError::ConnectFailed {
-            addr: ep.dial(),
-            reason: e.to_string(),
-        })?;
+        let stream = dial(ep, opts).await?;
         Ok(Opened {
             stream,
             ep: ep.clone(),
@@ -174,10 +172,17 @@ impl OpaqueOutbound {
 }
 
 /// Connects to the endpoint, announcing opaque bytes to a peer proxy.
-async fn dial(ep: &Endpoint, opts: ConnectOptions) -> std::io::Result<TcpStream> {
-    let mut stream = connect(ep.dial(), opts).await?;
+async fn dial(ep: &Endpoint, opts: ConnectOptions) -> Result<TcpStream, MeshError> {
+    let addr = ep.dial();
+    let mut stream = connect_tcp(addr, opts).await?;
     if ep.inbound.is_some() {
-        stream.write_all(MESH_OPAQUE_PREAMBLE).await?;
+        stream
+            .write_all(MESH_OPAQUE_PREAMBLE)
+            .await
+            .map_err(|e| MeshError::ConnectFailed {
+                addr,
+                reason: e.to_string(),
+            })?;
     }
     Ok(stream)
 }

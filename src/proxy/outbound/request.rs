@@ -101,9 +101,7 @@ impl Attempt for HttpAttempt<'_> {
                 None => h.remove(MESH_CALLER),
             };
             let left = to.deadline.remaining(Instant::now());
-            if let Ok(v) = HeaderValue::from_str(&timeout::format_millis(left)) {
-                h.insert(MESH_TIMEOUT, v);
-            }
+            h.insert(MESH_TIMEOUT, HeaderValue::from(timeout::millis_ceil(left)));
         }
         let proto = proto_of(&req);
         let dest = Dest {

@@ -1,4 +1,5 @@
-//! What the HTTP/1 and HTTP/2 pools share: the TCP connect, and readable
+//! What every upstream connection shares (HTTP/1 and HTTP/2 pools, opaque
+//! TCP, CONNECT tunnels): the TCP connect as a mesh error, and readable
 //! errors.
 
 use crate::net::{connect, ConnectOptions};

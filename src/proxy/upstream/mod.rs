@@ -13,7 +13,7 @@ mod dial;
 mod h1;
 mod h2;
 
-pub use dial::error_chain;
+pub use dial::{error_chain, tcp as connect_tcp};
 pub use h1::{H1Pool, Pooled, IDLE_TIMEOUT, MAX_IDLE};
 pub use h2::{H2Pool, StreamSlot, MAX_STREAMS_PER_CONN};
 
