@@ -80,7 +80,95 @@ pub struct MarkedConnector {
 }
 
 /// The connected stream, wrapped for hyper.
-pub struct MarkedStream(TokioIo<TcpStream>);
+pub struct MarkedStream(pub TokioIo<Io>);
+
+/// A connection the proxy opened: plain TCP, or TLS over it (mTLS to a
+/// peer proxy's inbound, TLS to mesh-control). One type, so pools,
+/// relays and the control client carry either without knowing which.
+pub enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    /// The socket under it.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Io::Plain(s) => s,
+            Io::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// Wraps `tcp` in a TLS client session (the handshake runs here).
+    pub async fn tls(
+        tcp: TcpStream,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        name: rustls_pki_types::ServerName<'static>,
+    ) -> io::Result<Io> {
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        Ok(Io::Tls(Box::new(stream)))
+    }
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 impl tower::Service<http::Uri> for MarkedConnector {
     type Response = MarkedStream;
@@ -95,7 +183,9 @@ impl tower::Service<http::Uri> for MarkedConnector {
         let opts = self.opts;
         Box::pin(async move {
             let addr = uri_addr(&uri)?;
-            Ok(MarkedStream(TokioIo::new(connect(addr, opts).await?)))
+            Ok(MarkedStream(TokioIo::new(Io::Plain(
+                connect(addr, opts).await?,
+            ))))
         })
     }
 }
@@ -116,7 +206,7 @@ fn uri_addr(uri: &http::Uri) -> io::Result<SocketAddr> {
 
 impl Connection for MarkedStream {
     fn connected(&self) -> Connected {
-        self.0.connected()
+        self.0.inner().tcp().connected()
     }
 }
 

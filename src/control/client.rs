@@ -13,6 +13,10 @@ mod watch;
 pub use lines::{LineSplitter, LineTooLong, MAX_LINE_BYTES};
 pub use watch::WatchStream;
 
+use crate::identity::tls::TlsIdentity;
+use crate::model::identity::{
+    AddRoot, Certified, CertifyRequest, RootInfo, TokenIssued, TokenRequest, TrustBundle,
+};
 use crate::model::{
     ApiError, ControlStatus, Health, Heartbeat, RegisterRequest, Registered, ServiceInfo,
     ServiceSummary, Snapshot,
@@ -27,6 +31,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Giving up on a TCP connect to the control plane after this long.
@@ -129,13 +134,31 @@ pub struct ControlClient {
     base_url: String,
     /// Pooled HTTP/1 connections over marked, name-resolving sockets.
     http: Client<ResolvingConnector, Full<Bytes>>,
+    /// `Authorization: Bearer ...` on every request (mesh-ctl's admin token).
+    bearer: Option<http::HeaderValue>,
 }
 
 impl ControlClient {
-    /// A client for `http://host[:port]` (no path, no https). `host` may be
-    /// an IP or a name; names are resolved when a connection is opened.
+    /// A client for `http://host[:port]` (no path). `host` may be an IP
+    /// or a name; names are resolved when a connection is opened.
     pub fn new(base_url: &str, mark: Option<u32>) -> Result<Self, ClientError> {
+        Self::with_tls(base_url, mark, None)
+    }
+
+    /// A client for `http://` or `https://host[:port]`; `https` needs `tls`
+    /// (the roots that mesh-control's certificate must chain to, and this
+    /// process's certificate slot).
+    pub fn with_tls(
+        base_url: &str,
+        mark: Option<u32>,
+        tls: Option<Arc<TlsIdentity>>,
+    ) -> Result<Self, ClientError> {
         let base_url = check_base_url(base_url)?;
+        if base_url.starts_with("https://") && tls.is_none() {
+            return Err(ClientError::InvalidUrl(format!(
+                "{base_url:?}: https:// needs the trust bundle (--trust-bundle)"
+            )));
+        }
         let inner = MarkedConnector {
             opts: ConnectOptions {
                 mark,
@@ -144,8 +167,68 @@ impl ControlClient {
         };
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(ResolvingConnector { inner });
-        Ok(ControlClient { base_url, http })
+            .build(ResolvingConnector { inner, tls });
+        Ok(ControlClient {
+            base_url,
+            http,
+            bearer: None,
+        })
+    }
+
+    /// Sends `token` as `Authorization: Bearer` on every request.
+    pub fn with_bearer(mut self, token: &str) -> Result<Self, ClientError> {
+        self.bearer = Some(bearer(token)?);
+        Ok(self)
+    }
+
+    /// Asks for a certificate for the key behind `csr` (PEM). `token` is a
+    /// bootstrap token, for a proxy with no certificate yet; renewals send
+    /// none and are authenticated by the certificate in the TLS session.
+    pub async fn certify(&self, csr: &str, token: Option<&str>) -> Result<Certified, ClientError> {
+        let body = json_body(&CertifyRequest {
+            csr: csr.to_string(),
+        })?;
+        let mut req = self.request(Method::POST, "/v1/identity/certify", Some(body))?;
+        if let Some(token) = token {
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, bearer(token)?);
+        }
+        self.exchange(req, "/v1/identity/certify").await
+    }
+
+    pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenIssued, ClientError> {
+        self.call(
+            Method::POST,
+            "/v1/identity/tokens".into(),
+            Some(json_body(req)?),
+        )
+        .await
+    }
+
+    pub async fn trust_bundle(&self) -> Result<TrustBundle, ClientError> {
+        self.call(Method::GET, "/v1/identity/bundle".into(), None)
+            .await
+    }
+
+    pub async fn add_root(&self, req: &AddRoot) -> Result<RootInfo, ClientError> {
+        self.call(
+            Method::POST,
+            "/v1/identity/roots".into(),
+            Some(json_body(req)?),
+        )
+        .await
+    }
+
+    pub async fn activate_root(&self, id: &str) -> Result<RootInfo, ClientError> {
+        let path = format!("/v1/identity/roots/{}/activate", segment(id));
+        self.call(Method::POST, path, None).await
+    }
+
+    pub async fn remove_root(&self, id: &str) -> Result<(), ClientError> {
+        let path = format!("/v1/identity/roots/{}", segment(id));
+        self.call::<serde_json::Value>(Method::DELETE, path, None)
+            .await
+            .map(drop)
     }
 
     pub fn base_url(&self) -> &str {
@@ -242,6 +325,14 @@ impl ControlClient {
         body: Option<Bytes>,
     ) -> Result<T, ClientError> {
         let req = self.request(method, &path, body)?;
+        self.exchange(req, &path).await
+    }
+
+    async fn exchange<T: DeserializeOwned>(
+        &self,
+        req: Request<Full<Bytes>>,
+        path: &str,
+    ) -> Result<T, ClientError> {
         let exchange = async {
             let resp = self
                 .http
@@ -274,6 +365,9 @@ impl ControlClient {
         let mut builder = Request::builder().method(method).uri(uri);
         if body.is_some() {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(token) = &self.bearer {
+            builder = builder.header(http::header::AUTHORIZATION, token.clone());
         }
         builder
             .header(http::header::ACCEPT, "application/json")
@@ -343,6 +437,13 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     }
 }
 
+fn bearer(token: &str) -> Result<http::HeaderValue, ClientError> {
+    let mut v = http::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+        .map_err(|_| ClientError::Decode("the token is not a valid header value".into()))?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
 fn json_body<T: serde::Serialize>(value: &T) -> Result<Bytes, ClientError> {
     serde_json::to_vec(value)
         .map(Bytes::from)
@@ -368,13 +469,13 @@ fn check_base_url(url: &str) -> Result<String, ClientError> {
     let bad = |why: &str| ClientError::InvalidUrl(format!("{url:?}: {why}"));
     let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
     match uri.scheme_str() {
-        Some("http") => {}
+        Some("http" | "https") => {}
         Some(other) => {
             return Err(bad(&format!(
-                "scheme {other:?} is not supported; use http://"
+                "scheme {other:?} is not supported; use https:// (or http:// with identity off)"
             )))
         }
-        None => return Err(bad("expected http://host:port")),
+        None => return Err(bad("expected https://host:port")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(bad("no host"));

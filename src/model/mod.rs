@@ -6,6 +6,7 @@
 
 mod cidr;
 mod duration;
+pub mod identity;
 pub mod policy;
 mod policy_parse;
 mod register;
