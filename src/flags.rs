@@ -113,3 +113,12 @@ fn section_text<'a>(reference: &'a str, heading: &str) -> &'a str {
         None => body,
     }
 }
+
+/// `on` or `off` (also true/false, yes/no, 1/0).
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "yes" | "1" => Ok(true),
+        "off" | "false" | "no" | "0" => Ok(false),
+        other => Err(format!("{other:?} is neither on nor off")),
+    }
+}

@@ -82,12 +82,13 @@ pub struct MarkedConnector {
 /// The connected stream, wrapped for hyper.
 pub struct MarkedStream(pub TokioIo<Io>);
 
-/// A connection the proxy opened: plain TCP, or TLS over it (mTLS to a
-/// peer proxy's inbound, TLS to mesh-control). One type, so pools,
-/// relays and the control client carry either without knowing which.
+/// A connection: plain TCP, or TLS over it (the proxy's mTLS to a peer's
+/// inbound and TLS to mesh-control; mesh-control's accepted sessions).
+/// One type, so pools, relays and both HTTP stacks carry either without
+/// knowing which.
 pub enum Io {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
 }
 
 impl Io {
@@ -108,7 +109,7 @@ impl Io {
         let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await?;
-        Ok(Io::Tls(Box::new(stream)))
+        Ok(Io::Tls(Box::new(stream.into())))
     }
 }
 

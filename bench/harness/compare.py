@@ -145,6 +145,8 @@ def run(out, smoke, log):
         ("haproxy-2hop", lambda: targets.start_haproxy_2hop(out, PROXY_CPU)),
         ("envoy-2hop", lambda: targets.start_envoy_2hop(out, PROXY_CPU)),
         ("mesh-proxy-2hop", lambda: targets.start_mesh_2hop(out, PROXY_CPU)),
+        # The same two hops with identity on: mTLS between the sidecars.
+        ("mesh-mtls-2hop", lambda: targets.start_mesh_2hop(out, PROXY_CPU, "mesh-mtls-2hop", mtls=True)),
     ]
     only = os.environ.get("BENCH_TARGETS")
     if only:

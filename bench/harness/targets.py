@@ -111,17 +111,42 @@ def start_envoy(out, cpus):
     return Running("envoy", 18103, [p], p.pid)
 
 
-def start_control(out, cpus, port=CONTROL_PORT, data="control-data"):
+# Identity (mTLS, tokens, TLS to mesh-control) is off for every target
+# but the mTLS one: the plaintext figures stay comparable with the runs
+# before identity, and the mTLS target is measured beside them.
+IDENTITY = {"MESH_IDENTITY": "off"}
+# The mTLS target's trust bundle and admin token (set when it starts).
+MTLS = {}
+
+
+def start_control(out, cpus, port=CONTROL_PORT, data="control-data", identity=False):
+    env = dict(os.environ, MESH_IDENTITY="on" if identity else "off")
+    data_dir = os.path.join(out, data)
     p = procs.spawn([mesh_bin("mesh-control"), "--listen", f"127.0.0.1:{port}",
-                     "--data-dir", os.path.join(out, data)],
-                    cpus=cpus, log=os.path.join(out, "mesh-control.log"))
-    procs.wait_http(f"http://127.0.0.1:{port}/healthz", deadline_s=20)
-    return p
+                     "--data-dir", data_dir],
+                    cpus=cpus, env=env, log=os.path.join(out, "mesh-control.log"))
+    if not identity:
+        procs.wait_http(f"http://127.0.0.1:{port}/healthz", deadline_s=20)
+        return p
+    MTLS["bundle"] = os.path.join(data_dir, "identity", "bundle.pem")
+    MTLS["admin"] = os.path.join(data_dir, "identity", "admin.token")
+    end = time.monotonic() + 20
+    while True:
+        try:
+            ctl("status", control=f"https://127.0.0.1:{port}", mtls=True)
+            return p
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            if time.monotonic() > end:
+                raise RuntimeError(f"mesh-control (identity on) not ready within 20s: {e}")
+            time.sleep(0.1)
 
 
-def ctl(*args, control=CONTROL_URL):
+def ctl(*args, control=CONTROL_URL, mtls=False):
+    env = dict(os.environ)
+    if mtls:
+        env.update(MESH_TRUST_BUNDLE=MTLS["bundle"], MESH_TOKEN_FILE=MTLS["admin"])
     out = subprocess.run([mesh_bin("mesh-ctl"), "--control", control, "-o", "json", *args],
-                         capture_output=True, text=True, timeout=20)
+                         capture_output=True, text=True, timeout=20, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"mesh-ctl {' '.join(args)}: {out.stderr.strip()}")
     return out.stdout
@@ -145,7 +170,8 @@ def start_proxy(out, cpus, idx, workers=None, control=CONTROL_URL, log_name=None
             *extra]
     if workers:
         argv += ["--workers", str(workers)]
-    env = dict(os.environ, MESH_LOG=os.environ.get("MESH_LOG", "warn"))
+    env = dict(os.environ, MESH_LOG=os.environ.get("MESH_LOG", "warn"),
+               MESH_IDENTITY="on" if control.startswith("https://") else "off")
     p = procs.spawn(argv, cpus=cpus, env=env,
                     log=os.path.join(out, log_name or f"mesh-proxy-{idx}.log"))
     return p, outbound, admin
@@ -235,20 +261,32 @@ def inbound_requests(admin):
     return total, ok
 
 
-def start_mesh_2hop(out, cpus, name="mesh-proxy-2hop"):
+def start_mesh_2hop(out, cpus, name="mesh-proxy-2hop", mtls=False):
     """mesh-control (on the load CPU), no static registration; the server
     sidecar registers the app (the upstream) as `bench` with its inbound
     listener; the client sidecar routes `Host: bench` to that inbound
     listener. Both `--workers 1` on `cpus`. Checks that the endpoint the
     client uses carries the inbound port and that a request went through
-    the server sidecar's inbound side."""
-    control = start_control(out, "1", data=f"control-data-{name}")
+    the server sidecar's inbound side. `mtls`: identity on (a bootstrap
+    token each; the hop between the sidecars is mTLS)."""
+    control = start_control(out, "1", data=f"control-data-{name}", identity=mtls)
+    url = f"https://127.0.0.1:{CONTROL_PORT}" if mtls else CONTROL_URL
     started = [control]
+
+    def identity(service):
+        if not mtls:
+            return []
+        token = json.loads(ctl("token", "create", "--service", service, control=url, mtls=True))["token"]
+        path = os.path.join(out, f"{name}-{service}.token")
+        with open(path, "w") as f:
+            f.write(token)
+        return ["--trust-bundle", MTLS["bundle"], "--token-file", path]
     try:
         srv, _o, sadmin = start_proxy(
-            out, cpus, "2hop-server", workers=1, log_name=f"{name}-server.log", ports=MESH_2HOP_SERVER,
+            out, cpus, f"{name}-server", workers=1, log_name=f"{name}-server.log", ports=MESH_2HOP_SERVER,
+            control=url,
             extra=["--service", "bench", "--app-port", str(UPSTREAM_PORT), "--advertise", "127.0.0.1",
-                   "--inbound", f"127.0.0.1:{MESH_2HOP_INBOUND}"])
+                   "--inbound", f"127.0.0.1:{MESH_2HOP_INBOUND}", *identity("bench")])
         started.append(srv)
         procs.wait_http(f"http://127.0.0.1:{sadmin}/ready")
         procs.wait_port(MESH_2HOP_INBOUND, proc=srv)
@@ -258,7 +296,7 @@ def start_mesh_2hop(out, cpus, name="mesh-proxy-2hop"):
         end = time.monotonic() + 20
         while True:
             try:
-                eps = json.loads(ctl("endpoints", "bench"))["instances"]
+                eps = json.loads(ctl("endpoints", "bench", control=url, mtls=mtls))["instances"]
             except RuntimeError:  # not registered yet
                 eps = []
             if any(e.get("inbound_port") == MESH_2HOP_INBOUND and e.get("health") == "up" for e in eps):
@@ -267,8 +305,8 @@ def start_mesh_2hop(out, cpus, name="mesh-proxy-2hop"):
                 raise RuntimeError(f"{name}: bench not registered with inbound port "
                                    f"{MESH_2HOP_INBOUND} within 20s: {eps}")
             time.sleep(0.1)
-        cl, port, cadmin = start_proxy(out, cpus, "2hop-client", workers=1, log_name=f"{name}-client.log",
-                                       ports=MESH_2HOP_CLIENT)
+        cl, port, cadmin = start_proxy(out, cpus, f"{name}-client", workers=1, log_name=f"{name}-client.log",
+                                       ports=MESH_2HOP_CLIENT, control=url, extra=identity("client"))
         started.append(cl)
         procs.wait_http(f"http://127.0.0.1:{cadmin}/ready")
         procs.wait_http(f"http://127.0.0.1:{cadmin}/state",

@@ -6,6 +6,7 @@ A plain stdlib HTTP server: it knows nothing about the mesh.
   GET /fail  500 "python: failing on purpose" (for the breaker step)
   GET /slow  200 after a second (for the deadline step)
   GET /deadline  200 "python: x-mesh-timeout V": the time its caller had left
+  GET /whoami    200 "python: called by V": x-mesh-caller, the caller's verified identity
 Usage: hello.py PORT
 """
 import os
@@ -26,6 +27,8 @@ class Hello(BaseHTTPRequestHandler):
             status, text = 200, "python: slow on purpose\n"
         elif self.path.startswith("/deadline"):
             status, text = 200, f"python: x-mesh-timeout {self.headers.get('x-mesh-timeout', '-')}\n"
+        elif self.path.startswith("/whoami"):
+            status, text = 200, f"python: called by {self.headers.get('x-mesh-caller', '-')}\n"
         else:
             status, text = 200, f"hello from python (pid {os.getpid()})\n"
         body = text.encode()

@@ -13,21 +13,35 @@ use std::time::Duration;
     name = "mesh-ctl",
     version,
     about = "Read and change the mesh control plane",
-    after_help = "Environment: MESH_CONTROL (--control), MESH_OUTPUT (-o), and for top \
-                  MESH_ADMIN (--admin) and MESH_INTERVAL (--interval); a flag wins.\n\
+    after_help = "Environment: MESH_CONTROL (--control), MESH_OUTPUT (-o), MESH_TOKEN (the \
+                  admin token itself) or MESH_TOKEN_FILE (--token-file), MESH_TRUST_BUNDLE \
+                  (--trust-bundle), and for top MESH_ADMIN (--admin) and MESH_INTERVAL \
+                  (--interval); a flag wins.\n\
                   Exit codes: 0 done, 1 the request failed, 2 bad usage or invalid input."
 )]
 pub struct Cli {
-    /// Control-plane URL (http://host:port); `MESH_CONTROL_URL`, its old
-    /// name, is still read.
+    /// Control-plane URL (https://host:port; http:// when its identity is
+    /// off); `MESH_CONTROL_URL`, its old name, is still read.
     #[arg(
         long,
         global = true,
         env = "MESH_CONTROL",
-        default_value = "http://127.0.0.1:15010",
+        default_value = "https://127.0.0.1:15010",
         value_name = "URL"
     )]
     pub control: String,
+    /// File holding the admin token (mesh-control's `--admin-token-file`,
+    /// or `<data-dir>/identity/admin.token`); writes need it. `MESH_TOKEN`
+    /// may hold the token itself.
+    #[arg(long, global = true, env = "MESH_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+    /// The roots mesh-control's certificate must chain to
+    /// (`<data-dir>/identity/bundle.pem`); needed for https://.
+    #[arg(long, global = true, env = "MESH_TRUST_BUNDLE", value_name = "FILE")]
+    pub trust_bundle: Option<std::path::PathBuf>,
+    /// The SPIFFE trust domain mesh-control proves it belongs to.
+    #[arg(long, global = true, env = "MESH_TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
     /// Output format: a table for people, JSON or YAML for scripts (every
     /// command, `top` included).
     #[arg(short = 'o', long, global = true, env = "MESH_OUTPUT", value_enum, default_value_t = Output::Table)]
@@ -72,10 +86,11 @@ pub enum Command {
     },
     /// Show the control plane's revision, sizes and self-preservation state.
     Status,
-    /// Apply the policy documents of a file (all are validated first; any
-    /// invalid document means nothing from the file is applied).
+    /// Apply the documents of a file (all are validated first; any invalid
+    /// document means nothing from the file is applied).
     Apply {
-        /// Multi-document YAML file of `kind: ServicePolicy` documents; `-` reads stdin.
+        /// Multi-document YAML file of `kind: ServicePolicy` and `kind:
+        /// AuthorizationPolicy` documents; `-` reads stdin.
         #[arg(short = 'f', long = "filename", value_name = "FILE")]
         file: String,
     },
@@ -93,6 +108,66 @@ pub enum Command {
     /// (the Hystrix dashboard in a terminal; Ctrl-C to stop). With
     /// `-o json|yaml`, the proxy's state itself, once per interval.
     Top(TopArgs),
+    /// Bootstrap tokens: what a proxy shows once for its first certificate.
+    Token {
+        #[command(subcommand)]
+        what: TokenCommand,
+    },
+    /// The trust bundle (each root's expiry) and, with --admin, a proxy's
+    /// own certificate; `roots` rotates the bundle.
+    Identity(IdentityArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a token proving SERVICE (for every replica, until it expires).
+    Create {
+        /// The service the token's holder becomes.
+        #[arg(long)]
+        service: String,
+        /// The namespace of the identity (default `default`).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// How long the token is good for.
+        #[arg(long, default_value = "1h", value_parser = parse_duration_arg)]
+        ttl: Duration,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    /// A proxy's admin URL: also show its certificate and renewal state.
+    #[arg(long, value_name = "URL")]
+    pub admin: Option<String>,
+    #[command(subcommand)]
+    pub roots: Option<IdentityCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Rotate trust roots in three steps: add, activate, remove the old.
+    Roots {
+        #[command(subcommand)]
+        step: RootStep,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RootStep {
+    /// Add a root to the bundle, not active yet (made by mesh-control, or
+    /// the operator's with --cert and --key).
+    Add {
+        /// The operator's root certificate (PEM).
+        #[arg(long, requires = "key", value_name = "FILE")]
+        cert: Option<std::path::PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, requires = "cert", value_name = "FILE")]
+        key: Option<std::path::PathBuf>,
+    },
+    /// Sign new leaves under this root; proxies renew onto it.
+    Activate { id: String },
+    /// Drop a root that is no longer active.
+    Remove { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +179,13 @@ pub enum GetCommand {
         /// Service name.
         service: Option<String>,
     },
+    /// A service's AuthorizationPolicy (`*` for the mesh-wide defaults);
+    /// without SERVICE, every one.
+    #[command(visible_alias = "authorizations")]
+    Authorization {
+        /// Service name, or `*`.
+        service: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +193,11 @@ pub enum DeleteCommand {
     /// Delete a service's policy: it runs the defaults again.
     Policy {
         /// Service name.
+        service: String,
+    },
+    /// Delete a service's AuthorizationPolicy.
+    Authorization {
+        /// Service name, or `*`.
         service: String,
     },
 }
@@ -165,6 +252,7 @@ impl RegisterArgs {
             ttl: self.ttl,
             health: Health::Up,
             inbound_port: self.inbound_port,
+            identity: None,
         }
     }
 }

@@ -2,11 +2,12 @@
 //! an exit code: 0 done, 1 the request failed, 2 bad usage or input (the
 //! server's 400 with one line per rejected field).
 
-use crate::cli::{Cli, Command, DeleteCommand, GetCommand, Output};
+use crate::cli::{Cli, Command, DeleteCommand, GetCommand, Output, TokenCommand};
 use crate::error::{emit, CtlError};
 use crate::output;
-use crate::{policy, top, watch};
+use crate::{identity, policy, top, watch};
 use mesh::control::client::ControlClient;
+use mesh::identity::tls::TlsIdentity;
 use serde::Serialize;
 use std::process::ExitCode;
 
@@ -29,7 +30,7 @@ async fn execute(cli: Cli) -> Result<(), CtlError> {
         return top::run(args, format).await;
     }
     // mesh-ctl runs in the operator's shell, not behind interception: no mark.
-    let client = ControlClient::new(&cli.control, None)?;
+    let client = connect(&cli)?;
     match cli.command {
         Command::Services => {
             let services = client.services().await?;
@@ -76,8 +77,51 @@ async fn execute(cli: Cli) -> Result<(), CtlError> {
         Command::Delete {
             what: DeleteCommand::Policy { service },
         } => policy::delete(&client, format, &service).await,
+        Command::Get {
+            what: GetCommand::Authorization { service },
+        } => policy::get_authorization(&client, format, service.as_deref()).await,
+        Command::Delete {
+            what: DeleteCommand::Authorization { service },
+        } => policy::delete_authorization(&client, format, &service).await,
+        Command::Token {
+            what:
+                TokenCommand::Create {
+                    service,
+                    namespace,
+                    ttl,
+                },
+        } => identity::create_token(&client, format, service, namespace, ttl).await,
+        Command::Identity(args) => identity::run(&client, format, args).await,
         Command::Top(_) => Ok(()), // handled above
     }
+}
+
+/// The client for `--control`: TLS checked against `--trust-bundle`, the
+/// admin token from `MESH_TOKEN` or `--token-file` if there is one.
+fn connect(cli: &Cli) -> Result<ControlClient, CtlError> {
+    let tls = match &cli.trust_bundle {
+        Some(path) => {
+            let pem = std::fs::read_to_string(path)
+                .map_err(|e| CtlError::Input(format!("--trust-bundle {}: {e}", path.display())))?;
+            let tls = TlsIdentity::new(&cli.trust_domain, &pem)
+                .map_err(|e| CtlError::Input(format!("--trust-bundle {}: {e}", path.display())))?;
+            Some(tls)
+        }
+        None => None,
+    };
+    let mut client = ControlClient::with_tls(&cli.control, None, tls)?;
+    let token = match (std::env::var("MESH_TOKEN").ok(), &cli.token_file) {
+        (_, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| CtlError::Input(format!("--token-file {}: {e}", path.display())))?,
+        ),
+        (Some(t), None) if !t.trim().is_empty() => Some(t),
+        _ => None,
+    };
+    if let Some(token) = token {
+        client = client.with_bearer(token.trim())?;
+    }
+    Ok(client)
 }
 
 /// What `deregister -o json` prints (the API answers only a revision).

@@ -9,6 +9,7 @@
 mod cli;
 mod commands;
 mod error;
+mod identity;
 mod output;
 mod policy;
 mod top;

@@ -173,6 +173,23 @@ pub fn event_line(ev: &WatchEvent) -> Option<String> {
         }
         WatchEvent::Policy { policy, .. } => format!("{rev}  policy {} applied", policy.service),
         WatchEvent::PolicyRemoved { service, .. } => format!("{rev}  policy {service} deleted"),
+        WatchEvent::Authorization { policy, .. } => {
+            format!("{rev}  authorization {} applied", policy.service)
+        }
+        WatchEvent::AuthorizationRemoved { service, .. } => {
+            format!("{rev}  authorization {service} deleted")
+        }
+        WatchEvent::TrustBundle { bundle, .. } => {
+            let active = bundle
+                .roots
+                .iter()
+                .find(|r| r.active)
+                .map_or("-", |r| r.id.as_str());
+            format!(
+                "{rev}  trust bundle: {} roots, active {active}",
+                bundle.roots.len()
+            )
+        }
     })
 }
 

@@ -1,4 +1,5 @@
-//! `apply -f`, `get policy` and `delete policy`: policy documents in and out.
+//! `apply -f`, `get policy|authorization` and `delete policy|authorization`:
+//! documents in and out.
 //!
 //! `apply` validates every document of the file before sending anything,
 //! so a file is applied whole or not at all as far as validation can tell;
@@ -7,9 +8,12 @@
 use crate::cli::Output;
 use crate::error::{emit, CtlError};
 use crate::output::{self, RenderError};
+use mesh::authz::AUTHZ_KIND;
 use mesh::control::client::ControlClient;
 use mesh::model::policy::Fallback;
-use mesh::model::{format_duration, parse_policy_documents, ServicePolicy, POLICY_KIND};
+use mesh::model::{
+    format_duration, parse_documents, AuthorizationPolicy, Document, ServicePolicy, POLICY_KIND,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -17,6 +21,7 @@ use std::io::Read;
 /// What `apply -o json` reports per document.
 #[derive(Debug, Serialize)]
 pub struct Applied {
+    pub kind: &'static str,
     pub service: String,
     pub revision: u64,
 }
@@ -39,7 +44,7 @@ struct PolicyDoc<'a> {
 
 /// Reads `file` (`-` = stdin) and parses every document; any problem is an
 /// input error (exit 2) naming `FILE: doc N: field: reason`.
-pub fn read_documents(file: &str) -> Result<Vec<ServicePolicy>, CtlError> {
+pub fn read_documents(file: &str) -> Result<Vec<Document>, CtlError> {
     let (name, text) = if file == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -52,7 +57,7 @@ pub fn read_documents(file: &str) -> Result<Vec<ServicePolicy>, CtlError> {
         (file.to_string(), text)
     };
     let name = name.as_str();
-    let policies = parse_policy_documents(&text).map_err(|failures| {
+    let policies = parse_documents(&text).map_err(|failures| {
         let lines = failures
             .iter()
             .flat_map(|(doc, errs)| {
@@ -65,18 +70,18 @@ pub fn read_documents(file: &str) -> Result<Vec<ServicePolicy>, CtlError> {
     })?;
     if policies.is_empty() {
         return Err(CtlError::Input(format!(
-            "{name}: no documents to apply (expected kind: {POLICY_KIND})"
+            "{name}: no documents to apply (expected kind: {POLICY_KIND} or {AUTHZ_KIND})"
         )));
     }
-    // Two documents for one service: the second would silently win.
+    // Two documents of a kind for one service: the second would silently win.
     let mut seen = BTreeMap::new();
     let mut dupes = Vec::new();
-    for (i, p) in policies.iter().enumerate() {
-        if let Some(first) = seen.insert(p.service.as_str(), i + 1) {
+    for (i, d) in policies.iter().enumerate() {
+        let (kind, service) = identify(d);
+        if let Some(first) = seen.insert((kind, service), i + 1) {
             dupes.push(format!(
-                "{name}: doc {}: service: {:?} is also in doc {first}",
+                "{name}: doc {}: service: {service:?} has another {kind} in doc {first}",
                 i + 1,
-                p.service
             ));
         }
     }
@@ -91,9 +96,15 @@ pub async fn apply(client: &ControlClient, format: Output, file: &str) -> Result
     let policies = read_documents(file)?;
     let mut applied = Vec::with_capacity(policies.len());
     for p in &policies {
-        match client.apply_policy(p).await {
+        let (kind, service) = identify(p);
+        let sent = match p {
+            Document::Service(p) => client.apply_policy(p).await,
+            Document::Authorization(p) => client.apply_authorization(p).await,
+        };
+        match sent {
             Ok(revision) => applied.push(Applied {
-                service: p.service.clone(),
+                kind,
+                service: service.to_string(),
                 revision,
             }),
             Err(e) => {
@@ -101,10 +112,9 @@ pub async fn apply(client: &ControlClient, format: Output, file: &str) -> Result
                 if !applied.is_empty() {
                     emit(&output::render(format, &applied, |a| applied_lines(a))?)?;
                     eprintln!(
-                        "error: applied {} of {} documents; policy {} and later ones were not",
+                        "error: applied {} of {} documents; {kind} {service} and later ones were not",
                         applied.len(),
                         policies.len(),
-                        p.service
                     );
                 }
                 return Err(e.into());
@@ -156,9 +166,84 @@ pub async fn delete(client: &ControlClient, format: Output, service: &str) -> Re
 pub fn applied_lines(applied: &[Applied]) -> String {
     let lines: Vec<String> = applied
         .iter()
-        .map(|a| format!("policy {} applied (revision {})", a.service, a.revision))
+        .map(|a| {
+            let what = match a.kind {
+                AUTHZ_KIND => "authorization policy",
+                _ => "policy",
+            };
+            format!("{what} {} applied (revision {})", a.service, a.revision)
+        })
         .collect();
     lines.join("\n")
+}
+
+/// A document's kind and service.
+fn identify(d: &Document) -> (&'static str, &str) {
+    match d {
+        Document::Service(p) => (POLICY_KIND, p.service.as_str()),
+        Document::Authorization(p) => (AUTHZ_KIND, p.service.as_str()),
+    }
+}
+
+/// An authorization policy as a document: `kind` first.
+#[derive(Serialize)]
+struct AuthzDoc<'a> {
+    kind: &'static str,
+    #[serde(flatten)]
+    policy: &'a AuthorizationPolicy,
+}
+
+/// `get authorization [SERVICE]`: YAML documents `apply -f` takes back
+/// (also for `table`), or JSON.
+pub async fn get_authorization(
+    client: &ControlClient,
+    format: Output,
+    service: Option<&str>,
+) -> Result<(), CtlError> {
+    let all = match service {
+        Some(s) => vec![client.authorization(s).await?],
+        None => client.authorizations().await?,
+    };
+    let docs: Vec<AuthzDoc<'_>> = all
+        .iter()
+        .map(|policy| AuthzDoc {
+            kind: AUTHZ_KIND,
+            policy,
+        })
+        .collect();
+    let text = match (format, docs.as_slice()) {
+        (Output::Json, [one]) => output::render(Output::Json, one, |_| String::new())?,
+        (Output::Json, _) => output::render(Output::Json, &docs, |_| String::new())?,
+        (_, docs) => {
+            let yaml: Result<Vec<String>, RenderError> = docs
+                .iter()
+                .map(|d| output::render(Output::Yaml, d, |_| String::new()))
+                .collect();
+            yaml?.join("\n---\n")
+        }
+    };
+    emit(&text)
+}
+
+/// `delete authorization SERVICE`.
+pub async fn delete_authorization(
+    client: &ControlClient,
+    format: Output,
+    service: &str,
+) -> Result<(), CtlError> {
+    let revision = client.delete_authorization(service).await?;
+    let done = Deleted {
+        service: service.to_string(),
+        revision,
+        deleted: true,
+    };
+    let text = output::render(format, &done, |d| {
+        format!(
+            "authorization policy {} deleted (revision {})",
+            d.service, d.revision
+        )
+    })?;
+    emit(&text)
 }
 
 /// YAML documents (also for `table`: a policy reads best as its document)
@@ -235,7 +320,7 @@ pub fn policies_table(policies: &[ServicePolicy]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mesh::model::LoadBalancer;
+    use mesh::model::{parse_policy_documents, LoadBalancer};
 
     fn sample() -> Vec<ServicePolicy> {
         let mut a = ServicePolicy::defaults("orders");

@@ -4,7 +4,7 @@
 
 use clap::Parser;
 use mesh::control::vip::VipCidr;
-use mesh::control::{run, ControlConfig};
+use mesh::control::{run, ControlConfig, IdentityConfig};
 use mesh::model::parse_duration;
 use mesh::telemetry::LogFormat;
 use std::net::SocketAddr;
@@ -16,7 +16,7 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "mesh-control", version, after_help = mesh::flags::ENV_HELP)]
 struct Args {
-    /// Address of the HTTP API.
+    /// Address of the API (HTTPS with identity on).
     #[arg(long, env = "MESH_LISTEN", default_value = "127.0.0.1:15010")]
     listen: SocketAddr,
     /// Directory of the embedded store.
@@ -38,6 +38,31 @@ struct Args {
     /// Quiet time after which a watch stream sends a keep-alive line.
     #[arg(long, env = "MESH_KEEPALIVE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     keepalive_interval: Duration,
+    /// Workload identity: the CA, TLS on the API and authentication (`on`,
+    /// the default), or `off` (plaintext HTTP, nothing checked).
+    #[arg(long, env = "MESH_IDENTITY", default_value = "on", value_parser = mesh::flags::parse_on_off)]
+    identity: bool,
+    /// The SPIFFE trust domain of every identity issued.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
+    trust_domain: String,
+    /// Lifetime of workload certificates (renewed at 70 % of it).
+    #[arg(long, env = "MESH_CERT_TTL", default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
+    /// The operator's root certificate (PEM), made the active root; with
+    /// `--ca-key`. Without them a root is made on first start.
+    #[arg(long, env = "MESH_CA_CERT", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The private key of `--ca-cert` (PEM).
+    #[arg(long, env = "MESH_CA_KEY", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// File holding the admin token `mesh-ctl` writes with (default: made
+    /// at first start in `<data-dir>/identity/admin.token`).
+    #[arg(long, env = "MESH_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// DNS name or IP put in mesh-control's own certificate besides its
+    /// SPIFFE ID (for clients that check names); repeatable.
+    #[arg(long = "tls-name", env = "MESH_TLS_NAME", value_delimiter = ',')]
+    tls_names: Vec<String>,
     /// Log line format on stderr: `text` (coloured only on a terminal) or
     /// `json` (one object per line).
     #[arg(long, env = "MESH_LOG_FORMAT", value_enum, default_value_t)]
@@ -57,6 +82,21 @@ async fn main() -> ExitCode {
         self_preservation_threshold: args.self_preservation_threshold,
         self_preservation_min: args.self_preservation_min,
         keepalive_interval: args.keepalive_interval,
+        identity: args.identity.then(|| {
+            let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+            if !args.listen.ip().is_unspecified() {
+                names.push(args.listen.ip().to_string());
+            }
+            names.extend(args.tls_names.iter().cloned());
+            names.dedup();
+            IdentityConfig {
+                trust_domain: args.trust_domain.clone(),
+                cert_ttl: args.cert_ttl,
+                ca: args.ca_cert.clone().zip(args.ca_key.clone()),
+                admin_token_file: args.admin_token_file.clone(),
+                server_names: names,
+            }
+        }),
         ..ControlConfig::default()
     };
     match run(config, shutdown_signal()).await {

@@ -192,6 +192,12 @@ impl ControlClient {
         if let Some(token) = token {
             req.headers_mut()
                 .insert(http::header::AUTHORIZATION, bearer(token)?);
+            // This session has no certificate; the next requests must
+            // come on one that presents the certificate about to arrive.
+            req.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
         }
         self.exchange(req, "/v1/identity/certify").await
     }

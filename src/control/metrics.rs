@@ -6,6 +6,7 @@
 
 use crate::control::registry::Registry;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry as PromRegistry;
 
@@ -22,6 +23,15 @@ pub struct Metrics {
     pub evictions: Counter,
     /// Open watch streams; a clone lives in each stream's drop guard.
     pub watchers: Gauge,
+    /// Workload certificates signed.
+    pub certificates_issued: Counter,
+    /// Requests refused 401 or 403, by reason.
+    pub refusals: Family<RefusalLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct RefusalLabel {
+    pub reason: &'static str,
 }
 
 // === impl Metrics ===
@@ -39,6 +49,8 @@ impl Metrics {
             self_preservation: Gauge::default(),
             evictions: Counter::default(),
             watchers: Gauge::default(),
+            certificates_issued: Counter::default(),
+            refusals: Family::default(),
             prom: PromRegistry::default(),
         };
         prom.register("services", "Registered services", m.services.clone());
@@ -56,6 +68,16 @@ impl Metrics {
             m.evictions.clone(),
         );
         prom.register("watchers", "Open watch streams", m.watchers.clone());
+        prom.register(
+            "certificates_issued",
+            "Workload certificates signed by the CA",
+            m.certificates_issued.clone(),
+        );
+        prom.register(
+            "auth_refusals",
+            "Requests refused: unauthenticated (401: no or bad credential) or forbidden (403: not allowed)",
+            crate::telemetry::Declared(m.refusals.clone()),
+        );
         Metrics { prom: root, ..m }
     }
 

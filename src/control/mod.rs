@@ -6,7 +6,9 @@
 //! ends watch streams and drains in-flight requests.
 
 pub mod api; //      HTTP/JSON API: `router(state)`
+pub mod auth; //     who calls (admin token, certificate, bootstrap token) and what they may do
 pub mod client; //   HTTP client for the /v1 API, used by mesh-proxy and mesh-ctl
+pub mod listener; // TCP or TLS listener, handshakes off the accept path
 pub mod metrics; //  Prometheus metrics
 pub mod registry; // services, instances, leases, revision, change fan-out
 pub mod store; //    redb persistence
@@ -14,11 +16,13 @@ pub mod vip; //      VIP allocation from --vip-cidr
 pub mod watch; //    the NDJSON watch stream
 
 use crate::control::api::AppState;
+pub use crate::control::auth::IdentityConfig;
+use crate::control::auth::{Auth, Peer};
+use crate::control::listener::ControlListener;
 use crate::control::metrics::Metrics;
 use crate::control::registry::{Registry, RegistryError, RegistrySettings};
 use crate::control::store::Store;
 use crate::control::vip::VipCidr;
-use axum::serve::ListenerExt;
 use std::future::Future;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -51,6 +55,9 @@ pub struct ControlConfig {
     pub keepalive_interval: Duration,
     /// Changes kept in memory for `since=REV` resumes (no flag).
     pub change_log_capacity: usize,
+    /// `--identity on` (the binary's default): the CA, TLS and
+    /// authentication. `None`: plaintext, nothing checked.
+    pub identity: Option<IdentityConfig>,
 }
 
 impl Default for ControlConfig {
@@ -64,6 +71,7 @@ impl Default for ControlConfig {
             self_preservation_min: 3,
             keepalive_interval: Duration::from_secs(5),
             change_log_capacity: 4096,
+            identity: None,
         }
     }
 }
@@ -83,6 +91,8 @@ pub enum ControlError {
     },
     #[error("HTTP server failed: {0}")]
     Serve(std::io::Error),
+    #[error("identity: {0}")]
+    Identity(String),
 }
 
 /// A bound, not yet serving, control plane.
@@ -91,6 +101,7 @@ pub struct ControlServer {
     local_addr: SocketAddr,
     registry: Arc<Registry>,
     metrics: Arc<Metrics>,
+    auth: Option<Arc<Auth>>,
     config: ControlConfig,
 }
 
@@ -117,10 +128,20 @@ impl ControlServer {
             ..RegistrySettings::default()
         };
         let (data_dir, cidr) = (config.data_dir.clone(), config.vip_cidr);
-        // Opening redb reads and may repair the file: keep it off the runtime threads.
-        let registry = tokio::task::spawn_blocking(move || {
+        let identity = config.identity.clone();
+        // Opening redb reads and may repair the file, and the CA makes keys
+        // on first start: keep both off the runtime threads.
+        let (registry, auth) = tokio::task::spawn_blocking(move || {
             let store = Store::open(&data_dir)?;
-            Ok::<_, ControlError>(Registry::open(store, cidr, settings)?)
+            let registry = Registry::open(store, cidr, settings)?;
+            let auth = match &identity {
+                Some(cfg) => Some(Auth::open(cfg, &data_dir).map_err(ControlError::Identity)?),
+                None => None,
+            };
+            if let Some(a) = &auth {
+                registry.set_bundle(a.ca.bundle());
+            }
+            Ok::<_, ControlError>((registry, auth))
         })
         .await
         .map_err(|e| ControlError::Config(format!("store open task failed: {e}")))??;
@@ -137,6 +158,7 @@ impl ControlServer {
             local_addr,
             registry: Arc::new(registry),
             metrics: Arc::new(Metrics::new()),
+            auth: auth.map(Arc::new),
             config,
         })
     }
@@ -161,7 +183,11 @@ impl ControlServer {
             metrics: self.metrics.clone(),
             keepalive: self.config.keepalive_interval,
             shutdown: stop_rx.clone(),
+            auth: self.auth.clone(),
         };
+        if let Some(auth) = &self.auth {
+            tokio::spawn(refresh_own_cert(auth.clone(), stop_rx.clone()));
+        }
         let sweeper = tokio::spawn(sweep_loop(
             self.registry.clone(),
             self.metrics.clone(),
@@ -169,16 +195,17 @@ impl ControlServer {
             stop_rx.clone(),
         ));
         let revision = self.registry.revision();
-        tracing::info!(listen = %self.local_addr, revision, data_dir = %self.config.data_dir.display(), "mesh-control serving");
-
-        let listener = self.listener.tap_io(|tcp| {
-            // Watch lines are small writes that must leave at once.
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
+        let tls = self.auth.as_ref().map(|a| a.tls.clone());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(listen = %self.local_addr, scheme, revision, data_dir = %self.config.data_dir.display(), "mesh-control serving");
+        if let Some(a) = &self.auth {
+            let dir = self.config.data_dir.join("identity");
+            tracing::info!(trust_domain = %a.ca.trust_domain(), bundle = %dir.join("bundle.pem").display(), admin_token = %dir.join("admin.token").display(), "identity on: proxies need the bundle and a bootstrap token (mesh-ctl token create)");
+        }
+        let listener = ControlListener::new(self.listener, tls).map_err(ControlError::Serve)?;
         let mut graceful_rx = stop_rx.clone();
-        let server = axum::serve(listener, api::router(state)).with_graceful_shutdown(async move {
+        let app = api::router(state).into_make_service_with_connect_info::<Peer>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = graceful_rx.wait_for(|stop| *stop).await;
         });
         let mut server = std::pin::pin!(server.into_future());
@@ -208,6 +235,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ControlError> {
     ControlServer::bind(config).await?.serve(shutdown).await
+}
+
+/// Issues mesh-control's own certificate again at 70 % of its life.
+async fn refresh_own_cert(auth: Arc<Auth>, mut stop: signal::Receiver<bool>) {
+    loop {
+        let life = auth.ca.leaf_ttl().mul_f64(0.7).max(Duration::from_secs(1));
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(life) => {}
+        }
+        let auth2 = auth.clone();
+        match tokio::task::spawn_blocking(move || auth2.refresh_own()).await {
+            Ok(Ok(_)) => tracing::debug!("mesh-control's certificate renewed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot renew mesh-control's certificate"),
+            Err(e) => tracing::error!(error = %e, "certificate task failed"),
+        }
+    }
 }
 
 /// Sweeps expired leases every `interval` until shutdown.

@@ -6,7 +6,7 @@
 //! before anyone can observe it, so a restart never shows a revision lower
 //! than one a watcher has already seen.
 
-use crate::model::{Instance, ServicePolicy};
+use crate::model::{AuthorizationPolicy, Instance, ServicePolicy};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -21,6 +21,8 @@ const VIPS: TableDefinition<&str, u32> = TableDefinition::new("vips");
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances");
 /// service name → its `ServicePolicy` as JSON (the API's wire shape).
 const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
+/// service name (or `*`) → its `AuthorizationPolicy` as JSON.
+const AUTHORIZATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("authorizations");
 
 const REVISION_KEY: &str = "revision";
 const FILE_NAME: &str = "control.redb";
@@ -51,6 +53,8 @@ pub enum Write<'a> {
     PutVip { service: &'a str, vip: Ipv4Addr },
     PutPolicy(&'a ServicePolicy),
     DeletePolicy { service: &'a str },
+    PutAuthorization(&'a AuthorizationPolicy),
+    DeleteAuthorization { service: &'a str },
 }
 
 /// Everything the store held at startup.
@@ -60,6 +64,7 @@ pub struct Loaded {
     pub vips: BTreeMap<String, Ipv4Addr>,
     pub instances: Vec<Instance>,
     pub policies: Vec<ServicePolicy>,
+    pub authorizations: Vec<AuthorizationPolicy>,
 }
 
 /// Handle on the redb file. Every method is synchronous and short; the
@@ -118,31 +123,32 @@ impl Store {
                 .vips
                 .insert(k.value().to_string(), Ipv4Addr::from(v.value()));
         }
-        let instances = txn.open_table(INSTANCES).map_err(|e| self.err(e))?;
-        for row in instances.iter().map_err(|e| self.err(e))? {
-            let (k, v) = row.map_err(|e| self.err(e))?;
-            let inst: Instance =
-                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                    path: self.path.clone(),
-                    table: "instance",
-                    key: k.value().to_string(),
-                    reason: e.to_string(),
-                })?;
-            loaded.instances.push(inst);
-        }
-        let policies = txn.open_table(POLICIES).map_err(|e| self.err(e))?;
-        for row in policies.iter().map_err(|e| self.err(e))? {
-            let (k, v) = row.map_err(|e| self.err(e))?;
-            let policy: ServicePolicy =
-                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
-                    path: self.path.clone(),
-                    table: "policy",
-                    key: k.value().to_string(),
-                    reason: e.to_string(),
-                })?;
-            loaded.policies.push(policy);
-        }
+        loaded.instances = self.json_rows(&txn, INSTANCES, "instance")?;
+        loaded.policies = self.json_rows(&txn, POLICIES, "policy")?;
+        loaded.authorizations = self.json_rows(&txn, AUTHORIZATIONS, "authorization")?;
         Ok(loaded)
+    }
+
+    /// Every row of a table of JSON documents.
+    fn json_rows<T: serde::de::DeserializeOwned>(
+        &self,
+        txn: &redb::ReadTransaction,
+        table: TableDefinition<&str, &[u8]>,
+        what: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let table = txn.open_table(table).map_err(|e| self.err(e))?;
+        let mut rows = Vec::new();
+        for row in table.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let doc = serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                table: what,
+                key: k.value().to_string(),
+                reason: e.to_string(),
+            })?;
+            rows.push(doc);
+        }
+        Ok(rows)
     }
 
     /// Applies `writes` and, if given, sets the revision, atomically and
@@ -154,6 +160,7 @@ impl Store {
             let mut vips = txn.open_table(VIPS).map_err(|e| self.err(e))?;
             let mut instances = txn.open_table(INSTANCES).map_err(|e| self.err(e))?;
             let mut policies = txn.open_table(POLICIES).map_err(|e| self.err(e))?;
+            let mut authorizations = txn.open_table(AUTHORIZATIONS).map_err(|e| self.err(e))?;
             if let Some(rev) = revision {
                 meta.insert(REVISION_KEY, rev).map_err(|e| self.err(e))?;
             }
@@ -185,6 +192,15 @@ impl Store {
                     Write::DeletePolicy { service } => {
                         policies.remove(*service).map_err(|e| self.err(e))?;
                     }
+                    Write::PutAuthorization(policy) => {
+                        let json = serde_json::to_vec(policy).unwrap_or_default();
+                        authorizations
+                            .insert(policy.service.as_str(), json.as_slice())
+                            .map_err(|e| self.err(e))?;
+                    }
+                    Write::DeleteAuthorization { service } => {
+                        authorizations.remove(*service).map_err(|e| self.err(e))?;
+                    }
                 }
             }
         }
@@ -212,6 +228,7 @@ mod tests {
             health: Health::Up,
             ttl_secs: Some(10),
             inbound_port: Some(15006),
+            identity: None,
         }
     }
 

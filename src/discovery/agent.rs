@@ -166,6 +166,7 @@ impl RegistrationAgent {
 
     async fn register(&self, health: Health) -> Result<(), ClientError> {
         let req = RegisterRequest {
+            identity: None,
             id: Some(self.cfg.instance_id.clone()),
             address: self.cfg.advertise,
             port: self.cfg.app_port,

@@ -66,6 +66,8 @@ mod tests {
         let snap = Snapshot {
             revision: 42,
             policies: Vec::new(),
+            authorizations: Vec::new(),
+            bundle: None,
             services: vec![ServiceInfo {
                 name: "hello".into(),
                 vip: "127.100.0.1".parse().unwrap(),

@@ -17,9 +17,9 @@ use super::tls::{Presented, TlsError, TlsIdentity};
 use super::{pem, rfc3339, seconds_left, SpiffeId};
 use crate::control::client::ControlClient;
 use crate::model::identity::TrustBundle;
+use crate::model::state::IdentityState;
 use rcgen::{CertificateParams, KeyPair};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -45,28 +45,6 @@ pub enum WorkloadError {
     Tls(#[from] TlsError),
 }
 
-/// `/state`'s identity section.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdentityState {
-    /// This proxy's SPIFFE ID; absent until the first certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_in_secs: Option<i64>,
-    /// Renewals that failed since the last success.
-    pub renew_failures: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// The root the current leaf was issued under.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issued_under: Option<String>,
-    /// The trust bundle's roots, as last pushed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub roots: Vec<crate::model::identity::RootInfo>,
-}
-
 pub struct Workload {
     pub tls: Arc<TlsIdentity>,
     dir: PathBuf,
@@ -74,6 +52,9 @@ pub struct Workload {
     state: Mutex<IdentityState>,
     /// Wakes the renewal loop early: the active root changed.
     renew_now: Notify,
+    /// True once a certificate is in the slot (registration and the
+    /// discovery watch wait for it: the control plane needs it).
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 // === impl Workload ===
@@ -113,6 +94,7 @@ impl Workload {
             key,
             state: Mutex::new(IdentityState::default()),
             renew_now: Notify::new(),
+            ready: tokio::sync::watch::channel(false).0,
         };
         if let Ok(text) = std::fs::read_to_string(this.dir.join(CERT_FILE)) {
             match this.install(&text) {
@@ -143,6 +125,12 @@ impl Workload {
     /// A valid certificate is in the slot.
     pub fn ready(&self) -> bool {
         self.current().is_some()
+    }
+
+    /// Returns once a certificate is in the slot.
+    pub async fn wait_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|ready| *ready).await;
     }
 
     /// The certificate in the slot, if it has not expired.
@@ -180,7 +168,11 @@ impl Workload {
     fn install(&self, chain_pem: &str) -> Result<Presented, String> {
         let chain = pem::certs(chain_pem)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()));
-        self.tls.set_cert(chain, key).map_err(|e| e.to_string())
+        let presented = self.tls.set_cert(chain, key).map_err(|e| e.to_string())?;
+        if presented.not_after > SystemTime::now() {
+            self.ready.send_replace(true);
+        }
+        Ok(presented)
     }
 
     /// One certify call: the token for the first certificate, the current
@@ -199,9 +191,19 @@ impl Workload {
             .set_bundle(&reply.bundle)
             .map_err(|e| e.to_string())?;
         let presented = self.install(&reply.certificate)?;
-        let io = |e: std::io::Error| e.to_string();
-        pem::write_file(&self.dir.join(CERT_FILE), &reply.certificate, false).map_err(io)?;
-        pem::write_file(&self.dir.join(BUNDLE_FILE), &reply.bundle, false).map_err(io)?;
+        // Kept for a restart without the control plane; written (and
+        // synced) off the runtime's threads.
+        let dir = self.dir.clone();
+        let cached = tokio::task::spawn_blocking(move || {
+            pem::write_file(&dir.join(CERT_FILE), &reply.certificate, false)?;
+            pem::write_file(&dir.join(BUNDLE_FILE), &reply.bundle, false)
+        })
+        .await;
+        match cached {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot cache the certificate"),
+            Err(e) => tracing::warn!(error = %e, "certificate cache task failed"),
+        }
         let mut st = self.lock();
         st.renew_failures = 0;
         st.last_error = None;

@@ -16,10 +16,14 @@ mod validate;
 pub use cidr::Ipv4Cidr;
 pub use duration::{format_duration, parse_duration};
 pub use policy::{LoadBalancer, ServicePolicy};
-pub use policy_parse::{parse_policy_documents, MAX_OPAQUE_PORTS, MAX_RETRY_ATTEMPTS, POLICY_KIND};
+pub use policy_parse::{
+    parse_documents, parse_policy_documents, Document, MAX_OPAQUE_PORTS, MAX_RETRY_ATTEMPTS,
+    POLICY_KIND,
+};
 pub use register::{RegisterRequest, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};
 pub use validate::{validate_instance_id, validate_service_name, FieldError, FieldErrors};
 
+pub use crate::authz::AuthorizationPolicy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -66,6 +70,12 @@ pub struct Instance {
     /// to `port`. `None` for an instance without a sidecar inbound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_port: Option<u16>,
+    /// The SPIFFE ID of the workload that registered it, as mesh-control
+    /// read it from its certificate (never from the request). Callers'
+    /// proxies accept only this identity at `inbound_port`. `None` for
+    /// registrations by an operator, or with identity off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 /// A service, its virtual IP and its instances.
@@ -88,6 +98,13 @@ pub struct Snapshot {
     /// default stack.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<ServicePolicy>,
+    /// Applied authorization policies, sorted by service (`*`, the
+    /// mesh-wide defaults, first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorizations: Vec<AuthorizationPolicy>,
+    /// The roots to trust (identity on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<identity::TrustBundle>,
 }
 
 /// One line of the watch stream (`GET /v1/watch?since=REV`, NDJSON).
@@ -96,7 +113,9 @@ pub struct Snapshot {
 pub enum WatchEvent {
     /// The full registry; replaces whatever the watcher held. Sent first
     /// when `since` is 0, unknown, or too far behind the change log.
-    Snapshot { snapshot: Snapshot },
+    Snapshot {
+        snapshot: Snapshot,
+    },
     /// An instance was added or changed (health, metadata, address). `vip`
     /// is its service's VIP, so the first instance also creates the service.
     Upsert {
@@ -117,9 +136,28 @@ pub enum WatchEvent {
         policy: ServicePolicy,
     },
     /// A service's policy was deleted: it runs the defaults again.
-    PolicyRemoved { revision: u64, service: String },
+    PolicyRemoved {
+        revision: u64,
+        service: String,
+    },
+    /// An authorization policy was applied (created or replaced).
+    Authorization {
+        revision: u64,
+        policy: AuthorizationPolicy,
+    },
+    AuthorizationRemoved {
+        revision: u64,
+        service: String,
+    },
+    /// The trust bundle changed: a root was added, activated or removed.
+    TrustBundle {
+        revision: u64,
+        bundle: identity::TrustBundle,
+    },
     /// Nothing changed; proves the stream is alive.
-    Keepalive { revision: u64 },
+    Keepalive {
+        revision: u64,
+    },
 }
 
 impl WatchEvent {
@@ -130,6 +168,9 @@ impl WatchEvent {
             | WatchEvent::Remove { revision, .. }
             | WatchEvent::Policy { revision, .. }
             | WatchEvent::PolicyRemoved { revision, .. }
+            | WatchEvent::Authorization { revision, .. }
+            | WatchEvent::AuthorizationRemoved { revision, .. }
+            | WatchEvent::TrustBundle { revision, .. }
             | WatchEvent::Keepalive { revision } => *revision,
         }
     }

@@ -68,6 +68,36 @@ impl ServicePolicy {
 /// syntax error ends reading there and names its line.
 #[allow(clippy::type_complexity)]
 pub fn parse_policy_documents(yaml: &str) -> Result<Vec<ServicePolicy>, Vec<(usize, FieldErrors)>> {
+    let docs = parse_documents(yaml)?;
+    let mut policies = Vec::new();
+    let mut failures = Vec::new();
+    for (i, d) in docs.into_iter().enumerate() {
+        match d {
+            Document::Service(p) => policies.push(*p),
+            Document::Authorization(_) => {
+                let mut errs = FieldErrors::default();
+                errs.push("kind", format!("expected {POLICY_KIND}"));
+                failures.push((i + 1, errs));
+            }
+        }
+    }
+    match failures.is_empty() {
+        true => Ok(policies),
+        false => Err(failures),
+    }
+}
+
+/// One document of a file `mesh-ctl apply -f` takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Document {
+    Service(Box<ServicePolicy>),
+    Authorization(crate::authz::AuthorizationPolicy),
+}
+
+/// Every document of a multi-document YAML text, by its `kind`
+/// (`ServicePolicy` or `AuthorizationPolicy`); on failure, every invalid
+/// document with every bad field (documents numbered from 1).
+pub fn parse_documents(yaml: &str) -> Result<Vec<Document>, Vec<(usize, FieldErrors)>> {
     let mut policies = Vec::new();
     let mut failures = Vec::new();
     // One document per round; the bound only guards against a parser that
@@ -87,7 +117,14 @@ pub fn parse_policy_documents(yaml: &str) -> Result<Vec<ServicePolicy>, Vec<(usi
                 break;
             }
         };
-        match parse(&value, Kind::Required) {
+        let authz = value.get("kind").and_then(Value::as_str) == Some(crate::authz::AUTHZ_KIND);
+        let parsed = match authz {
+            true => {
+                crate::authz::AuthorizationPolicy::from_value(&value).map(Document::Authorization)
+            }
+            false => parse(&value, Kind::Required).map(|p| Document::Service(Box::new(p))),
+        };
+        match parsed {
             Ok(p) => policies.push(p),
             Err(errs) => failures.push((index, errs)),
         }
@@ -124,7 +161,10 @@ fn parse(doc: &Value, kind: Kind) -> Result<ServicePolicy, FieldErrors> {
         (Some(Value::String(k)), _) if k == POLICY_KIND => {}
         (Some(other), _) => errs.push(
             "kind",
-            format!("{other} is not a known kind; expected {POLICY_KIND}"),
+            format!(
+                "{other} is not a known kind; expected {POLICY_KIND} or {}",
+                crate::authz::AUTHZ_KIND
+            ),
         ),
     }
 

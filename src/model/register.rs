@@ -32,6 +32,10 @@ pub struct RegisterRequest {
     /// Port of the sidecar's inbound listener at `address`, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_port: Option<u16>,
+    /// Set by mesh-control from the registrant's certificate; never read
+    /// from the request body.
+    #[serde(skip)]
+    pub identity: Option<String>,
 }
 
 impl RegisterRequest {
@@ -144,6 +148,7 @@ impl RegisterRequest {
                 ttl,
                 health,
                 inbound_port,
+                identity: None,
             }),
             _ => Err(errs),
         }

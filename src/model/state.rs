@@ -28,6 +28,9 @@ pub struct ProxyState {
     /// The inbound listener, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inbound: Option<InboundState>,
+    /// This proxy's certificate (identity on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityState>,
 }
 
 /// The registry as the proxy routes by it.
@@ -204,4 +207,26 @@ mod tests {
         let again: ProxyState = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
         assert_eq!(again, s);
     }
+}
+
+/// `/state`'s identity section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityState {
+    /// This proxy's SPIFFE ID; absent until the first certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_secs: Option<i64>,
+    /// Renewals that failed since the last success.
+    pub renew_failures: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The root the current leaf was issued under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_under: Option<String>,
+    /// The trust bundle's roots, as last pushed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roots: Vec<super::identity::RootInfo>,
 }

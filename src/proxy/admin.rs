@@ -1,8 +1,10 @@
 //! The admin server: readiness, liveness, metrics, state, shutdown.
 
 use crate::discovery::{AgentState, Directory};
+use crate::identity::workload::Workload;
 use crate::model::state::{InboundState, ProxyState};
 use crate::telemetry::ProxyMetrics;
+use crate::telemetry::RootLabel;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,6 +30,8 @@ pub struct AdminState {
     pub learned: Arc<crate::proxy::protocol::Learned>,
     /// The inbound listener and its limit, when there is one.
     pub inbound: Option<(std::net::SocketAddr, u32)>,
+    /// Identity on: the certificate `/ready` waits for and `/state` shows.
+    pub identity: Option<Arc<Workload>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -42,6 +46,13 @@ pub fn router(state: AdminState) -> Router {
 
 async fn ready(State(s): State<AdminState>) -> Response {
     let listening = s.listening.load(Ordering::Acquire);
+    if s.identity.as_ref().is_some_and(|w| !w.ready()) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no valid certificate yet (see /state identity.last_error)\n",
+        )
+            .into_response();
+    }
     match (listening, s.dir.revision()) {
         (true, Some(rev)) => format!("ready (revision {rev})\n").into_response(),
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "listeners not up yet\n").into_response(),
@@ -63,7 +74,19 @@ async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
                 s.metrics.set_resilience(&svc.name, &svc.resilience.view());
                 s.metrics.set_endpoints(&svc.name, svc.endpoint_counts(now));
             }
-        })
+        });
+        if let Some(w) = &s.identity {
+            let st = w.state();
+            let m = &s.metrics.identity;
+            m.cert_expiry.set(st.expires_in_secs.unwrap_or(0));
+            m.renew_failures
+                .set(i64::try_from(st.renew_failures).unwrap_or(i64::MAX));
+            m.root_expiry.clear();
+            for r in &st.roots {
+                let root = RootLabel { root: r.id.clone() };
+                m.root_expiry.get_or_create(&root).set(r.expires_in_secs);
+            }
+        }
     };
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let (content_type, text) = s.metrics.scrape(set_gauges, accept);
@@ -87,6 +110,7 @@ async fn proxy_state(State(s): State<AdminState>) -> Json<ProxyState> {
             max_concurrent,
             in_flight: s.metrics.traffic.inbound_inflight.get(),
         }),
+        identity: s.identity.as_ref().map(|w| w.state()),
     })
 }
 
@@ -115,6 +139,7 @@ mod tests {
             control_url: "http://127.0.0.1:15010".into(),
             learned: Default::default(),
             inbound: None,
+            identity: None,
         }
     }
 

@@ -12,9 +12,26 @@ use std::time::Duration;
 
 #[derive(Args, Clone, Debug)]
 pub struct ProxyArgs {
-    /// The control plane's URL.
-    #[arg(long, env = "MESH_CONTROL", default_value = "http://127.0.0.1:15010")]
+    /// The control plane's URL (`https://` with identity on, `http://` off).
+    #[arg(long, env = "MESH_CONTROL", default_value = "https://127.0.0.1:15010")]
     pub control: String,
+    /// Workload identity and mTLS between sidecars: `on` (the default) or
+    /// `off` (plaintext, nothing authenticated: a trusted network only).
+    #[arg(long, env = "MESH_IDENTITY", default_value = "on", value_parser = crate::flags::parse_on_off)]
+    pub identity: bool,
+    /// The SPIFFE trust domain; must match mesh-control's.
+    #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = crate::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+    /// The roots to trust (PEM; mesh-control writes
+    /// `<data-dir>/identity/bundle.pem`). Later changes are pushed; the
+    /// last bundle is kept in `--cache-dir`, which is enough on a restart.
+    #[arg(long, env = "MESH_TRUST_BUNDLE")]
+    pub trust_bundle: Option<PathBuf>,
+    /// A bootstrap token for this proxy's first certificate
+    /// (`mesh-ctl token create --service S`): what a Kubernetes Secret
+    /// would carry. Not needed once a certificate is in `--cache-dir`.
+    #[arg(long, env = "MESH_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Register the local app as an instance of this service.
     #[arg(long, env = "MESH_SERVICE", requires = "app_port")]
     pub service: Option<String>,

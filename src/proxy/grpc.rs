@@ -12,6 +12,7 @@ pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 pub mod code {
     pub const INVALID_ARGUMENT: u32 = 3;
     pub const DEADLINE_EXCEEDED: u32 = 4;
+    pub const PERMISSION_DENIED: u32 = 7;
     pub const INTERNAL: u32 = 13;
     pub const UNAVAILABLE: u32 = 14;
 }

@@ -46,6 +46,13 @@ pub enum MeshError {
     /// is reached: the app is protected, the caller may retry elsewhere.
     #[error("the app's concurrency limit ({0}) is reached")]
     Overloaded(u32),
+    /// An AuthorizationPolicy refused the caller (the rule is named).
+    #[error("{caller} may not call {service} (rule {rule})")]
+    Forbidden {
+        caller: String,
+        service: String,
+        rule: String,
+    },
 }
 
 impl MeshError {
@@ -64,6 +71,7 @@ impl MeshError {
             MeshError::LoopDetected => "loop-detected",
             MeshError::BadRequest(_) => "bad-request",
             MeshError::Overloaded(_) => "overloaded",
+            MeshError::Forbidden { .. } => "forbidden",
         }
     }
 
@@ -81,6 +89,7 @@ impl MeshError {
             | MeshError::DnsFailed { .. } => StatusCode::BAD_GATEWAY,
             MeshError::LoopDetected => StatusCode::LOOP_DETECTED,
             MeshError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            MeshError::Forbidden { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -94,6 +103,7 @@ impl MeshError {
                 | MeshError::DnsFailed { .. }
                 | MeshError::LoopDetected
                 | MeshError::BadRequest(_)
+                | MeshError::Forbidden { .. }
         )
     }
 
@@ -108,6 +118,7 @@ impl MeshError {
             MeshError::Timeout(_) => code::DEADLINE_EXCEEDED,
             MeshError::BadRequest(_) => code::INVALID_ARGUMENT,
             MeshError::LoopDetected => code::INTERNAL,
+            MeshError::Forbidden { .. } => code::PERMISSION_DENIED,
             _ => code::UNAVAILABLE,
         }
     }

@@ -14,6 +14,7 @@ use crate::control::client::ControlClient;
 use crate::discovery::{
     self, AgentConfig, Directory, HealthCheck, RegistrationAgent, SnapshotCache,
 };
+use crate::identity::workload::Workload;
 use crate::net::ConnectOptions;
 use crate::telemetry::ProxyMetrics;
 use http::HeaderValue;
@@ -93,6 +94,10 @@ pub struct Bound {
     via_token: String,
     via: HeaderValue,
     caller: Option<HeaderValue>,
+    /// Identity on: this proxy's key, certificate and roots.
+    workload: Option<Arc<Workload>>,
+    /// The bootstrap token, for a first certificate.
+    token: Option<String>,
 }
 
 /// Binds every listener and checks the flags, loading the cached registry
@@ -115,8 +120,10 @@ pub async fn bind(args: ProxyArgs) -> Result<Bound, ProxyError> {
         }
     }
     let mark = (args.mark != 0).then_some(args.mark);
-    let client =
-        ControlClient::new(&args.control, mark).map_err(|e| ProxyError::Control(e.to_string()))?;
+    let (workload, token) = identity(&args)?;
+    let tls = workload.as_ref().map(|w| w.tls.clone());
+    let client = ControlClient::with_tls(&args.control, mark, tls)
+        .map_err(|e| ProxyError::Control(e.to_string()))?;
 
     let outbound = bind_tcp("--outbound", args.outbound).await?;
     let admin = bind_tcp("--admin", args.admin).await?;
@@ -154,9 +161,13 @@ pub async fn bind(args: ProxyArgs) -> Result<Bound, ProxyError> {
     let via_token = format!("mesh-{:08x}", fastrand::u32(..));
     let via = HeaderValue::from_str(&format!("1.1 {via_token}"))
         .map_err(|e| ProxyError::Config(e.to_string()))?;
-    let caller = match &args.service {
-        Some(s) => Some(HeaderValue::from_str(s).map_err(|e| ProxyError::Config(e.to_string()))?),
-        None => None,
+    // With identity off, peer proxies learn the caller from this header;
+    // with identity on, from the certificate alone.
+    let caller = match (&args.service, args.identity) {
+        (Some(s), false) => {
+            Some(HeaderValue::from_str(s).map_err(|e| ProxyError::Config(e.to_string()))?)
+        }
+        _ => None,
     };
     Ok(Bound {
         args,
@@ -174,7 +185,44 @@ pub async fn bind(args: ProxyArgs) -> Result<Bound, ProxyError> {
         via_token,
         via,
         caller,
+        workload,
+        token,
     })
+}
+
+/// Identity on: the key and cached certificate from `--cache-dir`, the
+/// roots from `--trust-bundle` (or the cache), the token if one is given.
+/// A proxy that could never get a certificate stops here, saying why.
+fn identity(args: &ProxyArgs) -> Result<(Option<Arc<Workload>>, Option<String>), ProxyError> {
+    if !args.identity {
+        return Ok((None, None));
+    }
+    if !args.control.starts_with("https://") {
+        return Err(ProxyError::Control(format!(
+            "{:?}: with identity on, the control plane is reached over https:// (or pass --identity off)",
+            args.control
+        )));
+    }
+    let read = |flag: &str, p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| ProxyError::Config(format!("{flag} {}: {e}", p.display())))
+    };
+    let bundle = match &args.trust_bundle {
+        Some(p) => Some(read("--trust-bundle", p)?),
+        None => None,
+    };
+    let token = match &args.token_file {
+        Some(p) => Some(read("--token-file", p)?.trim().to_string()),
+        None => None,
+    };
+    let workload = Workload::open(&args.cache_dir, &args.trust_domain, bundle)
+        .map_err(|e| ProxyError::Config(e.to_string()))?;
+    if !workload.ready() && token.is_none() {
+        return Err(ProxyError::Config(
+            "identity is on, --cache-dir holds no valid certificate and no bootstrap token was given: pass --token-file (from `mesh-ctl token create --service SERVICE`), or --identity off".into(),
+        ));
+    }
+    Ok((Some(workload), token))
 }
 
 impl Bound {
@@ -197,6 +245,8 @@ impl Bound {
             via_token,
             via,
             caller,
+            workload,
+            token,
         } = self;
         let phases = Phases::default();
         let listening = Arc::new(AtomicBool::new(false));
@@ -204,13 +254,42 @@ impl Bound {
         // What was bound (a flag's port 0 is the kernel's pick): logged below.
         let (outbound_addr, admin_addr, dns_addr) = (own_addrs[0], own_addrs[1], own_addrs[2]);
 
-        tokio::spawn(discovery::run_watch(
+        if let Some(w) = &workload {
+            tokio::spawn(
+                w.clone()
+                    .run(client.clone(), token, phases.token(Phase::Stop)),
+            );
+            tokio::spawn(follow_bundle(
+                w.clone(),
+                dir.clone(),
+                phases.token(Phase::Stop),
+            ));
+        }
+        // The control plane answers only proven identities: with identity
+        // on, the watch and the registration wait for the certificate.
+        let identified = {
+            let w = workload.clone();
+            move || {
+                let w = w.clone();
+                async move {
+                    if let Some(w) = w {
+                        w.wait_ready().await;
+                    }
+                }
+            }
+        };
+        let watch = discovery::run_watch(
             client.clone(),
             dir.clone(),
             metrics.clone(),
             discovery::WATCH_IDLE_TIMEOUT,
             phases.token(Phase::Stop),
-        ));
+        );
+        let ready = identified();
+        tokio::spawn(async move {
+            ready.await;
+            watch.await
+        });
         tokio::spawn(discovery::run_cache_writer(
             dir.clone(),
             cache,
@@ -219,10 +298,16 @@ impl Bound {
         let agent = agent.map(|cfg| {
             let agent = RegistrationAgent::new(cfg, client.clone());
             let state = agent.state();
-            (
-                state,
-                tokio::spawn(agent.run(phases.token(Phase::Deregister))),
-            )
+            let ready = identified();
+            let stop = phases.token(Phase::Deregister);
+            let run = async move {
+                tokio::select! {
+                    () = ready => {}
+                    () = stop.cancelled() => return,
+                }
+                agent.run(stop).await
+            };
+            (state, tokio::spawn(run))
         });
 
         let learned = Arc::new(Learned::default());
@@ -235,6 +320,7 @@ impl Bound {
             control_url: args.control.clone(),
             learned: learned.clone(),
             inbound: inbound_addr.map(|a| (a, args.inbound_max_concurrent)),
+            identity: workload.clone(),
         };
         let admin_stop = phases.token(Phase::Stop);
         tokio::spawn(async move {
@@ -257,7 +343,8 @@ impl Bound {
             mark,
             timeout: args.connect_timeout,
         };
-        let upstreams = Arc::new(Upstreams::new(connect));
+        let tls = workload.as_ref().map(|w| w.tls.clone());
+        let upstreams = Arc::new(Upstreams::new(connect, tls.clone()));
         tokio::spawn(expire_idle(
             dir.clone(),
             upstreams.clone(),
@@ -270,7 +357,7 @@ impl Bound {
         let opaque = Arc::new(OpaqueOutbound {
             dir: dir.clone(),
             metrics: metrics.clone(),
-            mark,
+            dialer: upstreams.dialer().clone(),
             idle: args.tcp_idle_timeout,
         });
         let server = Arc::new(OutboundServer {
@@ -299,6 +386,8 @@ impl Bound {
             let inbound = Arc::new(InboundServer {
                 http: Arc::new(InboundHttp {
                     dir: dir.clone(),
+                    service: args.service.clone(),
+                    identity: args.identity,
                     upstreams: upstreams.clone(),
                     metrics: metrics.clone(),
                     limit: Arc::new(tokio::sync::Semaphore::new(
@@ -316,6 +405,7 @@ impl Bound {
                 learned,
                 connect,
                 idle: args.tcp_idle_timeout,
+                tls: tls.clone(),
             });
             tokio::spawn(inbound.serve(listener, drain.clone(), args.drain_timeout))
         });
@@ -342,6 +432,23 @@ impl Bound {
         phases.enter(Phase::Stop);
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Hands every trust bundle the control plane pushes to the identity.
+async fn follow_bundle(workload: Arc<Workload>, dir: Arc<Directory>, stop: CancellationToken) {
+    let mut bundles = dir.bundle();
+    loop {
+        let bundle = bundles.borrow_and_update().clone();
+        if let Some(bundle) = bundle {
+            // It writes the bundle to the cache: off the runtime's threads.
+            let w = workload.clone();
+            let _ = tokio::task::spawn_blocking(move || w.bundle_changed(&bundle)).await;
+        }
+        tokio::select! {
+            r = bundles.changed() => if r.is_err() { return },
+            () = stop.cancelled() => return,
+        }
     }
 }
 

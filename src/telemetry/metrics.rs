@@ -81,9 +81,28 @@ pub struct ProxyMetrics {
     pub dns_queries: Counter,
     /// Connections, protocols, and the inbound side.
     pub traffic: super::TrafficMetrics,
+    /// This proxy's certificate and trust roots (set at scrape time).
+    pub identity: IdentityMetrics,
     /// Held by a scrape while it resets and sets the gauges it reads, so
     /// two scrapes at once cannot see each other's half-set gauges.
     scrape: std::sync::Mutex<()>,
+}
+
+/// `mesh_identity_*`: what an operator alerts on before a certificate or
+/// a root runs out (the outages of linkerd2#9612 and istio#14516 gave no
+/// warning).
+pub struct IdentityMetrics {
+    /// Seconds until this proxy's certificate expires (negative: expired).
+    pub cert_expiry: Gauge,
+    /// Renewals failed since the last success.
+    pub renew_failures: Gauge,
+    /// Seconds until each trust root expires.
+    pub root_expiry: Family<RootLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RootLabel {
+    pub root: String,
 }
 
 /// Handles for one destination service; cloning shares the counters.
@@ -219,7 +238,28 @@ impl ProxyMetrics {
             "DNS queries answered or forwarded",
             dns_queries.clone(),
         );
+        let identity = IdentityMetrics {
+            cert_expiry: Gauge::default(),
+            renew_failures: Gauge::default(),
+            root_expiry: Family::default(),
+        };
+        registry.register(
+            "identity_cert_expiry_seconds",
+            "Seconds until this proxy's certificate expires (negative once expired; absent with identity off)",
+            identity.cert_expiry.clone(),
+        );
+        registry.register(
+            "identity_renew_failures",
+            "Certificate renewals that failed since the last success",
+            identity.renew_failures.clone(),
+        );
+        registry.register(
+            "identity_root_expiry_seconds",
+            "Seconds until each root of the trust bundle expires (warned under 30 days)",
+            super::Declared(identity.root_expiry.clone()),
+        );
         ProxyMetrics {
+            identity,
             registry: root,
             requests,
             attempts,

@@ -6,7 +6,7 @@ mod process;
 mod traffic;
 
 pub use logging::{init_logging, LogFormat};
-pub use metrics::{ProxyMetrics, RequestCounts, ServiceMetrics, ENDPOINT_STATES};
+pub use metrics::{ProxyMetrics, RequestCounts, RootLabel, ServiceMetrics, ENDPOINT_STATES};
 pub use process::register_process_metrics;
 pub use traffic::TrafficMetrics;
 

@@ -52,6 +52,12 @@ struct CallerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeniedLabels {
+    caller: String,
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -67,6 +73,7 @@ pub struct TrafficMetrics {
     inbound_requests: Family<InboundLabels, Counter>,
     inbound_latency: Family<CallerLabel, Histogram, fn() -> Histogram>,
     inbound_rejections: Family<ReasonLabel, Counter>,
+    inbound_denied: Family<DeniedLabels, Counter>,
     /// Inbound HTTP requests currently let through to the app.
     pub inbound_inflight: Gauge,
     /// Inbound opaque TCP connections accepted.
@@ -84,6 +91,7 @@ impl TrafficMetrics {
             inbound_requests: Family::default(),
             inbound_latency: Family::new_with_constructor(latency_histogram),
             inbound_rejections: Family::default(),
+            inbound_denied: Family::default(),
             inbound_inflight: Gauge::default(),
             inbound_tcp: Counter::default(),
         };
@@ -109,7 +117,7 @@ impl TrafficMetrics {
         );
         registry.register(
             "inbound_requests",
-            "Inbound HTTP requests by calling service (x-mesh-caller; unknown outside the mesh) and status class",
+            "Inbound HTTP requests by calling service (from its verified certificate; unknown outside the mesh) and status class",
             super::Declared(m.inbound_requests.clone()),
         );
         registry.register(
@@ -121,6 +129,11 @@ impl TrafficMetrics {
             "inbound_rejections",
             "Inbound requests the proxy answered itself, by x-mesh-error reason",
             super::Declared(m.inbound_rejections.clone()),
+        );
+        registry.register(
+            "inbound_denied",
+            "Inbound requests and connections an AuthorizationPolicy refused, by calling service and rule",
+            super::Declared(m.inbound_denied.clone()),
         );
         registry.register(
             "inbound_inflight",
@@ -204,6 +217,15 @@ impl TrafficMetrics {
     pub fn inbound_rejected(&self, reason: &'static str) {
         self.inbound_rejections
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    pub fn inbound_denied(&self, caller: &str, rule: &str) {
+        self.inbound_denied
+            .get_or_create(&DeniedLabels {
+                caller: caller.to_string(),
+                rule: rule.to_string(),
+            })
             .inc();
     }
 }

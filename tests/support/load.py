@@ -15,6 +15,9 @@ in the order the requests were issued. status 0 means no HTTP response;
 
 Usage: load.py --url URL [--method GET] [--data STR] [--requests N]
   [--concurrency C] [--duration S] [--timeout S] [--interval-ms MS]
+  [--proxy HOST:PORT]
+--proxy sends each request to that HTTP proxy in absolute form (a
+sidecar's outbound listener in explicit mode).
 --interval-ms spaces the requests of each thread (a steady load).
 """
 
@@ -64,13 +67,19 @@ def main():
     p.add_argument("--duration", type=float, default=30.0)
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--interval-ms", type=float, default=0.0)
+    p.add_argument("--proxy")
     a = p.parse_args()
 
     url = urlsplit(a.url)
-    port = url.port or 80
-    ip = socket.getaddrinfo(url.hostname, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
     host_header = url.netloc
-    path = (url.path or "/") + (f"?{url.query}" if url.query else "")
+    if a.proxy:
+        ip, _, port = a.proxy.rpartition(":")
+        port = int(port)
+        path = a.url
+    else:
+        port = url.port or 80
+        ip = socket.getaddrinfo(url.hostname, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+        path = (url.path or "/") + (f"?{url.query}" if url.query else "")
 
     lock = threading.Lock()
     issued = [0]

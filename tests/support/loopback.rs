@@ -31,6 +31,8 @@ pub struct Loopback {
     control_proc: Option<Proc>,
     /// Every log written, for the failure dump.
     logs: std::sync::Mutex<Vec<PathBuf>>,
+    /// Workload identity on (mTLS, tokens, TLS to mesh-control).
+    identity: bool,
 }
 
 /// In each test's directory: one `PID<tab>ARGV` line per process started
@@ -132,6 +134,17 @@ pub fn refusing() -> Refusing {
 impl Loopback {
     /// A fresh directory and mesh-control on a port of its own.
     pub fn start(name: &str) -> Loopback {
+        Loopback::open(name, false)
+    }
+
+    /// Like [`Loopback::start`], with workload identity on: mesh-control
+    /// serves TLS, every sidecar gets a bootstrap token for its service
+    /// (`--service`, else its label) and the trust bundle.
+    pub fn secure(name: &str) -> Loopback {
+        Loopback::open(name, true)
+    }
+
+    fn open(name: &str, identity: bool) -> Loopback {
         static CLEANED: std::sync::Once = std::sync::Once::new();
         CLEANED.call_once(stop_leftovers);
         let dir = std::env::temp_dir().join(format!("mesh-lo-{name}-{}", std::process::id()));
@@ -142,9 +155,61 @@ impl Loopback {
             control: SocketAddr::from(([127, 0, 0, 1], 0)),
             control_proc: None,
             logs: Default::default(),
+            identity,
         };
         lo.start_control(&[]);
         lo
+    }
+
+    /// mesh-control's trust bundle (identity on).
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("control-data/identity/bundle.pem")
+    }
+
+    /// The admin token's file (identity on).
+    pub fn admin_token(&self) -> PathBuf {
+        self.dir.join("control-data/identity/admin.token")
+    }
+
+    /// What mesh-ctl needs to reach this control plane as an operator.
+    fn ctl_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("MESH_CONTROL", self.control_url())];
+        if self.identity {
+            env.push(("MESH_IDENTITY", "on".into()));
+            env.push(("MESH_TRUST_BUNDLE", self.bundle().display().to_string()));
+            env.push(("MESH_TOKEN_FILE", self.admin_token().display().to_string()));
+        }
+        env
+    }
+
+    /// Runs mesh-ctl with `args` as an operator; its output.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        let env = self.ctl_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        run_with_timeout(command(super::bins::mesh_ctl(), args, &env), secs(10))
+    }
+
+    /// A bootstrap token for `service`, in a file of its own.
+    pub fn token(&self, service: &str) -> PathBuf {
+        let out = self.ctl(&["token", "create", "--service", service]);
+        assert!(out.status.success(), "mesh-ctl token create: {out:?}");
+        let file = self.dir.join(format!("{service}.token"));
+        std::fs::write(&file, &out.stdout).expect("write token");
+        file
+    }
+
+    /// curl flags that reach mesh-control as an operator.
+    fn curl_auth(&self) -> Vec<String> {
+        if !self.identity {
+            return Vec::new();
+        }
+        let token = std::fs::read_to_string(self.admin_token()).expect("admin token");
+        vec![
+            "--cacert".into(),
+            self.bundle().display().to_string(),
+            "-H".into(),
+            format!("authorization: Bearer {}", token.trim()),
+        ]
     }
 
     pub fn dir(&self) -> &Path {
@@ -152,7 +217,10 @@ impl Loopback {
     }
 
     pub fn control_url(&self) -> String {
-        format!("http://{}", self.control)
+        match self.identity {
+            true => format!("https://{}", self.control),
+            false => format!("http://{}", self.control),
+        }
     }
 
     /// (Re)starts mesh-control over the same data dir, on its current
@@ -183,6 +251,31 @@ impl Loopback {
     pub fn sidecar(&self, label: &str, extra: &[&str]) -> Sidecar {
         let control = self.control_url();
         let cache = self.dir.join(format!("{label}-cache"));
+        let given = |flag: &str| {
+            extra
+                .iter()
+                .position(|a| *a == flag)
+                .and_then(|i| extra.get(i + 1))
+        };
+        let (bundle, token) = match self.identity {
+            true => {
+                let service = given("--service").copied().unwrap_or(label);
+                // A restart from the cache needs no token (nor the
+                // control plane): the certificate is there.
+                let cached = cache.join("identity/cert.pem").exists();
+                let token = match given("--token-file") {
+                    Some(_) => None,
+                    None if cached => None,
+                    None => Some(self.token(service)),
+                };
+                (Some(self.bundle()), token)
+            }
+            false => (None, None),
+        };
+        let (bundle, token) = (
+            bundle.map(|b| b.display().to_string()),
+            token.map(|t| t.display().to_string()),
+        );
         let mut args = vec![
             "--control",
             &control,
@@ -192,13 +285,20 @@ impl Loopback {
             "127.0.0.1:0",
             "--dns",
             "127.0.0.1:0",
-            "--inbound",
-            "127.0.0.1:0",
             "--cache-dir",
             cache.to_str().unwrap(),
             "--mark",
             "0",
         ];
+        if given("--inbound").is_none() {
+            args.extend(["--inbound", "127.0.0.1:0"]);
+        }
+        if let Some(b) = &bundle {
+            args.extend(["--trust-bundle", b.as_str()]);
+        }
+        if let Some(t) = &token {
+            args.extend(["--token-file", t.as_str()]);
+        }
         args.extend_from_slice(extra);
         let proc = self.spawn(label, MESH_PROXY, &args);
         let ev = log_event(&proc, "mesh-proxy running", START_TIMEOUT);
@@ -234,7 +334,8 @@ impl Loopback {
     /// Registers an instance over the API; `json` is the request body.
     pub fn register(&self, service: &str, json: &str) {
         let url = format!("{}/v1/services/{service}/instances", self.control_url());
-        let args = [
+        let auth = self.curl_auth();
+        let mut args = vec![
             "-sf",
             "-X",
             "POST",
@@ -244,6 +345,7 @@ impl Loopback {
             json,
             &url,
         ];
+        args.extend(auth.iter().map(String::as_str));
         let out = run_with_timeout(command("curl", &args, &[]), secs(5));
         assert!(out.status.success(), "register {service} {json}: {out:?}");
     }
@@ -259,9 +361,7 @@ impl Loopback {
         let n = self.logs.lock().map(|l| l.len()).unwrap_or(0);
         let file = self.dir.join(format!("policy-{n}.yaml"));
         std::fs::write(&file, yaml).expect("write policy");
-        let control = self.control_url();
-        let args = ["--control", &control, "apply", "-f", file.to_str().unwrap()];
-        let out = run_with_timeout(command(super::bins::mesh_ctl(), &args, &[]), secs(10));
+        let out = self.ctl(&["apply", "-f", file.to_str().unwrap()]);
         assert!(out.status.success(), "mesh-ctl apply:\n{yaml}\n{out:?}");
     }
 
@@ -270,7 +370,8 @@ impl Loopback {
         if let Ok(mut logs) = self.logs.lock() {
             logs.push(log.clone());
         }
-        let envs = [("MESH_LOG_FORMAT", "json")];
+        let identity = if self.identity { "on" } else { "off" };
+        let envs = [("MESH_LOG_FORMAT", "json"), ("MESH_IDENTITY", identity)];
         let proc = spawn_logged(command(program, args, &envs), label.to_string(), log);
         // For `stop_leftovers`, should this test process die before its
         // `Proc`s are dropped.

@@ -153,6 +153,11 @@ impl Net {
         path
     }
 
+    /// The namespace holding the bridge `br0` (to capture what pods send).
+    pub fn bridge_ns(&self) -> &str {
+        &self.inner.bridge_ns
+    }
+
     /// Adds a pod: namespace, veth to the bridge, address .N/24, lo up, and
     /// a resolv.conf naming only 127.0.0.11.
     pub fn pod(&self, name: &str) -> Pod {

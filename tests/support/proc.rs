@@ -64,6 +64,10 @@ pub fn command(program: &str, args: &[&str], envs: &[(&str, &str)]) -> Command {
             cmd.env_remove(&var);
         }
     }
+    // Stories written before workload identity run the mesh with it off
+    // (plaintext, nothing authenticated); the identity stories turn it on
+    // with `("MESH_IDENTITY", "on")`, which wins.
+    cmd.env("MESH_IDENTITY", "off");
     for (k, v) in envs {
         cmd.env(k, v);
     }

@@ -152,7 +152,8 @@ impl Mesh {
         );
         args.extend(words(&own).into_iter().map(String::from));
         args.extend(spec.sidecar);
-        let proxy = pod.spawn(MESH_PROXY, &strs(&args), &[]);
+        let envs = self.identify(spec.service, &mut args);
+        let proxy = pod.spawn(MESH_PROXY, &strs(&args), &envs);
         wait_ready(&pod, &proxy, secs(15));
         let what = format!("client /state to list {} ready", spec.name);
         self.wait_service(&what, PROPAGATION, |s| {

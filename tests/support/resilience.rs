@@ -10,6 +10,7 @@ use super::fault::{server_args, Call, Fault, Load, Stats, LOAD};
 use super::mesh::{intercept, sidecar_args, wait_ready, APP_PORT};
 use super::{path, secs, strs, wait_for, words, Net, Pod, Proc};
 use serde_json::Value;
+use std::path::PathBuf;
 use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,6 +31,8 @@ pub struct Mesh {
     pub client_proxy: Proc,
     /// Numbers the policy files written under the net's directory.
     files: AtomicU32,
+    /// Identity on: the trust bundle and the admin token's files.
+    pub identity: Option<(PathBuf, PathBuf)>,
     /// Owns every pod and process; declared last so it is dropped last.
     pub net: Net,
 }
@@ -41,6 +44,55 @@ pub struct Upstream {
     pub pod: Pod,
     pub app: Proc,
     pub proxy: Proc,
+}
+
+/// mesh-ctl in `control_pod` as the operator (with identity on: the trust
+/// bundle and the admin token).
+fn ctl(
+    control_pod: &Pod,
+    ctrl_url: &str,
+    identity: &Option<(PathBuf, PathBuf)>,
+    args: &[&str],
+) -> Output {
+    let mut all = vec!["--control", ctrl_url];
+    all.extend_from_slice(args);
+    let env: Vec<(&str, String)> = match identity {
+        Some((bundle, admin)) => vec![
+            ("MESH_TRUST_BUNDLE", path(bundle)),
+            ("MESH_TOKEN_FILE", path(admin)),
+        ],
+        None => Vec::new(),
+    };
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    control_pod.run_with(mesh_ctl(), &all, &env, secs(10))
+}
+
+/// See [`Mesh::identify`].
+fn identify(
+    control_pod: &Pod,
+    ctrl_url: &str,
+    identity: &Option<(PathBuf, PathBuf)>,
+    net: &Net,
+    service: &str,
+    args: &mut Vec<String>,
+) -> Vec<(&'static str, &'static str)> {
+    let Some((bundle, _)) = identity else {
+        return Vec::new();
+    };
+    let out = ctl(
+        control_pod,
+        ctrl_url,
+        identity,
+        &["token", "create", "--service", service],
+    );
+    assert!(out.status.success(), "mesh-ctl token create: {out:?}");
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let file = net.dir().join(format!("{service}-{n}.token"));
+    std::fs::write(&file, &out.stdout).expect("write token");
+    args.extend(["--trust-bundle".to_string(), path(bundle)]);
+    args.extend(["--token-file".to_string(), path(&file)]);
+    vec![("MESH_IDENTITY", "on")]
 }
 
 /// When a policy was applied, as wall-clock ms comparable with `Call::start`.
@@ -76,34 +128,103 @@ impl Mesh {
     /// Control pod with mesh-control, and a client pod with interception
     /// and a ready sidecar.
     pub fn start(prefix: &str) -> Mesh {
+        Mesh::open(prefix, false)
+    }
+
+    /// The same with workload identity on: mesh-control serves HTTPS and
+    /// signs certificates; each sidecar gets a bootstrap token for its
+    /// service (the client pod's: `client`) and the trust bundle.
+    pub fn start_secure(prefix: &str) -> Mesh {
+        Mesh::open(prefix, true)
+    }
+
+    fn open(prefix: &str, secure: bool) -> Mesh {
         let net = Net::new(prefix);
         let control_pod = net.pod("control");
-        let ctrl_url = format!("http://{}:{CONTROL_PORT}", control_pod.ip());
+        let scheme = if secure { "https" } else { "http" };
+        let ctrl_url = format!("{scheme}://{}:{CONTROL_PORT}", control_pod.ip());
         let data_dir = net.subdir("control-data");
         let listen = format!("{}:{CONTROL_PORT}", control_pod.ip());
+        let on = [("MESH_IDENTITY", "on")];
         let control = control_pod.spawn(
             MESH_CONTROL,
             &["--listen", &listen, "--data-dir", &path(&data_dir)],
-            &[],
+            if secure { &on } else { &[] },
         );
+        let identity = secure.then(|| {
+            let dir = data_dir.join("identity");
+            (dir.join("bundle.pem"), dir.join("admin.token"))
+        });
         let client = net.pod("client");
+        let cacert = identity.as_ref().map(|(b, _)| path(b));
         wait_for("mesh-control /healthz", secs(15), || {
             control.assert_running();
-            (client.curl(&format!("{ctrl_url}/healthz"), &[]).0 == 200).then_some(())
+            let args: Vec<&str> = match &cacert {
+                Some(b) => vec!["--cacert", b.as_str()],
+                None => Vec::new(),
+            };
+            (client.curl(&format!("{ctrl_url}/healthz"), &args).0 == 200).then_some(())
         });
         intercept(&client);
         let cache = net.subdir("client-cache");
-        let args = sidecar_args(&ctrl_url, &cache);
-        let client_proxy = client.spawn(MESH_PROXY, &strs(&args), &[]);
+        let mut args = sidecar_args(&ctrl_url, &cache);
+        let envs = identify(
+            &control_pod,
+            &ctrl_url,
+            &identity,
+            &net,
+            "client",
+            &mut args,
+        );
+        let client_proxy = client.spawn(MESH_PROXY, &strs(&args), &envs);
         wait_ready(&client, &client_proxy, secs(15));
         Mesh {
             ctrl_url,
             control_pod,
             control,
-            client,
             client_proxy,
+            client,
             files: AtomicU32::new(0),
+            identity,
             net,
+        }
+    }
+
+    /// Identity on: adds the trust bundle and a fresh bootstrap token for
+    /// `service` to a sidecar's flags; the environment it needs.
+    pub fn identify(
+        &self,
+        service: &str,
+        args: &mut Vec<String>,
+    ) -> Vec<(&'static str, &'static str)> {
+        identify(
+            &self.control_pod,
+            &self.ctrl_url,
+            &self.identity,
+            &self.net,
+            service,
+            args,
+        )
+    }
+
+    /// mesh-ctl in the control pod, as the operator.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        ctl(&self.control_pod, &self.ctrl_url, &self.identity, args)
+    }
+
+    /// curl flags that reach mesh-control as the operator.
+    pub fn control_curl_args(&self) -> Vec<String> {
+        match &self.identity {
+            Some((bundle, admin)) => {
+                let token = std::fs::read_to_string(admin).expect("admin token");
+                vec![
+                    "--cacert".into(),
+                    path(bundle),
+                    "-H".into(),
+                    format!("authorization: Bearer {}", token.trim()),
+                ]
+            }
+            None => Vec::new(),
         }
     }
 
@@ -133,7 +254,8 @@ impl Mesh {
             pod.ip()
         );
         args.extend(words(&own).into_iter().map(String::from));
-        let proxy = pod.spawn(MESH_PROXY, &strs(&args), &[]);
+        let envs = self.identify(service, &mut args);
+        let proxy = pod.spawn(MESH_PROXY, &strs(&args), &envs);
         wait_ready(&pod, &proxy, secs(15));
         let what = format!("client /state to list {name} ready");
         self.wait_service(&what, PROPAGATION, |s| {
@@ -152,12 +274,7 @@ impl Mesh {
         let n = self.files.fetch_add(1, Ordering::Relaxed);
         let file = self.net.dir().join(format!("policy-{n}.yaml"));
         std::fs::write(&file, yaml).expect("write policy file");
-        self.control_pod.run_with(
-            mesh_ctl(),
-            &["--control", &self.ctrl_url, "apply", "-f", &path(&file)],
-            &[],
-            secs(10),
-        )
+        self.ctl(&["apply", "-f", &path(&file)])
     }
 
     /// Applies `yaml`, which must succeed, and waits until the client proxy
@@ -193,9 +310,11 @@ impl Mesh {
 
     /// The control plane's current revision (`GET /v1/status`).
     pub fn control_revision(&self) -> u64 {
+        let auth = self.control_curl_args();
+        let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
         let (status, body) = self
             .control_pod
-            .curl(&format!("{}/v1/status", self.ctrl_url), &[]);
+            .curl(&format!("{}/v1/status", self.ctrl_url), &auth);
         assert_eq!(status, 200, "GET /v1/status: {body}");
         let v: Value = serde_json::from_str(&body).expect("/v1/status is JSON");
         v["revision"].as_u64().expect("/v1/status has a revision")

@@ -15,6 +15,7 @@ fn instance(id: &str, addr: &str, ttl: Option<u64>, meta: &[(&str, &str)]) -> In
         health: Health::Up,
         ttl_secs: ttl,
         inbound_port: None,
+        identity: None,
     }
 }
 
@@ -91,6 +92,8 @@ fn watch_lines() {
                 vip: "127.100.0.1".parse().unwrap(),
                 instances: vec![instance("a", "10.0.0.1", None, &[])],
             }],
+            authorizations: Vec::new(),
+            bundle: None,
         },
     };
     assert_eq!(

@@ -53,6 +53,15 @@ pub async fn run(args: &TopArgs, format: Output) -> Result<(), CtlError> {
     }
 }
 
+/// One proxy's `/state`, parsed (for commands other than `top`).
+pub async fn fetch_state(admin: &str) -> Result<ProxyState, CtlError> {
+    let url = state_url(admin)?;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let state = fetch(&client, &url).await?;
+    ProxyState::deserialize(&state)
+        .map_err(|e| CtlError::Admin(format!("cannot read proxy state at {url}: {e}")))
+}
+
 /// Fetches and redraws every interval; runs until the caller stops it
 /// (Ctrl-C). An unreachable proxy is shown, not fatal: it may be restarting.
 /// With `-o json|yaml`, each fetch prints the proxy's state as one

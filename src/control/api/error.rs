@@ -1,6 +1,7 @@
 //! The one place where control-plane failures become HTTP responses: every
 //! 4xx/5xx carries a `model::ApiError` JSON body.
 
+use crate::control::auth::Refusal;
 use crate::control::registry::RegistryError;
 use crate::model::{ApiError, FieldErrors};
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
@@ -22,6 +23,23 @@ pub enum ApiFailure {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// No credential, or one that proves nothing (401).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// A valid credential asking for more than it grants (403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl From<Refusal> for ApiFailure {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Unauthenticated(why) => ApiFailure::Unauthenticated(why),
+            Refusal::Forbidden(why) => ApiFailure::Forbidden(why),
+        }
+    }
 }
 
 // === impl ApiFailure ===
@@ -59,6 +77,9 @@ impl ApiFailure {
             ApiFailure::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiFailure::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiFailure::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiFailure::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiFailure::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiFailure::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 }

@@ -6,25 +6,29 @@
 //! flush.
 
 mod error;
+mod identity;
 mod policies;
 #[cfg(test)]
 mod tests;
 
+pub use crate::control::auth::Caller;
 pub use error::ApiFailure;
 
-use crate::control::metrics::Metrics;
+use crate::control::auth::{Auth, Peer};
+use crate::control::metrics::{Metrics, RefusalLabel};
 use crate::control::registry::Registry;
 use crate::control::watch::watch_body;
 use crate::model::{
-    validate_instance_id, validate_service_name, ControlStatus, FieldErrors, Health, Heartbeat,
-    RegisterRequest, Registered, ServiceInfo, ServiceSummary, Snapshot,
+    validate_instance_id, validate_service_name, AuthorizationPolicy, ControlStatus, FieldErrors,
+    Health, Heartbeat, RegisterRequest, Registered, ServiceInfo, ServicePolicy, ServiceSummary,
+    Snapshot,
 };
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,6 +48,8 @@ pub struct AppState {
     pub keepalive: Duration,
     /// Ends watch streams on shutdown.
     pub shutdown: watch::Receiver<bool>,
+    /// Identity on: who may do what. `None`: nothing is checked.
+    pub auth: Option<Arc<Auth>>,
 }
 
 /// `{"revision": N}`: the answer to heartbeat, deregister and the policy
@@ -76,12 +82,34 @@ pub fn router(state: AppState) -> Router {
             "/v1/services/{service}/instances/{id}/heartbeat",
             put(heartbeat),
         )
-        .route("/v1/policies", get(policies::list))
+        .route("/v1/policies", get(policies::list::<ServicePolicy>))
         .route(
             "/v1/policies/{service}",
-            get(policies::get)
-                .put(policies::put)
-                .delete(policies::delete),
+            get(policies::get::<ServicePolicy>)
+                .put(policies::put::<ServicePolicy>)
+                .delete(policies::delete::<ServicePolicy>),
+        )
+        .route(
+            "/v1/authorizations",
+            get(policies::list::<AuthorizationPolicy>),
+        )
+        .route(
+            "/v1/authorizations/{service}",
+            get(policies::get::<AuthorizationPolicy>)
+                .put(policies::put::<AuthorizationPolicy>)
+                .delete(policies::delete::<AuthorizationPolicy>),
+        )
+        .route("/v1/identity/certify", post(identity::certify))
+        .route("/v1/identity/tokens", post(identity::create_token))
+        .route("/v1/identity/bundle", get(identity::bundle))
+        .route("/v1/identity/roots", post(identity::add_root))
+        .route(
+            "/v1/identity/roots/{id}",
+            axum::routing::delete(identity::remove_root),
+        )
+        .route(
+            "/v1/identity/roots/{id}/activate",
+            post(identity::activate_root),
         )
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/status", get(status))
@@ -95,7 +123,53 @@ pub fn router(state: AppState) -> Router {
             (StatusCode::METHOD_NOT_ALLOWED, Json(body))
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ))
         .with_state(state)
+}
+
+/// Who is calling (see `control::auth`), put in the request for the
+/// handlers; refusals counted on the way out, whoever refused.
+async fn authenticate(
+    State(st): State<AppState>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let caller = match &st.auth {
+        None => Ok(Caller::Open),
+        Some(auth) => {
+            let peer = req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<Peer>>()
+                .map(|c| c.0.clone())
+                .unwrap_or(Peer {
+                    addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                    id: None,
+                });
+            auth.caller(&peer, req.headers()).await
+        }
+    };
+    let resp = match caller {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(refusal) => ApiFailure::from(refusal).into_response(),
+    };
+    let reason = match resp.status() {
+        StatusCode::UNAUTHORIZED => Some("unauthenticated"),
+        StatusCode::FORBIDDEN => Some("forbidden"),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        st.metrics
+            .refusals
+            .get_or_create(&RefusalLabel { reason })
+            .inc();
+    }
+    resp
 }
 
 async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
@@ -104,14 +178,20 @@ async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
     ([(header::CONTENT_TYPE, ctype)], text).into_response()
 }
 
-async fn list_services(State(st): State<AppState>) -> Json<Vec<ServiceSummary>> {
-    Json(st.registry.services())
+async fn list_services(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Vec<ServiceSummary>>> {
+    caller.reader()?;
+    Ok(Json(st.registry.services()))
 }
 
 async fn get_service(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<ServiceInfo>> {
+    caller.reader()?;
     let Path(service) = path.map_err(ApiFailure::path)?;
     service_name(&service)?;
     st.registry
@@ -122,10 +202,12 @@ async fn get_service(
 
 async fn register(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<Registered>)> {
     let Path(service) = path.map_err(ApiFailure::path)?;
+    let id = caller.acts_for(&service)?.map(ToString::to_string);
     let body = body.map_err(|e| ApiFailure::body(e, BODY_LIMIT))?;
     // Report the path and the body problems together.
     let mut errs = FieldErrors::default();
@@ -145,10 +227,12 @@ async fn register(
             }
         },
     };
-    let req = match req {
+    let mut req = match req {
         Some(req) if errs.is_empty() => req,
         _ => return Err(ApiFailure::Invalid(errs)),
     };
+    caller.own_address(req.address)?;
+    req.identity = id;
     let registry = st.registry.clone();
     let done = tokio::task::spawn_blocking(move || registry.register(&service, req)).await??;
     Ok((StatusCode::CREATED, Json(done)))
@@ -156,12 +240,14 @@ async fn register(
 
 async fn heartbeat(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<RevisionReply>> {
     let Path((service, id)) = path.map_err(ApiFailure::path)?;
     service_name(&service)?;
     instance_id(&id)?;
+    owner(&st, &caller, &service, &id)?;
     let body = body.map_err(|e| ApiFailure::body(e, BODY_LIMIT))?;
     let health = parse_heartbeat(&body)?;
     let registry = st.registry.clone();
@@ -172,29 +258,57 @@ async fn heartbeat(
 
 async fn deregister(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<Json<RevisionReply>> {
     let Path((service, id)) = path.map_err(ApiFailure::path)?;
     service_name(&service)?;
     instance_id(&id)?;
+    owner(&st, &caller, &service, &id)?;
     let registry = st.registry.clone();
     let revision =
         tokio::task::spawn_blocking(move || registry.deregister(&service, &id)).await??;
     Ok(Json(RevisionReply { revision }))
 }
 
-async fn snapshot(State(st): State<AppState>) -> Json<Snapshot> {
-    Json(st.registry.snapshot())
+/// A workload may touch an instance only if it registered it (an
+/// operator may touch any).
+fn owner(st: &AppState, caller: &Caller, service: &str, id: &str) -> ApiResult<()> {
+    let Some(who) = caller.acts_for(service)? else {
+        return Ok(());
+    };
+    match st.registry.instance_identity(service, id) {
+        // Unknown: the handler answers 404 as it always has.
+        None => Ok(()),
+        Some(Some(registrant)) if registrant == who.to_string() => Ok(()),
+        Some(_) => Err(ApiFailure::Forbidden(format!(
+            "instance {id:?} of {service:?} was not registered by {who}"
+        ))),
+    }
 }
 
-async fn status(State(st): State<AppState>) -> Json<ControlStatus> {
-    Json(st.registry.status())
+async fn snapshot(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<Snapshot>> {
+    caller.reader()?;
+    Ok(Json(st.registry.snapshot()))
+}
+
+async fn status(
+    State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<ControlStatus>> {
+    caller.reader()?;
+    Ok(Json(st.registry.status()))
 }
 
 async fn watch(
     State(st): State<AppState>,
+    Extension(caller): Extension<Caller>,
     params: Result<Query<WatchParams>, QueryRejection>,
 ) -> ApiResult<Response> {
+    caller.reader()?;
     let Query(params) = params.map_err(ApiFailure::query)?;
     let body = watch_body(
         st.registry.clone(),

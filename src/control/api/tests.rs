@@ -28,6 +28,7 @@ fn api(dir: &Path, keepalive: Duration) -> Api {
         metrics: Arc::new(Metrics::new()),
         keepalive,
         shutdown,
+        auth: None,
     };
     Api {
         app: router(state),
@@ -386,4 +387,5 @@ async fn metrics_and_health() {
     assert!(err["error"].is_string());
 }
 
+mod identity;
 mod policies;

@@ -1,8 +1,9 @@
-//! The `/v1/policies` calls: apply, read, list and delete service policies.
+//! The `/v1/policies` and `/v1/authorizations` calls: apply, read, list
+//! and delete service and authorization policies.
 
 use super::{json_body, segment, ClientError, ControlClient};
 use crate::control::api::RevisionReply;
-use crate::model::ServicePolicy;
+use crate::model::{AuthorizationPolicy, ServicePolicy};
 use http::Method;
 
 // === impl ControlClient ===
@@ -36,6 +37,42 @@ impl ControlClient {
     /// revision. `UnknownPolicy` when there was none.
     pub async fn delete_policy(&self, service: &str) -> Result<u64, ClientError> {
         let path = format!("/v1/policies/{}", segment(service));
+        let reply: RevisionReply = self
+            .call(Method::DELETE, path, None)
+            .await
+            .map_err(|e| not_found(e, service))?;
+        Ok(reply.revision)
+    }
+}
+
+impl ControlClient {
+    /// Applies an AuthorizationPolicy (`service: "*"` for the mesh-wide
+    /// defaults); returns the revision it took effect at.
+    pub async fn apply_authorization(
+        &self,
+        policy: &AuthorizationPolicy,
+    ) -> Result<u64, ClientError> {
+        let path = format!("/v1/authorizations/{}", segment(&policy.service));
+        let reply: RevisionReply = self
+            .call(Method::PUT, path, Some(json_body(policy)?))
+            .await?;
+        Ok(reply.revision)
+    }
+
+    pub async fn authorization(&self, service: &str) -> Result<AuthorizationPolicy, ClientError> {
+        let path = format!("/v1/authorizations/{}", segment(service));
+        self.call(Method::GET, path, None)
+            .await
+            .map_err(|e| not_found(e, service))
+    }
+
+    pub async fn authorizations(&self) -> Result<Vec<AuthorizationPolicy>, ClientError> {
+        self.call(Method::GET, "/v1/authorizations".into(), None)
+            .await
+    }
+
+    pub async fn delete_authorization(&self, service: &str) -> Result<u64, ClientError> {
+        let path = format!("/v1/authorizations/{}", segment(service));
         let reply: RevisionReply = self
             .call(Method::DELETE, path, None)
             .await

@@ -7,8 +7,9 @@ fn base_urls() {
     assert_eq!(ok("http://127.0.0.1:15010"), "http://127.0.0.1:15010");
     assert_eq!(ok("http://localhost:15010/"), "http://localhost:15010");
     assert_eq!(ok("http://[::1]:15010"), "http://[::1]:15010");
+    assert_eq!(ok("https://127.0.0.1:15010/"), "https://127.0.0.1:15010");
     for bad in [
-        "https://127.0.0.1:15010",
+        "ftp://127.0.0.1:15010",
         "127.0.0.1:15010",
         "http://h:1/v1",
         "http://h:1/?x=1",

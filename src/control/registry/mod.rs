@@ -19,9 +19,10 @@ pub use ops::SweepOutcome;
 
 use crate::control::store::{Store, StoreError, Write};
 use crate::control::vip::{VipAllocator, VipCidr, VipExhausted};
+use crate::model::identity::TrustBundle;
 use crate::model::{
-    ControlStatus, Health, Instance, ServiceInfo, ServicePolicy, ServiceSummary, Snapshot,
-    WatchEvent,
+    AuthorizationPolicy, ControlStatus, Health, Instance, ServiceInfo, ServicePolicy,
+    ServiceSummary, Snapshot, WatchEvent,
 };
 use bytes::Bytes;
 use changelog::ChangeLog;
@@ -62,8 +63,8 @@ impl Default for RegistrySettings {
 pub enum RegistryError {
     #[error("instance {id:?} of service {service:?} is not registered")]
     UnknownInstance { service: String, id: String },
-    #[error("no policy is applied for service {service:?} (it runs the defaults)")]
-    UnknownPolicy { service: String },
+    #[error("no {what} is applied for service {service:?} (it runs the defaults)")]
+    UnknownPolicy { what: &'static str, service: String },
     #[error(transparent)]
     VipExhausted(#[from] VipExhausted),
     #[error(transparent)]
@@ -107,6 +108,10 @@ struct State {
     /// Applied policies by service. Independent of `services`: a policy may
     /// be applied before its service registers, and outlives its instances.
     policies: BTreeMap<String, ServicePolicy>,
+    /// Applied authorization policies by service (`*`: mesh-wide).
+    authorizations: BTreeMap<String, AuthorizationPolicy>,
+    /// The trust bundle, when identity is on.
+    bundle: Option<TrustBundle>,
 }
 
 struct Service {
@@ -167,8 +172,15 @@ impl Registry {
             .map(|p| (p.service.clone(), p))
             .collect();
         let (changes, _) = broadcast::channel(settings.broadcast_capacity.max(1));
+        let authorizations = loaded
+            .authorizations
+            .into_iter()
+            .map(|p| (p.service.clone(), p))
+            .collect();
         let state = State {
             policies,
+            authorizations,
+            bundle: None,
             revision: loaded.revision,
             services,
             vips,
@@ -214,6 +226,14 @@ impl Registry {
                     .count(),
             })
             .collect()
+    }
+
+    /// Who registered an instance: `None` if there is no such instance,
+    /// `Some(None)` if an operator (or an identity-off proxy) did.
+    pub fn instance_identity(&self, service: &str, id: &str) -> Option<Option<String>> {
+        let st = self.state();
+        let entry = st.services.get(service)?.instances.get(id)?;
+        Some(entry.instance.identity.clone())
     }
 
     pub fn service(&self, name: &str) -> Option<ServiceInfo> {
@@ -294,6 +314,8 @@ fn snapshot_of(st: &State) -> Snapshot {
             .collect(),
         // BTreeMap order: sorted by service, as `Snapshot` promises.
         policies: st.policies.values().cloned().collect(),
+        authorizations: st.authorizations.values().cloned().collect(),
+        bundle: st.bundle.clone(),
     }
 }
 

@@ -43,6 +43,7 @@ impl Registry {
             health: req.health,
             ttl_secs: req.ttl,
             inbound_port: req.inbound_port,
+            identity: req.identity,
         };
         let expires_at = lease_end(now, instance.ttl_secs);
         let _w = self.writer();

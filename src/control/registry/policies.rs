@@ -6,9 +6,74 @@
 //! watcher sees its revision. Callers pass policies already validated by
 //! `ServicePolicy::from_value`.
 
-use super::{Registry, RegistryError};
+use super::{Registry, RegistryError, State};
 use crate::control::store::Write;
-use crate::model::{ServicePolicy, WatchEvent};
+use crate::model::identity::TrustBundle;
+use crate::model::{AuthorizationPolicy, ServicePolicy, WatchEvent};
+use std::collections::BTreeMap;
+
+/// A document kept per service and pushed live: the one mechanism behind
+/// `ServicePolicy` and `AuthorizationPolicy`.
+trait Document: Clone + PartialEq {
+    /// For messages: "policy", "authorization policy".
+    const WHAT: &'static str;
+    fn service(&self) -> &str;
+    fn held(st: &mut State) -> &mut BTreeMap<String, Self>;
+    fn put(&self) -> Write<'_>;
+    fn delete(service: &str) -> Write<'_>;
+    fn applied(self, revision: u64) -> WatchEvent;
+    fn removed(service: String, revision: u64) -> WatchEvent;
+}
+
+impl Document for ServicePolicy {
+    const WHAT: &'static str = "policy";
+    fn service(&self) -> &str {
+        &self.service
+    }
+    fn held(st: &mut State) -> &mut BTreeMap<String, Self> {
+        &mut st.policies
+    }
+    fn put(&self) -> Write<'_> {
+        Write::PutPolicy(self)
+    }
+    fn delete(service: &str) -> Write<'_> {
+        Write::DeletePolicy { service }
+    }
+    fn applied(self, revision: u64) -> WatchEvent {
+        WatchEvent::Policy {
+            revision,
+            policy: self,
+        }
+    }
+    fn removed(service: String, revision: u64) -> WatchEvent {
+        WatchEvent::PolicyRemoved { revision, service }
+    }
+}
+
+impl Document for AuthorizationPolicy {
+    const WHAT: &'static str = "authorization policy";
+    fn service(&self) -> &str {
+        &self.service
+    }
+    fn held(st: &mut State) -> &mut BTreeMap<String, Self> {
+        &mut st.authorizations
+    }
+    fn put(&self) -> Write<'_> {
+        Write::PutAuthorization(self)
+    }
+    fn delete(service: &str) -> Write<'_> {
+        Write::DeleteAuthorization { service }
+    }
+    fn applied(self, revision: u64) -> WatchEvent {
+        WatchEvent::Authorization {
+            revision,
+            policy: self,
+        }
+    }
+    fn removed(service: String, revision: u64) -> WatchEvent {
+        WatchEvent::AuthorizationRemoved { revision, service }
+    }
+}
 
 // === impl Registry ===
 
@@ -17,47 +82,13 @@ impl Registry {
     /// revision it took effect at. Re-applying the identical policy changes
     /// nothing and returns the current revision, so `apply` is idempotent.
     pub fn apply_policy(&self, policy: ServicePolicy) -> Result<u64, RegistryError> {
-        let _w = self.writer();
-        let revision = {
-            let st = self.state();
-            if st.policies.get(&policy.service) == Some(&policy) {
-                return Ok(st.revision);
-            }
-            st.revision + 1
-        };
-        self.commit(revision, &[Write::PutPolicy(&policy)])?;
-        let mut st = self.state();
-        tracing::info!(service = %policy.service, revision, "policy applied");
-        st.policies.insert(policy.service.clone(), policy.clone());
-        self.publish(&mut st, &WatchEvent::Policy { revision, policy });
-        Ok(revision)
+        self.apply_doc(policy)
     }
 
     /// Deletes a service's policy (it runs the defaults again); returns the
     /// revision, or `UnknownPolicy` when none was applied.
     pub fn delete_policy(&self, service: &str) -> Result<u64, RegistryError> {
-        let _w = self.writer();
-        let revision = {
-            let st = self.state();
-            if !st.policies.contains_key(service) {
-                return Err(RegistryError::UnknownPolicy {
-                    service: service.to_string(),
-                });
-            }
-            st.revision + 1
-        };
-        self.commit(revision, &[Write::DeletePolicy { service }])?;
-        let mut st = self.state();
-        st.policies.remove(service);
-        tracing::info!(%service, revision, "policy deleted");
-        self.publish(
-            &mut st,
-            &WatchEvent::PolicyRemoved {
-                revision,
-                service: service.to_string(),
-            },
-        );
-        Ok(revision)
+        self.delete_doc::<ServicePolicy>(service)
     }
 
     pub fn policy(&self, service: &str) -> Option<ServicePolicy> {
@@ -67,6 +98,76 @@ impl Registry {
     /// Every applied policy, sorted by service.
     pub fn policies(&self) -> Vec<ServicePolicy> {
         self.state().policies.values().cloned().collect()
+    }
+
+    pub fn apply_authorization(&self, policy: AuthorizationPolicy) -> Result<u64, RegistryError> {
+        self.apply_doc(policy)
+    }
+
+    pub fn delete_authorization(&self, service: &str) -> Result<u64, RegistryError> {
+        self.delete_doc::<AuthorizationPolicy>(service)
+    }
+
+    pub fn authorization(&self, service: &str) -> Option<AuthorizationPolicy> {
+        self.state().authorizations.get(service).cloned()
+    }
+
+    pub fn authorizations(&self) -> Vec<AuthorizationPolicy> {
+        self.state().authorizations.values().cloned().collect()
+    }
+
+    /// Publishes a new trust bundle (the CA's files hold it durably; the
+    /// revision makes watchers see it in order with everything else).
+    pub fn publish_bundle(&self, bundle: TrustBundle) -> Result<u64, RegistryError> {
+        let _w = self.writer();
+        let revision = self.state().revision + 1;
+        self.commit(revision, &[])?;
+        let mut st = self.state();
+        st.bundle = Some(bundle.clone());
+        self.publish(&mut st, &WatchEvent::TrustBundle { revision, bundle });
+        Ok(revision)
+    }
+
+    /// The bundle at startup, before anyone watches: no revision of its own.
+    pub fn set_bundle(&self, bundle: TrustBundle) {
+        self.state().bundle = Some(bundle);
+    }
+
+    fn apply_doc<D: Document>(&self, doc: D) -> Result<u64, RegistryError> {
+        let _w = self.writer();
+        let revision = {
+            let mut st = self.state();
+            if D::held(&mut st).get(doc.service()) == Some(&doc) {
+                return Ok(st.revision);
+            }
+            st.revision + 1
+        };
+        self.commit(revision, &[doc.put()])?;
+        let mut st = self.state();
+        tracing::info!(service = %doc.service(), revision, "{} applied", D::WHAT);
+        D::held(&mut st).insert(doc.service().to_string(), doc.clone());
+        self.publish(&mut st, &doc.applied(revision));
+        Ok(revision)
+    }
+
+    fn delete_doc<D: Document>(&self, service: &str) -> Result<u64, RegistryError> {
+        let _w = self.writer();
+        let revision = {
+            let mut st = self.state();
+            if !D::held(&mut st).contains_key(service) {
+                return Err(RegistryError::UnknownPolicy {
+                    what: D::WHAT,
+                    service: service.to_string(),
+                });
+            }
+            st.revision + 1
+        };
+        self.commit(revision, &[D::delete(service)])?;
+        let mut st = self.state();
+        D::held(&mut st).remove(service);
+        tracing::info!(%service, revision, "{} deleted", D::WHAT);
+        self.publish(&mut st, &D::removed(service.to_string(), revision));
+        Ok(revision)
     }
 }
 

@@ -26,6 +26,7 @@ fn req(id: &str, ttl: Option<u64>) -> RegisterRequest {
         ttl,
         health: Health::Up,
         inbound_port: None,
+        identity: None,
     }
 }
 

@@ -5,8 +5,11 @@
 //! readers never lock: they load the current `Arc<Table>` from an ArcSwap.
 
 use super::table::{Endpoint, Service, Table};
+use crate::authz::Policies;
 use crate::balance::{Algorithm, Balancer, EndpointStats};
-use crate::model::{Health, ServiceInfo, ServicePolicy, Snapshot, WatchEvent};
+use crate::identity::SpiffeId;
+use crate::model::identity::TrustBundle;
+use crate::model::{AuthorizationPolicy, Health, ServiceInfo, ServicePolicy, Snapshot, WatchEvent};
 use crate::proxy::upstream::H1Pool;
 use crate::resilience::ServiceResilience;
 use crate::telemetry::ProxyMetrics;
@@ -28,6 +31,10 @@ pub struct Directory {
     /// Latest applied revision; `None` until a snapshot was loaded. The
     /// cache writer and `/ready` wait on it.
     revision_tx: watch::Sender<Option<u64>>,
+    /// Authorization policies for the inbound side, rebuilt per change.
+    authz: ArcSwap<Policies>,
+    /// The trust bundle as last pushed; the identity task follows it.
+    bundle_tx: watch::Sender<Option<TrustBundle>>,
 }
 
 /// What an endpoint keeps across table rebuilds.
@@ -49,6 +56,9 @@ struct Inner {
     /// Resilience state by service, kept across table rebuilds and updated
     /// in place when the policy changes.
     runtimes: HashMap<String, Arc<ServiceResilience>>,
+    /// Applied authorization policies by service (`*`: mesh-wide).
+    authorizations: BTreeMap<String, AuthorizationPolicy>,
+    bundle: Option<TrustBundle>,
 }
 
 impl Directory {
@@ -59,6 +69,29 @@ impl Directory {
             lb,
             metrics,
             revision_tx: watch::channel(None).0,
+            authz: ArcSwap::from_pointee(Policies::default()),
+            bundle_tx: watch::channel(None).0,
+        }
+    }
+
+    /// The authorization policies in force (lock-free).
+    pub fn authz(&self) -> Arc<Policies> {
+        self.authz.load_full()
+    }
+
+    /// Follows the trust bundle pushed by the control plane.
+    pub fn bundle(&self) -> watch::Receiver<Option<TrustBundle>> {
+        self.bundle_tx.subscribe()
+    }
+
+    fn set_authz(&self, inner: &Inner) {
+        let docs = inner.authorizations.values().cloned();
+        self.authz.store(Arc::new(Policies::new(docs)));
+    }
+
+    fn set_bundle(&self, bundle: Option<TrustBundle>) {
+        if bundle.is_some() {
+            self.bundle_tx.send_replace(bundle);
         }
     }
 
@@ -91,6 +124,8 @@ impl Directory {
             revision: inner.revision,
             services: inner.services.values().cloned().collect(),
             policies,
+            authorizations: inner.authorizations.values().cloned().collect(),
+            bundle: inner.bundle.clone(),
         }
     }
 
@@ -116,12 +151,23 @@ impl Directory {
             .collect();
         let names: std::collections::HashSet<String> = inner.services.keys().cloned().collect();
         inner.runtimes.retain(|k, _| names.contains(k));
+        inner.authorizations = snap
+            .authorizations
+            .into_iter()
+            .map(|p| (p.service.clone(), p))
+            .collect();
+        self.set_authz(&inner);
+        if snap.bundle.is_some() {
+            inner.bundle = snap.bundle.clone();
+            self.set_bundle(snap.bundle);
+        }
         let Inner {
             revision,
             services,
             stats,
             policies,
             runtimes,
+            ..
         } = &mut *inner;
         let services: Vec<Arc<Service>> = services
             .values()
@@ -152,6 +198,33 @@ impl Directory {
                 }
                 inner.policies.remove(&service);
                 (service, revision)
+            }
+            WatchEvent::Authorization { revision, policy } => {
+                let mut inner = self.lock();
+                if self.revision().is_some() && revision <= inner.revision {
+                    return;
+                }
+                inner.authorizations.insert(policy.service.clone(), policy);
+                self.set_authz(&inner);
+                return self.bump(&mut inner, revision);
+            }
+            WatchEvent::AuthorizationRemoved { revision, service } => {
+                let mut inner = self.lock();
+                if self.revision().is_some() && revision <= inner.revision {
+                    return;
+                }
+                inner.authorizations.remove(&service);
+                self.set_authz(&inner);
+                return self.bump(&mut inner, revision);
+            }
+            WatchEvent::TrustBundle { revision, bundle } => {
+                let mut inner = self.lock();
+                if self.revision().is_some() && revision <= inner.revision {
+                    return;
+                }
+                inner.bundle = Some(bundle.clone());
+                self.set_bundle(Some(bundle));
+                return self.bump(&mut inner, revision);
             }
             WatchEvent::Upsert {
                 revision,
@@ -199,6 +272,14 @@ impl Directory {
             }
         };
         self.rebuild_one(&service, revision);
+    }
+
+    /// A change that touches no service's routing: the same table at the
+    /// new revision.
+    fn bump(&self, inner: &mut Inner, revision: u64) {
+        inner.revision = revision;
+        let old = self.table.load();
+        self.publish(Table::new(revision, old.services().cloned()));
     }
 
     fn rebuild_one(&self, name: &str, revision: u64) {
@@ -250,21 +331,33 @@ impl Directory {
         let all: Vec<Arc<Endpoint>> = info
             .instances
             .iter()
-            .map(|i| {
+            .filter_map(|i| {
                 let addr = SocketAddr::new(i.address, i.port);
                 let inbound = i.inbound_port.map(|p| SocketAddr::new(i.address, p));
                 let dial = inbound.unwrap_or(addr);
+                // Who must answer at `dial`: mTLS to a sidecar that has an
+                // identity; plain TCP to an instance without one.
+                let peer = match (inbound, &i.identity) {
+                    (Some(_), Some(id)) => match id.parse::<SpiffeId>() {
+                        Ok(id) => Some(Arc::new(id)),
+                        Err(e) => {
+                            tracing::warn!(service = %info.name, instance = %i.id, error = %e, "instance identity is not a SPIFFE ID; not routed");
+                            return None;
+                        }
+                    },
+                    _ => None,
+                };
                 let kept = stats
                     .entry((info.name.clone(), i.id.clone()))
                     .or_insert_with(|| Kept {
                         stats: Arc::default(),
-                        conns: H1Pool::new(dial),
+                        conns: H1Pool::new(dial, peer.clone()),
                     });
-                if kept.conns.addr() != dial {
-                    kept.conns = H1Pool::new(dial);
+                if kept.conns.addr() != dial || kept.conns.peer() != peer.as_deref() {
+                    kept.conns = H1Pool::new(dial, peer.clone());
                 }
                 let (stats, conns) = (kept.stats.clone(), kept.conns.clone());
-                Arc::new(Endpoint {
+                Some(Arc::new(Endpoint {
                     id: i.id.clone(),
                     addr,
                     // A socket address always forms a valid authority.
@@ -274,7 +367,7 @@ impl Directory {
                     health: i.health,
                     stats,
                     conns,
-                })
+                }))
             })
             .collect();
         let ready: Vec<Arc<Endpoint>> = all

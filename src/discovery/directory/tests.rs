@@ -11,6 +11,7 @@ fn inst(service: &str, id: &str, port: u16, health: Health) -> Instance {
         health,
         ttl_secs: Some(10),
         inbound_port: None,
+        identity: None,
     }
 }
 
@@ -37,6 +38,8 @@ fn snapshot_then_events() {
     d.replace(Snapshot {
         revision: 5,
         policies: Vec::new(),
+        authorizations: Vec::new(),
+        bundle: None,
         services: vec![ServiceInfo {
             name: "hello".into(),
             vip: vip(1),
@@ -74,6 +77,8 @@ fn endpoints_carry_the_sidecar_inbound_address() {
     d.replace(Snapshot {
         revision: 1,
         policies: Vec::new(),
+        authorizations: Vec::new(),
+        bundle: None,
         services: vec![ServiceInfo {
             name: "hello".into(),
             vip: vip(1),
@@ -100,6 +105,8 @@ fn stale_events_are_ignored_and_stats_survive() {
     d.replace(Snapshot {
         revision: 10,
         policies: Vec::new(),
+        authorizations: Vec::new(),
+        bundle: None,
         services: vec![],
     });
     d.apply(upsert(11, inst("hello", "a", 1, Health::Up)));
@@ -127,6 +134,8 @@ fn snapshot_replaces_everything() {
     d.replace(Snapshot {
         revision: 4,
         policies: Vec::new(),
+        authorizations: Vec::new(),
+        bundle: None,
         services: vec![ServiceInfo {
             name: "new".into(),
             vip: vip(2),

@@ -1,7 +1,9 @@
 //! Inbound HTTP: the concurrency limit, header hygiene, the caller's
 //! deadline, and the hop to the app on localhost.
 
+use crate::authz;
 use crate::discovery::Directory;
+use crate::identity::SpiffeId;
 use crate::proxy::body::{RespBody, StreamedBody};
 use crate::proxy::grpc;
 use crate::proxy::headers::{self, MESH_CALLER};
@@ -64,9 +66,33 @@ impl App {
     }
 }
 
+/// A caller proven by its certificate on this connection (mTLS), made
+/// once per connection: what policies match and the app is told.
+#[derive(Debug)]
+pub struct Verified {
+    pub id: SpiffeId,
+    /// `spiffe://...`, as AuthorizationPolicy rules name it.
+    pub uri: String,
+    /// `x-mesh-caller` for the app: the same URI.
+    pub header: HeaderValue,
+}
+
+impl Verified {
+    pub fn new(id: SpiffeId) -> Option<Arc<Verified>> {
+        let uri = id.to_string();
+        let header = HeaderValue::from_str(&uri).ok()?;
+        Some(Arc::new(Verified { id, uri, header }))
+    }
+}
+
 pub struct InboundHttp {
     /// Callers are labelled only by names the registry knows.
     pub dir: Arc<Directory>,
+    /// This pod's service (`--service`): whose AuthorizationPolicy applies.
+    pub service: Option<String>,
+    /// Identity on: callers are known only by their certificates; a
+    /// plaintext caller is unauthenticated whatever its headers say.
+    pub identity: bool,
     pub upstreams: Arc<Upstreams>,
     pub metrics: Arc<ProxyMetrics>,
     /// `--inbound-max-concurrent` permits.
@@ -85,12 +111,22 @@ impl InboundHttp {
         mut req: Request<Incoming>,
         peer: SocketAddr,
         app: App,
+        verified: Option<Arc<Verified>>,
     ) -> Result<Response<RespBody>, MeshError> {
         let start = Instant::now();
         let grpc = grpc::is_grpc(req.headers());
         // Cloning the value (a refcount) keeps `req` free to change.
-        let caller_value = req.headers().get(MESH_CALLER).cloned();
-        let caller = self.caller(caller_value.as_ref());
+        let caller_value = match (&verified, self.identity) {
+            // Identity off: the peer proxy's word, as before identity.
+            (None, false) => req.headers().get(MESH_CALLER).cloned(),
+            _ => None,
+        };
+        let caller = match &verified {
+            // Proven, and only the CA's operator mints identities: bounded.
+            Some(v) => v.id.service(),
+            None => self.caller(caller_value.as_ref()),
+        };
+        self.authorize(&req, verified.as_deref(), caller)?;
         let Ok(permit) = self.limit.clone().try_acquire_owned() else {
             let err = MeshError::Overloaded(self.max_concurrent);
             self.metrics.traffic.inbound_rejected(err.reason());
@@ -106,6 +142,9 @@ impl InboundHttp {
         let h = req.headers_mut();
         let left = headers::caller_deadline(h);
         headers::strip_mesh_headers(h);
+        if let Some(v) = &verified {
+            h.insert(MESH_CALLER, v.header.clone());
+        }
         headers::strip_hop_by_hop(h, upgrade.is_some());
         headers::append_forwarded(h, peer.ip());
         headers::ensure_traceparent(h);
@@ -160,6 +199,38 @@ impl InboundHttp {
 }
 
 impl InboundHttp {
+    /// This service's AuthorizationPolicy, for this caller, method and
+    /// path: a refusal is `403 forbidden`, counted by caller and rule.
+    fn authorize(
+        &self,
+        req: &Request<Incoming>,
+        verified: Option<&Verified>,
+        label: &str,
+    ) -> Result<(), MeshError> {
+        let Some(service) = &self.service else {
+            return Ok(());
+        };
+        let policies = self.dir.authz();
+        if policies.is_empty() {
+            return Ok(());
+        }
+        let caller = verified.map(|v| v.uri.as_str());
+        let ask = authz::Request::http(caller, req.method().as_str(), req.uri().path());
+        let decision = policies.decide(service, &ask);
+        if decision.allowed {
+            return Ok(());
+        }
+        self.metrics.traffic.inbound_denied(label, &decision.rule);
+        let err = MeshError::Forbidden {
+            caller: caller.unwrap_or("an unauthenticated client").to_string(),
+            service: service.clone(),
+            rule: decision.rule,
+        };
+        self.metrics.traffic.inbound_rejected(err.reason());
+        self.metrics.traffic.inbound_request(label, 403, 0.0);
+        Err(err)
+    }
+
     /// The calling service a peer proxy named, if the registry knows it:
     /// anyone can send the header, and the metric's label set must stay
     /// bounded by the registry's services.

@@ -12,13 +12,15 @@
 
 mod http;
 
-pub use self::http::{App, InboundHttp};
+pub use self::http::{App, InboundHttp, Verified};
 
 use super::protocol::{
     detect, fast_close, original_dst, relay, sort, DetectConfig, Detected, Learned, PrefixedIo,
     Protocol, Sorted,
 };
 use super::server;
+use crate::authz;
+use crate::identity::tls::{peer_identity, TlsIdentity};
 use crate::net::{connect, ConnectOptions};
 use crate::proxy::upstream::Proto;
 use crate::telemetry::ProxyMetrics;
@@ -26,6 +28,7 @@ use bytes::Bytes;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +59,8 @@ pub struct InboundServer {
     pub connect: ConnectOptions,
     /// `--tcp-idle-timeout`.
     pub idle: Duration,
+    /// Identity on: meshed callers (ALPN `mesh/1`) are served over mTLS.
+    pub tls: Option<Arc<TlsIdentity>>,
 }
 
 impl InboundServer {
@@ -136,6 +141,12 @@ impl InboundServer {
         if redirected.is_some() && !detected.silent && !detected.prefix.is_empty() {
             self.learned.learn_client_first(APP, port);
         }
+        if let (Protocol::Tls { mesh: true, .. }, Some(tls), None) =
+            (&detected.protocol, &self.tls, redirected)
+        {
+            let io = PrefixedIo::new(detected.prefix, stream);
+            return Box::pin(self.serve_mesh(io, tls.clone(), peer, app, shutdown)).await;
+        }
         let io = PrefixedIo::new(detected.prefix, stream);
         match detected.protocol {
             Protocol::Http1 | Protocol::Http2 => {
@@ -148,15 +159,112 @@ impl InboundServer {
                     true => self.app.clone(),
                     false => App::new(app, self.http.upstreams.pool(app)),
                 };
-                let handler = move |req| Box::pin(h.clone().handle(req, peer, app.clone()));
+                let handler = move |req| Box::pin(h.clone().handle(req, peer, app.clone(), None));
                 if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
                     tracing::debug!(%peer, error = %e, "inbound connection ended with error");
                 }
             }
             Protocol::Tls { .. } | Protocol::MeshOpaque | Protocol::Opaque => {
+                if !self.allow_tcp(None) {
+                    return fast_close(io.into_inner());
+                }
                 Box::pin(self.relay(io, peer, app, upstream)).await;
             }
         }
+    }
+
+    /// A peer proxy's mTLS connection: the handshake proves who calls
+    /// (see `identity::tls`), then the bytes inside are detected and
+    /// served as on a plain connection, with the verified caller.
+    async fn serve_mesh(
+        &self,
+        io: PrefixedIo<TcpStream>,
+        tls: Arc<TlsIdentity>,
+        peer: SocketAddr,
+        app: SocketAddr,
+        shutdown: &CancellationToken,
+    ) {
+        let timeout = self.detect.timeout;
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls.mesh_server());
+        let mut stream = match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.metrics.traffic.inbound_rejected("mtls-refused");
+                tracing::info!(%peer, error = %e, "mTLS handshake refused");
+                return;
+            }
+            Err(_) => return,
+        };
+        // Client certificates are mandatory on this config: a session
+        // without one never gets here.
+        let Some(verified) = peer_identity(stream.get_ref().1).and_then(Verified::new) else {
+            return;
+        };
+        let detected = match detect(&mut stream, timeout).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "mTLS connection failed during detection");
+                return;
+            }
+        };
+        let io = PrefixedIo::new(detected.prefix, stream);
+        match detected.protocol {
+            Protocol::Http1 | Protocol::Http2 => {
+                let proto = match detected.protocol {
+                    Protocol::Http2 => Proto::Http2,
+                    _ => Proto::Http1,
+                };
+                let h = self.http.clone();
+                let app = match app == self.app.addr {
+                    true => self.app.clone(),
+                    false => App::new(app, self.http.upstreams.pool(app)),
+                };
+                let handler = move |req| {
+                    Box::pin(
+                        h.clone()
+                            .handle(req, peer, app.clone(), Some(verified.clone())),
+                    )
+                };
+                if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
+                    tracing::debug!(%peer, error = %e, "inbound mTLS connection ended with error");
+                }
+            }
+            Protocol::Tls { .. } | Protocol::MeshOpaque | Protocol::Opaque => {
+                if !self.allow_tcp(Some(&verified)) {
+                    // A reset, as for any refused opaque connection.
+                    let tcp = io.into_inner().into_inner().0.into_inner();
+                    return fast_close(tcp);
+                }
+                self.metrics.traffic.inbound_tcp.inc();
+                match connect(app, self.connect).await {
+                    Ok(upstream) => self.relay_to_app(io, upstream, peer, app).await,
+                    Err(e) => tracing::debug!(%peer, %app, error = %e, "cannot reach the app"),
+                }
+            }
+        }
+    }
+
+    /// Whether this service's AuthorizationPolicy lets `caller` open an
+    /// opaque connection (rules naming methods or paths never match TCP).
+    fn allow_tcp(&self, caller: Option<&Verified>) -> bool {
+        let Some(service) = &self.http.service else {
+            return true;
+        };
+        let policies = self.http.dir.authz();
+        if policies.is_empty() {
+            return true;
+        }
+        let decision = policies.decide(
+            service,
+            &authz::Request::tcp(caller.map(|v| v.uri.as_str())),
+        );
+        if !decision.allowed {
+            let label = caller.map_or("unknown", |v| v.id.service());
+            self.metrics.traffic.inbound_denied(label, &decision.rule);
+            self.metrics.traffic.inbound_rejected("forbidden");
+            tracing::debug!(caller = label, rule = %decision.rule, "opaque connection refused by policy");
+        }
+        decision.allowed
     }
 
     /// Relays an opaque connection to the app, over `upstream` when the
@@ -182,9 +290,9 @@ impl InboundServer {
         }
     }
 
-    async fn relay_to_app(
+    async fn relay_to_app<C: AsyncRead + AsyncWrite + Unpin + Send>(
         &self,
-        client: PrefixedIo<TcpStream>,
+        client: C,
         upstream: TcpStream,
         peer: SocketAddr,
         app: SocketAddr,

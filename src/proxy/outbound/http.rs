@@ -5,12 +5,12 @@ use super::opaque::OpaqueOutbound;
 use super::request::Services;
 use super::target::{is_own, resolve, ConnTarget, Names, Route};
 use crate::discovery::Directory;
-use crate::net::ConnectOptions;
+use crate::net::Io;
 use crate::proxy::body::{RespBody, StreamGuard, StreamedBody};
 use crate::proxy::headers;
-use crate::proxy::protocol::tunnel;
+use crate::proxy::protocol::{tunnel, PrefixedIo};
 use crate::proxy::rescue::MeshError;
-use crate::proxy::upstream::{connect_tcp, proto_of, Dest, Upstreams};
+use crate::proxy::upstream::{proto_of, Dest, Upstreams};
 use crate::telemetry::ProxyMetrics;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -20,7 +20,6 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 
 /// Everything the outbound request path shares across connections.
 pub struct HttpOutbound {
@@ -170,7 +169,7 @@ impl HttpOutbound {
     async fn open_tunnel(
         &self,
         req: &Request<Incoming>,
-    ) -> Result<(TcpStream, StreamGuard), MeshError> {
+    ) -> Result<(PrefixedIo<Io>, StreamGuard), MeshError> {
         let authority = req
             .uri()
             .authority()
@@ -191,11 +190,9 @@ impl HttpOutbound {
             }
             Route::External { host, port } => {
                 let addr = self.outside(&host, port).await?;
-                let opts = ConnectOptions {
-                    mark: self.opaque.mark,
-                    timeout: self.upstreams.connect_timeout(),
-                };
-                Ok((connect_tcp(addr, opts).await?, guard))
+                let timeout = self.upstreams.connect_timeout();
+                let stream = self.upstreams.dialer().open(addr, timeout, None).await?;
+                Ok((PrefixedIo::new(Bytes::new(), stream), guard))
             }
         }
     }

@@ -151,7 +151,7 @@ impl OutboundServer {
                     tracing::debug!(%peer, error = %e, "outbound connection ended with error");
                 }
             }
-            Protocol::Tls { sni } => {
+            Protocol::Tls { sni, .. } => {
                 tracing::debug!(service = %svc.name, sni = sni.as_deref().unwrap_or("-"), "TLS connection relayed opaque");
                 self.metrics
                     .traffic

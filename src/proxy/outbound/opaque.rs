@@ -9,12 +9,12 @@
 
 use super::policy::{self, Admitted, Attempt, Target, Verdict};
 use crate::discovery::{Directory, Endpoint, Service};
-use crate::net::ConnectOptions;
+use crate::net::Io;
 use crate::proxy::protocol::{
-    fast_close, first_word, relay, FirstWord, PrefixedIo, MESH_OPAQUE_PREAMBLE,
+    fast_close, first_word, relay, FirstWord, PrefixedIo, Upstream, MESH_OPAQUE_PREAMBLE,
 };
 use crate::proxy::rescue::MeshError;
-use crate::proxy::upstream::connect_tcp;
+use crate::proxy::upstream::Dialer;
 use crate::resilience::{BulkheadPermit, Tried};
 use crate::telemetry::ProxyMetrics;
 use std::sync::Arc;
@@ -29,15 +29,17 @@ pub const LEARN_WITHIN: Duration = Duration::from_secs(5);
 pub struct OpaqueOutbound {
     pub dir: Arc<Directory>,
     pub metrics: Arc<ProxyMetrics>,
-    /// SO_MARK for upstream sockets.
-    pub mark: Option<u32>,
+    /// The one upstream connector (mark, mTLS).
+    pub dialer: Dialer,
     /// `--tcp-idle-timeout`.
     pub idle: Duration,
 }
 
 /// A connection made to one of a service's endpoints.
 pub struct Opened {
-    pub stream: TcpStream,
+    /// Plain TCP, or mTLS to a peer proxy; with what [`Upstream::peek`]
+    /// had to read already, replayed first.
+    pub stream: PrefixedIo<Io>,
     pub ep: Arc<Endpoint>,
     /// Held for the connection's life: the bulkhead counts connections.
     slot: Option<BulkheadPermit>,
@@ -59,20 +61,23 @@ impl Opened {
     }
 
     /// The stream, and what must be held for as long as it is used.
-    pub fn into_parts(self) -> (TcpStream, Option<BulkheadPermit>) {
+    pub fn into_parts(self) -> (PrefixedIo<Io>, Option<BulkheadPermit>) {
         (self.stream, self.slot)
     }
 }
 
-impl crate::proxy::protocol::Upstream for Opened {
-    fn stream(&self) -> &TcpStream {
-        &self.stream
+impl Upstream for Opened {
+    fn peek<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a {
+        self.stream.peek(buf)
     }
 }
 
 /// Opaque TCP's [`Attempt`]: a connect to one endpoint.
 struct Connect {
-    mark: Option<u32>,
+    dialer: Dialer,
 }
 
 impl Attempt for Connect {
@@ -86,13 +91,9 @@ impl Attempt for Connect {
 
     async fn send(&self, (): (), to: Target<'_>) -> Result<Opened, MeshError> {
         let ep = to.endpoint;
-        let opts = ConnectOptions {
-            mark: self.mark,
-            timeout: to.connect,
-        };
-        let stream = dial(ep, opts).await?;
+        let stream = dial(&self.dialer, ep, to.connect).await?;
         Ok(Opened {
-            stream,
+            stream: PrefixedIo::new(bytes::Bytes::new(), stream),
             ep: ep.clone(),
             slot: None,
             connected: None,
@@ -138,9 +139,9 @@ impl OpaqueOutbound {
         };
         opened.confirm();
         let ep = opened.ep.clone();
-        let (stream, slot) = opened.into_parts();
+        let (mut stream, slot) = opened.into_parts();
         if let Some(learn) = on_server_first {
-            if first_word(client.get_ref(), &stream, LEARN_WITHIN).await == FirstWord::Server {
+            if first_word(client.get_ref(), &mut stream, LEARN_WITHIN).await == FirstWord::Server {
                 learn();
             }
         }
@@ -166,15 +167,18 @@ impl OpaqueOutbound {
     /// is recorded by the caller, with [`Opened::confirm`], once the
     /// connection is used.
     pub async fn open(&self, svc: &Arc<Service>) -> Result<Opened, MeshError> {
-        let attempt = Connect { mark: self.mark };
+        let attempt = Connect {
+            dialer: self.dialer.clone(),
+        };
         policy::call(&self.dir, &self.metrics, svc, &attempt, (), None).await
     }
 }
 
-/// Connects to the endpoint, announcing opaque bytes to a peer proxy.
-async fn dial(ep: &Endpoint, opts: ConnectOptions) -> Result<TcpStream, MeshError> {
+/// Connects to the endpoint (mTLS to a peer proxy with an identity),
+/// announcing opaque bytes to a peer proxy.
+async fn dial(dialer: &Dialer, ep: &Endpoint, timeout: Duration) -> Result<Io, MeshError> {
     let addr = ep.dial();
-    let mut stream = connect_tcp(addr, opts).await?;
+    let mut stream = dialer.open(addr, timeout, ep.conns.peer()).await?;
     if ep.inbound.is_some() {
         stream
             .write_all(MESH_OPAQUE_PREAMBLE)
@@ -205,6 +209,8 @@ mod tests {
         dir.replace(Snapshot {
             revision: 1,
             policies: Vec::new(),
+            authorizations: Vec::new(),
+            bundle: None,
             services: vec![ServiceInfo {
                 name: "db".into(),
                 vip: Ipv4Addr::new(127, 100, 0, 9),
@@ -217,6 +223,7 @@ mod tests {
                     health: Health::Up,
                     ttl_secs: None,
                     inbound_port: None,
+                    identity: None,
                 }],
             }],
         });
@@ -224,7 +231,7 @@ mod tests {
         let opaque = OpaqueOutbound {
             dir: dir.clone(),
             metrics,
-            mark: None,
+            dialer: Dialer::plain(None),
             idle: Duration::from_secs(60),
         };
         let calls = || svc.resilience.view().breaker.calls;

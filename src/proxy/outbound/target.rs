@@ -134,6 +134,8 @@ mod tests {
         d.replace(Snapshot {
             revision: 1,
             policies: Vec::new(),
+            authorizations: Vec::new(),
+            bundle: None,
             services: vec![ServiceInfo {
                 name: "hello".into(),
                 vip: Ipv4Addr::new(127, 100, 0, 1),

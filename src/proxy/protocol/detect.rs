@@ -9,7 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use std::io;
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -40,8 +40,10 @@ pub enum Protocol {
     /// HTTP/2 with prior knowledge (h2c): the preface came first.
     Http2,
     /// A TLS ClientHello; relayed opaque, the server name kept for logs.
+    /// `mesh`: it offers the mesh's ALPN (a peer proxy's mTLS).
     Tls {
         sni: Option<String>,
+        mesh: bool,
     },
     /// A mesh proxy's opaque preamble (already consumed from the prefix).
     MeshOpaque,
@@ -91,7 +93,10 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
     if buf[0] == 0x16 {
         return match buf.get(1) {
             None => None,
-            Some(0x03) => Some(Protocol::Tls { sni: None }),
+            Some(0x03) => Some(Protocol::Tls {
+                sni: None,
+                mesh: false,
+            }),
             Some(_) => Some(Protocol::Opaque),
         };
     }
@@ -133,7 +138,10 @@ fn http1_request_line(buf: &[u8]) -> Option<Protocol> {
 
 /// Reads a connection's first bytes until their protocol is known, the
 /// client goes quiet past `timeout`, or it closes.
-pub async fn detect(stream: &mut TcpStream, timeout: Duration) -> io::Result<Detected> {
+pub async fn detect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> io::Result<Detected> {
     let deadline = Instant::now() + timeout;
     let mut buf = BytesMut::with_capacity(1024);
     let done = |buf: BytesMut, protocol, silent| Detected {
@@ -157,8 +165,8 @@ pub async fn detect(stream: &mut TcpStream, timeout: Duration) -> io::Result<Det
         match classify(&buf) {
             None => continue,
             Some(Protocol::Tls { .. }) => {
-                let sni = read_client_hello(stream, &mut buf, deadline).await?;
-                return Ok(done(buf, Protocol::Tls { sni }, false));
+                let (sni, mesh) = read_client_hello(stream, &mut buf, deadline).await?;
+                return Ok(done(buf, Protocol::Tls { sni, mesh }, false));
             }
             Some(Protocol::MeshOpaque) => {
                 let _ = buf.split_to(MESH_OPAQUE_PREAMBLE.len());
@@ -205,35 +213,45 @@ pub async fn detect_http_version(
 }
 
 /// Reads the rest of the first TLS record and returns the ClientHello's
-/// server name, if it arrives before `deadline` and has one.
-async fn read_client_hello(
-    stream: &mut TcpStream,
+/// server name (if it arrives before `deadline` and has one), and whether
+/// it offers the mesh's ALPN.
+async fn read_client_hello<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     deadline: Instant,
-) -> io::Result<Option<String>> {
+) -> io::Result<(Option<String>, bool)> {
     while buf.len() < 5 || buf.len() < record_len(buf) {
         if buf.len() >= MAX_TLS_RECORD {
-            return Ok(None);
+            return Ok((None, false));
         }
         match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
-            Ok(Ok(0)) | Err(_) => return Ok(None),
+            Ok(Ok(0)) | Err(_) => return Ok((None, false)),
             Ok(r) => r?,
         };
     }
-    Ok(server_name(buf))
+    Ok(client_hello(buf))
 }
 
 fn record_len(buf: &[u8]) -> usize {
     5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]))
 }
 
-/// The SNI of a ClientHello, parsed by rustls.
-pub(super) fn server_name(record: &[u8]) -> Option<String> {
+/// The SNI of a ClientHello, and whether it offers the mesh ALPN; parsed
+/// by rustls.
+pub(super) fn client_hello(record: &[u8]) -> (Option<String>, bool) {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut rd = record;
-    acceptor.read_tls(&mut rd).ok()?;
-    let accepted = acceptor.accept().ok()??;
-    accepted.client_hello().server_name().map(str::to_string)
+    if acceptor.read_tls(&mut rd).is_err() {
+        return (None, false);
+    }
+    let Ok(Some(accepted)) = acceptor.accept() else {
+        return (None, false);
+    };
+    let hello = accepted.client_hello();
+    let mesh = hello
+        .alpn()
+        .is_some_and(|mut protos| protos.any(|p| p == crate::identity::MESH_ALPN));
+    (hello.server_name().map(str::to_string), mesh)
 }
 
 #[cfg(test)]
@@ -257,7 +275,13 @@ mod tests {
             (b"MESH-OPA", None),
             (b"MESH-OPAQUE/1\r\nabc", Some(Protocol::MeshOpaque)),
             (&[0x16], None),
-            (&[0x16, 0x03, 0x01], Some(Protocol::Tls { sni: None })),
+            (
+                &[0x16, 0x03, 0x01],
+                Some(Protocol::Tls {
+                    sni: None,
+                    mesh: false,
+                }),
+            ),
             (&[0x16, 0x42], Some(Protocol::Opaque)),
             // redis RESP, postgres startup, garbage
             (b"*1\r\n$4\r\nPING\r\n", Some(Protocol::Opaque)),

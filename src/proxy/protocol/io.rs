@@ -27,6 +27,24 @@ impl<T> PrefixedIo<T> {
     pub fn into_inner(self) -> T {
         self.io
     }
+
+    /// Shows the next bytes without losing them: the prefix if any, else
+    /// what one read returns (kept as the prefix). 0: closed.
+    pub async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize>
+    where
+        T: AsyncRead + Unpin,
+    {
+        if self.prefix.is_empty() {
+            use tokio::io::AsyncReadExt;
+            let mut first = vec![0u8; buf.len().max(1)];
+            let n = self.io.read(&mut first).await?;
+            first.truncate(n);
+            self.prefix = Bytes::from(first);
+        }
+        let n = self.prefix.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.prefix[..n]);
+        Ok(n)
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for PrefixedIo<T> {

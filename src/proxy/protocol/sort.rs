@@ -40,7 +40,11 @@ pub enum FirstWord {
 /// Waits until one side is readable; peeks, so nothing is consumed.
 /// A closed or failed side counts as having spoken (there is nothing more
 /// to wait for from it).
-pub async fn first_word(client: &TcpStream, server: &TcpStream, within: Duration) -> FirstWord {
+pub async fn first_word<U: Upstream>(
+    client: &TcpStream,
+    server: &mut U,
+    within: Duration,
+) -> FirstWord {
     let (mut c, mut s) = ([0u8; 1], [0u8; 1]);
     tokio::select! {
         // Client first when both are ready: its bytes are the ones to read.
@@ -64,7 +68,7 @@ async fn client_within(client: &TcpStream, within: Duration) -> FirstWord {
 /// Whether the server's first bytes (peeked) are an HTTP/2 server
 /// connection preface: a SETTINGS frame on stream 0 (RFC 9113 §3.4),
 /// which HTTP/2 servers send without waiting for the client.
-async fn sends_h2_preface(server: &TcpStream) -> bool {
+async fn sends_h2_preface<U: Upstream>(server: &mut U) -> bool {
     let mut head = [0u8; 9];
     match server.peek(&mut head).await {
         Ok(n) if n > 0 => looks_like_h2_settings(&head[..n]),
@@ -119,14 +123,35 @@ impl<U, E> Sorted<U, E> {
     }
 }
 
-/// A connection to the upstream, as [`sort`] needs to see it.
+/// A connection to the upstream, as [`sort`] needs to see it: the first
+/// bytes the server sent, shown without being lost to the relay. A TCP
+/// socket peeks; an mTLS connection must decrypt, so it keeps what it
+/// read for the relay (peeking its socket would see TLS records, not the
+/// server's words).
 pub trait Upstream {
-    fn stream(&self) -> &TcpStream;
+    fn peek<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a;
+}
+
+/// An mTLS (or any) stream: the server's first bytes are read into the
+/// prefix, so the relay still sends them on.
+impl<T: tokio::io::AsyncRead + Unpin + Send> Upstream for super::io::PrefixedIo<T> {
+    fn peek<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        super::io::PrefixedIo::peek(self, buf)
+    }
 }
 
 impl Upstream for TcpStream {
-    fn stream(&self) -> &TcpStream {
-        self
+    fn peek<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl Future<Output = io::Result<usize>> + Send + 'a {
+        TcpStream::peek(self, buf)
     }
 }
 
@@ -169,8 +194,9 @@ where
         }
         Some(Ok(u)) => u,
     };
-    let mut first = first_word(client, upstream.stream(), remaining()).await;
-    if first == FirstWord::Server && sends_h2_preface(upstream.stream()).await {
+    let mut upstream = upstream;
+    let mut first = first_word(client, &mut upstream, remaining()).await;
+    if first == FirstWord::Server && sends_h2_preface(&mut upstream).await {
         // An HTTP/2 server (gRPC, h2c) sends its SETTINGS at once, then
         // waits for the client's preface: not a greeting.
         first = client_within(client, remaining()).await;
@@ -338,20 +364,26 @@ mod tests {
         let wait = Duration::from_secs(5);
 
         let (client, _app) = pair(&l).await;
-        let (server, mut banner) = pair(&l).await;
+        let (mut server, mut banner) = pair(&l).await;
         banner.write_all(b"220 ready").await.unwrap();
-        assert_eq!(first_word(&client, &server, wait).await, FirstWord::Server);
+        assert_eq!(
+            first_word(&client, &mut server, wait).await,
+            FirstWord::Server
+        );
 
         let (client, mut slow_app) = pair(&l).await;
-        let (server, _quiet) = pair(&l).await;
+        let (mut server, _quiet) = pair(&l).await;
         slow_app.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        assert_eq!(first_word(&client, &server, wait).await, FirstWord::Client);
+        assert_eq!(
+            first_word(&client, &mut server, wait).await,
+            FirstWord::Client
+        );
 
         let (client, _a) = pair(&l).await;
-        let (server, _s) = pair(&l).await;
+        let (mut server, _s) = pair(&l).await;
         let short = Duration::from_millis(20);
         assert_eq!(
-            first_word(&client, &server, short).await,
+            first_word(&client, &mut server, short).await,
             FirstWord::Neither
         );
     }

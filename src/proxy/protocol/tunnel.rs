@@ -6,6 +6,8 @@
 //! lives.
 
 use super::relay::relay;
+use super::PrefixedIo;
+use crate::net::Io;
 use crate::proxy::body::{RespBody, StreamGuard};
 use http::Response;
 use http_body_util::Either;
@@ -13,7 +15,6 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 /// After a `101 Switching Protocols`, joins the caller's connection and
 /// the upstream's and relays bytes until both end.
@@ -35,7 +36,7 @@ pub fn splice_upgrade(downstream: OnUpgrade, resp: &mut Response<RespBody>, idle
 /// `upstream` (already connected).
 pub fn splice_connect(
     downstream: OnUpgrade,
-    upstream: TcpStream,
+    upstream: PrefixedIo<Io>,
     idle: Duration,
     guard: StreamGuard,
 ) {

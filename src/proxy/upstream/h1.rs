@@ -15,8 +15,8 @@
 //! race every pooled client has) hands the request back unsent; it is
 //! then sent once on a fresh connection, so the caller never sees it.
 
-use super::dial::{self, error_chain};
-use crate::net::ConnectOptions;
+use super::dial::{error_chain, Dialer};
+use crate::identity::SpiffeId;
 use crate::proxy::body::ReqBody;
 use crate::proxy::rescue::MeshError;
 use http::{Request, Response};
@@ -36,6 +36,8 @@ pub const MAX_IDLE: usize = 256;
 /// One upstream address's idle HTTP/1 connections.
 pub struct H1Pool {
     addr: SocketAddr,
+    /// The identity the peer at `addr` must prove (mTLS); `None`: plain.
+    peer: Option<Arc<SpiffeId>>,
     /// Most recently returned last: taken from the back (warm first),
     /// expired from the front.
     idle: Mutex<Vec<Idle>>,
@@ -73,15 +75,21 @@ impl std::fmt::Debug for H1Pool {
 // === impl H1Pool ===
 
 impl H1Pool {
-    pub fn new(addr: SocketAddr) -> Arc<Self> {
+    pub fn new(addr: SocketAddr, peer: Option<Arc<SpiffeId>>) -> Arc<Self> {
         Arc::new(H1Pool {
             addr,
+            peer,
             idle: Mutex::new(Vec::new()),
         })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Who must answer at [`H1Pool::addr`] (mTLS), if anyone.
+    pub fn peer(&self) -> Option<&SpiffeId> {
+        self.peer.as_deref()
     }
 
     /// Idle connections now (for tests and `/state`).
@@ -98,7 +106,8 @@ impl H1Pool {
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<ReqBody>,
-        opts: ConnectOptions,
+        dialer: &Dialer,
+        timeout: Duration,
     ) -> Result<(Response<Incoming>, Pooled), MeshError> {
         let addr = self.addr;
         let reset = |e: hyper::Error| MeshError::UpstreamReset {
@@ -116,7 +125,7 @@ impl H1Pool {
                 },
             }
         }
-        let mut sender = self.connect(opts).await?;
+        let mut sender = self.connect(dialer, timeout).await?;
         let resp = sender.send_request(req).await.map_err(reset)?;
         Ok((resp, self.pooled(sender)))
     }
@@ -171,9 +180,13 @@ impl H1Pool {
             .retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
     }
 
-    async fn connect(&self, opts: ConnectOptions) -> Result<SendRequest<ReqBody>, MeshError> {
+    async fn connect(
+        &self,
+        dialer: &Dialer,
+        timeout: Duration,
+    ) -> Result<SendRequest<ReqBody>, MeshError> {
         let addr = self.addr;
-        let stream = dial::tcp(addr, opts).await?;
+        let stream = dialer.open(addr, timeout, self.peer()).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -207,12 +220,11 @@ mod tests {
             .unwrap()
     }
 
-    fn opts() -> ConnectOptions {
-        ConnectOptions {
-            mark: None,
-            timeout: Duration::from_secs(1),
-        }
+    fn dialer() -> Dialer {
+        Dialer::plain(None)
     }
+
+    const SECOND: Duration = Duration::from_secs(1);
 
     /// A server that answers each connection's first request with
     /// keep-alive, then closes it: every reuse meets the stale race.
@@ -259,9 +271,9 @@ mod tests {
                 );
             }
         });
-        let pool = H1Pool::new(addr);
+        let pool = H1Pool::new(addr, None);
         for _ in 0..5 {
-            let (resp, conn) = pool.send(get(), opts()).await.unwrap();
+            let (resp, conn) = pool.send(get(), &dialer(), SECOND).await.unwrap();
             assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
             drop(conn);
             // hyper's connection task marks itself ready on its own time.
@@ -275,7 +287,8 @@ mod tests {
         assert_eq!(pool.idle_count(), 1);
 
         // Two at once need two connections; both are kept.
-        let (a, b) = tokio::join!(pool.send(get(), opts()), pool.send(get(), opts()));
+        let d = dialer();
+        let (a, b) = tokio::join!(pool.send(get(), &d, SECOND), pool.send(get(), &d, SECOND));
         drop((a.unwrap(), b.unwrap()));
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(pool.idle_count(), 2);
@@ -284,9 +297,9 @@ mod tests {
     #[tokio::test]
     async fn a_connection_closed_by_the_server_is_not_the_callers_problem() {
         let (addr, accepted) = one_answer_per_connection().await;
-        let pool = H1Pool::new(addr);
+        let pool = H1Pool::new(addr, None);
         for i in 1..=3 {
-            let (resp, conn) = pool.send(get(), opts()).await.unwrap();
+            let (resp, conn) = pool.send(get(), &dialer(), SECOND).await.unwrap();
             assert_eq!(resp.status(), 200, "call {i}");
             assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
             drop(conn);
@@ -299,8 +312,8 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let pool = H1Pool::new(addr);
-        let err = pool.send(get(), opts()).await.unwrap_err();
+        let pool = H1Pool::new(addr, None);
+        let err = pool.send(get(), &dialer(), SECOND).await.unwrap_err();
         assert_eq!(err.reason(), "connect-failed", "{err}");
     }
 }

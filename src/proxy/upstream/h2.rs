@@ -3,8 +3,8 @@
 //! [`MAX_STREAMS_PER_CONN`] open streams each (servers commonly allow 100
 //! or 200), another one opened beyond that, closed ones dropped.
 
-use super::dial::{self, error_chain};
-use crate::net::ConnectOptions;
+use super::dial::{error_chain, Dialer};
+use crate::identity::SpiffeId;
 use crate::proxy::body::ReqBody;
 use crate::proxy::rescue::MeshError;
 use http::{Request, Response};
@@ -29,7 +29,7 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_STREAMS_PER_CONN: usize = 100;
 
 pub struct H2Pool {
-    mark: Option<u32>,
+    dialer: Dialer,
     conns: Mutex<HashMap<SocketAddr, Entry>>,
 }
 
@@ -69,9 +69,9 @@ impl Drop for StreamSlot {
 // === impl H2Pool ===
 
 impl H2Pool {
-    pub fn new(mark: Option<u32>) -> Self {
+    pub fn new(dialer: Dialer) -> Self {
         H2Pool {
-            mark,
+            dialer,
             conns: Mutex::new(HashMap::new()),
         }
     }
@@ -80,6 +80,7 @@ impl H2Pool {
         &self,
         req: Request<ReqBody>,
         addr: SocketAddr,
+        peer: Option<&SpiffeId>,
         connect_timeout: Duration,
     ) -> Result<(Response<Incoming>, StreamSlot), MeshError> {
         let (mut sender, slot) = match self.checkout(addr) {
@@ -90,7 +91,7 @@ impl H2Pool {
                 // Whoever held the lock may have made room meanwhile.
                 match self.checkout(addr) {
                     Some(c) => c,
-                    None => self.connect(addr, connect_timeout).await?,
+                    None => self.connect(addr, peer, connect_timeout).await?,
                 }
             }
         };
@@ -128,14 +129,11 @@ impl H2Pool {
     async fn connect(
         &self,
         addr: SocketAddr,
+        peer: Option<&SpiffeId>,
         timeout: Duration,
     ) -> Result<(SendRequest<ReqBody>, StreamSlot), MeshError> {
         let failed = |reason: String| MeshError::ConnectFailed { addr, reason };
-        let opts = ConnectOptions {
-            mark: self.mark,
-            timeout,
-        };
-        let stream = dial::tcp(addr, opts).await?;
+        let stream = self.dialer.open(addr, timeout, peer).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -206,7 +204,7 @@ mod tests {
             }
         });
 
-        let pool = Arc::new(H2Pool::new(None));
+        let pool = Arc::new(H2Pool::new(Dialer::plain(None)));
         let calls = (0..want).map(|_| {
             let pool = pool.clone();
             tokio::spawn(async move {
@@ -214,7 +212,10 @@ mod tests {
                     .uri(format!("http://{addr}/"))
                     .body(Either::Right(Full::new(Bytes::new())))
                     .unwrap();
-                let (resp, slot) = pool.send(req, addr, Duration::from_secs(1)).await.unwrap();
+                let (resp, slot) = pool
+                    .send(req, addr, None, Duration::from_secs(1))
+                    .await
+                    .unwrap();
                 let body = resp.into_body().collect().await.unwrap().to_bytes();
                 drop(slot);
                 body

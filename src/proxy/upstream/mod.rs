@@ -13,12 +13,13 @@ mod dial;
 mod h1;
 mod h2;
 
-pub use dial::{error_chain, tcp as connect_tcp};
+pub use dial::{error_chain, tcp as connect_tcp, Dialer};
 pub use h1::{H1Pool, Pooled, IDLE_TIMEOUT, MAX_IDLE};
 pub use h2::{H2Pool, StreamSlot, MAX_STREAMS_PER_CONN};
 
 use super::body::{ReqBody, ResponseBody};
 use super::rescue::MeshError;
+use crate::identity::tls::TlsIdentity;
 use crate::net::ConnectOptions;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
@@ -56,6 +57,8 @@ pub struct Dest<'a> {
 pub struct Upstreams {
     /// Mark and default connect timeout (`--connect-timeout`).
     opts: ConnectOptions,
+    /// TCP, then mTLS to sidecars with an identity.
+    dialer: Dialer,
     /// Pools for addresses that are not endpoints (the app's ports, hosts
     /// outside the mesh), made on first use; endpoints carry their own.
     others: Mutex<HashMap<SocketAddr, Arc<H1Pool>>>,
@@ -65,12 +68,22 @@ pub struct Upstreams {
 // === impl Upstreams ===
 
 impl Upstreams {
-    pub fn new(opts: ConnectOptions) -> Self {
+    pub fn new(opts: ConnectOptions, tls: Option<Arc<TlsIdentity>>) -> Self {
+        let dialer = Dialer {
+            mark: opts.mark,
+            tls,
+        };
         Upstreams {
             opts,
             others: Mutex::new(HashMap::new()),
-            h2: H2Pool::new(opts.mark),
+            h2: H2Pool::new(dialer.clone()),
+            dialer,
         }
+    }
+
+    /// The connector every upstream connection is made with.
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     /// The default connect timeout.
@@ -83,7 +96,7 @@ impl Upstreams {
         let mut others = self.others.lock().unwrap_or_else(|e| e.into_inner());
         others
             .entry(addr)
-            .or_insert_with(|| H1Pool::new(addr))
+            .or_insert_with(|| H1Pool::new(addr, None))
             .clone()
     }
 
@@ -107,14 +120,10 @@ impl Upstreams {
         connect: Duration,
         proto: Proto,
     ) -> Result<Response<ResponseBody>, MeshError> {
-        let opts = ConnectOptions {
-            timeout: connect,
-            ..self.opts
-        };
         match proto {
             Proto::Http1 => {
                 origin_form(&mut req, dest.authority)?;
-                let (resp, conn) = dest.pool.send(req, opts).await?;
+                let (resp, conn) = dest.pool.send(req, &self.dialer, connect).await?;
                 let mut resp = streamed(resp);
                 resp.body_mut().guard_mut().hold(conn);
                 Ok(resp)
@@ -131,7 +140,8 @@ impl Upstreams {
                 // Boxed: the HTTP/2 path (with its connect and handshake)
                 // would size every request's future, HTTP/1 ones included.
                 let addr = dest.pool.addr();
-                let (resp, slot) = Box::pin(self.h2.send(req, addr, connect)).await?;
+                let peer = dest.pool.peer();
+                let (resp, slot) = Box::pin(self.h2.send(req, addr, peer, connect)).await?;
                 let mut resp = streamed(resp);
                 resp.body_mut().guard_mut().hold(slot);
                 Ok(resp)

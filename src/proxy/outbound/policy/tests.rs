@@ -150,6 +150,7 @@ fn instance(service: &str, id: &str, k: u8) -> Instance {
         health: Health::Up,
         ttl_secs: None,
         inbound_port: None,
+        identity: None,
     }
 }
 
@@ -181,6 +182,8 @@ impl World {
             revision: 1,
             policies,
             services: infos,
+            authorizations: Vec::new(),
+            bundle: None,
         });
         // Round-robin starts anywhere (so that proxies started together do
         // not all pick the same endpoint first): turn it to the first.
