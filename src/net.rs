@@ -113,6 +113,39 @@ impl Io {
     }
 }
 
+/// A TLS stream hyper should write whole messages to (see
+/// [`Io::is_write_vectored`]): for TLS sessions that are not an [`Io`]
+/// (the inbound's, over the bytes detection already read).
+pub struct Flat<T>(pub T);
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Flat<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Flat<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 impl tokio::io::AsyncRead for Io {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -149,10 +182,14 @@ impl tokio::io::AsyncWrite for Io {
         }
     }
 
+    /// TLS: no. rustls seals each buffer of a vectored write as a record
+    /// of its own (headers, then body: two records and two seals per
+    /// message); told "not vectored", hyper flattens a message into one
+    /// buffer, so one record goes out per write.
     fn is_write_vectored(&self) -> bool {
         match self {
             Io::Plain(s) => s.is_write_vectored(),
-            Io::Tls(s) => s.is_write_vectored(),
+            Io::Tls(_) => false,
         }
     }
 

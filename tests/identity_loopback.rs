@@ -96,6 +96,7 @@ fn echoed(body: &str) -> Vec<(String, String)> {
 /// | web   | same | POST /api/x, GET /_stats | 403 `forbidden`, the app sees nothing |
 /// | other | same | GET /api/x | 403 `forbidden` |
 /// | web   | same | CONNECT hello:80 (opaque) | reset: an L7 rule never grants TCP |
+/// | plain curl at hello's inbound | `mode: permissive`, then `mode: strict` | GET /_stats | 200, then 403 |
 /// | other | other allowed too, applied live | GET /api/x | 200 within 1 s |
 fn callers_are_known_by_certificate_and_authorization_is_live() {
     let lo = Loopback::secure("idauthz");
@@ -184,6 +185,38 @@ fn callers_are_known_by_certificate_and_authorization_is_live() {
         "200",
         "a tunnel passed an L7-only policy: {out:?}"
     );
+
+    // A plaintext client straight at hello's inbound (outside the mesh):
+    // let in while the mode is permissive, refused once it is strict.
+    let plain = format!("http://{}/_stats", hello.inbound.unwrap());
+    let direct = |url: &str| {
+        let out = run_with_timeout(
+            command(
+                "curl",
+                &[
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "5",
+                    url,
+                ],
+                &[],
+            ),
+            secs(10),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    lo.apply("kind: AuthorizationPolicy\nservice: hello\nmode: permissive\n");
+    wait_for("permissive to let a plaintext client in", secs(5), || {
+        (direct(&plain) == "200").then_some(())
+    });
+    lo.apply("kind: AuthorizationPolicy\nservice: hello\nmode: strict\n");
+    wait_for("strict to refuse a plaintext client", secs(5), || {
+        (direct(&plain) == "403").then_some(())
+    });
 
     lo.apply(&format!(
         "kind: AuthorizationPolicy\nservice: hello\ndefault: deny\nrules:\n  - name: readers\n    from: [\"{WEB}\", \"spiffe://mesh.local/ns/default/sa/other\"]\n    methods: [GET]\n"

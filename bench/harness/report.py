@@ -303,6 +303,13 @@ def write(res, out):
                       "(both hops).", ""]
             lines += ratios(res["rows"], res["memory"], mesh="mesh-proxy-2hop", peers=PEERS_2HOP)
             lines += ["", "Two-hop figures:", ""] + two_hop_table(res["rows"])
+        if any(r["target"] == "mesh-mtls-2hop" for r in res["rows"]):
+            lines += ["", "## mTLS: mesh-mtls-2hop ÷ mesh-proxy-2hop", "",
+                      "The same two hops with identity on (TLS 1.3 between the sidecars, aws-lc-rs) "
+                      "against identity off, in this run. Goal (issue 11): ≥ 0.90 req per CPU-s on "
+                      "keep-alive traffic. Handshakes per CPU-second and memory per mTLS connection: "
+                      "`python3 -m harness.handshakes`.", ""]
+            lines += ratios(res["rows"], res["memory"], mesh="mesh-mtls-2hop", peers=["mesh-proxy-2hop"])
         lines += ["", "## Every figure", "", "![latency percentiles](latency.png)"]
         lines += table(res["rows"], res["memory"])
         chart(res["rows"], os.path.join(out, "latency.png"))

@@ -389,3 +389,56 @@ fn renewal_is_at_seventy_percent_with_jitter() {
     assert!(early < mid && mid < late, "{early} {mid} {late}");
     assert!((late - early - 6.6).abs() < 0.5, "±10 % of the lifetime");
 }
+
+#[test]
+fn an_operators_root_becomes_the_active_one() {
+    let dir = tempfile::tempdir().unwrap();
+    // The operator's own root (cert-manager's, say), made outside mesh.
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::default();
+    p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let root = p.self_signed(&key).unwrap();
+    let (cert, keyf) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+    std::fs::write(&cert, root.pem()).unwrap();
+    std::fs::write(&keyf, key.serialize_pem()).unwrap();
+    let open = |operator_root| {
+        Authority::open(CaConfig {
+            dir: dir.path().join("identity"),
+            trust_domain: TD.into(),
+            leaf_ttl: Duration::from_secs(3600),
+            operator_root,
+        })
+    };
+    let ca = open(Some((cert.clone(), keyf.clone()))).unwrap();
+    let bundle = ca.bundle();
+    assert_eq!(bundle.roots.len(), 1);
+    assert_eq!(bundle.roots[0].id, ca::root_id(root.der()));
+    assert!(bundle.roots[0].active);
+    // Leaves chain to it: a holder of only that root accepts them.
+    let only = pem::encode_certs([root.der()]);
+    let hello = workload(&ca, "hello");
+    let web = {
+        let key = KeyPair::generate().unwrap();
+        let issued = ca.issue(&csr_for(&key, vec![]), &id("web")).unwrap();
+        let tls = TlsIdentity::new(TD, &only).unwrap();
+        tls.set_cert(issued.chain, key_der(&key)).unwrap();
+        tls
+    };
+    assert_eq!(handshake(&web, &hello, &id("hello")), Ok(id("web")));
+    // A key that is not the certificate's is refused with the reason.
+    std::fs::write(&keyf, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let err = Authority::open(CaConfig {
+        dir: other.path().join("identity"),
+        trust_domain: TD.into(),
+        leaf_ttl: Duration::from_secs(3600),
+        operator_root: Some((cert, keyf)),
+    })
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("does not match"), "{err}");
+}

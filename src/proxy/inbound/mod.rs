@@ -21,7 +21,7 @@ use super::protocol::{
 use super::server;
 use crate::authz;
 use crate::identity::tls::{peer_identity, TlsIdentity};
-use crate::net::{connect, ConnectOptions};
+use crate::net::{connect, ConnectOptions, Flat};
 use crate::proxy::upstream::Proto;
 use crate::telemetry::ProxyMetrics;
 use bytes::Bytes;
@@ -207,7 +207,7 @@ impl InboundServer {
                 return;
             }
         };
-        let io = PrefixedIo::new(detected.prefix, stream);
+        let io = PrefixedIo::new(detected.prefix, Flat(stream));
         match detected.protocol {
             Protocol::Http1 | Protocol::Http2 => {
                 let proto = match detected.protocol {
@@ -232,7 +232,7 @@ impl InboundServer {
             Protocol::Tls { .. } | Protocol::MeshOpaque | Protocol::Opaque => {
                 if !self.allow_tcp(Some(&verified)) {
                     // A reset, as for any refused opaque connection.
-                    let tcp = io.into_inner().into_inner().0.into_inner();
+                    let tcp = io.into_inner().0.into_inner().0.into_inner();
                     return fast_close(tcp);
                 }
                 self.metrics.traffic.inbound_tcp.inc();
