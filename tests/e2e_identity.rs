@@ -86,8 +86,17 @@ fn nothing_in_clear_on_the_wire() {
         assert_eq!(status, 200, "call {i}: {body}");
         assert!(body.contains("hello-1"), "call {i}: {body}");
     }
-    // Let the last segments reach the file, then stop the capture.
-    std::thread::sleep(std::time::Duration::from_secs(1));
+    // Every call is at least a request and a response record, each sent
+    // by a sidecar: wait until the file holds them all, then stop.
+    let records = |b: &[u8]| b.windows(3).filter(|w| *w == [0x17, 0x03, 0x03]).count();
+    wait_for(
+        "the capture to hold every call's TLS records",
+        secs(10),
+        || {
+            let bytes = std::fs::read(&pcap).unwrap_or_default();
+            (records(&bytes) >= 2 * 20).then_some(())
+        },
+    );
     capture.term();
     capture.wait_exit(secs(10));
     let bytes = std::fs::read(&pcap).unwrap();

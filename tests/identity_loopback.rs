@@ -517,6 +517,13 @@ fn rotation_under_load_loses_nothing() {
     let web = lo.sidecar("web", &[]);
     web.wait_ready_endpoints("hello", 2);
     let proxies = [&hello1, &hello2, &web];
+    let renewals = |p: &Sidecar| {
+        std::fs::read_to_string(p.proc.log_path())
+            .unwrap_or_default()
+            .matches("certificate issued")
+            .count()
+    };
+
     let old_root = issued_under(&web).expect("web has a certificate");
 
     let load = std::thread::spawn({
@@ -543,7 +550,10 @@ fn rotation_under_load_loses_nothing() {
             run_with_timeout(command("python3", &args, &[]), secs(180))
         }
     });
-    std::thread::sleep(Duration::from_secs(40));
+    // Renewals under load first: every proxy on its second certificate.
+    wait_for("a renewal of every proxy under load", secs(60), || {
+        proxies.iter().all(|p| renewals(p) >= 2).then_some(())
+    });
     let added = lo.ctl(&["-o", "json", "identity", "roots", "add"]);
     assert!(added.status.success(), "{added:?}");
     let new_root: Value = serde_json::from_slice(&added.stdout).unwrap();
@@ -567,7 +577,6 @@ fn rotation_under_load_loses_nothing() {
             .all(|p| issued_under(p).as_deref() == Some(new_root.as_str()))
             .then_some(())
     });
-    std::thread::sleep(Duration::from_secs(5));
     let removed = lo.ctl(&["identity", "roots", "remove", &old_root]);
     assert!(removed.status.success(), "{removed:?}");
 
@@ -576,12 +585,6 @@ fn rotation_under_load_loses_nothing() {
         .unwrap_or_else(|e| panic!("load.py report: {e}: {out:?}"));
     let results = report["results"].as_array().unwrap();
     let failed: Vec<&Value> = results.iter().filter(|r| r["status"] != 200).collect();
-    let renewals = |p: &Sidecar| {
-        std::fs::read_to_string(p.proc.log_path())
-            .unwrap_or_default()
-            .matches("certificate issued")
-            .count()
-    };
     println!(
         "rotation under load: {} requests in {:.0} s, {} failed; certificates issued: hello-1 {}, hello-2 {}, web {}",
         results.len(),

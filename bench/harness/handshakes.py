@@ -81,7 +81,7 @@ def held_rss(port, ctx, pid):
             if not s.recv(65536).startswith(b"HTTP/1.1 200"):
                 raise RuntimeError("no 200 on a held connection")
             held.append(s)
-        time.sleep(1)
+        # Each answered its request: its buffers are allocated now.
         return before, procs.rss_kb(pids, "VmRSS")
     finally:
         for s in held:

@@ -74,7 +74,16 @@ impl BootstrapTokens {
     /// A token proving `id` until `ttl` from now.
     pub fn mint(&self, id: &SpiffeId, ttl: Duration) -> Result<(String, SystemTime), String> {
         let now = SystemTime::now();
-        let exp = now + ttl;
+        self.mint_between(id, now, now + ttl)
+    }
+
+    /// A token proving `id`, issued at `iat`, good until `exp`.
+    fn mint_between(
+        &self,
+        id: &SpiffeId,
+        now: SystemTime,
+        exp: SystemTime,
+    ) -> Result<(String, SystemTime), String> {
         let unix = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs())
@@ -108,6 +117,17 @@ impl BootstrapTokens {
             .sub
             .parse()
             .map_err(|e: super::BadId| AuthError::Invalid(e.0))
+    }
+}
+
+#[cfg(test)]
+impl BootstrapTokens {
+    /// A token that expired a minute ago (no waiting for one to expire).
+    pub(crate) fn mint_expired(&self, id: &SpiffeId) -> Result<String, String> {
+        let now = SystemTime::now();
+        let minute = Duration::from_secs(60);
+        self.mint_between(id, now - 2 * minute, now - minute)
+            .map(|(t, _)| t)
     }
 }
 
