@@ -88,7 +88,7 @@ pub struct MarkedStream(pub TokioIo<Io>);
 /// knowing which.
 pub enum Io {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+    Tls(Box<Flat<tokio_rustls::TlsStream<TcpStream>>>),
 }
 
 impl Io {
@@ -96,7 +96,7 @@ impl Io {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Io::Plain(s) => s,
-            Io::Tls(s) => s.get_ref().0,
+            Io::Tls(s) => s.0.get_ref().0,
         }
     }
 
@@ -109,13 +109,16 @@ impl Io {
         let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await?;
-        Ok(Io::Tls(Box::new(stream.into())))
+        Ok(Io::Tls(Box::new(Flat(stream.into()))))
     }
 }
 
-/// A TLS stream hyper should write whole messages to (see
-/// [`Io::is_write_vectored`]): for TLS sessions that are not an [`Io`]
-/// (the inbound's, over the bytes detection already read).
+/// A TLS session that says it takes no vectored writes. rustls seals each
+/// buffer of a vectored write as a record of its own (headers, then body:
+/// two records and two seals per message); told "not vectored", hyper
+/// flattens a message into one buffer, so one record goes out per write.
+/// Every TLS session the proxy carries HTTP over is wrapped in it: the
+/// ones it opens ([`Io::Tls`]) and the inbound's.
 pub struct Flat<T>(pub T);
 
 impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Flat<T> {
@@ -143,6 +146,10 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Flat<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
     }
 }
 
@@ -182,14 +189,10 @@ impl tokio::io::AsyncWrite for Io {
         }
     }
 
-    /// TLS: no. rustls seals each buffer of a vectored write as a record
-    /// of its own (headers, then body: two records and two seals per
-    /// message); told "not vectored", hyper flattens a message into one
-    /// buffer, so one record goes out per write.
     fn is_write_vectored(&self) -> bool {
         match self {
             Io::Plain(s) => s.is_write_vectored(),
-            Io::Tls(_) => false,
+            Io::Tls(s) => s.is_write_vectored(),
         }
     }
 

@@ -7,7 +7,7 @@
 
 use super::auth::Peer;
 use crate::identity::tls::{peer_identity, TlsIdentity};
-use crate::net::Io;
+use crate::net::{Flat, Io};
 use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
 use std::io;
@@ -79,7 +79,7 @@ async fn accept_loop(
                 Ok(Ok(s)) => {
                     let id = peer_identity(s.get_ref().1);
                     let _ = tx
-                        .send((Io::Tls(Box::new(s.into())), Peer { addr, id }))
+                        .send((Io::Tls(Box::new(Flat(s.into()))), Peer { addr, id }))
                         .await;
                 }
                 Ok(Err(e)) => {
