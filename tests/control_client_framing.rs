@@ -63,7 +63,7 @@ async fn lines_split_and_bundled_across_chunks() {
 
     let url = serve(chunks).await;
     let client = ControlClient::new(&url, None).unwrap();
-    let mut watch = client.watch(4, Duration::from_secs(5)).await.unwrap();
+    let mut watch = client.watch(4, Duration::from_secs(5), None).await.unwrap();
     let mut got = Vec::new();
     while let Some(ev) = watch.next().await.unwrap() {
         let id = match &ev {
@@ -91,7 +91,7 @@ async fn lines_split_and_bundled_across_chunks() {
 async fn a_half_line_then_eof_is_a_decode_error() {
     let url = serve(vec!["{\"type\":\"keepal".into()]).await;
     let client = ControlClient::new(&url, None).unwrap();
-    let mut watch = client.watch(1, Duration::from_secs(5)).await.unwrap();
+    let mut watch = client.watch(1, Duration::from_secs(5), None).await.unwrap();
     assert_eq!(watch.next().await.unwrap().map(|e| e.revision()), Some(1));
     assert!(matches!(watch.next().await, Err(ClientError::Decode(_))));
 }

@@ -116,6 +116,84 @@ pub enum Command {
     /// The trust bundle (each root's expiry) and, with --admin, a proxy's
     /// own certificate; `roots` rotates the bundle.
     Identity(IdentityArgs),
+    /// List the proxies watching the registry: service, version, and the
+    /// revision each has applied.
+    Proxies,
+    /// Add the sidecar to Kubernetes workloads (YAML in, YAML out; every
+    /// document inject does not handle passes through unchanged).
+    Inject(InjectArgs),
+    /// Remove what `inject` added.
+    Uninject {
+        /// Multi-document YAML; `-` (the default) reads stdin.
+        #[arg(
+            short = 'f',
+            long = "filename",
+            value_name = "FILE",
+            default_value = "-"
+        )]
+        file: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct InjectArgs {
+    /// Multi-document YAML (Pod, Deployment, StatefulSet, DaemonSet,
+    /// ReplicaSet, Job, CronJob, List); `-` (the default) reads stdin.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        default_value = "-"
+    )]
+    pub file: String,
+    /// The proxy as a regular container whose postStart waits for it
+    /// (Kubernetes before 1.29), instead of a native sidecar.
+    #[arg(long)]
+    pub legacy_sidecar: bool,
+    /// The image of the init container and the proxy.
+    #[arg(long, default_value = crate::inject::settings::DEFAULT_IMAGE)]
+    pub image: String,
+    /// `off`: plaintext to an `http://` mesh-control, no token Secret.
+    #[arg(long, default_value = "on", value_parser = mesh::flags::parse_on_off)]
+    pub identity: bool,
+    /// Service of every workload (beats `mesh.io/service`; default: the
+    /// workload's name).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// The app's port (beats `mesh.io/app-port`; default: the first
+    /// containerPort).
+    #[arg(long)]
+    pub app_port: Option<String>,
+    /// Opaque-TCP ports, comma separated (beats `mesh.io/opaque-ports`).
+    #[arg(long)]
+    pub opaque_ports: Option<String>,
+    /// Outbound ports never intercepted (beats
+    /// `mesh.io/exclude-outbound-ports`).
+    #[arg(long)]
+    pub exclude_outbound_ports: Option<String>,
+    /// mesh-control's URL as the pods reach it (beats `mesh.io/control`;
+    /// default https://mesh-control.mesh-system.svc:15010).
+    #[arg(long, value_name = "URL")]
+    pub mesh_control: Option<String>,
+}
+
+impl InjectArgs {
+    pub fn flags(&self) -> crate::inject::Flags {
+        crate::inject::Flags {
+            mode: if self.legacy_sidecar {
+                crate::inject::Mode::Legacy
+            } else {
+                crate::inject::Mode::Native
+            },
+            image: self.image.clone(),
+            identity: self.identity,
+            service: self.service.clone(),
+            app_port: self.app_port.clone(),
+            opaque_ports: self.opaque_ports.clone(),
+            exclude_outbound_ports: self.exclude_outbound_ports.clone(),
+            control: self.mesh_control.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +209,10 @@ pub enum TokenCommand {
         /// How long the token is good for.
         #[arg(long, default_value = "1h", value_parser = parse_duration_arg)]
         ttl: Duration,
+        /// Print a Kubernetes Secret `mesh-token-SERVICE` holding the token
+        /// and the trust bundle: what `inject`ed pods mount.
+        #[arg(long)]
+        secret: bool,
     },
 }
 

@@ -5,7 +5,7 @@
 use crate::cli::{Cli, Command, DeleteCommand, GetCommand, Output, TokenCommand};
 use crate::error::{emit, CtlError};
 use crate::output;
-use crate::{identity, policy, top, watch};
+use crate::{identity, inject, policy, top, watch};
 use mesh::control::client::ControlClient;
 use mesh::identity::tls::TlsIdentity;
 use serde::Serialize;
@@ -28,6 +28,12 @@ async fn execute(cli: Cli) -> Result<(), CtlError> {
     // `top` talks to a proxy, not to the control plane.
     if let Command::Top(args) = &cli.command {
         return top::run(args, format).await;
+    }
+    // inject and uninject are YAML to YAML: no control plane.
+    match &cli.command {
+        Command::Inject(args) => return rewrite(&args.file, |y| inject::inject(y, &args.flags())),
+        Command::Uninject { file } => return rewrite(file, inject::uninject),
+        _ => {}
     }
     // mesh-ctl runs in the operator's shell, not behind interception: no mark.
     let client = connect(&cli)?;
@@ -89,11 +95,38 @@ async fn execute(cli: Cli) -> Result<(), CtlError> {
                     service,
                     namespace,
                     ttl,
+                    secret,
                 },
-        } => identity::create_token(&client, format, service, namespace, ttl).await,
+        } => identity::create_token(&client, format, service, namespace, ttl, secret).await,
         Command::Identity(args) => identity::run(&client, format, args).await,
-        Command::Top(_) => Ok(()), // handled above
+        Command::Proxies => {
+            let list = client.proxies(None, None).await?;
+            print(format, &list, output::proxies_table)
+        }
+        // Handled above.
+        Command::Top(_) | Command::Inject(_) | Command::Uninject { .. } => Ok(()),
     }
+}
+
+/// Reads `file` (`-`: stdin), rewrites it, prints the result and the
+/// notes (on stderr).
+fn rewrite(
+    file: &str,
+    f: impl FnOnce(&str) -> Result<inject::Rewritten, inject::InjectError>,
+) -> Result<(), CtlError> {
+    let input = if file == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| CtlError::Input(format!("stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(file).map_err(|e| CtlError::Input(format!("{file}: {e}")))?
+    };
+    let out = f(&input).map_err(|e| CtlError::Input(format!("{file}: {e}")))?;
+    for note in &out.notes {
+        eprintln!("note: {file}: {note}");
+    }
+    emit(out.yaml.trim_end_matches('\n'))
 }
 
 /// The client for `--control`: TLS checked against `--trust-bundle`, the

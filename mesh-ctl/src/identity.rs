@@ -5,7 +5,7 @@ use crate::cli::{IdentityArgs, IdentityCommand, Output, RootStep};
 use crate::error::{emit, CtlError};
 use crate::output;
 use mesh::control::client::ControlClient;
-use mesh::model::identity::{AddRoot, RootInfo, TokenRequest};
+use mesh::model::identity::{AddRoot, RootInfo, TokenIssued, TokenRequest};
 use mesh::model::state::IdentityState;
 use serde::Serialize;
 use std::time::Duration;
@@ -21,13 +21,25 @@ pub async fn create_token(
     service: String,
     namespace: Option<String>,
     ttl: Duration,
+    secret: bool,
 ) -> Result<(), CtlError> {
     let req = TokenRequest {
-        service,
-        namespace,
+        service: service.clone(),
+        namespace: namespace.clone(),
         ttl_secs: Some(ttl.as_secs().max(1)),
     };
     let issued = client.create_token(&req).await?;
+    if secret {
+        let bundle = client.trust_bundle().await?;
+        let yaml = token_secret(&service, namespace.as_deref(), &issued, &bundle.pem)?;
+        eprintln!(
+            "Secret {} for {} (expires {})",
+            crate::inject::pod::token_secret(&service),
+            issued.identity,
+            issued.expires_at
+        );
+        return emit(yaml.trim_end());
+    }
     if format == Output::Table {
         eprintln!(
             "token for {} (expires {})",
@@ -145,4 +157,51 @@ async fn rotate(client: &ControlClient, format: Output, step: RootStep) -> Resul
     emit(&output::render(format, &info, |r| {
         format!("root {} {what}", r.id)
     })?)
+}
+
+/// The Secret `inject`ed pods mount: `token` and `bundle.pem`, in the
+/// identity's namespace (`default` when none is given).
+fn token_secret(
+    service: &str,
+    namespace: Option<&str>,
+    issued: &TokenIssued,
+    bundle: &str,
+) -> Result<String, CtlError> {
+    use serde_norway::{Mapping, Value};
+    let pairs = |items: Vec<(&str, Value)>| -> Value {
+        Value::Mapping(
+            items
+                .into_iter()
+                .map(|(k, v)| (k.into(), v))
+                .collect::<Mapping>(),
+        )
+    };
+    let doc = pairs(vec![
+        ("apiVersion", "v1".into()),
+        ("kind", "Secret".into()),
+        (
+            "metadata",
+            pairs(vec![
+                ("name", crate::inject::pod::token_secret(service).into()),
+                ("namespace", namespace.unwrap_or("default").into()),
+                (
+                    "annotations",
+                    pairs(vec![
+                        ("mesh.io/identity", issued.identity.clone().into()),
+                        ("mesh.io/expires-at", issued.expires_at.clone().into()),
+                    ]),
+                ),
+            ]),
+        ),
+        ("type", "Opaque".into()),
+        (
+            "stringData",
+            pairs(vec![
+                ("token", issued.token.clone().into()),
+                ("bundle.pem", bundle.to_string().into()),
+            ]),
+        ),
+    ]);
+    serde_norway::to_string(&doc)
+        .map_err(|e| CtlError::Input(format!("cannot render the Secret: {e}")))
 }

@@ -10,6 +10,7 @@ mod cli;
 mod commands;
 mod error;
 mod identity;
+mod inject;
 mod output;
 mod policy;
 mod top;

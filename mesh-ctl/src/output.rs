@@ -2,6 +2,7 @@
 //! for programs (JSON, YAML). Pure functions: commands print what they get.
 
 use crate::cli::Output;
+use mesh::model::proxies::ProxyList;
 use mesh::model::{
     format_duration, ControlStatus, Instance, Registered, ServiceInfo, ServiceSummary, WatchEvent,
 };
@@ -102,6 +103,46 @@ pub fn endpoints_table(info: &ServiceInfo) -> String {
         ],
         &rows,
     )
+}
+
+/// `proxies`: one row per connected proxy; BEHIND counts the revisions it
+/// has not applied yet.
+pub fn proxies_table(list: &ProxyList) -> String {
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let rows: Vec<Vec<String>> = list
+        .proxies
+        .iter()
+        .map(|p| {
+            vec![
+                p.proxy.clone(),
+                dash(&p.service),
+                dash(&p.instance),
+                dash(&p.version),
+                p.applied.to_string(),
+                list.revision.saturating_sub(p.applied).to_string(),
+                p.address.to_string(),
+                p.connected_at.clone(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "PROXY",
+            "SERVICE",
+            "INSTANCE",
+            "VERSION",
+            "APPLIED",
+            "BEHIND",
+            "ADDRESS",
+            "CONNECTED",
+        ],
+        &rows,
+    );
+    out.push_str(&format!(
+        "\n{} proxies watching, registry at revision {}",
+        list.watching, list.revision
+    ));
+    out
 }
 
 pub fn registered_line(r: &Registered) -> String {

@@ -23,7 +23,7 @@ pub async fn follow(
     idle_timeout: Duration,
 ) -> Result<(), CtlError> {
     let mut since = since;
-    let mut stream = client.watch(since, idle_timeout).await?;
+    let mut stream = client.watch(since, idle_timeout, None).await?;
     let mut backoff = BACKOFF_START;
     loop {
         let lost = match stream.next().await {
@@ -58,7 +58,7 @@ async fn reconnect(
         );
         tokio::time::sleep(*backoff).await;
         *backoff = (*backoff * 2).min(BACKOFF_MAX);
-        match client.watch(since, idle_timeout).await {
+        match client.watch(since, idle_timeout, None).await {
             Ok(stream) => return Ok(stream),
             Err(e) => why = fatal(e)?,
         }

@@ -40,6 +40,10 @@ enum Cmd {
     /// in the current network namespace.
     #[command(after_help = mesh::flags::ENV_HELP)]
     Init(mesh::proxy::intercept::InitArgs),
+    /// Block until the local proxy is ready (`/ready` answers 200): exit 0
+    /// then, 1 on timeout. For a sidecar's `postStart` and for scripts.
+    #[command(after_help = mesh::flags::ENV_HELP)]
+    Wait(mesh::proxy::lifecycle::WaitArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Cmd::Wait(wait)) => return wait_ready(&wait),
         Some(Cmd::Run(args)) => *args,
         None => cli.run,
     };
@@ -82,6 +87,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// `mesh-proxy wait`, on a runtime of one thread.
+fn wait_ready(args: &mesh::proxy::lifecycle::WaitArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mesh-proxy wait: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(mesh::proxy::lifecycle::wait_ready(args)) {
+        Ok(took) => {
+            eprintln!("mesh-proxy wait: ready after {} ms", took.as_millis());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mesh-proxy wait: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Cli;
@@ -92,6 +121,7 @@ mod tests {
         let reference = include_str!("../../docs/reference.md");
         let section = |path: &[&str]| match path {
             [_, "init", ..] => "## mesh-proxy init",
+            [_, "wait", ..] => "## mesh-proxy wait",
             _ => "## mesh-proxy",
         };
         let problems = mesh::flags::undocumented(&Cli::command(), reference, &section);

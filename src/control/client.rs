@@ -17,6 +17,7 @@ use crate::identity::tls::TlsIdentity;
 use crate::model::identity::{
     AddRoot, Certified, CertifyRequest, RootInfo, TokenIssued, TokenRequest, TrustBundle,
 };
+use crate::model::proxies::{Applied, ProxyList, WatcherInfo};
 use crate::model::{
     ApiError, ControlStatus, Health, Heartbeat, RegisterRequest, Registered, ServiceInfo,
     ServiceSummary, Snapshot,
@@ -290,25 +291,70 @@ impl ControlClient {
         }
     }
 
-    pub async fn deregister(&self, service: &str, id: &str) -> Result<(), ClientError> {
+    /// Removes the instance; the answer is the revision that removed it.
+    pub async fn deregister(&self, service: &str, id: &str) -> Result<u64, ClientError> {
         let path = format!(
             "/v1/services/{}/instances/{}",
             segment(service),
             segment(id)
         );
-        self.call::<serde_json::Value>(Method::DELETE, path, None)
+        self.call::<Applied>(Method::DELETE, path, None)
             .await
-            .map(drop)
+            .map(|r| r.revision)
     }
 
-    /// Opens `GET /v1/watch?since=N`. Only the response headers have a
-    /// deadline; after that the stream lives while lines keep coming.
+    /// `PUT /v1/proxies/{id}/applied`: this proxy has applied `revision`.
+    pub async fn applied(&self, proxy: &str, revision: u64) -> Result<u64, ClientError> {
+        let path = format!("/v1/proxies/{}/applied", segment(proxy));
+        let body = json_body(&Applied { revision })?;
+        self.call::<Applied>(Method::PUT, path, Some(body))
+            .await
+            .map(|r| r.revision)
+    }
+
+    /// `GET /v1/proxies`: the proxies watching; with `behind`, only those
+    /// that have not applied that revision, and with `wait` (under
+    /// [`REQUEST_TIMEOUT`]) the answer comes once none is, or at the end
+    /// of the wait.
+    pub async fn proxies(
+        &self,
+        behind: Option<u64>,
+        wait: Option<Duration>,
+    ) -> Result<ProxyList, ClientError> {
+        let mut path = "/v1/proxies".to_string();
+        if let Some(r) = behind {
+            path.push_str(&format!("?behind={r}"));
+            if let Some(w) = wait {
+                path.push_str(&format!("&wait={}ms", w.as_millis()));
+            }
+        }
+        self.call(Method::GET, path, None).await
+    }
+
+    /// Opens `GET /v1/watch?since=N`, as the proxy `who` when given. Only
+    /// the response headers have a deadline; after that the stream lives
+    /// while lines keep coming.
     pub async fn watch(
         &self,
         since: u64,
         idle_timeout: Duration,
+        who: Option<&WatcherInfo>,
     ) -> Result<WatchStream, ClientError> {
-        let req = self.request(Method::GET, &format!("/v1/watch?since={since}"), None)?;
+        let mut path = format!("/v1/watch?since={since}");
+        if let Some(w) = who {
+            path.push_str(&format!("&proxy={}", segment(&w.proxy)));
+            let rest = [
+                ("service", &w.service),
+                ("instance", &w.instance),
+                ("version", &w.version),
+            ];
+            for (key, value) in rest {
+                if let Some(v) = value {
+                    path.push_str(&format!("&{key}={}", segment(v)));
+                }
+            }
+        }
+        let req = self.request(Method::GET, &path, None)?;
         let resp = match tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(req)).await {
             Err(_) => return Err(self.timed_out()),
             Ok(res) => res.map_err(|e| self.transport(e))?,

@@ -10,6 +10,7 @@ pub mod auth; //     who calls (admin token, certificate, bootstrap token) and w
 pub mod client; //   HTTP client for the /v1 API, used by mesh-proxy and mesh-ctl
 pub mod listener; // TCP or TLS listener, handshakes off the accept path
 pub mod metrics; //  Prometheus metrics
+pub mod proxies; //  the proxies watching, and the revision each has applied
 pub mod registry; // services, instances, leases, revision, change fan-out
 pub mod store; //    redb persistence
 pub mod vip; //      VIP allocation from --vip-cidr
@@ -184,6 +185,7 @@ impl ControlServer {
             keepalive: self.config.keepalive_interval,
             shutdown: stop_rx.clone(),
             auth: self.auth.clone(),
+            proxies: Arc::default(),
         };
         if let Some(auth) = &self.auth {
             tokio::spawn(refresh_own_cert(auth.clone(), stop_rx.clone()));

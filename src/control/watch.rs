@@ -7,6 +7,7 @@
 //! revision: from the change log if it still reaches back, else by a
 //! snapshot. The stream ends when the server shuts down.
 
+use crate::control::proxies::Connection;
 use crate::control::registry::{encode, Change, Registry};
 use crate::model::WatchEvent;
 use axum::body::Body;
@@ -37,6 +38,8 @@ struct Watcher {
     shutdown: watch::Receiver<bool>,
     /// Decrements the watchers gauge when the stream is dropped.
     _guard: WatcherGuard,
+    /// A proxy's entry in the proxies table, for as long as it watches.
+    _connection: Option<Connection>,
 }
 
 struct WatcherGuard(Gauge);
@@ -54,6 +57,7 @@ pub fn watch_body(
     keepalive: Duration,
     shutdown: watch::Receiver<bool>,
     watchers: Gauge,
+    connection: Option<Connection>,
 ) -> Body {
     let sub = registry.subscribe(since);
     watchers.inc();
@@ -66,6 +70,7 @@ pub fn watch_body(
         last_sent: Instant::now(),
         shutdown,
         _guard: WatcherGuard(watchers),
+        _connection: connection,
     };
     let lines = stream::unfold(watcher, |mut w| async move {
         let line = w.next_line().await?;
@@ -159,6 +164,7 @@ mod tests {
             Duration::from_secs(60),
             shutdown,
             Gauge::default(),
+            None,
         );
         let mut stream = body.into_data_stream();
         for port in 2..=11 {
@@ -203,8 +209,15 @@ mod tests {
         let reg = registry(dir.path(), 10);
         let (stop, shutdown) = watch::channel(false);
         let gauge = Gauge::default();
-        let mut stream =
-            watch_body(reg, 0, Duration::from_secs(60), shutdown, gauge.clone()).into_data_stream();
+        let mut stream = watch_body(
+            reg,
+            0,
+            Duration::from_secs(60),
+            shutdown,
+            gauge.clone(),
+            None,
+        )
+        .into_data_stream();
         assert_eq!(gauge.get(), 1);
         assert!(stream.next().await.is_some(), "snapshot first");
         stop.send(true).unwrap();

@@ -76,8 +76,10 @@ impl RegistrationAgent {
         self.state.clone()
     }
 
-    /// Runs until `shutdown`, then deregisters (bounded) and returns.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Runs until `shutdown`, then deregisters (bounded) and returns the
+    /// revision that removed the instance (`None`: it was not registered,
+    /// or the control plane did not answer, and the lease will expire).
+    pub async fn run(self, shutdown: CancellationToken) -> Option<u64> {
         let heartbeat_every = (self.cfg.lease_ttl / 3).max(Duration::from_millis(100));
         // The first check decides the initial health outright, so an app
         // that is not up yet is registered down, not routed to.
@@ -149,19 +151,28 @@ impl RegistrationAgent {
                 }
             }
         }
-        if registered {
-            let dereg = self
-                .client
-                .deregister(&self.cfg.service, &self.cfg.instance_id);
-            match tokio::time::timeout(Duration::from_secs(2), dereg).await {
-                Ok(Ok(())) => tracing::info!("deregistered"),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "deregistration failed; the lease will expire")
-                }
-                Err(_) => tracing::warn!("deregistration timed out; the lease will expire"),
-            }
-            self.update(|s| s.registered = false);
+        if !registered {
+            return None;
         }
+        let dereg = self
+            .client
+            .deregister(&self.cfg.service, &self.cfg.instance_id);
+        let removed = match tokio::time::timeout(Duration::from_secs(2), dereg).await {
+            Ok(Ok(revision)) => {
+                tracing::info!(revision, "deregistered");
+                Some(revision)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "deregistration failed; the lease will expire");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("deregistration timed out; the lease will expire");
+                None
+            }
+        };
+        self.update(|s| s.registered = false);
+        removed
     }
 
     async fn register(&self, health: Health) -> Result<(), ClientError> {

@@ -2,6 +2,7 @@
 //! how it stays current.
 
 mod agent; //     registers the local app, heartbeats, checks its health
+mod applied; //   reports applied revisions; waits for the removal to be applied everywhere
 mod backoff; //   jittered exponential backoff for reconnects
 mod cache; //     last snapshot on disk
 mod directory; // registry state → routing table
@@ -9,6 +10,7 @@ mod table; //     immutable routing table read by the request path
 mod watch; //     watch stream client loop
 
 pub use agent::{AgentConfig, AgentState, HealthCheck, RegistrationAgent};
+pub use applied::{await_removal, report_applied};
 pub use backoff::Backoff;
 pub use cache::SnapshotCache;
 pub use directory::Directory;

@@ -3,6 +3,7 @@
 
 use super::{Backoff, Directory, SnapshotCache};
 use crate::control::client::ControlClient;
+use crate::model::proxies::WatcherInfo;
 use crate::telemetry::ProxyMetrics;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +14,14 @@ pub const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Follows the control plane's watch stream until `shutdown`. Never gives
 /// up: while the control plane is away the directory keeps what it had.
+/// `who` names this proxy to the control plane, which then lists it and
+/// waits for its acknowledgements (see `discovery::applied`).
 pub async fn run_watch(
     client: ControlClient,
     dir: Arc<Directory>,
     metrics: Arc<ProxyMetrics>,
     idle_timeout: Duration,
+    who: WatcherInfo,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
@@ -25,7 +29,7 @@ pub async fn run_watch(
     loop {
         let since = dir.revision().unwrap_or(0);
         let attempt = tokio::select! {
-            r = client.watch(since, idle_timeout) => r,
+            r = client.watch(since, idle_timeout, Some(&who)) => r,
             () = shutdown.cancelled() => return,
         };
         match attempt {

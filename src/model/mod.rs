@@ -9,6 +9,7 @@ mod duration;
 pub mod identity;
 pub mod policy;
 mod policy_parse;
+pub mod proxies;
 mod register;
 pub mod state;
 mod validate;

@@ -114,10 +114,22 @@ async fn proxy_state(State(s): State<AdminState>) -> Json<ProxyState> {
     })
 }
 
-async fn shutdown(State(s): State<AdminState>) -> impl IntoResponse {
+/// Only from the pod itself: the admin port listens on the pod's address
+/// for the kubelet's probes, and nobody else may stop the proxy.
+async fn shutdown(
+    State(s): State<AdminState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+) -> Response {
+    if !peer.is_some_and(|p| p.0 .0.ip().is_loopback()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "POST /shutdown is accepted only from loopback (the app in this pod)\n",
+        )
+            .into_response();
+    }
     tracing::info!("shutdown requested over the admin API");
     s.shutdown.cancel();
-    (StatusCode::ACCEPTED, "shutting down\n")
+    (StatusCode::ACCEPTED, "shutting down\n").into_response()
 }
 
 #[cfg(test)]
@@ -144,11 +156,18 @@ mod tests {
     }
 
     async fn status(s: &AdminState, method: &str, path: &str) -> u16 {
-        let req = Request::builder()
+        status_from(s, method, path, [127, 0, 0, 1]).await
+    }
+
+    async fn status_from(s: &AdminState, method: &str, path: &str, ip: [u8; 4]) -> u16 {
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .body(Body::empty())
             .unwrap();
+        let peer = std::net::SocketAddr::from((ip, 40000));
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
         router(s.clone())
             .oneshot(req)
             .await
@@ -166,6 +185,12 @@ mod tests {
         assert_eq!(status(&s, "GET", "/live").await, 200);
         assert_eq!(status(&s, "GET", "/metrics").await, 200);
         assert_eq!(status(&s, "GET", "/state").await, 200);
+        assert!(!s.shutdown.is_cancelled());
+        assert_eq!(
+            status_from(&s, "POST", "/shutdown", [10, 0, 0, 7]).await,
+            403,
+            "another pod cannot stop this proxy"
+        );
         assert!(!s.shutdown.is_cancelled());
         assert_eq!(status(&s, "POST", "/shutdown").await, 202);
         assert!(s.shutdown.is_cancelled());

@@ -73,9 +73,16 @@ pub struct ProxyArgs {
     /// Where the last registry snapshot is kept.
     #[arg(long, env = "MESH_CACHE_DIR", default_value = "./mesh-cache")]
     pub cache_dir: PathBuf,
-    /// How long in-flight requests may finish after SIGTERM.
+    /// After SIGTERM, bounds each of the two drain waits: for every
+    /// watching proxy to apply this instance's removal, then for
+    /// in-flight requests to finish.
     #[arg(long, env = "MESH_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// Stop (as on SIGTERM) once the app has exited: `port` watches
+    /// `--app-port`, `process` the pod's shared PID namespace. For Jobs
+    /// without native sidecars.
+    #[arg(long, env = "MESH_EXIT_WHEN_APP_EXITS", value_enum)]
+    pub exit_when_app_exits: Option<crate::proxy::lifecycle::AppWatch>,
     /// SO_MARK on the proxy's own sockets (0: none); must match `init --mark`.
     #[arg(long, env = "MESH_MARK", default_value = "0x4d45", value_parser = parse_mark)]
     pub mark: u32,

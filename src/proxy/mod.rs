@@ -8,6 +8,7 @@ pub mod grpc; //      gRPC status classification and trailers-only mesh errors
 pub mod headers; //   header hygiene: hop-by-hop, x-mesh-*, forwarded, traceparent
 pub mod inbound; //   inbound listener: concurrency limit, header hygiene, to the app on localhost
 pub mod intercept; // `mesh-proxy init`: iptables rules that redirect outbound TCP and DNS
+pub mod lifecycle; // `mesh-proxy wait`, --exit-when-app-exits
 pub mod outbound; //  outbound listener, and the one call path every protocol shares (policy)
 pub mod protocol; //  protocol detection, learned ports, prefixed IO, relay, tunnels
 pub mod rescue; //    the one place mesh errors become responses (HTTP or gRPC form)

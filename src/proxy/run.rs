@@ -15,6 +15,7 @@ use crate::discovery::{
     self, AgentConfig, Directory, HealthCheck, RegistrationAgent, SnapshotCache,
 };
 use crate::identity::workload::Workload;
+use crate::model::proxies::WatcherInfo;
 use crate::net::ConnectOptions;
 use crate::telemetry::ProxyMetrics;
 use http::HeaderValue;
@@ -120,6 +121,12 @@ pub async fn bind(args: ProxyArgs) -> Result<Bound, ProxyError> {
         }
     }
     let mark = (args.mark != 0).then_some(args.mark);
+    if args.exit_when_app_exits == Some(super::lifecycle::AppWatch::Port) && args.app_port.is_none()
+    {
+        return Err(ProxyError::Config(
+            "--exit-when-app-exits port watches --app-port: give it, or use `process`".into(),
+        ));
+    }
     let (workload, token) = identity(&args)?;
     let tls = workload.as_ref().map(|w| w.tls.clone());
     let client = ControlClient::with_tls(&args.control, mark, tls)
@@ -278,17 +285,32 @@ impl Bound {
                 }
             }
         };
+        // The proxy's id in mesh-control's table of watchers is the token
+        // its Via header carries: one name per process.
+        let who = WatcherInfo {
+            proxy: via_token.clone(),
+            service: args.service.clone(),
+            instance: agent.as_ref().map(|a| a.instance_id.clone()),
+            version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        };
         let watch = discovery::run_watch(
             client.clone(),
             dir.clone(),
             metrics.clone(),
             discovery::WATCH_IDLE_TIMEOUT,
+            who,
+            phases.token(Phase::Stop),
+        );
+        let report = discovery::report_applied(
+            client.clone(),
+            dir.clone(),
+            via_token.clone(),
             phases.token(Phase::Stop),
         );
         let ready = identified();
         tokio::spawn(async move {
             ready.await;
-            watch.await
+            tokio::join!(watch, report);
         });
         tokio::spawn(discovery::run_cache_writer(
             dir.clone(),
@@ -303,12 +325,19 @@ impl Bound {
             let run = async move {
                 tokio::select! {
                     () = ready => {}
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => return None,
                 }
                 agent.run(stop).await
             };
             (state, tokio::spawn(run))
         });
+        if let Some(watched) = args.exit_when_app_exits {
+            tokio::spawn(super::lifecycle::exit_when_app_exits(
+                watched,
+                args.app_port,
+                phases.token(Phase::Deregister),
+            ));
+        }
 
         let learned = Arc::new(Learned::default());
         let admin_state = AdminState {
@@ -325,6 +354,7 @@ impl Bound {
         let admin_stop = phases.token(Phase::Stop);
         tokio::spawn(async move {
             let app = admin::router(admin_state);
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(admin, app)
                 .with_graceful_shutdown(async move { admin_stop.cancelled().await })
                 .await
@@ -420,8 +450,13 @@ impl Bound {
         }
         tracing::info!("shutting down: deregistering");
         phases.enter(Phase::Deregister);
+        // Still serving both ways: the app may call out while it stops,
+        // and callers' proxies may still pick this instance until they
+        // have applied its removal.
         if let Some((_, handle)) = agent {
-            let _ = handle.await;
+            if let Ok(Some(removed)) = handle.await {
+                discovery::await_removal(&client, removed, args.drain_timeout).await;
+            }
         }
         tracing::info!(timeout = ?args.drain_timeout, "draining");
         phases.enter(Phase::Drain);

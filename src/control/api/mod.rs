@@ -8,6 +8,7 @@
 mod error;
 mod identity;
 mod policies;
+mod proxies;
 #[cfg(test)]
 mod tests;
 
@@ -16,6 +17,7 @@ pub use error::ApiFailure;
 
 use crate::control::auth::{Auth, Peer};
 use crate::control::metrics::{Metrics, RefusalLabel};
+use crate::control::proxies::Proxies;
 use crate::control::registry::Registry;
 use crate::control::watch::watch_body;
 use crate::model::{
@@ -50,6 +52,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Identity on: who may do what. `None`: nothing is checked.
     pub auth: Option<Arc<Auth>>,
+    /// The proxies watching, and what each has applied.
+    pub proxies: Arc<Proxies>,
 }
 
 /// `{"revision": N}`: the answer to heartbeat, deregister and the policy
@@ -63,6 +67,11 @@ pub struct RevisionReply {
 struct WatchParams {
     #[serde(default)]
     since: u64,
+    /// A proxy names itself (see `control::proxies`); other watchers don't.
+    proxy: Option<String>,
+    service: Option<String>,
+    instance: Option<String>,
+    version: Option<String>,
 }
 
 type ApiResult<T> = Result<T, ApiFailure>;
@@ -114,6 +123,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/status", get(status))
         .route("/v1/watch", get(watch))
+        .route("/v1/proxies", get(proxies::list))
+        .route("/v1/proxies/{proxy}/applied", put(proxies::applied))
         .fallback(|| async { ApiFailure::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             let body = crate::model::ApiError {
@@ -306,16 +317,29 @@ async fn status(
 async fn watch(
     State(st): State<AppState>,
     Extension(caller): Extension<Caller>,
+    peer: Option<Extension<axum::extract::ConnectInfo<Peer>>>,
     params: Result<Query<WatchParams>, QueryRejection>,
 ) -> ApiResult<Response> {
     caller.reader()?;
     let Query(params) = params.map_err(ApiFailure::query)?;
+    let watcher = proxies::watcher(
+        params.proxy,
+        params.service,
+        params.instance,
+        params.version,
+    )?;
+    let address = peer.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |p| p.0 .0.addr.ip());
+    let connection = watcher.map(|info| {
+        st.proxies
+            .connect(info, proxies::workload(&caller), address, params.since)
+    });
     let body = watch_body(
         st.registry.clone(),
         params.since,
         st.keepalive,
         st.shutdown.clone(),
         st.metrics.watchers.clone(),
+        connection,
     );
     let headers = [
         (header::CONTENT_TYPE, "application/x-ndjson"),

@@ -29,6 +29,7 @@ fn api(dir: &Path, keepalive: Duration) -> Api {
         keepalive,
         shutdown,
         auth: None,
+        proxies: Default::default(),
     };
     Api {
         app: router(state),
@@ -389,3 +390,141 @@ async fn metrics_and_health() {
 
 mod identity;
 mod policies;
+
+impl Api {
+    /// A watch opened by a proxy naming itself.
+    async fn watch_as(&self, query: &str) -> (StatusCode, Option<axum::body::BodyDataStream>) {
+        let req = Request::get(format!("/v1/watch?{query}"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let ok = status == StatusCode::OK;
+        (status, ok.then(|| resp.into_body().into_data_stream()))
+    }
+}
+
+#[tokio::test]
+async fn proxies_are_listed_while_they_watch_and_report_what_they_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = api(dir.path(), Duration::from_secs(60));
+    for i in 1..=2 {
+        api.register(
+            "web",
+            json!({"id": format!("w{i}"), "address": "127.0.0.2", "port": 8000 + i}),
+        )
+        .await;
+    }
+    let (_, a) = api
+        .watch_as("since=2&proxy=mesh-a&service=web&instance=w1&version=0.1.0")
+        .await;
+    let (_, b) = api.watch_as("since=0&proxy=mesh-b").await;
+    let _plain = api.watch(0).await; // mesh-ctl watch: not a proxy
+    let (status, list) = api.call(Method::GET, "/v1/proxies", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["revision"], 2);
+    assert_eq!(list["watching"], 2);
+    let rows = list["proxies"].as_array().unwrap();
+    assert_eq!(
+        (
+            rows[0]["proxy"].as_str(),
+            rows[0]["service"].as_str(),
+            rows[0]["applied"].as_u64()
+        ),
+        (Some("mesh-a"), Some("web"), Some(2))
+    );
+    assert_eq!(rows[1]["applied"], 0, "since=0: nothing applied yet");
+
+    let (_, rev) = api
+        .call(
+            Method::DELETE,
+            "/v1/services/web/instances/w2",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(rev["revision"], 3);
+    let (_, behind) = api
+        .call(Method::GET, "/v1/proxies?behind=3", Body::empty())
+        .await;
+    assert_eq!(behind["proxies"].as_array().unwrap().len(), 2);
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/v1/proxies/mesh-a/applied",
+            json!({"revision": 3}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, behind) = api
+        .call(Method::GET, "/v1/proxies?behind=3", Body::empty())
+        .await;
+    let names: Vec<&str> = behind["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["proxy"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["mesh-b"]);
+    // The long poll answers as soon as the last one leaves.
+    let waiting = {
+        let app = api.app.clone();
+        tokio::spawn(async move {
+            let req = Request::get("/v1/proxies?behind=3&wait=20s")
+                .body(Body::empty())
+                .unwrap();
+            let resp = app.oneshot(req).await.unwrap();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            serde_json::from_slice::<Value>(&bytes).unwrap()
+        })
+    };
+    drop(b);
+    let done = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the long poll answers once nobody is behind")
+        .unwrap();
+    assert_eq!(
+        (
+            done["watching"].as_u64(),
+            done["proxies"].as_array().map(Vec::len)
+        ),
+        (Some(1), Some(0))
+    );
+    drop(a);
+    let (status, err) = api
+        .call(
+            Method::PUT,
+            "/v1/proxies/mesh-a/applied",
+            json!({"revision": 4}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{err}");
+}
+
+#[tokio::test]
+async fn bad_proxy_parameters_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = api(dir.path(), Duration::from_secs(60));
+    let (status, _) = api.watch_as("proxy=a%2Fb&service=Bad_Name").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api.watch_as("service=web").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "service without proxy");
+    for (uri, field) in [
+        ("/v1/proxies?behind=x", "behind"),
+        ("/v1/proxies?behind=3&wait=soon", "wait"),
+        ("/v1/proxies?wait=1s", "wait"),
+    ] {
+        let (status, err) = api.call(Method::GET, uri, Body::empty()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {err}");
+        assert_eq!(fields(&err), [field], "{uri}");
+    }
+    let (_, _a) = api.watch_as("proxy=mesh-a").await;
+    let (status, err) = api
+        .call(
+            Method::PUT,
+            "/v1/proxies/mesh-a/applied",
+            "{\"revision\": \"3\"}",
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert_eq!(fields(&err), ["(body)"]);
+}

@@ -45,6 +45,7 @@ fn secure() -> Secure {
         keepalive: Duration::from_secs(5),
         shutdown,
         auth: Some(auth.clone()),
+        proxies: Default::default(),
     };
     Secure {
         app: router(state),

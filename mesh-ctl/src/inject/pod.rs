@@ -1,0 +1,288 @@
+//! The parts inject adds to a pod template, and their removal.
+//!
+//! The proxy runs as [`PROXY_UID`]; `mesh-proxy init` exempts that uid
+//! from interception (a container without NET_ADMIN cannot set SO_MARK,
+//! so the mark is off). Only the init container has NET_ADMIN/NET_RAW.
+
+use super::settings::{Mode, Settings};
+use super::INJECTED;
+use serde_norway::{Mapping, Value};
+
+/// The proxy's uid and gid (the image's `mesh-proxy` user).
+pub const PROXY_UID: u16 = 19781;
+/// The proxy's admin port: `/ready`, `/live`, probes.
+pub const ADMIN_PORT: u16 = 15000;
+pub const INIT: &str = "mesh-init";
+pub const PROXY: &str = "mesh-proxy";
+pub const IDENTITY_VOLUME: &str = "mesh-identity";
+pub const CACHE_VOLUME: &str = "mesh-cache";
+const IDENTITY_DIR: &str = "/var/run/mesh/identity";
+const CACHE_DIR: &str = "/var/run/mesh/cache";
+
+/// The Secret a pod's proxy proves its service with
+/// (`mesh-ctl token create --service S --secret`).
+pub fn token_secret(service: &str) -> String {
+    format!("mesh-token-{service}")
+}
+
+/// Adds the init container, the proxy and their volumes.
+pub fn add(template: &mut Mapping, s: &Settings) {
+    let annotations = entry_map(entry_map(template, "metadata"), "annotations");
+    annotations.insert(INJECTED.into(), env!("CARGO_PKG_VERSION").into());
+    let spec = entry_map(template, "spec");
+    let proxy = proxy(s);
+    let inits = entry_seq(spec, "initContainers");
+    inits.insert(0, init(s));
+    match s.mode {
+        Mode::Native => inits.insert(1, proxy),
+        Mode::Legacy => entry_seq(spec, "containers").insert(0, proxy),
+    }
+    let volumes = entry_seq(spec, "volumes");
+    if s.identity {
+        volumes.push(map([
+            ("name", IDENTITY_VOLUME.into()),
+            (
+                "secret",
+                map([("secretName", token_secret(&s.service).into())]),
+            ),
+        ]));
+    }
+    volumes.push(map([
+        ("name", CACHE_VOLUME.into()),
+        (
+            "emptyDir",
+            map([("medium", "Memory".into()), ("sizeLimit", "16Mi".into())]),
+        ),
+    ]));
+}
+
+/// Removes everything [`add`] adds, and the lists and maps that leaves
+/// empty; whether there was anything to remove.
+pub fn remove(template: &mut Mapping) -> bool {
+    let mut found = false;
+    if let Some(Value::Mapping(meta)) = template.get_mut("metadata") {
+        if let Some(Value::Mapping(a)) = meta.get_mut("annotations") {
+            if a.remove(INJECTED).is_some() {
+                found = true;
+                if a.is_empty() {
+                    meta.remove("annotations");
+                }
+            }
+        }
+        if found && meta.is_empty() {
+            template.remove("metadata");
+        }
+    }
+    let Some(Value::Mapping(spec)) = template.get_mut("spec") else {
+        return found;
+    };
+    for (list, names) in [
+        ("initContainers", &[INIT, PROXY][..]),
+        ("containers", &[PROXY][..]),
+        ("volumes", &[IDENTITY_VOLUME, CACHE_VOLUME][..]),
+    ] {
+        let Some(Value::Sequence(items)) = spec.get_mut(list) else {
+            continue;
+        };
+        let before = items.len();
+        items.retain(|c| {
+            !c.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| names.contains(&n))
+        });
+        if items.len() != before {
+            found = true;
+            if items.is_empty() && list != "containers" {
+                spec.remove(list);
+            }
+        }
+    }
+    found
+}
+
+fn init(s: &Settings) -> Value {
+    let mut args = vec![format!("--uid={PROXY_UID}")];
+    if let Some(p) = s.app_port {
+        args.push(format!("--app-port={p}"));
+    }
+    if !s.exclude_outbound.is_empty() {
+        args.push(format!("--exclude-ports={}", joined(&s.exclude_outbound)));
+    }
+    map([
+        ("name", INIT.into()),
+        ("image", s.image.clone().into()),
+        ("imagePullPolicy", "IfNotPresent".into()),
+        ("command", strings(["mesh-proxy", "init"])),
+        ("args", strings(args)),
+        (
+            "securityContext",
+            map([
+                ("runAsUser", 0.into()),
+                ("runAsNonRoot", false.into()),
+                ("allowPrivilegeEscalation", false.into()),
+                ("readOnlyRootFilesystem", true.into()),
+                (
+                    "capabilities",
+                    map([
+                        ("add", strings(["NET_ADMIN", "NET_RAW"])),
+                        ("drop", strings(["ALL"])),
+                    ]),
+                ),
+            ]),
+        ),
+        ("resources", resources("10m", "16Mi", "64Mi")),
+    ])
+}
+
+fn proxy(s: &Settings) -> Value {
+    let mut args = vec![
+        "run".to_string(),
+        format!("--service={}", s.service),
+        format!("--control={}", s.control),
+        format!("--cache-dir={CACHE_DIR}"),
+        // The uid exempts the proxy's sockets (see `init --uid`).
+        "--mark=0".to_string(),
+        // Probes come from the kubelet, at the pod's address.
+        format!("--admin=0.0.0.0:{ADMIN_PORT}"),
+    ];
+    if let Some(p) = s.app_port {
+        args.push(format!("--app-port={p}"));
+    }
+    if s.identity {
+        args.push(format!("--token-file={IDENTITY_DIR}/token"));
+        args.push(format!("--trust-bundle={IDENTITY_DIR}/bundle.pem"));
+    } else {
+        args.push("--identity=off".to_string());
+    }
+    if let Some(ports) = &s.opaque_ports {
+        args.push(format!("--opaque-ports={}", joined(ports)));
+    }
+    let mut mounts = Vec::new();
+    if s.identity {
+        mounts.push(map([
+            ("name", IDENTITY_VOLUME.into()),
+            ("mountPath", IDENTITY_DIR.into()),
+            ("readOnly", true.into()),
+        ]));
+    }
+    mounts.push(map([
+        ("name", CACHE_VOLUME.into()),
+        ("mountPath", CACHE_DIR.into()),
+    ]));
+    let mut c = vec![
+        ("name", PROXY.into()),
+        ("image", s.image.clone().into()),
+        ("imagePullPolicy", "IfNotPresent".into()),
+        ("command", strings(["mesh-proxy"])),
+        ("args", strings(args)),
+        (
+            "env",
+            Value::Sequence(vec![
+                map([
+                    ("name", "MESH_INSTANCE_ID".into()),
+                    (
+                        "valueFrom",
+                        map([("fieldRef", map([("fieldPath", "metadata.name".into())]))]),
+                    ),
+                ]),
+                map([("name", "MESH_LOG_FORMAT".into()), ("value", "json".into())]),
+            ]),
+        ),
+    ];
+    if s.mode == Mode::Native {
+        // An init container that keeps running: the app starts once the
+        // startup probe passes, and the proxy stops after the app.
+        c.push(("restartPolicy", "Always".into()));
+        c.push(("startupProbe", probe("/ready", 1, 120)));
+    } else {
+        c.push((
+            "lifecycle",
+            map([(
+                "postStart",
+                map([(
+                    "exec",
+                    map([("command", strings(["mesh-proxy", "wait", "--timeout=2m"]))]),
+                )]),
+            )]),
+        ));
+    }
+    c.push(("readinessProbe", probe("/ready", 2, 3)));
+    c.push(("livenessProbe", probe("/live", 10, 3)));
+    c.push((
+        "securityContext",
+        map([
+            ("runAsUser", PROXY_UID.into()),
+            ("runAsGroup", PROXY_UID.into()),
+            ("runAsNonRoot", true.into()),
+            ("allowPrivilegeEscalation", false.into()),
+            ("readOnlyRootFilesystem", true.into()),
+            ("capabilities", map([("drop", strings(["ALL"]))])),
+        ]),
+    ));
+    c.push(("resources", resources("10m", "32Mi", "256Mi")));
+    c.push(("volumeMounts", Value::Sequence(mounts)));
+    map(c)
+}
+
+fn probe(path: &str, period: u32, failures: u32) -> Value {
+    map([
+        (
+            "httpGet",
+            map([("path", path.into()), ("port", ADMIN_PORT.into())]),
+        ),
+        ("periodSeconds", period.into()),
+        ("failureThreshold", failures.into()),
+    ])
+}
+
+fn resources(cpu: &str, memory: &str, limit: &str) -> Value {
+    map([
+        (
+            "requests",
+            map([("cpu", cpu.into()), ("memory", memory.into())]),
+        ),
+        ("limits", map([("memory", limit.into())])),
+    ])
+}
+
+fn joined(ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn map<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
+    Value::Mapping(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect())
+}
+
+fn strings<S: Into<String>>(items: impl IntoIterator<Item = S>) -> Value {
+    Value::Sequence(items.into_iter().map(|s| Value::String(s.into())).collect())
+}
+
+/// `map[key]` as a mapping, made (or replacing a null) when missing.
+fn entry_map<'m>(map: &'m mut Mapping, key: &str) -> &'m mut Mapping {
+    let v = map
+        .entry(key.into())
+        .or_insert(Value::Mapping(Mapping::new()));
+    if !v.is_mapping() {
+        *v = Value::Mapping(Mapping::new());
+    }
+    match v {
+        Value::Mapping(m) => m,
+        _ => unreachable!("made a mapping above"),
+    }
+}
+
+/// `map[key]` as a sequence, made (or replacing a null) when missing.
+fn entry_seq<'m>(map: &'m mut Mapping, key: &str) -> &'m mut Vec<Value> {
+    let v = map.entry(key.into()).or_insert(Value::Sequence(Vec::new()));
+    if !v.is_sequence() {
+        *v = Value::Sequence(Vec::new());
+    }
+    match v {
+        Value::Sequence(s) => s,
+        _ => unreachable!("made a sequence above"),
+    }
+}
