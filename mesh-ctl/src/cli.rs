@@ -154,7 +154,7 @@ pub struct InjectArgs {
     #[arg(long, default_value = crate::inject::settings::DEFAULT_IMAGE)]
     pub image: String,
     /// `off`: plaintext to an `http://` mesh-control, no token Secret.
-    #[arg(long, default_value = "on", value_parser = mesh::flags::parse_on_off)]
+    #[arg(long, default_value = "on", value_parser = mesh::flags::parse_on_off, action = clap::ArgAction::Set)]
     pub identity: bool,
     /// Service of every workload (beats `mesh.io/service`; default: the
     /// workload's name).

@@ -40,7 +40,7 @@ struct Args {
     keepalive_interval: Duration,
     /// Workload identity: the CA, TLS on the API and authentication (`on`,
     /// the default), or `off` (plaintext HTTP, nothing checked).
-    #[arg(long, env = "MESH_IDENTITY", default_value = "on", value_parser = mesh::flags::parse_on_off)]
+    #[arg(long, env = "MESH_IDENTITY", default_value = "on", value_parser = mesh::flags::parse_on_off, action = clap::ArgAction::Set)]
     identity: bool,
     /// The SPIFFE trust domain of every identity issued.
     #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = mesh::identity::DEFAULT_TRUST_DOMAIN)]
@@ -139,5 +139,19 @@ mod tests {
         let section = |_: &[&str]| "## mesh-control";
         let problems = mesh::flags::undocumented(&Args::command(), reference, &section);
         assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn on_off_flags_take_a_value() {
+        use clap::Parser;
+        for (argv, want) in [
+            (&["mesh-control"][..], true),
+            (&["mesh-control", "--identity", "off"], false),
+            (&["mesh-control", "--identity=off"], false),
+            (&["mesh-control", "--identity", "on"], true),
+        ] {
+            let args = Args::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert_eq!(args.identity, want, "{argv:?}");
+        }
     }
 }

@@ -127,4 +127,22 @@ mod tests {
         let problems = mesh::flags::undocumented(&Cli::command(), reference, &section);
         assert!(problems.is_empty(), "{}", problems.join("\n"));
     }
+
+    #[test]
+    fn on_off_flags_take_a_value() {
+        use clap::Parser;
+        for (argv, want) in [
+            (&["mesh-proxy"][..], true),
+            (&["mesh-proxy", "--identity", "off"], false),
+            (&["mesh-proxy", "run", "--identity=off"], false),
+            (&["mesh-proxy", "--identity", "on"], true),
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let run = match cli.cmd {
+                Some(super::Cmd::Run(args)) => *args,
+                _ => cli.run,
+            };
+            assert_eq!(run.identity, want, "{argv:?}");
+        }
+    }
 }

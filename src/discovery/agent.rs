@@ -23,6 +23,12 @@ use tokio_util::sync::CancellationToken;
 /// Consecutive failed checks before the app is reported down.
 const FALL: u32 = 2;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How the agent connects to its app on loopback: never intercepted, so
+/// no mark (a sidecar without NET_ADMIN has none to set).
+const APP: crate::net::ConnectOptions = crate::net::ConnectOptions {
+    mark: None,
+    timeout: CHECK_TIMEOUT,
+};
 
 #[derive(Clone, Debug)]
 pub enum HealthCheck {
@@ -196,7 +202,7 @@ impl RegistrationAgent {
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.cfg.app_port);
         let probe = async {
             match &self.cfg.check {
-                HealthCheck::Tcp => crate::net::connect(addr, Default::default()).await.is_ok(),
+                HealthCheck::Tcp => crate::net::connect(addr, APP).await.is_ok(),
                 HealthCheck::Http { path } => http_check(addr, path).await.unwrap_or(false),
             }
         };
@@ -231,7 +237,7 @@ async fn http_check(
     addr: SocketAddr,
     path: &str,
 ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
-    let stream = crate::net::connect(addr, Default::default()).await?;
+    let stream = crate::net::connect(addr, APP).await?;
     let (mut send, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);

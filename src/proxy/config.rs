@@ -17,7 +17,7 @@ pub struct ProxyArgs {
     pub control: String,
     /// Workload identity and mTLS between sidecars: `on` (the default) or
     /// `off` (plaintext, nothing authenticated: a trusted network only).
-    #[arg(long, env = "MESH_IDENTITY", default_value = "on", value_parser = crate::flags::parse_on_off)]
+    #[arg(long, env = "MESH_IDENTITY", default_value = "on", value_parser = crate::flags::parse_on_off, action = clap::ArgAction::Set)]
     pub identity: bool,
     /// The SPIFFE trust domain; must match mesh-control's.
     #[arg(long, env = "MESH_TRUST_DOMAIN", default_value = crate::identity::DEFAULT_TRUST_DOMAIN)]

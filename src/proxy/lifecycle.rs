@@ -81,7 +81,15 @@ pub async fn exit_when_app_exits(
         let alive = match (watched, app_port) {
             (AppWatch::Port, Some(port)) => {
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-                crate::net::connect(addr, Default::default()).await.is_ok()
+                crate::net::connect(
+                    addr,
+                    crate::net::ConnectOptions {
+                        mark: None,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .is_ok()
             }
             // Checked at startup (the flag requires --app-port).
             (AppWatch::Port, None) => return,

@@ -32,6 +32,18 @@ impl Hello {
 
     /// Starts app, interception and sidecar without waiting for readiness.
     pub fn spawn(net: &Net, name: &str, ctrl_url: &str) -> Hello {
+        Hello::spawn_with(net, name, ctrl_url, &[])
+    }
+
+    /// [`Hello::start`] with more sidecar flags.
+    pub fn start_with(net: &Net, name: &str, ctrl_url: &str, extra: &[&str]) -> Hello {
+        let hello = Hello::spawn_with(net, name, ctrl_url, extra);
+        wait_ready(&hello.pod, &hello.proxy, secs(15));
+        hello
+    }
+
+    /// [`Hello::spawn`] with more sidecar flags.
+    pub fn spawn_with(net: &Net, name: &str, ctrl_url: &str, extra: &[&str]) -> Hello {
         let pod = net.pod(name);
         let app = start_app(net, &pod);
         wait_for(&format!("{name}'s app"), secs(10), || {
@@ -50,6 +62,7 @@ impl Hello {
              --lease-ttl {LEASE_TTL_ARG} --health-interval 200ms"
         );
         args.extend(words(&own).into_iter().map(String::from));
+        args.extend(extra.iter().map(|a| a.to_string()));
         let proxy = pod.spawn(MESH_PROXY, &strs(&args), &[]);
         Hello { pod, app, proxy }
     }

@@ -15,7 +15,10 @@ pub const ADMIN_PORT: u16 = 15000;
 pub const INIT: &str = "mesh-init";
 pub const PROXY: &str = "mesh-proxy";
 pub const IDENTITY_VOLUME: &str = "mesh-identity";
-pub const CACHE_VOLUME: &str = "mesh-cache";
+/// The cache volume's name is this plus the workload's name: podman's
+/// `kube play` shares an emptyDir among every pod that names it the same
+/// (Kubernetes keeps one per pod either way).
+const CACHE_VOLUME: &str = "mesh-cache";
 const IDENTITY_DIR: &str = "/var/run/mesh/identity";
 const CACHE_DIR: &str = "/var/run/mesh/cache";
 
@@ -23,6 +26,26 @@ const CACHE_DIR: &str = "/var/run/mesh/cache";
 /// (`mesh-ctl token create --service S --secret`).
 pub fn token_secret(service: &str) -> String {
     format!("mesh-token-{service}")
+}
+
+/// `mesh-cache-NAME`, a valid volume name (a DNS label) whatever the
+/// workload's name.
+fn cache_volume(workload: &str) -> String {
+    let mut name: String = format!("{CACHE_VOLUME}-{workload}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect();
+    while name.ends_with('-') {
+        name.pop();
+    }
+    name
 }
 
 /// Adds the init container, the proxy and their volumes.
@@ -43,12 +66,17 @@ pub fn add(template: &mut Mapping, s: &Settings) {
             ("name", IDENTITY_VOLUME.into()),
             (
                 "secret",
-                map([("secretName", token_secret(&s.service).into())]),
+                map([
+                    ("secretName", token_secret(&s.service).into()),
+                    // Kubernetes' default, said out loud: podman's kube
+                    // play mounts nothing (or fails) without it.
+                    ("optional", false.into()),
+                ]),
             ),
         ]));
     }
     volumes.push(map([
-        ("name", CACHE_VOLUME.into()),
+        ("name", cache_volume(&s.workload).into()),
         (
             "emptyDir",
             map([("medium", "Memory".into()), ("sizeLimit", "16Mi".into())]),
@@ -76,10 +104,32 @@ pub fn remove(template: &mut Mapping) -> bool {
     let Some(Value::Mapping(spec)) = template.get_mut("spec") else {
         return found;
     };
+    // The volumes are the ones our proxy mounts (their names depend on
+    // the workload), found before the proxy goes.
+    let mut ours: Vec<String> = vec![IDENTITY_VOLUME.to_string()];
+    for list in ["initContainers", "containers"] {
+        let proxies = spec
+            .get(list)
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.get("name").and_then(Value::as_str) == Some(PROXY));
+        for proxy in proxies {
+            let mounts = proxy.get("volumeMounts").and_then(Value::as_sequence);
+            ours.extend(
+                mounts
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|m| m.get("name").and_then(Value::as_str))
+                    .map(str::to_string),
+            );
+        }
+    }
+    let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
     for (list, names) in [
         ("initContainers", &[INIT, PROXY][..]),
         ("containers", &[PROXY][..]),
-        ("volumes", &[IDENTITY_VOLUME, CACHE_VOLUME][..]),
+        ("volumes", &ours[..]),
     ] {
         let Some(Value::Sequence(items)) = spec.get_mut(list) else {
             continue;
@@ -166,7 +216,7 @@ fn proxy(s: &Settings) -> Value {
         ]));
     }
     mounts.push(map([
-        ("name", CACHE_VOLUME.into()),
+        ("name", cache_volume(&s.workload).into()),
         ("mountPath", CACHE_DIR.into()),
     ]));
     let mut c = vec![

@@ -63,6 +63,8 @@ pub struct Settings {
     pub image: String,
     pub identity: bool,
     pub service: String,
+    /// The workload's name (names the cache volume).
+    pub workload: String,
     /// `None`: no inbound (a client-only pod, not registered).
     pub app_port: Option<u16>,
     pub opaque_ports: Option<Vec<u16>>,
@@ -157,6 +159,7 @@ impl Settings {
             image: flags.image.clone(),
             identity: flags.identity,
             service,
+            workload: pod.name.clone(),
             app_port,
             opaque_ports,
             exclude_outbound,

@@ -1,0 +1,317 @@
+//! End-to-end: a sidecar's stop never drops a request. In network
+//! namespaces with unmodified apps (python3's http.server, curl, load.py):
+//!
+//! | story | pods | action | expected |
+//! |---|---|---|---|
+//! | drain_acknowledged_by_1 | control, hello-1/2, 1 client | SIGTERM hello-2's proxy | its log: deregistered → removal applied by all 3 watching proxies → draining |
+//! | drain_acknowledged_by_10 | control, hello-1/2, 10 clients | the same | applied by all 12 |
+//! | a_frozen_watcher_holds_the_drain_until_its_timeout | control, hello-1/2, 1 client (SIGSTOPped) | SIGTERM hello-2's proxy | waits `--drain-timeout`, log names the frozen proxy |
+//! | rolling_replacement_loses_nothing | control, hello-1..4, client at ~100 rps | hello-3 up, hello-1 stopped, hello-4 up, hello-2 stopped | every request 200 |
+//!
+//! Run: `cargo test --test e2e_lifecycle -- --nocapture`.
+
+// Test code: real processes on the wall clock, and unwrap() as assertion.
+#![allow(clippy::disallowed_types, clippy::unwrap_used)]
+
+#[allow(dead_code)] // each test binary uses a different part of the harness
+mod support;
+
+use serde_json::Value;
+use std::time::{Duration, Instant};
+use support::bins::{MESH_CONTROL, MESH_PROXY};
+use support::fault::{Load, LOAD};
+use support::mesh::{intercept, sidecar_args, wait_ready, Hello};
+use support::{path, secs, strs, wait_for, Net, Pod, Proc};
+
+const CONTROL_PORT: u16 = 15010;
+
+/// The control pod and its mesh-control, reachable from every pod.
+struct Control {
+    pod: Pod,
+    _proc: Proc,
+    url: String,
+}
+
+fn control(net: &Net) -> Control {
+    let pod = net.pod("control");
+    let url = format!("http://{}:{CONTROL_PORT}", pod.ip());
+    let data = net.subdir("control-data");
+    let listen = format!("{}:{CONTROL_PORT}", pod.ip());
+    let proc = pod.spawn(
+        MESH_CONTROL,
+        &[
+            "--listen",
+            &listen,
+            "--data-dir",
+            &path(&data),
+            "--sweep-interval",
+            "200ms",
+        ],
+        &[],
+    );
+    wait_for("mesh-control /healthz", secs(15), || {
+        proc.assert_running();
+        (pod.curl(&format!("{url}/healthz"), &[]).0 == 200).then_some(())
+    });
+    Control {
+        pod,
+        _proc: proc,
+        url,
+    }
+}
+
+impl Control {
+    /// `GET /v1/proxies`.
+    fn proxies(&self) -> Value {
+        let (status, body) = self.pod.curl(&format!("{}/v1/proxies", self.url), &[]);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Polls until `n` proxies watch.
+    fn wait_watching(&self, n: u64) {
+        wait_for(&format!("{n} proxies watching"), secs(20), || {
+            (self.proxies()["watching"].as_u64() == Some(n)).then_some(())
+        });
+    }
+}
+
+/// A client-only pod: interception and a sidecar, no app.
+fn client(net: &Net, ctrl: &Control, name: &str) -> (Pod, Proc) {
+    let pod = net.pod(name);
+    intercept(&pod);
+    let cache = net.subdir(&format!("{name}-cache"));
+    let proxy = pod.spawn(MESH_PROXY, &strs(&sidecar_args(&ctrl.url, &cache)), &[]);
+    wait_ready(&pod, &proxy, secs(15));
+    (pod, proxy)
+}
+
+/// Waits until `pod`'s proxy routes `hello` to exactly `n` endpoints.
+fn wait_endpoints(pod: &Pod, n: usize) {
+    wait_for(
+        &format!("{} to see {n} hello endpoints", pod.name()),
+        secs(15),
+        || {
+            let (status, body) = pod.curl("http://127.0.0.1:15000/state", &[]);
+            if status != 200 {
+                return None;
+            }
+            let state: Value = serde_json::from_str(&body).ok()?;
+            let services = state["registry"]["services"].as_array()?;
+            let hello = services.iter().find(|s| s["name"] == "hello")?;
+            (hello["endpoints"].as_array()?.len() == n).then_some(())
+        },
+    );
+}
+
+/// The sidecar's log lines that tell the drain, with their offsets.
+struct DrainLog {
+    text: String,
+}
+
+impl DrainLog {
+    fn of(proc: &Proc) -> DrainLog {
+        DrainLog {
+            text: std::fs::read_to_string(proc.log_path()).unwrap(),
+        }
+    }
+
+    /// Byte offset of the first line containing `what`.
+    fn at(&self, what: &str) -> usize {
+        self.text
+            .find(what)
+            .unwrap_or_else(|| panic!("no {what:?} in the log:\n{}", self.text))
+    }
+
+    /// `key=N` on the line containing `what`.
+    fn field(&self, what: &str, key: &str) -> u64 {
+        let line = self.text[self.at(what)..].lines().next().unwrap();
+        let value = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in {line:?}"));
+        value.trim_matches('"').parse().unwrap()
+    }
+}
+
+/// SIGTERM to hello-2's proxy: it must wait for all `clients` client
+/// proxies, hello-1's and its own, before it drains.
+fn drain_acknowledged_by(clients: usize) {
+    let net = Net::new(&format!("drain{clients}"));
+    let ctrl = control(&net);
+    let _hello1 = Hello::start(&net, "hello-1", &ctrl.url);
+    let hello2 = Hello::start(&net, "hello-2", &ctrl.url);
+    let pods: Vec<(Pod, Proc)> = (0..clients)
+        .map(|i| client(&net, &ctrl, &format!("client-{i}")))
+        .collect();
+    let watching = clients as u64 + 2;
+    ctrl.wait_watching(watching);
+    for (pod, _) in &pods {
+        wait_endpoints(pod, 2);
+    }
+    let stopped = Instant::now();
+    hello2.proxy.term();
+    let status = hello2
+        .proxy
+        .wait_exit(secs(30))
+        .expect("hello-2's proxy exits");
+    let took = stopped.elapsed();
+    assert!(status.success(), "{status}");
+    let log = DrainLog::of(&hello2.proxy);
+    let applied = "removal applied by every watching proxy";
+    assert!(log.at("deregistered") < log.at(applied), "{}", log.text);
+    assert!(log.at(applied) < log.at("draining"), "{}", log.text);
+    assert_eq!(log.field(applied, "proxies"), watching, "{}", log.text);
+    let waited = log.field(applied, "waited_ms");
+    println!(
+        "drain with {clients} client proxies: removal applied by all {watching} watching proxies in {waited} ms; SIGTERM to exit {} ms",
+        took.as_millis()
+    );
+    assert!(waited < 2000, "acknowledgements took {waited} ms");
+    for (pod, _) in &pods {
+        wait_endpoints(pod, 1);
+    }
+}
+
+fn drain_acknowledged_by_1() {
+    drain_acknowledged_by(1);
+}
+
+fn drain_acknowledged_by_10() {
+    drain_acknowledged_by(10);
+}
+
+/// A watcher that cannot apply (SIGSTOPped) holds the drain until the
+/// drain timeout, and the log says who.
+fn a_frozen_watcher_holds_the_drain_until_its_timeout() {
+    let net = Net::new("frozen");
+    let ctrl = control(&net);
+    let _hello1 = Hello::start(&net, "hello-1", &ctrl.url);
+    let hello2 = Hello::start_with(&net, "hello-2", &ctrl.url, &["--drain-timeout", "2s"]);
+    let (pod, proxy) = client(&net, &ctrl, "client");
+    ctrl.wait_watching(3);
+    wait_endpoints(&pod, 2);
+    let list = ctrl.proxies();
+    let frozen = list["proxies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["address"] == pod.ip().to_string())
+        .and_then(|p| p["proxy"].as_str())
+        .unwrap()
+        .to_string();
+    let signal = |sig: &str| {
+        let out = std::process::Command::new("kill")
+            .args([sig, &proxy.pid().to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kill {sig}: {out:?}");
+    };
+    signal("-STOP");
+    let stopped = Instant::now();
+    hello2.proxy.term();
+    let status = hello2
+        .proxy
+        .wait_exit(secs(30))
+        .expect("hello-2's proxy exits");
+    let took = stopped.elapsed();
+    signal("-CONT");
+    assert!(status.success(), "{status}");
+    let log = DrainLog::of(&hello2.proxy);
+    let timeout = log.at("drain timeout");
+    assert!(
+        log.text[timeout..]
+            .lines()
+            .next()
+            .unwrap()
+            .contains(&frozen),
+        "{}",
+        log.text
+    );
+    assert!(timeout < log.at("draining"), "{}", log.text);
+    assert!(
+        took >= Duration::from_secs(2),
+        "stopped after {took:?}, before the drain timeout"
+    );
+    println!(
+        "a frozen watcher held the drain {} ms (timeout 2 s)",
+        took.as_millis()
+    );
+    // Thawed, it catches up.
+    wait_endpoints(&pod, 1);
+}
+
+/// All instances replaced one by one (new up, old SIGTERMed) under a
+/// steady load: not one request fails.
+fn rolling_replacement_loses_nothing() {
+    let net = Net::new("roll");
+    let ctrl = control(&net);
+    let hello1 = Hello::start(&net, "hello-1", &ctrl.url);
+    let hello2 = Hello::start(&net, "hello-2", &ctrl.url);
+    let (pod, _proxy) = client(&net, &ctrl, "client");
+    wait_endpoints(&pod, 2);
+    let args = [
+        "-u",
+        LOAD,
+        "--url",
+        "http://hello.mesh/name",
+        "--requests",
+        "3000",
+        "--concurrency",
+        "4",
+        "--duration",
+        "14",
+        "--timeout",
+        "5",
+        "--interval-ms",
+        "40",
+    ];
+    let started = Instant::now();
+    let mut fresh = Vec::new();
+    let (load, order) = std::thread::scope(|s| {
+        let run = s.spawn(|| pod.run_with("python3", &args, &[], secs(40)));
+        let mut order = Vec::new();
+        for (old, new) in [(&hello1, "hello-3"), (&hello2, "hello-4")] {
+            fresh.push(Hello::start(&net, new, &ctrl.url));
+            wait_endpoints(&pod, 3);
+            old.proxy.term();
+            let status = old.proxy.wait_exit(secs(30)).expect("old proxy exits");
+            assert!(status.success(), "{status}");
+            old.app.kill();
+            wait_endpoints(&pod, 2);
+            order.push((old.pod.name().to_string(), started.elapsed()));
+        }
+        (run.join().unwrap(), order)
+    });
+    assert!(load.status.success(), "load.py: {load:?}");
+    let load = Load::parse(&load.stdout);
+    let failed: Vec<_> = load.results.iter().filter(|c| c.status != 200).collect();
+    let mut by = std::collections::BTreeMap::<&str, usize>::new();
+    for c in &load.results {
+        *by.entry(c.body.trim()).or_default() += 1;
+    }
+    println!(
+        "rolling replacement: {} requests in {:.1} s ({:.0} rps), {} failed; answered by {by:?}; stopped {order:?}",
+        load.results.len(),
+        load.elapsed_ms / 1000.0,
+        load.results.len() as f64 / (load.elapsed_ms / 1000.0),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    for name in ["hello-1", "hello-2", "hello-3", "hello-4"] {
+        assert!(by.contains_key(name), "{name} never answered: {by:?}");
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    use support::stories::Need::Pods;
+    support::stories::run(
+        "e2e_lifecycle",
+        stories![
+            [Pods] => drain_acknowledged_by_1,
+            [Pods] => drain_acknowledged_by_10,
+            [Pods] => a_frozen_watcher_holds_the_drain_until_its_timeout,
+            [Pods] => rolling_replacement_loses_nothing,
+        ],
+    )
+}
