@@ -505,4 +505,20 @@ done
 print_answer "policy deleted"
 [[ $STATUS == 200 ]] || die "client still refused after the policy was deleted: $STATUS"
 
+# ---------------------------------------------------------------------------
+step "10. Deploy: a stop waits for every proxy, and mesh-ctl inject" \
+  "Each proxy reports the registry revision it applied. On SIGTERM a sidecar deregisters, keeps serving," \
+  "and stops accepting only once every watching proxy has applied its removal. inject adds the sidecar to Kubernetes YAML."
+show mesh-ctl proxies
+stop proxy-node
+grep -h 'removal applied by every watching proxy' "$WORK/proxy-node.log" ||
+  die "node's sidecar stopped without every watching proxy applying its removal (see $WORK/proxy-node.log)"
+printf '%s\n' "apiVersion: apps/v1" "kind: Deployment" "metadata: {name: hello}" "spec:" \
+  "  selector: {matchLabels: {app: hello}}" "  template:" "    metadata: {labels: {app: hello}}" \
+  "    spec: {containers: [{name: app, image: hello:1, ports: [{containerPort: 8000}]}]}" >"$WORK/app.yaml"
+echo "\$ mesh-ctl inject -f app.yaml   (excerpt: what was added)"
+mesh-ctl inject -f "$WORK/app.yaml" >"$WORK/app.injected.yaml" || die "mesh-ctl inject failed"
+grep -E '^  +(- name: mesh|restartPolicy|startupProbe|secretName|- --(service|app-port|uid))' "$WORK/app.injected.yaml"
+[[ $(mesh-ctl uninject -f "$WORK/app.injected.yaml" | grep -c mesh-) == 0 ]] || die "uninject left mesh parts behind"
+
 step "Done in ${SECONDS} s: stopping everything"

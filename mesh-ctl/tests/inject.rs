@@ -162,3 +162,27 @@ fn kinds_it_cannot_handle_pass_through_with_a_note() {
         "note: -: document 1 (Service s): Service holds no pod template; left unchanged\n"
     );
 }
+
+#[test]
+fn the_deploy_manifests_are_valid_at_1_29_and_1_33() {
+    let deploy = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&deploy)
+        .expect("deploy/kubernetes")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2, "{files:?}");
+    for version in ["1.29.0", "1.33.0"] {
+        let (ok, text) = validate(version, &files);
+        assert!(ok, "kubernetes-validate --strict -k {version}:\n{text}");
+        for kind in [
+            "statefulset/mesh-control",
+            "service/mesh-control",
+            "poddisruptionbudget/mesh-control",
+            "namespace/mesh-system",
+        ] {
+            assert!(text.contains(kind), "{kind} not validated:\n{text}");
+        }
+    }
+}
