@@ -104,6 +104,17 @@ fn wait_endpoints(pod: &Pod, n: usize) {
     );
 }
 
+/// SIGTERM to a sidecar; how long it took to exit 0.
+fn stop(proxy: &Proc) -> Duration {
+    let stopped = Instant::now();
+    proxy.term();
+    let status = proxy
+        .wait_exit(secs(30))
+        .unwrap_or_else(|| panic!("{} exits", proxy.label()));
+    assert!(status.success(), "{}: {status}", proxy.label());
+    stopped.elapsed()
+}
+
 /// The sidecar's log lines that tell the drain, with their offsets.
 struct DrainLog {
     text: String,
@@ -149,14 +160,7 @@ fn drain_acknowledged_by(clients: usize) {
     for (pod, _) in &pods {
         wait_endpoints(pod, 2);
     }
-    let stopped = Instant::now();
-    hello2.proxy.term();
-    let status = hello2
-        .proxy
-        .wait_exit(secs(30))
-        .expect("hello-2's proxy exits");
-    let took = stopped.elapsed();
-    assert!(status.success(), "{status}");
+    let took = stop(&hello2.proxy);
     let log = DrainLog::of(&hello2.proxy);
     let applied = "removal applied by every watching proxy";
     assert!(log.at("deregistered") < log.at(applied), "{}", log.text);
@@ -208,15 +212,8 @@ fn a_frozen_watcher_holds_the_drain_until_its_timeout() {
         assert!(out.status.success(), "kill {sig}: {out:?}");
     };
     signal("-STOP");
-    let stopped = Instant::now();
-    hello2.proxy.term();
-    let status = hello2
-        .proxy
-        .wait_exit(secs(30))
-        .expect("hello-2's proxy exits");
-    let took = stopped.elapsed();
+    let took = stop(&hello2.proxy);
     signal("-CONT");
-    assert!(status.success(), "{status}");
     let log = DrainLog::of(&hello2.proxy);
     let timeout = log.at("drain timeout");
     assert!(
@@ -274,9 +271,7 @@ fn rolling_replacement_loses_nothing() {
         for (old, new) in [(&hello1, "hello-3"), (&hello2, "hello-4")] {
             fresh.push(Hello::start(&net, new, &ctrl.url));
             wait_endpoints(&pod, 3);
-            old.proxy.term();
-            let status = old.proxy.wait_exit(secs(30)).expect("old proxy exits");
-            assert!(status.success(), "{status}");
+            stop(&old.proxy);
             old.app.kill();
             wait_endpoints(&pod, 2);
             order.push((old.pod.name().to_string(), started.elapsed()));

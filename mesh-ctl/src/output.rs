@@ -113,11 +113,12 @@ pub fn proxies_table(list: &ProxyList) -> String {
         .proxies
         .iter()
         .map(|p| {
+            let w = &p.watcher;
             vec![
-                p.proxy.clone(),
-                dash(&p.service),
-                dash(&p.instance),
-                dash(&p.version),
+                w.proxy.clone(),
+                dash(&w.service),
+                dash(&w.instance),
+                dash(&w.version),
                 p.applied.to_string(),
                 list.revision.saturating_sub(p.applied).to_string(),
                 p.address.to_string(),

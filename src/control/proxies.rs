@@ -106,10 +106,7 @@ impl Proxies {
             proxy.clone(),
             Entry {
                 info: ProxyInfo {
-                    proxy: info.proxy,
-                    service: info.service,
-                    instance: info.instance,
-                    version: info.version,
+                    watcher: info,
                     identity,
                     address,
                     connected_at: rfc3339(SystemTime::now()),
@@ -223,7 +220,7 @@ mod tests {
             all.proxies.iter().map(|i| i.applied).collect::<Vec<_>>(),
             [4, 7]
         );
-        assert_eq!(p.list(9, Some(5)).proxies[0].proxy, "a");
+        assert_eq!(p.list(9, Some(5)).proxies[0].watcher.proxy, "a");
         drop(a);
         assert_eq!(p.list(9, None).watching, 1);
         drop(b);
@@ -285,7 +282,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let list = p.wait_caught_up(2, Duration::from_secs(3), || 2).await;
         assert_eq!(started.elapsed(), Duration::from_secs(3));
-        assert_eq!(list.proxies[0].proxy, "a");
+        assert_eq!(list.proxies[0].watcher.proxy, "a");
         let capped = p.wait_caught_up(2, Duration::from_secs(3600), || 2).await;
         assert_eq!(started.elapsed(), Duration::from_secs(3) + MAX_WAIT);
         assert_eq!(capped.proxies.len(), 1);

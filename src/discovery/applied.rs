@@ -118,8 +118,9 @@ pub async fn await_removal(client: &ControlClient, revision: u64, timeout: Durat
 
 /// `proxy(service)`, how a log line names a proxy.
 fn shown(p: &crate::model::proxies::ProxyInfo) -> String {
-    match &p.service {
-        Some(s) => format!("{}({s})", p.proxy),
-        None => p.proxy.clone(),
+    let w = &p.watcher;
+    match &w.service {
+        Some(s) => format!("{}({s})", w.proxy),
+        None => w.proxy.clone(),
     }
 }

@@ -29,16 +29,12 @@ pub struct WatcherInfo {
     pub version: Option<String>,
 }
 
-/// One connected proxy, as `GET /v1/proxies` lists it.
+/// One connected proxy, as `GET /v1/proxies` lists it: what it said of
+/// itself, and what mesh-control knows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProxyInfo {
-    pub proxy: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
+    #[serde(flatten)]
+    pub watcher: WatcherInfo,
     /// The SPIFFE ID its watch was opened with (identity on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
