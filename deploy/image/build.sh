@@ -4,10 +4,11 @@
 #
 #   deploy/image/build.sh [--bin-dir DIR] [--out FILE] [--tag NAME] [--no-check]
 #
-#   --bin-dir DIR  where mesh-proxy, mesh-control and mesh-ctl are
-#                  (default: target/release)
+#   --bin-dir DIR  where mesh-proxy and mesh-ctl are (default:
+#                  target/release; `cargo build --profile image --workspace`
+#                  and --bin-dir target/image makes the smallest image)
 #   --out FILE     the OCI archive written (default:
-#                  target/image/mesh-<version>.oci.tar)
+#                  target/mesh-<version>.oci.tar)
 #   --tag NAME     the image tag (default: mesh:<version>, which podman
 #                  stores as localhost/mesh:<version>)
 #   --no-check     skip the smoke test (each binary's --version in the image)
@@ -17,8 +18,11 @@
 # Cargo.toml. Re-running replaces the tag (and removes the image it pointed
 # to when nothing else uses it).
 #
-# The image (deploy/image/Containerfile): FROM scratch, the three binaries
-# stripped (copies; the originals are not touched), the shared libraries
+# The image (deploy/image/Containerfile): FROM scratch, two binaries
+# stripped (copies; the originals are not touched) — mesh-control is a link
+# to mesh-proxy, which is the control plane when run under that name, so
+# the image carries one copy of tokio, hyper, rustls and aws-lc, not two —,
+# the shared libraries
 # ldd names plus the loader, and iptables for `mesh-proxy init`:
 # xtables-nft-multi, its iptables* names and only the extension modules our
 # rules load (XT_MODULES below; src/proxy/intercept/mod.rs builds the rules).
@@ -30,7 +34,9 @@ set -euo pipefail
 # symlink to libxt_NAT.so), -m owner, -m mark, -p tcp/-p udp --dport.
 XT_MODULES=(libxt_standard.so libxt_NAT.so libxt_REDIRECT.so libxt_owner.so
     libxt_mark.so libxt_tcp.so libxt_udp.so)
-BINARIES=(mesh-proxy mesh-control mesh-ctl)
+BINARIES=(mesh-proxy mesh-ctl)
+# Programs that are links to mesh-proxy in the image.
+LINKS=(mesh-control)
 IPTABLES_NAMES=(iptables iptables-save iptables-restore
     iptables-nft iptables-nft-save iptables-nft-restore)
 MESH_UID=19781
@@ -75,7 +81,7 @@ VERSION=$(awk '
     }' Cargo.toml)
 [[ -n "$VERSION" ]] || die "no [workspace.package] version in $REPO_ROOT/Cargo.toml"
 TAG=${TAG:-mesh:$VERSION}
-OUT=${OUT:-target/image/mesh-$VERSION.oci.tar}
+OUT=${OUT:-target/mesh-$VERSION.oci.tar}
 [[ "$BIN_DIR" = /* ]] || BIN_DIR="$REPO_ROOT/$BIN_DIR"
 [[ "$OUT" = /* ]] || OUT="$REPO_ROOT/$OUT"
 
@@ -138,6 +144,9 @@ for bin in "${BINARIES[@]}"; do
     chmod 0755 "$ROOT/usr/local/bin/$bin"
     copy_libs "$BIN_DIR/$bin"
 done
+for link in "${LINKS[@]}"; do
+    ln -s mesh-proxy "$ROOT/usr/local/bin/$link"
+done
 
 cp -L "$XTABLES_MULTI" "$ROOT/usr/sbin/xtables-nft-multi"
 copy_libs "$XTABLES_MULTI"
@@ -192,7 +201,7 @@ if [[ -n "$OLD_ID" && "$OLD_ID" != "$NEW_ID" ]]; then
 fi
 
 if ((CHECK)); then
-    for bin in "${BINARIES[@]}"; do
+    for bin in "${BINARIES[@]}" "${LINKS[@]}"; do
         v=$(podman run --rm --network none "$TAG" "$bin" --version) ||
             die "'$bin --version' failed in the image"
         log "check: $v"

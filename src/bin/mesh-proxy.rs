@@ -47,6 +47,12 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // One binary, two programs: run as `mesh-control` (a link, as in the
+    // container image), it is the control plane.
+    let name = std::env::args_os().next().map(std::path::PathBuf::from);
+    if name.as_deref().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new("mesh-control")) {
+        return mesh::control::cli::main();
+    }
     let renamed = mesh::flags::apply_renamed_env();
     let cli = Cli::parse();
     mesh::telemetry::init_logging(cli.log_format);

@@ -7,6 +7,7 @@
 
 pub mod api; //      HTTP/JSON API: `router(state)`
 pub mod auth; //     who calls (admin token, certificate, bootstrap token) and what they may do
+pub mod cli; //    the mesh-control program: flags, logging, signals
 pub mod client; //   HTTP client for the /v1 API, used by mesh-proxy and mesh-ctl
 pub mod listener; // TCP or TLS listener, handshakes off the accept path
 pub mod metrics; //  Prometheus metrics
