@@ -6,6 +6,7 @@
 //! | drain_acknowledged_by_1 | control, hello-1/2, 1 client | SIGTERM hello-2's proxy | its log: deregistered → removal applied by all 3 watching proxies → draining |
 //! | drain_acknowledged_by_10 | control, hello-1/2, 10 clients | the same | applied by all 12 |
 //! | a_frozen_watcher_holds_the_drain_until_its_timeout | control, hello-1/2, 1 client (SIGSTOPped) | SIGTERM hello-2's proxy | waits `--drain-timeout`, log names the frozen proxy |
+//! | a_vanished_watcher_is_dropped_and_not_waited_for | control, hello-1/2, 1 client (all its packets dropped) | wait, then SIGTERM hello-2's proxy | mesh-control drops it within ~15 s; the drain waits for 2, not 3 |
 //! | rolling_replacement_loses_nothing | control, hello-1..4, client at ~100 rps | hello-3 up, hello-1 stopped, hello-4 up, hello-2 stopped | every request 200 |
 //!
 //! Run: `cargo test --test e2e_lifecycle -- --nocapture`.
@@ -238,6 +239,43 @@ fn a_frozen_watcher_holds_the_drain_until_its_timeout() {
     wait_endpoints(&pod, 1);
 }
 
+/// A watcher whose pod vanished without closing its connection (every
+/// packet dropped) is dropped by mesh-control within its dead-peer bound,
+/// so the next drain does not wait for it.
+fn a_vanished_watcher_is_dropped_and_not_waited_for() {
+    let net = Net::new("vanish");
+    let ctrl = control(&net);
+    let _hello1 = Hello::start(&net, "hello-1", &ctrl.url);
+    let hello2 = Hello::start(&net, "hello-2", &ctrl.url);
+    let (pod, _proxy) = client(&net, &ctrl, "client");
+    ctrl.wait_watching(3);
+    let cut = Instant::now();
+    for chain in ["INPUT", "OUTPUT"] {
+        pod.run_ok("iptables", &["-I", chain, "-j", "DROP"]);
+    }
+    // Keep-alive lines every 5 s, unacknowledged for 10 s: gone by ~15 s.
+    wait_for(
+        "mesh-control to drop the vanished watcher",
+        secs(30),
+        || (ctrl.proxies()["watching"].as_u64() == Some(2)).then_some(()),
+    );
+    let dropped = cut.elapsed();
+    stop(&hello2.proxy);
+    let log = DrainLog::of(&hello2.proxy);
+    let applied = "removal applied by every watching proxy";
+    assert_eq!(log.field(applied, "proxies"), 2, "{}", log.text);
+    println!(
+        "a vanished watcher was dropped {} ms after its packets stopped; the next drain waited {} ms",
+        dropped.as_millis(),
+        log.field(applied, "waited_ms")
+    );
+    for chain in ["INPUT", "OUTPUT"] {
+        pod.run_ok("iptables", &["-D", chain, "-j", "DROP"]);
+    }
+    // Back on the network, it reconnects and learns the removal.
+    wait_endpoints(&pod, 1);
+}
+
 /// All instances replaced one by one (new up, old SIGTERMed) under a
 /// steady load: not one request fails.
 fn rolling_replacement_loses_nothing() {
@@ -306,6 +344,7 @@ fn main() -> std::process::ExitCode {
             [Pods] => drain_acknowledged_by_1,
             [Pods] => drain_acknowledged_by_10,
             [Pods] => a_frozen_watcher_holds_the_drain_until_its_timeout,
+            [Pods] => a_vanished_watcher_is_dropped_and_not_waited_for,
             [Pods] => rolling_replacement_loses_nothing,
         ],
     )

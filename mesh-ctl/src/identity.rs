@@ -31,7 +31,7 @@ pub async fn create_token(
     let issued = client.create_token(&req).await?;
     if secret {
         let bundle = client.trust_bundle().await?;
-        let yaml = token_secret(&service, namespace.as_deref(), &issued, &bundle.pem)?;
+        let yaml = token_secret(&service, namespace.as_deref(), &issued, &bundle.pem, format)?;
         eprintln!(
             "Secret {} for {} (expires {})",
             crate::inject::pod::token_secret(&service),
@@ -166,6 +166,7 @@ fn token_secret(
     namespace: Option<&str>,
     issued: &TokenIssued,
     bundle: &str,
+    format: Output,
 ) -> Result<String, CtlError> {
     use serde_norway::{Mapping, Value};
     let pairs = |items: Vec<(&str, Value)>| -> Value {
@@ -202,6 +203,10 @@ fn token_secret(
             ]),
         ),
     ]);
-    serde_norway::to_string(&doc)
-        .map_err(|e| CtlError::Input(format!("cannot render the Secret: {e}")))
+    // YAML for people and `-o yaml`; `-o json` gets JSON.
+    match format {
+        Output::Json => Ok(output::render(format, &doc, |_| String::new())?),
+        _ => serde_norway::to_string(&doc)
+            .map_err(|e| CtlError::Input(format!("cannot render the Secret: {e}"))),
+    }
 }

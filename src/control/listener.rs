@@ -61,6 +61,7 @@ async fn accept_loop(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        dead_peer_timeout(&stream);
         let Some(tls) = &tls else {
             let peer = Peer { addr, id: None };
             if tx.send((Io::Plain(stream), peer)).await.is_err() {
@@ -114,5 +115,27 @@ impl axum::serve::Listener for ControlListener {
 impl Connected<IncomingStream<'_, ControlListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, ControlListener>) -> Self {
         stream.remote_addr().clone()
+    }
+}
+
+/// How long a peer may leave sent data unacknowledged (or, idle, keep-alive
+/// probes unanswered) before the kernel drops the connection. A proxy
+/// whose pod vanished without a FIN would otherwise stay listed as
+/// watching for the ~15 min of TCP retransmissions, and every drain would
+/// wait for it: the watch's keep-alive lines (every `--keepalive-interval`)
+/// always leave data in flight, so a dead peer is found within this bound.
+pub const DEAD_PEER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn dead_peer_timeout(stream: &tokio::net::TcpStream) {
+    let sock = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(1))
+        .with_retries(5);
+    if let Err(e) = sock
+        .set_tcp_keepalive(&keepalive)
+        .and_then(|()| sock.set_tcp_user_timeout(Some(DEAD_PEER_TIMEOUT)))
+    {
+        tracing::debug!(error = %e, "cannot set TCP keep-alive or TCP_USER_TIMEOUT");
     }
 }

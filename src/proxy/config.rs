@@ -32,8 +32,10 @@ pub struct ProxyArgs {
     /// would carry. Not needed once a certificate is in `--cache-dir`.
     #[arg(long, env = "MESH_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// Register the local app as an instance of this service.
-    #[arg(long, env = "MESH_SERVICE", requires = "app_port")]
+    /// The service this proxy's app is: with `--app-port`, its instance is
+    /// registered; without, the proxy only calls (the name then shows in
+    /// `mesh-ctl proxies` and, identity off, tells callees who calls).
+    #[arg(long, env = "MESH_SERVICE")]
     pub service: Option<String>,
     /// The port the local app listens on.
     #[arg(long, env = "MESH_APP_PORT", value_parser = clap::value_parser!(u16).range(1..))]

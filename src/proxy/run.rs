@@ -448,7 +448,10 @@ impl Bound {
             () = signals() => {}
             () = requested.cancelled() => {}
         }
-        tracing::info!("shutting down: deregistering");
+        match agent {
+            Some(_) => tracing::info!("shutting down: deregistering"),
+            None => tracing::info!("shutting down"),
+        }
         phases.enter(Phase::Deregister);
         // Still serving both ways: the app may call out while it stops,
         // and callers' proxies may still pick this instance until they
@@ -515,6 +518,14 @@ fn agent_config(
     inbound: Option<SocketAddr>,
 ) -> Result<Option<AgentConfig>, ProxyError> {
     let (Some(service), Some(app_port)) = (&args.service, args.app_port) else {
+        if let Some(service) = &args.service {
+            crate::model::validate_service_name(service)
+                .map_err(|why| ProxyError::Config(format!("--service {service:?}: {why}")))?;
+            tracing::info!(
+                service,
+                "no --app-port: a client-only proxy, nothing is registered"
+            );
+        }
         return Ok(None);
     };
     crate::model::validate_service_name(service)
