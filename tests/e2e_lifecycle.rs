@@ -331,6 +331,22 @@ fn rolling_replacement_loses_nothing() {
         failed.len()
     );
     assert!(failed.is_empty(), "failed requests: {failed:?}");
+    // Not one of them needed a retry: the drain, not the retry policy,
+    // kept them whole.
+    let (_, body) = pod.curl("http://127.0.0.1:15000/state", &[]);
+    let state: Value = serde_json::from_str(&body).unwrap();
+    let hello = state["registry"]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "hello")
+        .unwrap()
+        .clone();
+    assert_eq!(hello["retries"]["retried"], 0, "{hello}");
+    assert_eq!(
+        hello["requests"]["attempts"], hello["requests"]["total"],
+        "{hello}"
+    );
     for name in ["hello-1", "hello-2", "hello-3", "hello-4"] {
         assert!(by.contains_key(name), "{name} never answered: {by:?}");
     }

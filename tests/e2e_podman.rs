@@ -149,7 +149,8 @@ fn pods_from_injected_manifests() {
     // The init container installed the rules with NET_ADMIN: the client's
     // curl to a mesh name goes through its proxy, to both hello pods.
     let mut seen = std::collections::BTreeSet::new();
-    wait_for("both hello pods answering the client", secs(30), || {
+    let mut last = String::new();
+    let both = poll(secs(30), || {
         let out = podman(&[
             "exec",
             "client-app",
@@ -159,11 +160,29 @@ fn pods_from_injected_manifests() {
             "3",
             "http://hello.mesh/",
         ]);
+        last = text(&out);
         if out.status.success() {
-            seen.insert(String::from_utf8_lossy(&out.stdout).trim().to_string());
+            seen.insert(last.trim().to_string());
         }
         (seen.contains("hello-1") && seen.contains("hello-2")).then_some(())
     });
+    if both.is_none() {
+        let state = podman(&[
+            "exec",
+            "client-app",
+            "curl",
+            "-sS",
+            "http://127.0.0.1:15000/state",
+        ]);
+        panic!(
+            "the client reached only {seen:?} (last: {last})\nclient /state: {}\nhello-1 proxy:\n{}\nhello-2 proxy:\n{}\nclient proxy:\n{}\nclient app:\n{}",
+            text(&state),
+            logs("hello-1-mesh-proxy"),
+            logs("hello-2-mesh-proxy"),
+            logs("client-mesh-proxy"),
+            logs("client-app"),
+        );
+    }
     let metrics = podman(&[
         "exec",
         "client-app",

@@ -90,15 +90,31 @@ impl Proxies {
     }
 
     /// A watch opened by `info.proxy` from `address`, starting from
-    /// `since` (what the proxy already has applied).
+    /// `since` (what the proxy already has applied) while the registry is
+    /// at `current`. A `since` ahead of the registry (a proxy's cache from
+    /// a control plane that lost its data) counts as nothing applied.
+    /// Refused when another identity holds the id: a workload cannot take
+    /// over another's entry (and make drains stop waiting for it).
     pub fn connect(
         self: &Arc<Self>,
         info: WatcherInfo,
         identity: Option<String>,
         address: IpAddr,
         since: u64,
-    ) -> Connection {
+        current: u64,
+    ) -> Result<Connection, AppliedError> {
         let mut t = self.table();
+        if let Some(held) = t.entries.get(&info.proxy) {
+            if let (Some(owner), Some(caller)) = (&held.info.identity, &identity) {
+                if owner != caller {
+                    return Err(AppliedError::NotOwner {
+                        proxy: info.proxy.clone(),
+                        owner: owner.clone(),
+                        caller: caller.clone(),
+                    });
+                }
+            }
+        }
         t.next_generation += 1;
         let generation = t.next_generation;
         let proxy = info.proxy.clone();
@@ -110,29 +126,32 @@ impl Proxies {
                     identity,
                     address,
                     connected_at: rfc3339(SystemTime::now()),
-                    applied: since,
+                    applied: if since <= current { since } else { 0 },
                 },
                 generation,
             },
         );
         drop(t);
         self.epoch.send_modify(|e| *e += 1);
-        Connection {
+        Ok(Connection {
             proxies: self.clone(),
             proxy,
             generation,
-        }
+        })
     }
 
     /// `proxy` has applied `revision`. Revisions only move forward: a
-    /// late report of an older one changes nothing. `caller` is the
-    /// reporting identity (`None` with identity off).
+    /// late report of an older one changes nothing, and one past the
+    /// registry's `current` counts as `current`. `caller` is the reporting
+    /// identity (`None` with identity off).
     pub fn applied(
         &self,
         proxy: &str,
         revision: u64,
+        current: u64,
         caller: Option<&str>,
     ) -> Result<u64, AppliedError> {
+        let revision = revision.min(current);
         let mut t = self.table();
         let entry = t
             .entries
@@ -212,8 +231,8 @@ mod tests {
     #[test]
     fn a_connection_lists_the_proxy_until_it_is_dropped() {
         let p = Arc::new(Proxies::default());
-        let a = p.connect(info("a"), None, HERE, 4);
-        let b = p.connect(info("b"), None, HERE, 7);
+        let a = p.connect(info("a"), None, HERE, 4, 9).unwrap();
+        let b = p.connect(info("b"), None, HERE, 7, 9).unwrap();
         let all = p.list(9, None);
         assert_eq!(all.watching, 2);
         assert_eq!(
@@ -230,8 +249,8 @@ mod tests {
     #[test]
     fn a_reconnect_outlives_the_old_stream() {
         let p = Arc::new(Proxies::default());
-        let old = p.connect(info("a"), None, HERE, 1);
-        let new = p.connect(info("a"), None, HERE, 3);
+        let old = p.connect(info("a"), None, HERE, 1, 3).unwrap();
+        let new = p.connect(info("a"), None, HERE, 3, 3).unwrap();
         drop(old);
         assert_eq!(p.list(3, None).proxies[0].applied, 3, "new entry kept");
         drop(new);
@@ -241,30 +260,52 @@ mod tests {
     #[test]
     fn applied_moves_forward_for_its_owner_only() {
         let p = Arc::new(Proxies::default());
-        let _c = p.connect(info("a"), Some("spiffe://t/ns/d/sa/web".into()), HERE, 5);
-        assert_eq!(p.applied("a", 8, Some("spiffe://t/ns/d/sa/web")), Ok(8));
-        assert_eq!(p.applied("a", 6, None), Ok(8), "older report ignored");
+        let web = "spiffe://t/ns/d/sa/web";
+        let other = "spiffe://t/ns/d/sa/other";
+        let _c = p.connect(info("a"), Some(web.into()), HERE, 5, 9).unwrap();
+        assert_eq!(p.applied("a", 8, 9, Some(web)), Ok(8));
+        assert_eq!(p.applied("a", 6, 9, None), Ok(8), "older report ignored");
+        assert_eq!(
+            p.applied("a", 1000, 9, None),
+            Ok(9),
+            "not past the registry"
+        );
         assert!(matches!(
-            p.applied("a", 9, Some("spiffe://t/ns/d/sa/other")),
+            p.applied("a", 9, 9, Some(other)),
             Err(AppliedError::NotOwner { .. })
         ));
+        assert!(
+            matches!(
+                p.connect(info("a"), Some(other.into()), HERE, 9, 9),
+                Err(AppliedError::NotOwner { .. })
+            ),
+            "another identity cannot take the entry over"
+        );
+        assert_eq!(p.list(9, None).proxies[0].identity.as_deref(), Some(web));
         assert_eq!(
-            p.applied("nobody", 9, None),
+            p.applied("nobody", 9, 9, None),
             Err(AppliedError::Unknown("nobody".into()))
         );
+        let ahead = p.connect(info("b"), None, HERE, 50, 9).unwrap();
+        assert_eq!(
+            p.list(9, Some(1)).proxies.len(),
+            1,
+            "since past the registry: nothing applied"
+        );
+        drop(ahead);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_wakes_when_the_last_proxy_catches_up_or_leaves() {
         let p = Arc::new(Proxies::default());
-        let _a = p.connect(info("a"), None, HERE, 1);
-        let b = p.connect(info("b"), None, HERE, 1);
+        let _a = p.connect(info("a"), None, HERE, 1, 2).unwrap();
+        let b = p.connect(info("b"), None, HERE, 1, 2).unwrap();
         let waiter = {
             let p = p.clone();
             tokio::spawn(async move { p.wait_caught_up(2, Duration::from_secs(30), || 2).await })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
-        p.applied("a", 2, None).unwrap();
+        p.applied("a", 2, 2, None).unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!waiter.is_finished(), "b is still behind");
         let started = tokio::time::Instant::now();
@@ -278,7 +319,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_waiter_gives_up_at_its_deadline_naming_who_is_behind() {
         let p = Arc::new(Proxies::default());
-        let _a = p.connect(info("a"), None, HERE, 1);
+        let _a = p.connect(info("a"), None, HERE, 1, 2).unwrap();
         let started = tokio::time::Instant::now();
         let list = p.wait_caught_up(2, Duration::from_secs(3), || 2).await;
         assert_eq!(started.elapsed(), Duration::from_secs(3));

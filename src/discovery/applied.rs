@@ -42,6 +42,11 @@ pub async fn report_applied(
                     reported = Some(rev);
                     backoff.reset();
                 }
+                // Another identity holds this id: retrying cannot help.
+                Err(e @ ClientError::Api { status: 403, .. }) => {
+                    tracing::warn!(error = %e, revision = rev, "mesh-control refused this proxy's report");
+                    reported = Some(rev);
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, revision = rev, "cannot report the applied revision; retrying");
                     retry = Some(backoff.next_delay());
@@ -86,7 +91,17 @@ pub async fn await_removal(client: &ControlClient, revision: u64, timeout: Durat
             tracing::warn!(revision, behind = %behind.join(","), timeout = ?timeout, "drain timeout: proxies still had not applied this instance's removal");
             return Removal::TimedOut { behind };
         }
-        match client.proxies(Some(revision), Some(left.min(POLL))).await {
+        // Each ask is bounded by what is left (the client's own request
+        // timeout is longer).
+        let asked = tokio::time::timeout(
+            left + Duration::from_millis(500),
+            client.proxies(Some(revision), Some(left.min(POLL))),
+        );
+        let answer = match asked.await {
+            Ok(a) => a,
+            Err(_) => continue,
+        };
+        match answer {
             Ok(list) if list.proxies.is_empty() => {
                 let waited = started.elapsed();
                 tracing::info!(
@@ -106,6 +121,17 @@ pub async fn await_removal(client: &ControlClient, revision: u64, timeout: Durat
                     announced = true;
                     tracing::info!(revision, watching = list.watching, behind = %behind.join(","), "waiting for the proxies still behind this instance's removal");
                 }
+            }
+            // A mesh-control from before acknowledgements: nothing to wait for.
+            Err(ClientError::Api { status: 404, .. }) => {
+                tracing::info!(
+                    revision,
+                    "mesh-control does not track watching proxies; not waiting"
+                );
+                return Removal::Applied {
+                    watching: 0,
+                    waited: started.elapsed(),
+                };
             }
             Err(e) => {
                 tracing::debug!(error = %e, "cannot ask which proxies are behind; retrying");

@@ -242,10 +242,13 @@ impl Workload {
 
     /// Gets the first certificate (unless the cache had one) and renews it
     /// until `stop`.
+    /// `token_file` is read again before each attempt that needs it: a
+    /// rotated Secret lands in the mounted file, and a file read while
+    /// its volume was still being written (empty) mends itself.
     pub async fn run(
         self: Arc<Self>,
         client: ControlClient,
-        token: Option<String>,
+        token_file: Option<std::path::PathBuf>,
         stop: CancellationToken,
     ) {
         let mut backoff = BACKOFF_MIN;
@@ -261,19 +264,26 @@ impl Workload {
             }
             // With a valid certificate, the session proves who we are;
             // without one, only the token can.
-            let token = match self.current() {
-                Some(_) => None,
-                None => token.as_deref(),
-            };
-            if self.current().is_none() && token.is_none() {
-                self.failed("no valid certificate and no bootstrap token (--token-file)".into());
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(BACKOFF_MAX) => {}
+            let token = match (self.current(), &token_file) {
+                (Some(_), _) => Ok(None),
+                (None, Some(path)) => read_token(path).map(Some),
+                (None, None) => {
+                    Err("no valid certificate and no bootstrap token (--token-file)".to_string())
                 }
-                continue;
-            }
-            match self.certify(&client, token).await {
+            };
+            let token = match token {
+                Ok(t) => t,
+                Err(e) => {
+                    self.failed(e);
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            match self.certify(&client, token.as_deref()).await {
                 Ok(p) => {
                     backoff = BACKOFF_MIN;
                     tracing::info!(identity = %p.id, expires_at = %rfc3339(p.not_after), "certificate issued");
@@ -318,4 +328,16 @@ pub fn renew_delay(p: &Presented, now: SystemTime, unit: f64) -> Duration {
     let fraction = 0.7 + (unit.clamp(0.0, 1.0) - 0.5) * 0.2;
     let at = not_before + life.mul_f64(fraction);
     at.duration_since(now).unwrap_or_default().max(RENEW_MIN)
+}
+
+/// The bootstrap token in `path`, trimmed; an empty file is an error (a
+/// Secret volume still being written), not a token.
+pub fn read_token(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--token-file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("--token-file {}: empty", path.display()));
+    }
+    Ok(token.to_string())
 }

@@ -97,8 +97,8 @@ pub struct Bound {
     caller: Option<HeaderValue>,
     /// Identity on: this proxy's key, certificate and roots.
     workload: Option<Arc<Workload>>,
-    /// The bootstrap token, for a first certificate.
-    token: Option<String>,
+    /// The bootstrap token's file, for a first certificate.
+    token: Option<std::path::PathBuf>,
 }
 
 /// Binds every listener and checks the flags, loading the cached registry
@@ -200,7 +200,9 @@ pub async fn bind(args: ProxyArgs) -> Result<Bound, ProxyError> {
 /// Identity on: the key and cached certificate from `--cache-dir`, the
 /// roots from `--trust-bundle` (or the cache), the token if one is given.
 /// A proxy that could never get a certificate stops here, saying why.
-fn identity(args: &ProxyArgs) -> Result<(Option<Arc<Workload>>, Option<String>), ProxyError> {
+fn identity(
+    args: &ProxyArgs,
+) -> Result<(Option<Arc<Workload>>, Option<std::path::PathBuf>), ProxyError> {
     if !args.identity {
         return Ok((None, None));
     }
@@ -218,10 +220,12 @@ fn identity(args: &ProxyArgs) -> Result<(Option<Arc<Workload>>, Option<String>),
         Some(p) => Some(read("--trust-bundle", p)?),
         None => None,
     };
-    let token = match &args.token_file {
-        Some(p) => Some(read("--token-file", p)?.trim().to_string()),
-        None => None,
-    };
+    // Read now to fail early on a missing file; read again before every
+    // certify (see Workload::run). An empty one may still be being written.
+    if let Some(p) = &args.token_file {
+        read("--token-file", p)?;
+    }
+    let token = args.token_file.clone();
     let workload = Workload::open(&args.cache_dir, &args.trust_domain, bundle)
         .map_err(|e| ProxyError::Config(e.to_string()))?;
     if !workload.ready() && token.is_none() {
@@ -285,10 +289,11 @@ impl Bound {
                 }
             }
         };
-        // The proxy's id in mesh-control's table of watchers is the token
-        // its Via header carries: one name per process.
+        // The proxy's id in mesh-control's table of watchers: one per
+        // process, 64 random bits (not the Via token, which every peer sees).
+        let proxy_id = format!("mesh-{:016x}", fastrand::u64(..));
         let who = WatcherInfo {
-            proxy: via_token.clone(),
+            proxy: proxy_id.clone(),
             service: args.service.clone(),
             instance: agent.as_ref().map(|a| a.instance_id.clone()),
             version: Some(env!("CARGO_PKG_VERSION").to_string()),
@@ -304,7 +309,7 @@ impl Bound {
         let report = discovery::report_applied(
             client.clone(),
             dir.clone(),
-            via_token.clone(),
+            proxy_id,
             phases.token(Phase::Stop),
         );
         let ready = identified();

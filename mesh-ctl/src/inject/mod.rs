@@ -51,32 +51,46 @@ pub struct Rewritten {
 
 /// Injects the sidecar into every workload of the stream.
 pub fn inject(input: &str, flags: &Flags) -> Result<Rewritten, InjectError> {
-    let skipped = "mesh.io/inject is disabled; left without a sidecar";
-    rewrite(input, Some(skipped), |doc, obj| {
-        let mut changed = false;
+    rewrite(input, |doc, obj, notes| {
         for_each_pod(obj, &mut |pod| {
+            // A pod on the node's network would have the node's own
+            // traffic redirected (kubelet's, DNS): never.
+            let host_network = pod
+                .template
+                .get("spec")
+                .and_then(|s| s.get("hostNetwork"))
+                .and_then(Value::as_bool)
+                == Some(true);
+            if host_network {
+                notes.push("hostNetwork: true (interception would take the node's traffic); left without a sidecar".into());
+                return Ok(());
+            }
+            // An earlier injection goes first, whatever comes next (a
+            // workload now `disabled` loses its sidecar).
             pod::remove(pod.template);
             let settings = Settings::resolve(flags, &pod)
                 .map_err(|(field, reason)| doc.error(field, reason))?;
-            if let Some(settings) = settings {
-                pod::add(pod.template, &settings);
-                changed = true;
+            match settings {
+                Some(settings) => {
+                    if settings.mode == Mode::Legacy && pod.job {
+                        notes.push("a Job with a legacy sidecar completes only when its app POSTs http://127.0.0.1:15000/shutdown at the end (or the proxy runs --exit-when-app-exits)".into());
+                    }
+                    pod::add(pod.template, &settings);
+                }
+                None => notes.push("mesh.io/inject is disabled; left without a sidecar".into()),
             }
             Ok(())
-        })?;
-        Ok(changed)
+        })
     })
 }
 
 /// Removes what [`inject`] added.
 pub fn uninject(input: &str) -> Result<Rewritten, InjectError> {
-    rewrite(input, None, |_doc, obj| {
-        let mut changed = false;
+    rewrite(input, |_doc, obj, _notes| {
         for_each_pod(obj, &mut |pod| {
-            changed |= pod::remove(pod.template);
+            pod::remove(pod.template);
             Ok(())
-        })?;
-        Ok(changed)
+        })
     })
 }
 
@@ -100,11 +114,10 @@ impl DocRef {
 /// Splits the stream, lets `edit` change each document that holds pods,
 /// and joins it again. A document whose edit leaves it equal to what it
 /// was is copied through as written; one where `edit` says it did nothing
-/// gets the `untouched` note.
+/// may leave notes about it.
 fn rewrite(
     input: &str,
-    untouched: Option<&str>,
-    mut edit: impl FnMut(&DocRef, &mut Value) -> Result<bool, InjectError>,
+    mut edit: impl FnMut(&DocRef, &mut Value, &mut Vec<String>) -> Result<(), InjectError>,
 ) -> Result<Rewritten, InjectError> {
     let mut out = Vec::new();
     let mut notes = Vec::new();
@@ -136,17 +149,18 @@ fn rewrite(
             continue;
         }
         let mut edited = value.clone();
-        if !edit(&doc, &mut edited)? {
-            if let Some(why) = untouched {
-                notes.push(format!("document {}{}: {why}", doc.index, doc.what));
-            }
-        }
+        let mut said = Vec::new();
+        edit(&doc, &mut edited, &mut said)?;
+        notes.extend(
+            said.into_iter()
+                .map(|why| format!("document {}{}: {why}", doc.index, doc.what)),
+        );
         if edited == value {
             out.push(text.to_string());
         } else {
             let yaml = serde_norway::to_string(&edited)
                 .map_err(|e| doc.error("(document)", format!("cannot render: {e}")))?;
-            out.push(yaml);
+            out.push(quote_yaml11_booleans(&yaml));
         }
     }
     Ok(Rewritten {
@@ -163,6 +177,8 @@ pub(crate) struct PodRef<'a> {
     pub workload: Mapping,
     /// The workload's name: the default service.
     pub name: String,
+    /// A Job's or CronJob's pod: it is meant to end.
+    pub job: bool,
 }
 
 /// Whether `inject` handles the document's kind.
@@ -231,6 +247,7 @@ fn for_each_pod(
         template,
         workload,
         name,
+        job: matches!(kind.as_str(), "Job" | "CronJob"),
     })
 }
 
@@ -255,7 +272,14 @@ fn split_documents(input: &str) -> Vec<&str> {
             if at > start || !docs.is_empty() {
                 docs.push(&input[start..at]);
             }
-            start = at + line.len();
+            // `--- {kind: Pod}`: what follows the marker is the next
+            // document's first line.
+            let rest = bare[3..].trim_start();
+            start = if rest.is_empty() || rest.starts_with('#') {
+                at + line.len()
+            } else {
+                at + (line.len() - line[3..].trim_start().len())
+            };
         }
         at += line.len();
     }
@@ -279,6 +303,74 @@ fn join_documents(input: &str, docs: &[String]) -> String {
         }
         out.push_str(doc);
         if !doc.is_empty() && !doc.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// YAML 1.1 reads these plain scalars as booleans, and so do kubectl and
+/// the API server (go-yaml v2): `value: on` is `true`, which a string field
+/// rejects. The emitter quotes only YAML 1.2's forms (`true`, `false`), so
+/// the others get single quotes here.
+const YAML11_BOOLEANS: &[&str] = &[
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF",
+];
+
+/// Quotes every key and scalar of emitter output that YAML 1.1 would read
+/// as a boolean. The emitter's block style puts one scalar or `key: value`
+/// per line, and block literals (`|`, `>`) are skipped by indentation.
+fn quote_yaml11_booleans(yaml: &str) -> String {
+    let mut out = String::with_capacity(yaml.len());
+    // Lines indented deeper than this belong to a block literal.
+    let mut literal_above: Option<usize> = None;
+    for line in yaml.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        let indent = body.len() - body.trim_start().len();
+        if let Some(depth) = literal_above {
+            if indent > depth || body.trim().is_empty() {
+                out.push_str(line);
+                continue;
+            }
+            literal_above = None;
+        }
+        let (head, mut rest) = body.split_at(indent);
+        let mut fixed = head.to_string();
+        while let Some(r) = rest.strip_prefix("- ") {
+            fixed.push_str("- ");
+            rest = r;
+        }
+        let (key, value) = match rest.split_once(": ") {
+            Some((k, v)) => (Some(k), v),
+            None => match rest.strip_suffix(':') {
+                Some(k) => (Some(k), ""),
+                None => (None, rest),
+            },
+        };
+        let quote = |s: &str| {
+            if YAML11_BOOLEANS.contains(&s) {
+                format!("'{s}'")
+            } else {
+                s.to_string()
+            }
+        };
+        match key {
+            Some(k) => {
+                fixed.push_str(&quote(k));
+                fixed.push(':');
+                if !value.is_empty() {
+                    fixed.push(' ');
+                    fixed.push_str(&quote(value));
+                }
+            }
+            None => fixed.push_str(&quote(value)),
+        }
+        if value.starts_with('|') || value.starts_with('>') {
+            literal_above = Some(indent);
+        }
+        out.push_str(&fixed);
+        if line.ends_with('\n') {
             out.push('\n');
         }
     }

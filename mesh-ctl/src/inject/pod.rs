@@ -31,7 +31,7 @@ pub fn token_secret(service: &str) -> String {
 /// `mesh-cache-NAME`, a valid volume name (a DNS label) whatever the
 /// workload's name.
 fn cache_volume(workload: &str) -> String {
-    let mut name: String = format!("{CACHE_VOLUME}-{workload}")
+    let full: String = format!("{CACHE_VOLUME}-{workload}")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -40,10 +40,16 @@ fn cache_volume(workload: &str) -> String {
                 '-'
             }
         })
-        .take(63)
         .collect();
-    while name.ends_with('-') {
-        name.pop();
+    let mut name = full.trim_end_matches('-').to_string();
+    if name.len() > 63 {
+        // Cut, and told apart by a hash of the whole name: two long names
+        // with one prefix must not share a cache (it holds the key).
+        let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        name.truncate(54);
+        name = format!("{}-{:08x}", name.trim_end_matches('-'), hash & 0xffff_ffff);
     }
     name
 }
@@ -55,10 +61,19 @@ pub fn add(template: &mut Mapping, s: &Settings) {
     let spec = entry_map(template, "spec");
     let proxy = proxy(s);
     let inits = entry_seq(spec, "initContainers");
-    inits.insert(0, init(s));
     match s.mode {
-        Mode::Native => inits.insert(1, proxy),
-        Mode::Legacy => entry_seq(spec, "containers").insert(0, proxy),
+        // First: the app's own init containers run meshed.
+        Mode::Native => {
+            inits.insert(0, init(s));
+            inits.insert(1, proxy);
+        }
+        // Last: until the proxy container starts nobody serves the
+        // redirected ports, so the app's init containers must run before
+        // the rules exist.
+        Mode::Legacy => {
+            inits.push(init(s));
+            entry_seq(spec, "containers").insert(0, proxy);
+        }
     }
     let volumes = entry_seq(spec, "volumes");
     if s.identity {

@@ -205,3 +205,73 @@ fn identity_off_mounts_no_secret() {
         "{args:?}"
     );
 }
+
+#[test]
+fn host_network_pods_are_left_alone() {
+    let input = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: node\nspec:\n  hostNetwork: true\n  containers:\n  - name: a\n    image: a\n";
+    let out = inject(input, &Flags::default()).unwrap();
+    assert_eq!(out.yaml, input);
+    assert!(
+        out.notes[0].contains("hostNetwork: true"),
+        "{:?}",
+        out.notes
+    );
+}
+
+#[test]
+fn yaml11_booleans_stay_strings() {
+    let input = pod("    a: b\n", "    env:\n    - {name: A, value: \"on\"}\n    - {name: B, value: \"Yes\"}\n    - {name: C, value: \"true\"}\n");
+    let out = inject(&input, &Flags::default()).unwrap().yaml;
+    for want in ["value: 'on'", "value: 'Yes'", "value: 'true'"] {
+        assert!(out.contains(want), "{want} missing:\n{out}");
+    }
+    let v: Value = serde_norway::from_str(&out).unwrap();
+    assert_eq!(v["spec"]["containers"][0]["env"][0]["value"], "on");
+}
+
+#[test]
+fn a_document_starting_on_its_marker_line_is_kept() {
+    let input = "--- {apiVersion: v1, kind: ConfigMap, metadata: {name: c}}\n--- {apiVersion: v1, kind: Pod, metadata: {name: p}, spec: {containers: [{name: a, image: a}]}}\n";
+    let out = inject(input, &Flags::default()).unwrap();
+    assert!(out.yaml.contains("kind: ConfigMap"), "{}", out.yaml);
+    assert!(out.yaml.contains("- name: mesh-proxy"), "{}", out.yaml);
+    let back = uninject(&out.yaml).unwrap().yaml;
+    assert!(!back.contains("mesh-"), "{back}");
+}
+
+#[test]
+fn long_workload_names_get_distinct_cache_volumes() {
+    let long = "a".repeat(60);
+    let names: Vec<String> = ["x", "y"]
+        .iter()
+        .map(|tail| {
+            let yaml = format!(
+                "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {long}{tail}\n  annotations: {{mesh.io/service: web}}\nspec:\n  containers:\n  - name: a\n    image: a\n"
+            );
+            let v: Value = serde_norway::from_str(&inject(&yaml, &Flags::default()).unwrap().yaml).unwrap();
+            let vols = v["spec"]["volumes"].as_sequence().unwrap();
+            vols.iter()
+                .map(|v| v["name"].as_str().unwrap().to_string())
+                .find(|n| n.starts_with("mesh-cache"))
+                .unwrap()
+        })
+        .collect();
+    assert_ne!(names[0], names[1]);
+    assert!(names.iter().all(|n| n.len() <= 63), "{names:?}");
+}
+
+#[test]
+fn legacy_mode_runs_the_apps_init_containers_before_the_rules() {
+    let input = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\nspec:\n  initContainers:\n  - name: migrate\n    image: m\n  containers:\n  - name: a\n    image: a\n";
+    let names = |mode| -> Vec<String> {
+        let v: Value = serde_norway::from_str(&inject(input, &flags(mode)).unwrap().yaml).unwrap();
+        v["spec"]["initContainers"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(Mode::Native), ["mesh-init", "mesh-proxy", "migrate"]);
+    assert_eq!(names(Mode::Legacy), ["migrate", "mesh-init"]);
+}

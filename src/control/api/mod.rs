@@ -329,10 +329,18 @@ async fn watch(
         params.version,
     )?;
     let address = peer.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |p| p.0 .0.addr.ip());
-    let connection = watcher.map(|info| {
-        st.proxies
-            .connect(info, proxies::workload(&caller), address, params.since)
-    });
+    let connection = match watcher {
+        Some(info) => {
+            let who = proxies::workload(&caller);
+            let current = st.registry.revision();
+            let c = st
+                .proxies
+                .connect(info, who, address, params.since, current)
+                .map_err(|e| ApiFailure::Forbidden(e.to_string()))?;
+            Some(c)
+        }
+        None => None,
+    };
     let body = watch_body(
         st.registry.clone(),
         params.since,

@@ -67,7 +67,11 @@ pub(super) async fn applied(
     let Applied { revision } = serde_json::from_slice(&body)
         .map_err(|e| ApiFailure::field("(body)", format!("expected {{\"revision\": N}}: {e}")))?;
     let who = workload(&caller);
-    match st.proxies.applied(&proxy, revision, who.as_deref()) {
+    let current = st.registry.revision();
+    match st
+        .proxies
+        .applied(&proxy, revision, current, who.as_deref())
+    {
         Ok(revision) => Ok(Json(Applied { revision })),
         Err(e @ AppliedError::Unknown(_)) => Err(ApiFailure::NotFound(e.to_string())),
         Err(e @ AppliedError::NotOwner { .. }) => Err(ApiFailure::Forbidden(e.to_string())),
