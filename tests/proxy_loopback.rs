@@ -109,6 +109,33 @@ fn explicit_mode_routes_and_answers_its_own_errors() {
     }
     let r = call(&client, "http://hello/name", &[]);
     assert_eq!(r.status, 200, "proxy stopped serving after bad input");
+
+    // Absolute form with another Host: routed by the URI, and the app sees
+    // the URI's host, not the one sent (RFC 9112 §3.2.2).
+    let mut s = TcpStream::connect(client.outbound).unwrap();
+    s.set_read_timeout(Some(secs(5))).unwrap();
+    s.write_all(
+        b"GET http://hello/_echo HTTP/1.1\r\nHost: other.mesh\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp);
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{resp}");
+    let echo: serde_json::Value =
+        serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {body}"));
+    let hosts: Vec<&str> = echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| {
+            h[0].as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case("host"))
+        })
+        .filter_map(|h| h[1].as_str())
+        .collect();
+    assert_eq!(hosts, ["hello"], "the app saw {echo}");
 }
 
 fn registration_reaches_a_running_proxy_fast() {

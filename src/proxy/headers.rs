@@ -80,6 +80,24 @@ pub fn tell_deadline(headers: &mut HeaderMap, left: Duration, grpc: bool) {
 /// Removes hop-by-hop headers, including those the `Connection` header
 /// names. `keep_upgrade` keeps `Connection` and `Upgrade` for a protocol
 /// upgrade that is tunnelled through (WebSocket), which needs both.
+/// HTTP/1's absolute form (`GET http://a.mesh/ HTTP/1.1`): the URI's
+/// authority is the target, and a proxy replaces whatever `Host` came with
+/// it, or adds it (HTTP/1.0 clients send none): RFC 9112 §3.2.2. So the
+/// app never sees a host other than the one the request was routed by.
+/// Both listeners call this first.
+pub fn host_from_target<B>(req: &mut http::Request<B>) {
+    if req.version() >= http::Version::HTTP_2 {
+        return;
+    }
+    let target = req
+        .uri()
+        .authority()
+        .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok());
+    if let Some(v) = target {
+        req.headers_mut().insert(http::header::HOST, v);
+    }
+}
+
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names (standard names compare as small integers)
     // finds which hop-by-hop headers are there; most messages carry none,
@@ -360,5 +378,47 @@ mod tests {
         assert!(valid_traceparent(
             b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future"
         ));
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::host_from_target;
+    use http::{header::HOST, Request, Version};
+
+    fn host_after(uri: &str, host: Option<&str>, version: Version) -> Option<String> {
+        let mut b = Request::builder().uri(uri).version(version);
+        if let Some(h) = host {
+            b = b.header(HOST, h);
+        }
+        let mut req = b.body(()).unwrap();
+        host_from_target(&mut req);
+        req.headers()
+            .get(HOST)
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+
+    #[test]
+    fn absolute_form_replaces_or_adds_host_and_nothing_else_changes() {
+        let h1 = Version::HTTP_11;
+        assert_eq!(
+            host_after("http://a.mesh/x", Some("b.mesh"), h1).as_deref(),
+            Some("a.mesh")
+        );
+        assert_eq!(
+            host_after("http://a.mesh:8080/", None, Version::HTTP_10).as_deref(),
+            Some("a.mesh:8080")
+        );
+        assert_eq!(
+            host_after("/x", Some("b.mesh"), h1).as_deref(),
+            Some("b.mesh"),
+            "origin form keeps Host"
+        );
+        assert_eq!(host_after("/x", None, h1), None);
+        assert_eq!(
+            host_after("http://a.mesh/", Some("b.mesh"), Version::HTTP_2).as_deref(),
+            Some("b.mesh"),
+            "HTTP/2 carries :authority; its Host is not ours to rewrite"
+        );
     }
 }

@@ -139,6 +139,7 @@ impl InboundHttp {
         let upgrade = (req.version() == Version::HTTP_11
             && headers::wants_tunnel_upgrade(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
+        headers::host_from_target(&mut req);
         let h = req.headers_mut();
         let left = headers::caller_deadline(h);
         headers::strip_mesh_headers(h);

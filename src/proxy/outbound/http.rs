@@ -94,15 +94,7 @@ impl HttpOutbound {
                 .route(&table, authority)?,
             }
         };
-        // Absolute-form without Host (HTTP/1.0 clients): the upstream still
-        // needs to know which host was meant.
-        let missing_host = (req.version() < Version::HTTP_2
-            && !req.headers().contains_key(header::HOST))
-        .then(|| HeaderValue::from_str(authority).ok())
-        .flatten();
-        if let Some(v) = missing_host {
-            req.headers_mut().insert(header::HOST, v);
-        }
+        headers::host_from_target(&mut req);
         let h = req.headers_mut();
         headers::strip_hop_by_hop(h, upgrade);
         headers::ensure_traceparent(h);
