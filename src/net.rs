@@ -42,6 +42,31 @@ impl Default for ConnectOptions {
     }
 }
 
+/// To this pod's own app or proxy on loopback: never intercepted, so no
+/// mark (a sidecar without NET_ADMIN has none to set).
+pub const LOOPBACK: ConnectOptions = ConnectOptions {
+    mark: None,
+    timeout: Duration::from_secs(1),
+};
+
+/// `GET path` on one fresh HTTP/1 connection to a local listener (the
+/// app's health path, the proxy's `/ready`): the status that came back.
+pub async fn local_get(
+    addr: SocketAddr,
+    path: &str,
+    user_agent: &'static str,
+) -> Result<http::StatusCode, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = connect(addr, LOOPBACK).await?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, format!("localhost:{}", addr.port()))
+        .header(http::header::USER_AGENT, user_agent)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    Ok(send.send_request(req).await?.status())
+}
+
 /// Applies the mark to any socket (TCP or UDP), tolerating EPERM.
 pub fn apply_mark(sock: SockRef<'_>, mark: Option<u32>) {
     let Some(mark) = mark else { return };

@@ -168,15 +168,7 @@ fn token_secret(
     bundle: &str,
     format: Output,
 ) -> Result<String, CtlError> {
-    use serde_norway::{Mapping, Value};
-    let pairs = |items: Vec<(&str, Value)>| -> Value {
-        Value::Mapping(
-            items
-                .into_iter()
-                .map(|(k, v)| (k.into(), v))
-                .collect::<Mapping>(),
-        )
-    };
+    use crate::inject::pod::map as pairs;
     let doc = pairs(vec![
         ("apiVersion", "v1".into()),
         ("kind", "Secret".into()),

@@ -59,6 +59,21 @@ pub enum AppliedError {
     },
 }
 
+impl Entry {
+    /// `caller` may act for this entry: the identity its watch was opened
+    /// with, or anyone when either side has none (identity off, operators).
+    fn owned_by(&self, proxy: &str, caller: Option<&str>) -> Result<(), AppliedError> {
+        match (&self.info.identity, caller) {
+            (Some(owner), Some(caller)) if owner != caller => Err(AppliedError::NotOwner {
+                proxy: proxy.to_string(),
+                owner: owner.clone(),
+                caller: caller.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Held by one open watch stream; dropping it disconnects the proxy.
 pub struct Connection {
     proxies: Arc<Proxies>,
@@ -105,15 +120,7 @@ impl Proxies {
     ) -> Result<Connection, AppliedError> {
         let mut t = self.table();
         if let Some(held) = t.entries.get(&info.proxy) {
-            if let (Some(owner), Some(caller)) = (&held.info.identity, &identity) {
-                if owner != caller {
-                    return Err(AppliedError::NotOwner {
-                        proxy: info.proxy.clone(),
-                        owner: owner.clone(),
-                        caller: caller.clone(),
-                    });
-                }
-            }
+            held.owned_by(&info.proxy, identity.as_deref())?;
         }
         t.next_generation += 1;
         let generation = t.next_generation;
@@ -157,15 +164,7 @@ impl Proxies {
             .entries
             .get_mut(proxy)
             .ok_or_else(|| AppliedError::Unknown(proxy.to_string()))?;
-        if let (Some(owner), Some(caller)) = (&entry.info.identity, caller) {
-            if owner != caller {
-                return Err(AppliedError::NotOwner {
-                    proxy: proxy.to_string(),
-                    owner: owner.clone(),
-                    caller: caller.to_string(),
-                });
-            }
-        }
+        entry.owned_by(proxy, caller)?;
         entry.info.applied = entry.info.applied.max(revision);
         let applied = entry.info.applied;
         drop(t);

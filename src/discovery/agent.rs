@@ -23,12 +23,6 @@ use tokio_util::sync::CancellationToken;
 /// Consecutive failed checks before the app is reported down.
 const FALL: u32 = 2;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
-/// How the agent connects to its app on loopback: never intercepted, so
-/// no mark (a sidecar without NET_ADMIN has none to set).
-const APP: crate::net::ConnectOptions = crate::net::ConnectOptions {
-    mark: None,
-    timeout: CHECK_TIMEOUT,
-};
 
 #[derive(Clone, Debug)]
 pub enum HealthCheck {
@@ -202,8 +196,14 @@ impl RegistrationAgent {
         let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), self.cfg.app_port);
         let probe = async {
             match &self.cfg.check {
-                HealthCheck::Tcp => crate::net::connect(addr, APP).await.is_ok(),
-                HealthCheck::Http { path } => http_check(addr, path).await.unwrap_or(false),
+                HealthCheck::Tcp => crate::net::connect(addr, crate::net::LOOPBACK)
+                    .await
+                    .is_ok(),
+                HealthCheck::Http { path } => {
+                    crate::net::local_get(addr, path, "mesh-proxy-health")
+                        .await
+                        .is_ok_and(|s| s.as_u16() < 400)
+                }
             }
         };
         tokio::time::timeout(CHECK_TIMEOUT, probe)
@@ -231,22 +231,6 @@ fn check_delay(ever_up: bool, since_start: Duration, interval: Duration) -> Dura
     } else {
         FIRST_UP_CHECK.min(interval)
     }
-}
-
-async fn http_check(
-    addr: SocketAddr,
-    path: &str,
-) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
-    let stream = crate::net::connect(addr, APP).await?;
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header(http::header::HOST, format!("localhost:{}", addr.port()))
-        .header(http::header::USER_AGENT, "mesh-proxy-health")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
-    let resp = send.send_request(req).await?;
-    Ok(resp.status().as_u16() < 400)
 }
 
 #[cfg(test)]

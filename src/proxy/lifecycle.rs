@@ -3,10 +3,6 @@
 //! `postStart`, and for scripts), and `--exit-when-app-exits` (a Job's
 //! sidecar stops once the app is gone, in pods without native sidecars).
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -45,15 +41,17 @@ pub async fn wait_ready(args: &WaitArgs) -> Result<Duration, String> {
         admin.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
     let url = format!("http://{admin}/ready");
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let started = Instant::now();
     let deadline = started + args.timeout;
     loop {
-        let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-        let asked = tokio::time::timeout(EVERY.max(Duration::from_secs(1)), client.get(uri)).await;
+        let asked = tokio::time::timeout(
+            Duration::from_secs(1),
+            crate::net::local_get(admin, "/ready", "mesh-proxy-wait"),
+        )
+        .await;
         let last = match asked {
-            Ok(Ok(resp)) if resp.status() == http::StatusCode::OK => return Ok(started.elapsed()),
-            Ok(Ok(resp)) => format!("{url} answered {}", resp.status()),
+            Ok(Ok(http::StatusCode::OK)) => return Ok(started.elapsed()),
+            Ok(Ok(status)) => format!("{url} answered {status}"),
             Ok(Err(e)) => format!("{url}: {e}"),
             Err(_) => format!("{url}: no answer within 1s"),
         };
@@ -81,15 +79,9 @@ pub async fn exit_when_app_exits(
         let alive = match (watched, app_port) {
             (AppWatch::Port, Some(port)) => {
                 let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-                crate::net::connect(
-                    addr,
-                    crate::net::ConnectOptions {
-                        mark: None,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .is_ok()
+                crate::net::connect(addr, crate::net::LOOPBACK)
+                    .await
+                    .is_ok()
             }
             // Checked at startup (the flag requires --app-port).
             (AppWatch::Port, None) => return,

@@ -318,7 +318,8 @@ fn joined(ports: &[u16]) -> String {
         .join(",")
 }
 
-fn map<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
+/// A YAML mapping with its keys in the order given.
+pub(crate) fn map<'a>(pairs: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
     Value::Mapping(pairs.into_iter().map(|(k, v)| (k.into(), v)).collect())
 }
 
