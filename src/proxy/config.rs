@@ -118,6 +118,9 @@ pub struct ProxyArgs {
     /// HTTP/2, TLS), a server greeting makes the connection opaque.
     #[arg(long, env = "MESH_DETECT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub detect_timeout: Duration,
+    /// What one client may send or hold (`proxy::limits`).
+    #[command(flatten)]
+    pub limits: crate::proxy::limits::LimitArgs,
     /// Ports never detected, always opaque TCP (`none` for no port).
     #[arg(long, env = "MESH_OPAQUE_PORTS", default_value = "25,587,3306,4444,5432,6379,9300,11211", value_parser = parse_ports)]
     pub opaque_ports: PortList,

@@ -1,6 +1,7 @@
 //! The data plane: what runs inside `mesh-proxy`.
 
 pub mod admin; //     /ready, /live, /metrics, /state, POST /shutdown
+pub mod admission; // per-listener connection limit, overload refusal at accept
 pub mod body; //      request and response bodies: replay, stream guards, gRPC trailers
 pub mod config; //    flags of `mesh-proxy`
 pub mod dns; //       DNS responder for mesh names, forwarding the rest (hickory)
@@ -9,6 +10,7 @@ pub mod headers; //   header hygiene: hop-by-hop, x-mesh-*, forwarded, tracepare
 pub mod inbound; //   inbound listener: concurrency limit, header hygiene, to the app on localhost
 pub mod intercept; // `mesh-proxy init`: iptables rules that redirect outbound TCP and DNS
 pub mod lifecycle; // `mesh-proxy wait`, --exit-when-app-exits
+pub mod limits; //    every bound on what a client may send or hold, in one place
 pub mod outbound; //  outbound listener, and the one call path every protocol shares (policy)
 pub mod protocol; //  protocol detection, learned ports, prefixed IO, relay, tunnels
 pub mod rescue; //    the one place mesh errors become responses (HTTP or gRPC form)

@@ -42,6 +42,9 @@ pub enum MeshError {
     LoopDetected,
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request target is longer than `--max-request-line`.
+    #[error("the request target is longer than {limit} bytes")]
+    UriTooLong { limit: usize },
     /// The inbound side's concurrency limit (`--inbound-max-concurrent`)
     /// is reached: the app is protected, the caller may retry elsewhere.
     #[error("the app's concurrency limit ({0}) is reached")]
@@ -69,7 +72,7 @@ impl MeshError {
             MeshError::BulkheadFull(_) => "bulkhead-full",
             MeshError::RetryBudgetExhausted(_) => "retry-budget-exhausted",
             MeshError::LoopDetected => "loop-detected",
-            MeshError::BadRequest(_) => "bad-request",
+            MeshError::BadRequest(_) | MeshError::UriTooLong { .. } => "bad-request",
             MeshError::Overloaded(_) => "overloaded",
             MeshError::Forbidden { .. } => "forbidden",
         }
@@ -89,6 +92,7 @@ impl MeshError {
             | MeshError::DnsFailed { .. } => StatusCode::BAD_GATEWAY,
             MeshError::LoopDetected => StatusCode::LOOP_DETECTED,
             MeshError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            MeshError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             MeshError::Forbidden { .. } => StatusCode::FORBIDDEN,
         }
     }
@@ -103,6 +107,7 @@ impl MeshError {
                 | MeshError::DnsFailed { .. }
                 | MeshError::LoopDetected
                 | MeshError::BadRequest(_)
+                | MeshError::UriTooLong { .. }
                 | MeshError::Forbidden { .. }
         )
     }
@@ -116,7 +121,7 @@ impl MeshError {
     pub fn grpc_code(&self) -> u32 {
         match self {
             MeshError::Timeout(_) => code::DEADLINE_EXCEEDED,
-            MeshError::BadRequest(_) => code::INVALID_ARGUMENT,
+            MeshError::BadRequest(_) | MeshError::UriTooLong { .. } => code::INVALID_ARGUMENT,
             MeshError::LoopDetected => code::INTERNAL,
             MeshError::Forbidden { .. } => code::PERMISSION_DENIED,
             _ => code::UNAVAILABLE,

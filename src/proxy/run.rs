@@ -4,9 +4,11 @@
 //! goes through the [`Phase`]s in order.
 
 use super::admin::{self, AdminState};
+use super::admission::{Admission, Overload};
 use super::config::ProxyArgs;
 use super::dns::{DnsConfig, DnsServer, VipLookup};
 use super::inbound::{App, InboundHttp, InboundServer};
+use super::limits::Limits;
 use super::outbound::{HttpOutbound, OpaqueOutbound, OutboundServer};
 use super::protocol::{DetectConfig, Learned};
 use super::upstream::Upstreams;
@@ -395,6 +397,9 @@ impl Bound {
             dialer: upstreams.dialer().clone(),
             idle: args.tcp_idle_timeout,
         });
+        let limits = Arc::new(Limits::from(&args.limits));
+        let overload = Overload::new(args.limits.max_memory.map(|m| m as u64), metrics.clone());
+        tokio::spawn(overload.clone().run(phases.token(Phase::Stop)));
         let server = Arc::new(OutboundServer {
             http: Arc::new(HttpOutbound {
                 dir: dir.clone(),
@@ -413,6 +418,13 @@ impl Bound {
             connect,
             detect: detect.clone(),
             learned: learned.clone(),
+            limits: limits.clone(),
+            admission: Admission::new(
+                "outbound",
+                limits.max_connections,
+                overload.clone(),
+                metrics.clone(),
+            ),
         });
         let drain = phases.token(Phase::Drain);
         let outbound = tokio::spawn(server.serve(outbound, drain.clone(), args.drain_timeout));
@@ -441,6 +453,13 @@ impl Bound {
                 connect,
                 idle: args.tcp_idle_timeout,
                 tls: tls.clone(),
+                limits: limits.clone(),
+                admission: Admission::new(
+                    "inbound",
+                    limits.max_connections,
+                    overload.clone(),
+                    metrics.clone(),
+                ),
             });
             tokio::spawn(inbound.serve(listener, drain.clone(), args.drain_timeout))
         });

@@ -81,6 +81,8 @@ pub struct ProxyMetrics {
     pub dns_queries: Counter,
     /// Connections, protocols, and the inbound side.
     pub traffic: super::TrafficMetrics,
+    /// Listener admission: open connections, refusals, overload.
+    pub listeners: super::ListenerMetrics,
     /// This proxy's certificate and trust roots (set at scrape time).
     pub identity: IdentityMetrics,
     /// Held by a scrape while it resets and sets the gauges it reads, so
@@ -131,6 +133,7 @@ impl ProxyMetrics {
         super::register_process_metrics(&mut root);
         let registry = root.sub_registry_with_prefix("mesh");
         let traffic = super::TrafficMetrics::register(registry);
+        let listeners = super::ListenerMetrics::register(registry);
         let requests = Family::<RequestLabels, Counter>::default();
         let attempts = Family::<RequestLabels, Counter>::default();
         let latency: Family<ServiceLabel, Histogram, fn() -> Histogram> =
@@ -279,6 +282,7 @@ impl ProxyMetrics {
             control_connected,
             dns_queries,
             traffic,
+            listeners,
             scrape: std::sync::Mutex::new(()),
         }
     }

@@ -8,7 +8,7 @@ mod traffic;
 pub use logging::{init_logging, LogFormat};
 pub use metrics::{ProxyMetrics, RequestCounts, RootLabel, ServiceMetrics, ENDPOINT_STATES};
 pub use process::register_process_metrics;
-pub use traffic::TrafficMetrics;
+pub use traffic::{ListenerMetrics, TrafficMetrics};
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::MetricType;

@@ -229,3 +229,60 @@ impl TrafficMetrics {
             .inc();
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+/// What the listeners' admission reports (`proxy::admission`).
+pub struct ListenerMetrics {
+    open: Family<ListenerLabel, Gauge>,
+    refused: Family<RefusedLabels, Counter>,
+    /// 1 while new connections are refused for want of descriptors or
+    /// memory.
+    pub overloaded: Gauge,
+}
+
+impl ListenerMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = ListenerMetrics {
+            open: Family::default(),
+            refused: Family::default(),
+            overloaded: Gauge::default(),
+        };
+        registry.register(
+            "listener_connections",
+            "Client connections each listener (outbound, inbound) holds now",
+            super::Declared(m.open.clone()),
+        );
+        registry.register(
+            "listener_refused",
+            "Connections closed at accept, by listener and reason (connection-limit, overload-fds, overload-memory, accept-error)",
+            super::Declared(m.refused.clone()),
+        );
+        registry.register(
+            "overloaded",
+            "1 while the proxy refuses new connections because open descriptors or memory are near their bound",
+            m.overloaded.clone(),
+        );
+        m
+    }
+
+    /// The open-connections gauge of `listener` (a handle: cheap to keep).
+    pub fn open(&self, listener: &'static str) -> Gauge {
+        self.open.get_or_create(&ListenerLabel { listener }).clone()
+    }
+
+    pub fn refused(&self, listener: &'static str, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusedLabels { listener, reason })
+            .inc();
+    }
+}

@@ -14,6 +14,8 @@ mod http;
 
 pub use self::http::{App, InboundHttp, Verified};
 
+use super::admission::Admission;
+use super::limits::Limits;
 use super::protocol::{
     detect, fast_close, original_dst, relay, sort, DetectConfig, Detected, Learned, PrefixedIo,
     Protocol, Sorted,
@@ -30,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The service name under which the inbound side's learned app ports are
@@ -61,6 +64,8 @@ pub struct InboundServer {
     pub idle: Duration,
     /// Identity on: meshed callers (ALPN `mesh/1`) are served over mTLS.
     pub tls: Option<Arc<TlsIdentity>>,
+    pub limits: Arc<Limits>,
+    pub admission: Admission,
 }
 
 impl InboundServer {
@@ -71,11 +76,18 @@ impl InboundServer {
         drain: Duration,
     ) {
         let this = self;
-        server::accept_until(listener, &shutdown, drain, "inbound", |stream, peer| {
-            let this = this.clone();
-            let stop = shutdown.clone();
-            async move { this.serve_conn(stream, peer, &stop).await }
-        })
+        server::accept_until(
+            listener,
+            &shutdown,
+            drain,
+            &this.admission,
+            |stream, peer| {
+                let accepted = Instant::now();
+                let this = this.clone();
+                let stop = shutdown.clone();
+                async move { this.serve_conn(stream, peer, &stop, accepted).await }
+            },
+        )
         .await;
     }
 
@@ -84,6 +96,7 @@ impl InboundServer {
         mut stream: TcpStream,
         peer: SocketAddr,
         shutdown: &CancellationToken,
+        accepted: Instant,
     ) {
         // Redirected by `init --app-port`: the app port the client dialled.
         // Connected directly (a peer proxy): the registered app port.
@@ -145,7 +158,7 @@ impl InboundServer {
             (&detected.protocol, &self.tls, redirected)
         {
             let io = PrefixedIo::new(detected.prefix, stream);
-            return Box::pin(self.serve_mesh(io, tls.clone(), peer, app, shutdown)).await;
+            return Box::pin(self.serve_mesh(io, tls.clone(), peer, app, shutdown, accepted)).await;
         }
         let io = PrefixedIo::new(detected.prefix, stream);
         match detected.protocol {
@@ -160,7 +173,9 @@ impl InboundServer {
                     false => App::new(app, self.http.upstreams.pool(app)),
                 };
                 let handler = move |req| Box::pin(h.clone().handle(req, peer, app.clone(), None));
-                if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
+                let served =
+                    server::serve_http(io, handler, proto, shutdown, &self.limits, accepted);
+                if let Err(e) = served.await {
                     tracing::debug!(%peer, error = %e, "inbound connection ended with error");
                 }
             }
@@ -183,6 +198,7 @@ impl InboundServer {
         peer: SocketAddr,
         app: SocketAddr,
         shutdown: &CancellationToken,
+        accepted: Instant,
     ) {
         let timeout = self.detect.timeout;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.mesh_server());
@@ -225,7 +241,9 @@ impl InboundServer {
                             .handle(req, peer, app.clone(), Some(verified.clone())),
                     )
                 };
-                if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
+                let served =
+                    server::serve_http(io, handler, proto, shutdown, &self.limits, accepted);
+                if let Err(e) = served.await {
                     tracing::debug!(%peer, error = %e, "inbound mTLS connection ended with error");
                 }
             }

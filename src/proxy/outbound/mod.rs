@@ -23,6 +23,8 @@ pub use target::{is_own, split_host_port, ConnTarget};
 
 use crate::discovery::Service;
 use crate::net::ConnectOptions;
+use crate::proxy::admission::Admission;
+use crate::proxy::limits::Limits;
 use crate::proxy::protocol::{
     detect, detect_http_version, fast_close, original_dst, relay, sort, DetectConfig, Learned,
     PrefixedIo, Protocol, Sorted,
@@ -35,6 +37,7 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Accepts outbound connections until `shutdown`, then lets in-flight
@@ -48,6 +51,8 @@ pub struct OutboundServer {
     pub detect: DetectConfig,
     /// Shared with `/state`.
     pub learned: Arc<Learned>,
+    pub limits: Arc<Limits>,
+    pub admission: Admission,
 }
 
 impl OutboundServer {
@@ -58,21 +63,28 @@ impl OutboundServer {
         drain: Duration,
     ) {
         let this = self;
-        server::accept_until(listener, &shutdown, drain, "outbound", |stream, peer| {
-            let local = stream.local_addr().ok();
-            let orig = original_dst(&stream).filter(|d| Some(*d) != local);
-            let this = this.clone();
-            let stop = shutdown.clone();
-            async move {
-                match orig {
-                    Some(SocketAddr::V4(d)) if this.vip_net.contains(*d.ip()) => {
-                        this.serve_vip(stream, peer, d, &stop).await;
+        server::accept_until(
+            listener,
+            &shutdown,
+            drain,
+            &this.admission,
+            |stream, peer| {
+                let accepted = Instant::now();
+                let local = stream.local_addr().ok();
+                let orig = original_dst(&stream).filter(|d| Some(*d) != local);
+                let this = this.clone();
+                let stop = shutdown.clone();
+                async move {
+                    match orig {
+                        Some(SocketAddr::V4(d)) if this.vip_net.contains(*d.ip()) => {
+                            this.serve_vip(stream, peer, d, &stop, accepted).await;
+                        }
+                        Some(dst) => Box::pin(this.relay(stream, dst)).await,
+                        None => this.serve_explicit(stream, peer, &stop, accepted).await,
                     }
-                    Some(dst) => Box::pin(this.relay(stream, dst)).await,
-                    None => this.serve_explicit(stream, peer, &stop).await,
                 }
-            }
-        })
+            },
+        )
         .await;
     }
 
@@ -87,6 +99,7 @@ impl OutboundServer {
         peer: SocketAddr,
         dst: SocketAddrV4,
         shutdown: &CancellationToken,
+        accepted: Instant,
     ) {
         let Some(svc) = self.http.dir.table().by_vip(*dst.ip()).cloned() else {
             tracing::debug!(%dst, "connection to a VIP no service holds");
@@ -147,7 +160,9 @@ impl OutboundServer {
                 let h = self.http.clone();
                 let target = ConnTarget::Vip(*dst.ip());
                 let handler = move |req| Box::pin(h.clone().handle(req, target));
-                if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
+                let served =
+                    server::serve_http(io, handler, proto, shutdown, &self.limits, accepted);
+                if let Err(e) = served.await {
                     tracing::debug!(%peer, error = %e, "outbound connection ended with error");
                 }
             }
@@ -208,8 +223,10 @@ impl OutboundServer {
         mut stream: TcpStream,
         peer: SocketAddr,
         shutdown: &CancellationToken,
+        accepted: Instant,
     ) {
-        let detected = match detect_http_version(&mut stream, server::HEADER_READ_TIMEOUT).await {
+        let silent_for = self.limits.header_read_timeout;
+        let detected = match detect_http_version(&mut stream, silent_for).await {
             Ok(Some(d)) => d,
             Ok(None) => return, // closed, or silent past the header timeout
             Err(e) => {
@@ -224,7 +241,8 @@ impl OutboundServer {
         let io = PrefixedIo::new(detected.prefix, stream);
         let h = self.http.clone();
         let handler = move |req| Box::pin(h.clone().handle(req, ConnTarget::FromRequest));
-        if let Err(e) = server::serve_http(io, handler, proto, shutdown).await {
+        let served = server::serve_http(io, handler, proto, shutdown, &self.limits, accepted);
+        if let Err(e) = served.await {
             tracing::debug!(%peer, error = %e, "outbound connection ended with error");
         }
     }

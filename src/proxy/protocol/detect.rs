@@ -121,7 +121,10 @@ fn http1_request_line(buf: &[u8]) -> Option<Protocol> {
     }
     if line_end.is_none() {
         // Plausible so far: wait for the rest of the line, within reason.
-        return (buf.len() >= MAX_REQUEST_LINE).then_some(Protocol::Opaque);
+        // Past it, this is HTTP with a long request line, and the HTTP
+        // listener's limits answer it (414 or 431): relayed opaque, it
+        // would pass the HTTP layer's checks by being long.
+        return (buf.len() >= MAX_REQUEST_LINE).then_some(Protocol::Http1);
     }
     let mut parts = line.split(|&b| b == b' ');
     let (Some(_method), Some(target), Some(version), None) =
@@ -129,7 +132,9 @@ fn http1_request_line(buf: &[u8]) -> Option<Protocol> {
     else {
         return Some(Protocol::Opaque);
     };
-    if !target.is_empty() && (version == b"HTTP/1.1" || version == b"HTTP/1.0") {
+    // Any `HTTP/` version is HTTP: the listener answers the ones it does
+    // not speak (400) rather than relaying them past its checks.
+    if !target.is_empty() && version.starts_with(b"HTTP/") {
         Some(Protocol::Http1)
     } else {
         Some(Protocol::Opaque)
@@ -155,7 +160,14 @@ pub async fn detect<S: AsyncRead + Unpin>(
             Ok(r) => r?,
             Err(_) => {
                 let silent = buf.is_empty();
-                return Ok(done(buf, Protocol::Opaque, silent));
+                // A request line still arriving when the wait ends is a
+                // slow HTTP client (slowloris), not an opaque protocol:
+                // the HTTP listener's header timeout ends it.
+                let protocol = match !silent && http1_request_line(&buf).is_none() {
+                    true => Protocol::Http1,
+                    false => Protocol::Opaque,
+                };
+                return Ok(done(buf, protocol, silent));
             }
         };
         if n == 0 {
@@ -302,10 +314,10 @@ mod tests {
     }
 
     #[test]
-    fn gives_up_on_endless_request_lines() {
+    fn endless_request_lines_are_http_for_the_limits_to_answer() {
         let mut line = b"GET /".to_vec();
         line.resize(MAX_REQUEST_LINE + 1, b'a');
-        assert_eq!(classify(&line), Some(Protocol::Opaque));
+        assert_eq!(classify(&line), Some(Protocol::Http1));
     }
 
     #[tokio::test]

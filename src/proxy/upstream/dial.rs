@@ -70,6 +70,24 @@ pub async fn tcp(addr: SocketAddr, opts: ConnectOptions) -> Result<TcpStream, Me
         })
 }
 
+/// What a failed upstream call means: the caller's fault when its own
+/// request body broke on the way (bad chunk framing, a client gone
+/// mid-body: hyper then reports the body it was given as failing), which
+/// is a 400 that no breaker or outlier counts against the endpoint; the
+/// upstream's otherwise.
+pub fn call_failed(addr: SocketAddr, e: &hyper::Error) -> MeshError {
+    let caller_body = e.is_user()
+        && std::error::Error::source(e).is_some_and(|s| s.downcast_ref::<hyper::Error>().is_some());
+    if caller_body {
+        MeshError::BadRequest(format!("the request body is malformed: {}", error_chain(e)))
+    } else {
+        MeshError::UpstreamReset {
+            addr,
+            reason: error_chain(e),
+        }
+    }
+}
+
 /// `a: b: c` from an error and its sources: hyper's top-level messages
 /// alone ("client error (Connect)") hide the cause.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

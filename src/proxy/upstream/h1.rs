@@ -15,7 +15,7 @@
 //! race every pooled client has) hands the request back unsent; it is
 //! then sent once on a fresh connection, so the caller never sees it.
 
-use super::dial::{error_chain, Dialer};
+use super::dial::{call_failed, error_chain, Dialer};
 use crate::identity::SpiffeId;
 use crate::proxy::body::ReqBody;
 use crate::proxy::rescue::MeshError;
@@ -110,10 +110,7 @@ impl H1Pool {
         timeout: Duration,
     ) -> Result<(Response<Incoming>, Pooled), MeshError> {
         let addr = self.addr;
-        let reset = |e: hyper::Error| MeshError::UpstreamReset {
-            addr,
-            reason: error_chain(&e),
-        };
+        let reset = |e: hyper::Error| call_failed(addr, &e);
         if let Some(mut sender) = self.checkout() {
             match sender.try_send_request(req).await {
                 Ok(resp) => return Ok((resp, self.pooled(sender))),

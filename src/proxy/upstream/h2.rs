@@ -3,7 +3,7 @@
 //! [`MAX_STREAMS_PER_CONN`] open streams each (servers commonly allow 100
 //! or 200), another one opened beyond that, closed ones dropped.
 
-use super::dial::{error_chain, Dialer};
+use super::dial::{call_failed, error_chain, Dialer};
 use crate::identity::SpiffeId;
 use crate::proxy::body::ReqBody;
 use crate::proxy::rescue::MeshError;
@@ -95,10 +95,7 @@ impl H2Pool {
                 }
             }
         };
-        let reset = |e: hyper::Error| MeshError::UpstreamReset {
-            addr,
-            reason: error_chain(&e),
-        };
+        let reset = |e: hyper::Error| call_failed(addr, &e);
         sender.ready().await.map_err(reset)?;
         let resp = sender.send_request(req).await.map_err(reset)?;
         Ok((resp, slot))
