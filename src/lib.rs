@@ -6,6 +6,8 @@ pub mod balance; //     load balancers: P2C peak-EWMA, least-request, round-robi
 pub mod control; //     mesh-control: registry, leases, store, VIPs, HTTP API, watch; API client
 pub mod discovery; //   proxy side of discovery: watch client, routing table, snapshot cache, registration agent
 pub mod flags; //       command-line conventions shared by the three programs (env names, help)
+#[doc(hidden)]
+pub mod fuzz; //        fuzz targets for tests/fuzz.rs: detection, documents, DNS, API bodies
 pub mod identity; //    workload identity: the CA, bootstrap tokens, SPIFFE verifiers, certificate rotation
 pub mod model; //       wire types shared by proxy, control plane and CLI (no tokio)
 pub mod net; //         the proxy's own marked sockets
