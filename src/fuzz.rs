@@ -10,7 +10,7 @@
 //! crashed.
 //!
 //! Call them from plain threads, not from inside a tokio runtime: `detect`
-//! blocks on a runtime of its own.
+//! and `dns` block on a runtime of their own.
 
 use crate::authz::{self, Policies, Principal};
 use crate::control::client::LineSplitter;
@@ -20,17 +20,23 @@ use crate::model::proxies::Applied;
 use crate::model::{
     self, AuthorizationPolicy, Document, Heartbeat, RegisterRequest, ServicePolicy, WatchEvent,
 };
+use crate::proxy::dns::{self, MeshHandler, VipLookup};
 use crate::proxy::protocol;
+use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
+use hickory_server::net::NetError;
 use hickory_server::proto::op::{Message, MessageType};
-use hickory_server::server::Request;
+use hickory_server::proto::rr::Record;
+use hickory_server::proto::serialize::binary::BinEncoder;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateSigningRequestDer;
 use serde_json::Value;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -55,6 +61,15 @@ const WATCH_LINE_LIMIT: usize = 4096;
 const WATCH_FRAME: usize = 13;
 /// Where a fuzzed DNS query comes from; hickory wants one, nothing reads it.
 const DNS_CLIENT: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 53000));
+/// The mesh domain the fuzzed handler answers for (`--domain`'s default).
+const MESH_DOMAIN: &str = "mesh";
+/// The one service the fuzzed handler knows, so `hello.mesh.` and bare
+/// `hello.` get an A record, not only NXDOMAIN and SERVFAIL.
+const HELLO_SERVICE: &str = "hello";
+/// `hello`'s virtual IP.
+const HELLO_VIP: Ipv4Addr = Ipv4Addr::new(127, 100, 0, 7);
+/// The largest UDP response to a query without EDNS (RFC 1035 §4.2.1).
+const UDP_MAX: u16 = 512;
 
 /// A client that has sent `rest` and then closes, handing over at most
 /// `step` bytes per read.
@@ -63,13 +78,27 @@ struct Client<'a> {
     step: usize,
 }
 
+/// Discovery's routing table, reduced to `hello`.
+struct HelloVip;
+
+/// hickory's UDP `ResponseHandle` without the socket: encodes each response
+/// as it would and keeps the bytes, for `dns` to decode again.
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<Vec<u8>>>>);
+
 /// A connection's first bytes, as protocol detection judges them.
 pub fn detect(data: &[u8]) {
     let _ = protocol::classify(data);
+    // The ClientHello reader on the input as the first TLS record, and the
+    // check of an undeclared port's server greeting on every prefix of the
+    // 9 bytes `sort` peeks, as a greeting split across segments arrives.
+    let _ = protocol::client_hello(data);
+    for n in 0..=data.len().min(9) {
+        let _ = protocol::looks_like_h2_settings(&data[..n]);
+    }
     // The reading loop too, over an in-memory client, whole and trickled:
-    // it reads the rest of a TLS record before rustls reads the ClientHello
-    // in it (`client_hello` itself is not public), and consumes the mesh
-    // preamble.
+    // it reads the rest of a TLS record before the ClientHello in it is
+    // read, and consumes the mesh preamble.
     let Some(rt) = runtime() else {
         return;
     };
@@ -111,16 +140,35 @@ pub fn dns(data: &[u8]) {
         }
     }
     // What the handler is given: the server decodes a request this way and
-    // drops responses before any handler sees them. The handler that
-    // answers it is private to `proxy::dns`, so it is not run here.
+    // drops responses before any handler sees them.
     let Ok(request) = Request::from_bytes(data.to_vec(), DNS_CLIENT, Protocol::Udp) else {
         return;
     };
     if request.metadata.message_type == MessageType::Response {
         return;
     }
-    if let Ok(info) = request.request_info() {
-        let _ = info.query.original().name().to_lowercase();
+    let (Some(rt), Some(handler)) = (runtime(), mesh_handler()) else {
+        return;
+    };
+    // The responder's handler, called as hickory's server calls it. Its
+    // forwarder has no upstreams, so a name that is not ours awaits
+    // nothing and gets SERVFAIL.
+    let sink = Sink::default();
+    let _ = rt.block_on(handler.handle_request::<_, TokioTime>(&request, sink.clone()));
+    // Checked here, not in the sink: a panic inside `block_on` would take
+    // the shared runtime's core with it.
+    for bytes in sink.take() {
+        let response = Message::from_vec(&bytes).unwrap_or_else(|error| {
+            panic!(
+                "dns: the response ({} bytes) does not decode: {error}",
+                bytes.len()
+            )
+        });
+        // hickory's server debug-asserts this of every response it sends.
+        assert_eq!(
+            response.metadata.id, request.metadata.id,
+            "dns: the response's id is not the request's"
+        );
     }
 }
 
@@ -223,8 +271,18 @@ fn watch_lines(data: &[u8]) {
     }
 }
 
+/// The DNS responder's handler for `dns`, built once: no sockets, no
+/// upstreams, and `hello` as the only service.
+fn mesh_handler() -> Option<&'static MeshHandler> {
+    static HANDLER: OnceLock<Option<MeshHandler>> = OnceLock::new();
+    HANDLER
+        .get_or_init(|| dns::offline(MESH_DOMAIN, Arc::new(HelloVip)).ok())
+        .as_ref()
+}
+
 /// One current-thread runtime for every call, as `detect` reads under
-/// tokio's timer. A static, so it is never dropped in a thread's exit.
+/// tokio's timer and the DNS handler is async. A static, so it is never
+/// dropped in a thread's exit.
 fn runtime() -> Option<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
     RUNTIME
@@ -252,5 +310,59 @@ impl<'a> AsyncRead for Client<'a> {
         self.rest = later;
         // Nothing put in is end of stream: the client closed.
         Poll::Ready(Ok(()))
+    }
+}
+
+// === impl HelloVip ===
+
+impl VipLookup for HelloVip {
+    fn vip(&self, service: &str) -> Option<Ipv4Addr> {
+        (service == HELLO_SERVICE).then_some(HELLO_VIP)
+    }
+}
+
+// === impl Sink ===
+
+impl Sink {
+    /// What was sent so far, emptying the sink.
+    fn take(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.sent())
+    }
+
+    /// The list of sent responses. A panic while it was held leaves it
+    /// whole, so the poison is of no matter.
+    fn sent(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Sink {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        // UDP's bound, as hickory encodes: the payload the response's EDNS
+        // advertises, 512 bytes without EDNS; what does not fit is cut and
+        // flagged truncated.
+        let max = response.edns().map_or(UDP_MAX, |edns| edns.max_payload());
+        let mut bytes = Vec::new();
+        let info = {
+            let mut encoder = BinEncoder::new(&mut bytes);
+            encoder.set_max_size(max);
+            // A message that cannot be encoded (a question section longer
+            // than the bound) is hickory's to answer: it sends a bare
+            // SERVFAIL instead. Here the handler sees a failed send.
+            response.destructive_emit(&mut encoder)?
+        };
+        self.sent().push(bytes);
+        Ok(info)
     }
 }

@@ -3,6 +3,18 @@
 
 use std::time::Duration;
 
+/// The most one number and its unit may add: 10⁹ seconds (some 31 years),
+/// in milliseconds.
+const MAX_PART_MS: u64 = 1_000_000_000_000;
+
+/// The number before a unit.
+enum Number {
+    /// Digits only: counted exactly, in integers.
+    Whole(u64),
+    /// With a decimal point (`1.5s`): counted in f64 seconds.
+    Fraction(f64),
+}
+
 /// Parses `"1m30s"`-style durations; the error says what was wrong.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -29,21 +41,40 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_len);
-        let value: f64 = num
-            .parse()
-            .map_err(|_| format!("{s:?}: {num:?} is not a number"))?;
-        let secs = match unit {
-            "ms" => value / 1000.0,
-            "s" => value,
-            "m" => value * 60.0,
-            "h" => value * 3600.0,
+        // A whole number in integers, so a formatted duration reads back as
+        // itself: in f64 seconds `8589934599ms` lands nanoseconds off, and
+        // a policy's durations must be whole milliseconds. Digits alone
+        // fail to parse only by overflow, which is too large in any unit.
+        let number = if num.bytes().all(|b| b.is_ascii_digit()) {
+            Number::Whole(num.parse::<u64>().unwrap_or(u64::MAX))
+        } else {
+            let value: f64 = num
+                .parse()
+                .map_err(|_| format!("{s:?}: {num:?} is not a number"))?;
+            Number::Fraction(value)
+        };
+        let unit_ms: u32 = match unit {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
             "" => return Err(format!("{s:?}: missing unit (ms, s, m or h)")),
             other => return Err(format!("{s:?}: unknown unit {other:?} (ms, s, m or h)")),
         };
-        if !secs.is_finite() || secs > 1e9 {
-            return Err(format!("{s:?} is too large"));
-        }
-        total += Duration::from_secs_f64(secs);
+        let part = match number {
+            Number::Whole(n) => n
+                .checked_mul(u64::from(unit_ms))
+                .filter(|&ms| ms <= MAX_PART_MS)
+                .map(Duration::from_millis),
+            Number::Fraction(value) => {
+                let secs = match unit_ms {
+                    1 => value / 1000.0,
+                    _ => value * f64::from(unit_ms / 1000),
+                };
+                (secs.is_finite() && secs <= 1e9).then(|| Duration::from_secs_f64(secs))
+            }
+        };
+        total += part.ok_or_else(|| format!("{s:?} is too large"))?;
         rest = next;
     }
     Ok(total)
@@ -77,5 +108,49 @@ mod tests {
         }
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(5)), "5s");
+    }
+
+    #[test]
+    fn formatted_durations_parse_back() {
+        // Once counted in f64 seconds, `8589934s599ms` came out nanoseconds
+        // off, and its formatted form failed a policy's whole-milliseconds
+        // check.
+        assert_eq!(
+            parse_duration("8589934s599ms"),
+            Ok(Duration::from_millis(8_589_934_599))
+        );
+        for text in [
+            "8589934s599ms",
+            "1ms",
+            "59m59s999ms",
+            "3600s",
+            "1h30m",
+            "1000000000000ms",
+        ] {
+            let d = parse_duration(text).unwrap();
+            assert_eq!(d.subsec_nanos() % 1_000_000, 0, "{text:?} is {d:?}");
+            let formatted = format_duration(d);
+            assert_eq!(
+                parse_duration(&formatted),
+                Ok(d),
+                "{text:?} as {formatted:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn whole_numbers_keep_the_bound() {
+        for ok in ["1000000000s", "16666666m", "277777h", "1000000000000ms"] {
+            assert!(parse_duration(ok).is_ok(), "{ok:?} refused");
+        }
+        for big in [
+            "1000000001s",
+            "16666667m",
+            "277778h",
+            "1000000000001ms",
+            "99999999999999999999999s",
+        ] {
+            assert_eq!(parse_duration(big), Err(format!("{big:?} is too large")));
+        }
     }
 }

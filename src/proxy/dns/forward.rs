@@ -62,6 +62,13 @@ pub(super) struct Forwarder {
 // === impl Forwarder ===
 
 impl Forwarder {
+    /// A forwarder with no upstreams: every forward fails at once, without
+    /// a socket, and the name gets SERVFAIL (what a bad resolv.conf leaves,
+    /// and what the fuzz target runs the handler with).
+    pub(super) fn none() -> Forwarder {
+        Forwarder { resolver: None }
+    }
+
     /// Reads the nameservers of `path`. Problems are logged and leave the
     /// forwarder without upstreams rather than failing the proxy's start.
     pub(super) fn from_resolv_conf(path: &Path, mark: Option<u32>) -> Forwarder {
@@ -69,12 +76,12 @@ impl Forwarder {
             Ok(text) => parse_nameservers(&text),
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "cannot read resolv.conf; non-mesh names will get SERVFAIL");
-                return Forwarder { resolver: None };
+                return Forwarder::none();
             }
         };
         if upstreams.is_empty() {
             tracing::warn!(path = %path.display(), "resolv.conf lists no nameserver; non-mesh names will get SERVFAIL");
-            return Forwarder { resolver: None };
+            return Forwarder::none();
         }
         tracing::info!(path = %path.display(), ?upstreams, "dns forwarding upstreams");
         Forwarder::new(&upstreams, mark)
@@ -107,7 +114,7 @@ impl Forwarder {
             },
             Err(error) => {
                 tracing::warn!(%error, "cannot build dns forwarder; non-mesh names will get SERVFAIL");
-                Forwarder { resolver: None }
+                Forwarder::none()
             }
         }
     }

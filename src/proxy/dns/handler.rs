@@ -78,7 +78,9 @@ struct Reply {
 }
 
 /// The `RequestHandler` the hickory server calls for every well-formed query.
-pub(super) struct MeshHandler {
+/// Public (and hidden) only so the fuzz target can run it without sockets,
+/// built by [`super::offline`]; [`super::DnsServer`] is what serves it.
+pub struct MeshHandler {
     /// Lower-case FQDN of the mesh zone, e.g. `mesh.`.
     zone: Name,
     /// Which services exist and their VIPs (live discovery state).

@@ -24,7 +24,9 @@ mod handler;
 #[cfg(test)]
 mod tests;
 
-use handler::MeshHandler;
+// For `crate::fuzz`, with `offline`: not part of the API.
+#[doc(hidden)]
+pub use handler::MeshHandler;
 pub use handler::VipLookup;
 use hickory_server::proto::rr::Name;
 use hickory_server::Server;
@@ -118,6 +120,17 @@ impl DnsServer {
         };
         result.map_err(|e| io::Error::other(format!("dns responder on {addr}: {e}")))
     }
+}
+
+/// The responder's handler without sockets or upstreams, for the fuzz
+/// target: mesh names are answered from `names` as [`DnsServer`] answers
+/// them, and every other name gets SERVFAIL at once, so a request is
+/// handled to the end without the network.
+#[doc(hidden)]
+pub fn offline(domain: &str, names: Arc<dyn VipLookup>) -> io::Result<MeshHandler> {
+    let zone = zone_name(domain)?;
+    let forwarder = forward::Forwarder::none();
+    Ok(MeshHandler::new(zone, names, forwarder, Default::default()))
 }
 
 /// Parses `--domain` into the FQDN of the mesh zone.

@@ -20,10 +20,11 @@ mod sort;
 pub mod tunnel;
 
 pub use detect::{
-    classify, detect, detect_http_version, DetectConfig, Detected, Protocol, MESH_OPAQUE_PREAMBLE,
+    classify, client_hello, detect, detect_http_version, DetectConfig, Detected, Protocol,
+    MESH_OPAQUE_PREAMBLE,
 };
 pub use io::PrefixedIo;
 pub use learned::{Learned, LEARNED_TTL};
 pub use orig_dst::original_dst;
 pub use relay::{fast_close, relay, RelayEnd};
-pub use sort::{first_word, sort, FirstWord, Sorted, Upstream};
+pub use sort::{first_word, looks_like_h2_settings, sort, FirstWord, Sorted, Upstream};

@@ -82,7 +82,7 @@ async fn sends_h2_preface<U: Upstream>(server: &mut U) -> bool {
 /// size. Judged on the bytes there are, so a header split across segments
 /// still counts (a greeting that begins with zero bytes in so short a
 /// segment is not worth telling apart).
-fn looks_like_h2_settings(b: &[u8]) -> bool {
+pub fn looks_like_h2_settings(b: &[u8]) -> bool {
     const SETTINGS: u8 = 0x4;
     const MAX_FRAME: usize = 16_384;
     let expected_at = |i: usize, v: u8| b.get(i).is_none_or(|&x| x == v);
