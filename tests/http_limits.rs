@@ -2,7 +2,8 @@
 //! malformed or ambiguous request gets its exact status (or a close) and
 //! never reaches the app; slow clients are closed by the header timeout;
 //! past the connection limit, new connections are refused at once while
-//! established ones keep working. Real processes: mesh-control, two
+//! established ones keep working, and so near the descriptor limit.
+//! Real processes: mesh-control, two
 //! mesh-proxy sidecars (the client's outbound in explicit mode, the
 //! server's inbound in front of the app), the python fault server as the
 //! app, whose `/_stats` counts every request head it receives.
@@ -468,6 +469,60 @@ fn past_the_connection_limit_new_connections_are_refused_at_once() {
     assert!(refused(&in_limited.server, "inbound") >= Some(10.0));
 }
 
+fn near_the_descriptor_limit_new_connections_are_refused() {
+    let m = mesh("overload", &[]);
+    let addr = m.client.outbound;
+    // A client that holds a connection before the squeeze.
+    let mut established = TcpStream::connect(addr).unwrap();
+    established.set_read_timeout(Some(secs(5))).unwrap();
+    keep_alive_get(&mut established);
+    // Lower the running proxy's descriptor limit to just above what it
+    // holds, as a container's `ulimit -n` would be reached.
+    let pid = m.client.proc.pid().to_string();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = open + 100;
+    let nofile = format!("--nofile={limit}:{limit}");
+    let out = run_with_timeout(command("prlimit", &["--pid", &pid, &nofile], &[]), secs(5));
+    assert!(out.status.success(), "prlimit: {out:?}");
+    // Idle connections take the proxy past 95 % of it, short of the limit
+    // itself (where accept would fail).
+    let past = (limit * 95).div_ceil(100) + 1 - open;
+    let held: Vec<TcpStream> = (0..past)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    // The proxy samples once a second; from then on, new connections are
+    // refused at once.
+    support::wait_for("a refusal for want of descriptors", secs(10), || {
+        let (status, closed) = exchange(addr, b"GET /x HTTP/1.1\r\nHost: hello\r\n\r\n");
+        ((status, closed) == (None, true)).then_some(())
+    });
+    let metrics = m.client.metrics();
+    assert!(
+        metric(
+            &metrics,
+            "mesh_listener_refused_total",
+            &[("listener", "outbound"), ("reason", "overload-fds")]
+        ) >= Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "mesh_overloaded", &[]), Some(1.0));
+    // The established client keeps working meanwhile.
+    keep_alive_get(&mut established);
+    println!("overloaded with {} connections held (descriptor limit {limit}); the established client was served", held.len());
+    // Room again: new connections are served.
+    drop(held);
+    support::wait_for("new connections accepted again", secs(10), || {
+        let raw = b"GET /x HTTP/1.1\r\nHost: hello\r\nConnection: close\r\n\r\n";
+        (exchange(addr, raw).0 == Some(200)).then_some(())
+    });
+    assert_eq!(
+        metric(&m.client.metrics(), "mesh_overloaded", &[]),
+        Some(0.0)
+    );
+}
+
 /// One keep-alive request on `s`, which must answer 200.
 fn keep_alive_get(s: &mut TcpStream) {
     s.write_all(b"GET /k HTTP/1.1\r\nHost: hello\r\n\r\n")
@@ -507,6 +562,8 @@ fn main() -> std::process::ExitCode {
     use support::stories::{tool, CURL, PYTHON3};
     const NGHTTP: support::stories::Need =
         tool("nghttp", &["--version"], "apt-get install nghttp2-client");
+    const PRLIMIT: support::stories::Need =
+        tool("prlimit", &["--version"], "apt-get install util-linux");
     support::stories::run(
         "http_limits",
         stories![
@@ -514,6 +571,7 @@ fn main() -> std::process::ExitCode {
             [CURL, PYTHON3] => slow_headers_are_closed_by_the_header_timeout,
             [CURL, PYTHON3] => past_the_connection_limit_new_connections_are_refused_at_once,
             [CURL, PYTHON3, NGHTTP] => http2_settings_are_the_documented_ones,
+            [CURL, PYTHON3, PRLIMIT] => near_the_descriptor_limit_new_connections_are_refused,
         ],
     )
 }

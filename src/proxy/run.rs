@@ -531,10 +531,23 @@ async fn expire_idle(dir: Arc<Directory>, upstreams: Arc<Upstreams>, stop: Cance
     }
 }
 
+/// Connections the kernel completes for a listener before it accepts them.
+/// std's (and so tokio's) 128 overflows in a burst of new connections:
+/// the overflow is not refused but left to SYN retransmits, seconds each.
+/// nginx takes 511, HAProxy its maxconn; the kernel caps it at somaxconn.
+const LISTEN_BACKLOG: u32 = 1024;
+
 async fn bind_tcp(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ProxyError::Bind { flag, addr, source })
+    let listen = || {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| ProxyError::Bind { flag, addr, source })
 }
 
 fn agent_config(

@@ -250,7 +250,7 @@ fn record_len(buf: &[u8]) -> usize {
 
 /// The SNI of a ClientHello, and whether it offers the mesh ALPN; parsed
 /// by rustls.
-pub(super) fn client_hello(record: &[u8]) -> (Option<String>, bool) {
+pub fn client_hello(record: &[u8]) -> (Option<String>, bool) {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut rd = record;
     if acceptor.read_tls(&mut rd).is_err() {
@@ -299,7 +299,8 @@ mod tests {
             (b"*1\r\n$4\r\nPING\r\n", Some(Protocol::Opaque)),
             (&[0, 0, 0, 8, 4, 210, 22, 47], Some(Protocol::Opaque)),
             (b"get / http/1.1\r\n", Some(Protocol::Opaque)),
-            (b"GET / HTTP/2\r\n", Some(Protocol::Opaque)),
+            // Any HTTP/ version is HTTP: the listener refuses what it does not speak.
+            (b"GET / HTTP/2\r\n", Some(Protocol::Http1)),
             (b"GET /\r\n", Some(Protocol::Opaque)),
             (b"HELLO\r\n", Some(Protocol::Opaque)),
         ];
