@@ -4,6 +4,8 @@
 #   bench/run.sh --smoke    seconds of tiny load; checks the harness works (output in bench/out/)
 #   bench/run.sh --only-instructions   (or BENCH_ONLY_INSTRUCTIONS=1) only the callgrind
 #                           instructions per request, ~1 min (output in bench/out/)
+#   bench/run.sh --scale    one proxy in a mesh of 100, 1 000, 10 000 services (~3 min):
+#                           CPU per event, propagation, memory; writes bench/SCALE.md
 # Installs what it needs (idempotent), builds mesh in release, runs the
 # harness (bench/harness/). Needs root for apt; loopback only.
 set -euo pipefail
@@ -12,11 +14,13 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 smoke=""
 only=""
+scale=""
 for arg in "$@"; do
     case "$arg" in
         --smoke) smoke="--smoke" ;;
         --only-instructions) only="--only-instructions" ;;
-        *) echo "usage: $0 [--smoke] [--only-instructions]" >&2; exit 2 ;;
+        --scale) scale=1 ;;
+        *) echo "usage: $0 [--smoke] [--only-instructions] [--scale]" >&2; exit 2 ;;
     esac
 done
 [[ -n "${BENCH_ONLY_INSTRUCTIONS:-}" && "${BENCH_ONLY_INSTRUCTIONS}" != 0 ]] && only="--only-instructions"
@@ -43,6 +47,16 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 export MESH_BIN_DIR="$target_dir/release"
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if [[ -n "$scale" ]]; then
+    out="$here/out/$(date +%Y%m%d-%H%M%S)-scale"
+    mkdir -p "$out"
+    echo "output: $out"
+    cd "$here"
+    python3 -m harness.scale --out "$out"
+    cp "$out/SCALE.md" "$here/"
+    echo "wrote bench/SCALE.md"
+    exit 0
+fi
 out="$here/out/$(date +%Y%m%d-%H%M%S)${smoke:+-smoke}${only:+-instructions}"
 mkdir -p "$out"
 echo "output: $out"

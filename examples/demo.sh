@@ -23,7 +23,9 @@
 #   6. an excerpt of the client sidecar's /metrics,
 #   7. back to the defaults, then failover: the node app dies, python answers,
 #   8. deadlines travel: the caller's time left bounds the call, app included,
-#   9. identity: certificates, mTLS between sidecars, an AuthorizationPolicy.
+#   9. identity: certificates, mTLS between sidecars, an AuthorizationPolicy,
+#  10. deploy: a stop waits for every proxy; mesh-ctl inject,
+#  11. hostile input: malformed and oversized requests refused at the listener.
 # Identity is on, as by default: mesh-control is the CA and serves HTTPS;
 # each sidecar gets a bootstrap token for its service, then a certificate.
 # Every process it starts is stopped on exit. If what a step claims does not
@@ -520,5 +522,45 @@ echo "\$ mesh-ctl inject -f app.yaml   (excerpt: what was added)"
 mesh-ctl inject -f "$WORK/app.yaml" >"$WORK/app.injected.yaml" || die "mesh-ctl inject failed"
 grep -E '^  +(- name: mesh|restartPolicy|startupProbe|secretName|- --(service|app-port|uid))' "$WORK/app.injected.yaml"
 [[ $(mesh-ctl uninject -f "$WORK/app.injected.yaml" | grep -c mesh-) == 0 ]] || die "uninject left mesh parts behind"
+
+# ---------------------------------------------------------------------------
+step "11. Hostile input: refused at the listener, before any app" \
+  "Every listener takes strict, bounded HTTP: headers past 64 KiB are 431, a target past 16 KiB 414, framing a next hop" \
+  "could read differently 400 and a close. Slow heads are closed by --header-read-timeout, extra connections by --max-connections."
+python3 - 127.0.0.1:15001 <<'PY' || die "a malformed request was not refused as it should be"
+import socket, sys
+host, port = sys.argv[1].split(":")
+cases = [
+    ("a 70 KB header", "GET http://hello/ HTTP/1.1\r\nHost: hello\r\nX-Big: " + "a" * 70000 + "\r\n\r\n", "431"),
+    ("a 17 KB target", "GET http://hello/" + "a" * 17000 + " HTTP/1.1\r\nHost: hello\r\n\r\n", "414"),
+    ("Transfer-Encoding: gzip, chunked", "POST http://hello/ HTTP/1.1\r\nHost: hello\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "400"),
+    ("a chunk size that is not hex", "POST http://hello/ HTTP/1.1\r\nHost: hello\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", "400"),
+    ("an obs-fold header line", "GET http://hello/ HTTP/1.1\r\nHost: hello\r\nX-A: a\r\n folded\r\n\r\n", "400"),
+]
+ok = True
+for what, raw, want in cases:
+    s = socket.create_connection((host, int(port)), timeout=5)
+    try:
+        s.sendall(raw.encode())
+    except OSError:
+        pass
+    data = b""
+    while True:
+        try:
+            chunk = s.recv(4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    line = data.split(b"\r\n", 1)[0].decode(errors="replace")
+    print(f"  {what:34} -> {line}")
+    ok &= line.split(" ")[1:2] == [want]
+sys.exit(0 if ok else 1)
+PY
+echo "\$ curl -s http://127.0.0.1:15000/metrics | grep ^mesh_listener_connections"
+curl -s http://127.0.0.1:15000/metrics | grep '^mesh_listener_connections' ||
+  die "the client sidecar's /metrics has no mesh_listener_connections"
 
 step "Done in ${SECONDS} s: stopping everything"

@@ -14,10 +14,15 @@ use tokio_util::sync::CancellationToken;
 /// The longest single long poll of [`await_removal`] (under the client's
 /// request timeout).
 const POLL: Duration = Duration::from_secs(5);
+/// Reports go out at most this often: a burst of changes is reported as
+/// its latest revision, not one request per change (which cost each proxy
+/// a request per event, and mesh-control one per event per proxy). A
+/// stopping peer's drain sees this proxy catch up at most this late.
+pub const REPORT_EVERY: Duration = Duration::from_millis(100);
 
 /// Reports each revision the directory applies, the latest only when they
 /// come faster than the reports (one in flight at a time, over the
-/// client's pooled connection). A 404 means the watch is not open at the
+/// client's pooled connection, at most one per [`REPORT_EVERY`]). A 404 means the watch is not open at the
 /// moment: the next one starts from the directory's revision, so nothing
 /// is lost by skipping it.
 pub async fn report_applied(
@@ -41,6 +46,11 @@ pub async fn report_applied(
                 Ok(_) | Err(ClientError::Api { status: 404, .. }) => {
                     reported = Some(rev);
                     backoff.reset();
+                    tokio::select! {
+                        () = tokio::time::sleep(REPORT_EVERY) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    continue;
                 }
                 // Another identity holds this id: retrying cannot help.
                 Err(e @ ClientError::Api { status: 403, .. }) => {

@@ -38,10 +38,15 @@ impl SnapshotCache {
 
     /// Replaces the cached snapshot.
     pub fn store(&self, snap: &Snapshot) -> io::Result<()> {
+        let bytes = serde_json::to_vec(snap).map_err(io::Error::other)?;
+        self.store_json(&bytes)
+    }
+
+    /// Replaces the cached snapshot with `json`, a serialized [`Snapshot`].
+    pub fn store_json(&self, json: &[u8]) -> io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let tmp = self.dir.join(format!("{FILE}.tmp"));
-        let bytes = serde_json::to_vec(snap).map_err(io::Error::other)?;
-        write_synced(&tmp, &bytes)?;
+        write_synced(&tmp, json)?;
         std::fs::rename(&tmp, self.path())
     }
 }

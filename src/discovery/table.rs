@@ -5,7 +5,6 @@ use crate::model::Health;
 use crate::proxy::upstream::H1Pool;
 use crate::resilience::ServiceResilience;
 use crate::telemetry::{ServiceMetrics, ENDPOINT_STATES};
-use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -83,84 +82,132 @@ impl Service {
     }
 }
 
-/// Services by name and by VIP, at one registry revision.
-#[derive(Debug, Default)]
+/// Services at one registry revision: the name and VIP of every one, and
+/// the routing state of those this proxy's app calls.
+///
+/// The maps are persistent (imbl's HAMT): a new table shares all but the
+/// changed path with the one before, so publishing a change costs the
+/// same with 10 services or 10 000.
+#[derive(Debug, Default, Clone)]
 pub struct Table {
     pub revision: u64,
-    by_name: HashMap<String, Arc<Service>>,
-    by_vip: HashMap<Ipv4Addr, Arc<Service>>,
+    /// Every registered service's VIP: what DNS answers, and what a first
+    /// call resolves.
+    names: imbl::HashMap<String, Ipv4Addr>,
+    vips: imbl::HashMap<Ipv4Addr, String>,
+    /// Routing state, built on a service's first use (see
+    /// `Directory::service`).
+    by_name: imbl::HashMap<String, Arc<Service>>,
+    by_vip: imbl::HashMap<Ipv4Addr, Arc<Service>>,
 }
 
 impl Table {
-    pub fn new(revision: u64, services: impl IntoIterator<Item = Arc<Service>>) -> Self {
-        let mut t = Table {
-            revision,
-            ..Default::default()
-        };
-        for s in services {
-            t.by_vip.insert(s.vip, s.clone());
-            t.by_name.insert(s.name.clone(), s);
-        }
-        t
-    }
-
+    /// The routing state of `name`, if it was built (called before).
     pub fn by_name(&self, name: &str) -> Option<&Arc<Service>> {
         self.by_name.get(name)
     }
 
+    /// The routing state of the service at `vip`, if it was built.
     pub fn by_vip(&self, vip: Ipv4Addr) -> Option<&Arc<Service>> {
         self.by_vip.get(&vip)
     }
 
+    /// The VIP of any registered service.
+    pub fn vip_of(&self, name: &str) -> Option<Ipv4Addr> {
+        self.names.get(name).copied()
+    }
+
+    /// The registered service at `vip`.
+    pub fn name_at(&self, vip: Ipv4Addr) -> Option<&str> {
+        self.vips.get(&vip).map(String::as_str)
+    }
+
+    /// Whether `name` is a registered service.
+    pub fn knows(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// The services whose routing state was built.
     pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
         self.by_name.values()
     }
 
+    /// Registered services.
     pub fn len(&self) -> usize {
-        self.by_name.len()
+        self.names.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
+        self.names.is_empty()
     }
 
-    /// The `/state` view.
-    pub fn state(&self) -> TableState {
-        let mut services: Vec<ServiceState> = self
-            .by_name
-            .values()
-            .map(|s| {
-                let now = tokio::time::Instant::now();
-                let view = s.resilience.view();
-                ServiceState {
-                    name: s.name.clone(),
-                    vip: s.vip,
-                    balancer: s.balancer.algorithm(),
-                    breaker: Some(view.breaker),
-                    bulkhead: Some(view.bulkhead),
-                    retries: Some(view.retries),
-                    requests: Some(s.metrics.request_counts()),
-                    endpoints: Some(
-                        s.all
-                            .iter()
-                            .map(|e| EndpointState {
-                                id: e.id.clone(),
-                                addr: e.addr,
-                                state: ENDPOINT_STATES[s.endpoint_state(e, now)].to_string(),
-                                in_flight: e.stats.pending(),
-                                ewma_ms: e.stats.ewma().as_secs_f64() * 1000.0,
-                                ejections: e.stats.ejection.times_ejected(),
-                            })
-                            .collect(),
-                    ),
+    /// Routed services (built).
+    pub fn routed(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Registers `name` at `vip` (moving it if its VIP changed).
+    pub(super) fn set_name(&mut self, name: &str, vip: Ipv4Addr) {
+        match self.names.get(name) {
+            Some(old) if *old == vip => return,
+            Some(old) => {
+                let old = *old;
+                self.vips.remove(&old);
+                if let Some(s) = self.by_vip.remove(&old) {
+                    self.by_vip.insert(vip, s);
                 }
-            })
-            .collect();
-        services.sort_by(|a, b| a.name.cmp(&b.name));
-        TableState {
-            revision: self.revision,
-            services,
+            }
+            None => {}
         }
+        self.names.insert(name.to_string(), vip);
+        self.vips.insert(vip, name.to_string());
+    }
+
+    /// Puts `svc`'s routing state in (replacing its previous one).
+    pub(super) fn set_route(&mut self, svc: Arc<Service>) {
+        if let Some(old) = self.by_name.get(&svc.name) {
+            if old.vip != svc.vip {
+                self.by_vip.remove(&old.vip);
+            }
+        }
+        self.set_name(&svc.name, svc.vip);
+        self.by_vip.insert(svc.vip, svc.clone());
+        self.by_name.insert(svc.name.clone(), svc);
+    }
+
+    /// Every service and route removed (a snapshot replaces them).
+    pub(super) fn cleared(revision: u64) -> Table {
+        Table {
+            revision,
+            ..Default::default()
+        }
+    }
+}
+
+/// The `/state` view of a routed service.
+pub fn service_state(s: &Service, now: tokio::time::Instant) -> ServiceState {
+    let view = s.resilience.view();
+    ServiceState {
+        name: s.name.clone(),
+        vip: s.vip,
+        balancer: s.balancer.algorithm(),
+        breaker: Some(view.breaker),
+        bulkhead: Some(view.bulkhead),
+        retries: Some(view.retries),
+        requests: Some(s.metrics.request_counts()),
+        endpoints: Some(
+            s.all
+                .iter()
+                .map(|e| EndpointState {
+                    id: e.id.clone(),
+                    addr: e.addr,
+                    state: ENDPOINT_STATES[s.endpoint_state(e, now)].to_string(),
+                    in_flight: e.stats.pending(),
+                    ewma_ms: e.stats.ewma().as_secs_f64() * 1000.0,
+                    ejections: e.stats.ejection.times_ejected(),
+                })
+                .collect(),
+        ),
     }
 }
 

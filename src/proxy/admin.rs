@@ -101,7 +101,7 @@ async fn proxy_state(State(s): State<AdminState>) -> Json<ProxyState> {
     Json(ProxyState {
         control: s.control_url.clone(),
         control_connected: s.metrics.control_connected.get() == 1,
-        registry: s.dir.with_table(|t| t.state()),
+        registry: s.dir.state(),
         local,
         learned_opaque: s.learned.list(),
         learned_client_first: s.learned.list_client_first(),

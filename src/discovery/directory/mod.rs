@@ -1,20 +1,33 @@
 //! The proxy's view of the registry: applies watch events and snapshots,
 //! and publishes an immutable [`Table`] for the request path.
 //!
-//! Writers (the watch task, the cache loader) are serialized by a mutex;
-//! readers never lock: they load the current `Arc<Table>` from an ArcSwap.
+//! Writers (the watch task, the cache loader, a first call) are
+//! serialized by a mutex; readers never lock: they load the current
+//! `Arc<Table>` from an ArcSwap.
+//!
+//! What an event costs does not grow with the mesh. The registry's
+//! records are kept for every service (they are small, and a first call
+//! then needs no round trip to the control plane, and works from the disk
+//! cache while it is away); the routing state built from them (balancer,
+//! resilience, metrics, endpoint pools) exists only for the services this
+//! proxy's app calls, built on first use by [`Directory::service`] and
+//! rebuilt when an event names one of them. An event for any other
+//! service updates its record and, when its VIP is new or moved, one
+//! entry of the name and VIP maps; the table's persistent maps make the
+//! new table share everything else with the old one.
 
-use super::table::{Endpoint, Service, Table};
+use super::table::{service_state, Endpoint, Service, Table};
 use crate::authz::Policies;
 use crate::balance::{Algorithm, Balancer, EndpointStats};
 use crate::identity::SpiffeId;
 use crate::model::identity::TrustBundle;
+use crate::model::state::{EndpointState, RegistryState, ServiceState};
 use crate::model::{AuthorizationPolicy, Health, ServiceInfo, ServicePolicy, Snapshot, WatchEvent};
 use crate::proxy::upstream::H1Pool;
 use crate::resilience::ServiceResilience;
 use crate::telemetry::ProxyMetrics;
 use arc_swap::ArcSwap;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
@@ -48,6 +61,9 @@ struct Kept {
 struct Inner {
     revision: u64,
     services: BTreeMap<String, ServiceInfo>,
+    /// Services whose routing state is built: called since start (or
+    /// since they were cached as called).
+    routed: HashSet<String>,
     /// Balancer statistics and connections by (service, instance id),
     /// kept while the instance stays registered.
     stats: HashMap<(String, String), Kept>,
@@ -129,7 +145,25 @@ impl Directory {
         }
     }
 
-    /// Replaces everything with `snap`.
+    /// [`Directory::snapshot`] as JSON, serialized from the state in place
+    /// (under the lock, without a copy of every record first: at 10 000
+    /// services that copy was most of a write's memory churn).
+    pub fn snapshot_json(&self) -> serde_json::Result<Vec<u8>> {
+        let inner = self.lock();
+        let mut policies: Vec<&ServicePolicy> = inner.policies.values().map(|p| &**p).collect();
+        policies.sort_by(|a, b| a.service.cmp(&b.service));
+        let view = SnapshotView {
+            revision: inner.revision,
+            services: Every(&inner.services),
+            policies,
+            authorizations: Every(&inner.authorizations),
+            bundle: inner.bundle.as_ref(),
+        };
+        serde_json::to_vec(&view)
+    }
+
+    /// Replaces everything with `snap`. Services routed before stay
+    /// routed (their state is rebuilt); the rest are records only.
     pub fn replace(&self, snap: Snapshot) {
         let mut inner = self.lock();
         inner.revision = snap.revision;
@@ -138,7 +172,7 @@ impl Directory {
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
-        let live: std::collections::HashSet<(String, String)> = inner
+        let live: HashSet<(String, String)> = inner
             .services
             .values()
             .flat_map(|s| s.instances.iter().map(|i| (s.name.clone(), i.id.clone())))
@@ -149,8 +183,14 @@ impl Directory {
             .into_iter()
             .map(|p| (p.service.clone(), Arc::new(p)))
             .collect();
-        let names: std::collections::HashSet<String> = inner.services.keys().cloned().collect();
-        inner.runtimes.retain(|k, _| names.contains(k));
+        let Inner {
+            services,
+            routed,
+            runtimes,
+            ..
+        } = &mut *inner;
+        routed.retain(|k| services.contains_key(k));
+        runtimes.retain(|k, _| routed.contains(k));
         inner.authorizations = snap
             .authorizations
             .into_iter()
@@ -161,78 +201,77 @@ impl Directory {
             inner.bundle = snap.bundle.clone();
             self.set_bundle(snap.bundle);
         }
-        let Inner {
-            revision,
-            services,
-            stats,
-            policies,
-            runtimes,
-            ..
-        } = &mut *inner;
-        let services: Vec<Arc<Service>> = services
-            .values()
-            .map(|s| Arc::new(self.build(s, stats, policies, runtimes)))
-            .collect();
-        self.publish(Table::new(*revision, services));
+        let mut table = Table::cleared(inner.revision);
+        for s in inner.services.values() {
+            table.set_name(&s.name, s.vip);
+        }
+        let routed: Vec<String> = inner.routed.iter().cloned().collect();
+        for name in routed {
+            if let Some(svc) = self.build_routed(&mut inner, &name) {
+                table.set_route(svc);
+            }
+        }
+        self.publish(table);
     }
 
     /// Applies one watch event. Events at or below the current revision
     /// (a replay after reconnect) are ignored.
     pub fn apply(&self, event: WatchEvent) {
+        let mut inner = self.lock();
+        let fresh =
+            |inner: &Inner, revision: u64| self.revision().is_none() || revision > inner.revision;
+        // The service whose routing state the event may change.
         let (service, revision) = match event {
-            WatchEvent::Snapshot { snapshot } => return self.replace(snapshot),
+            WatchEvent::Snapshot { snapshot } => {
+                drop(inner);
+                return self.replace(snapshot);
+            }
             WatchEvent::Keepalive { .. } => return,
             WatchEvent::Policy { revision, policy } => {
-                let mut inner = self.lock();
-                if self.revision().is_some() && revision <= inner.revision {
+                if !fresh(&inner, revision) {
                     return;
                 }
                 let name = policy.service.clone();
                 inner.policies.insert(name.clone(), Arc::new(policy));
-                (name, revision)
+                (Some(name), revision)
             }
             WatchEvent::PolicyRemoved { revision, service } => {
-                let mut inner = self.lock();
-                if self.revision().is_some() && revision <= inner.revision {
+                if !fresh(&inner, revision) {
                     return;
                 }
                 inner.policies.remove(&service);
-                (service, revision)
+                (Some(service), revision)
             }
             WatchEvent::Authorization { revision, policy } => {
-                let mut inner = self.lock();
-                if self.revision().is_some() && revision <= inner.revision {
+                if !fresh(&inner, revision) {
                     return;
                 }
                 inner.authorizations.insert(policy.service.clone(), policy);
                 self.set_authz(&inner);
-                return self.bump(&mut inner, revision);
+                (None, revision)
             }
             WatchEvent::AuthorizationRemoved { revision, service } => {
-                let mut inner = self.lock();
-                if self.revision().is_some() && revision <= inner.revision {
+                if !fresh(&inner, revision) {
                     return;
                 }
                 inner.authorizations.remove(&service);
                 self.set_authz(&inner);
-                return self.bump(&mut inner, revision);
+                (None, revision)
             }
             WatchEvent::TrustBundle { revision, bundle } => {
-                let mut inner = self.lock();
-                if self.revision().is_some() && revision <= inner.revision {
+                if !fresh(&inner, revision) {
                     return;
                 }
                 inner.bundle = Some(bundle.clone());
                 self.set_bundle(Some(bundle));
-                return self.bump(&mut inner, revision);
+                (None, revision)
             }
             WatchEvent::Upsert {
                 revision,
                 vip,
                 instance,
             } => {
-                let mut inner = self.lock();
-                if self.revision().is_some() && revision <= inner.revision {
+                if !fresh(&inner, revision) {
                     return;
                 }
                 let name = instance.service.clone();
@@ -252,7 +291,7 @@ impl Directory {
                         svc.instances.sort_by(|a, b| a.id.cmp(&b.id));
                     }
                 }
-                (name, revision)
+                (Some(name), revision)
             }
             WatchEvent::Remove {
                 revision,
@@ -260,52 +299,144 @@ impl Directory {
                 id,
                 ..
             } => {
-                let mut inner = self.lock();
-                if self.revision().is_some() && revision <= inner.revision {
+                if !fresh(&inner, revision) {
                     return;
                 }
                 if let Some(svc) = inner.services.get_mut(&service) {
                     svc.instances.retain(|i| i.id != id);
                 }
                 inner.stats.remove(&(service.clone(), id));
-                (service, revision)
+                (Some(service), revision)
             }
         };
-        self.rebuild_one(&service, revision);
+        inner.revision = revision;
+        let mut table = Table::clone(&self.table.load());
+        table.revision = revision;
+        if let Some(name) = service {
+            if let Some(info) = inner.services.get(&name) {
+                table.set_name(&name, info.vip);
+            }
+            if inner.routed.contains(&name) {
+                if let Some(svc) = self.build_routed(&mut inner, &name) {
+                    table.set_route(svc);
+                }
+            }
+        }
+        self.publish(table);
     }
 
-    /// A change that touches no service's routing: the same table at the
-    /// new revision.
-    fn bump(&self, inner: &mut Inner, revision: u64) {
-        inner.revision = revision;
-        let old = self.table.load();
-        self.publish(Table::new(revision, old.services().cloned()));
+    /// The routing state of the service `name`, built on its first use.
+    /// `None`: no such service is registered.
+    pub fn service(&self, name: &str) -> Option<Arc<Service>> {
+        if let Some(s) = self.table.load().by_name(name) {
+            return Some(s.clone());
+        }
+        self.route(name)
     }
 
-    fn rebuild_one(&self, name: &str, revision: u64) {
-        let mut inner = self.lock();
-        inner.revision = revision;
-        let Some(info) = inner.services.get(name).cloned() else {
-            // A policy for a service nobody registered yet: kept in
-            // `inner`, used once the service appears.
-            let old = self.table.load();
-            self.publish(Table::new(revision, old.services().cloned()));
-            return;
+    /// [`Directory::service`] by VIP.
+    pub fn service_by_vip(&self, vip: Ipv4Addr) -> Option<Arc<Service>> {
+        let name = {
+            let table = self.table.load();
+            if let Some(s) = table.by_vip(vip) {
+                return Some(s.clone());
+            }
+            table.name_at(vip)?.to_string()
         };
+        self.route(&name)
+    }
+
+    /// Builds `name`'s routing state and publishes it (same revision):
+    /// from now on every event for it rebuilds it.
+    fn route(&self, name: &str) -> Option<Arc<Service>> {
+        let mut inner = self.lock();
+        // Another caller may have built it meanwhile.
+        if let Some(s) = self.table.load().by_name(name) {
+            return Some(s.clone());
+        }
+        let svc = self.build_routed(&mut inner, name)?;
+        inner.routed.insert(name.to_string());
+        let mut table = Table::clone(&self.table.load());
+        table.set_route(svc.clone());
+        self.publish(table);
+        tracing::debug!(service = name, "routing state built on first use");
+        Some(svc)
+    }
+
+    /// The `/state` view: routed services with their live state, the
+    /// others from their records and policies (endpoints by registered
+    /// health, resilience as their policy starts it).
+    pub fn state(&self) -> RegistryState {
+        let now = tokio::time::Instant::now();
+        let table = self.table.load_full();
+        let inner = self.lock();
+        let services = inner
+            .services
+            .values()
+            .map(|info| match table.by_name(&info.name) {
+                Some(s) => service_state(s, now),
+                None => self.record_state(&inner, info),
+            })
+            .collect();
+        RegistryState {
+            revision: table.revision,
+            services,
+        }
+    }
+
+    fn record_state(&self, inner: &Inner, info: &ServiceInfo) -> ServiceState {
+        let policy = inner
+            .policies
+            .get(&info.name)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(ServicePolicy::defaults(&info.name)));
+        let balancer = self
+            .lb
+            .get(&info.name)
+            .copied()
+            .unwrap_or(policy.load_balancer);
+        // What its policy would start with: nothing called it yet.
+        let view = ServiceResilience::new(policy).view();
+        ServiceState {
+            name: info.name.clone(),
+            vip: info.vip,
+            balancer,
+            breaker: Some(view.breaker),
+            bulkhead: Some(view.bulkhead),
+            retries: Some(view.retries),
+            requests: Some(Default::default()),
+            endpoints: Some(
+                info.instances
+                    .iter()
+                    .map(|i| EndpointState {
+                        id: i.id.clone(),
+                        addr: SocketAddr::new(i.address, i.port),
+                        state: match i.health {
+                            Health::Up => "ready",
+                            _ => "unhealthy",
+                        }
+                        .to_string(),
+                        in_flight: 0,
+                        ewma_ms: 0.0,
+                        ejections: 0,
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// `name`'s routing state from its record, reusing what it keeps
+    /// across rebuilds; `None` if no such service is registered.
+    fn build_routed(&self, inner: &mut Inner, name: &str) -> Option<Arc<Service>> {
         let Inner {
+            services,
             stats,
             policies,
             runtimes,
             ..
-        } = &mut *inner;
-        let rebuilt = Arc::new(self.build(&info, stats, policies, runtimes));
-        let old = self.table.load();
-        let services = old
-            .services()
-            .filter(|s| s.name != name)
-            .cloned()
-            .chain(std::iter::once(rebuilt));
-        self.publish(Table::new(revision, services));
+        } = inner;
+        let info = services.get(name)?;
+        Some(Arc::new(self.build(info, stats, policies, runtimes)))
     }
 
     fn build(
@@ -408,9 +539,37 @@ impl Directory {
     }
 }
 
+/// [`Snapshot`]'s JSON form, borrowed.
+#[derive(serde::Serialize)]
+struct SnapshotView<'a> {
+    revision: u64,
+    services: Every<'a, ServiceInfo>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    policies: Vec<&'a ServicePolicy>,
+    #[serde(skip_serializing_if = "Every::is_empty")]
+    authorizations: Every<'a, AuthorizationPolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bundle: Option<&'a TrustBundle>,
+}
+
+/// A map's values as a JSON array, in key order.
+struct Every<'a, T>(&'a BTreeMap<String, T>);
+
+impl<T> Every<'_, T> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<T: serde::Serialize> serde::Serialize for Every<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.values())
+    }
+}
+
 impl crate::proxy::dns::VipLookup for Directory {
     fn vip(&self, service: &str) -> Option<Ipv4Addr> {
-        self.table.load().by_name(service).map(|s| s.vip)
+        self.table.load().vip_of(service)
     }
 }
 

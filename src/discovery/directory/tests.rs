@@ -47,17 +47,15 @@ fn snapshot_then_events() {
         }],
     });
     assert_eq!(d.revision(), Some(5));
-    let t = d.table();
-    assert_eq!(t.by_vip(vip(1)).unwrap().ready.len(), 1);
+    assert_eq!(d.service_by_vip(vip(1)).unwrap().ready.len(), 1);
 
     d.apply(upsert(6, inst("hello", "b", 2, Health::Up)));
     d.apply(upsert(7, inst("hello", "a", 1, Health::Down)));
-    let t = d.table();
-    let s = t.by_name("hello").unwrap();
+    let s = d.service("hello").unwrap();
     assert_eq!(s.all.len(), 2);
     assert_eq!(s.ready.len(), 1);
     assert_eq!(s.ready[0].id, "b");
-    assert_eq!(t.revision, 7);
+    assert_eq!(d.table().revision, 7);
 
     d.apply(WatchEvent::Remove {
         revision: 8,
@@ -65,7 +63,7 @@ fn snapshot_then_events() {
         id: "b".into(),
         reason: RemoveReason::LeaseExpired,
     });
-    assert!(d.table().by_name("hello").unwrap().ready.is_empty());
+    assert!(d.service("hello").unwrap().ready.is_empty());
     assert_eq!(d.snapshot().revision, 8);
 }
 
@@ -85,8 +83,7 @@ fn endpoints_carry_the_sidecar_inbound_address() {
             instances: vec![sidecar, inst("hello", "b", 8081, Health::Up)],
         }],
     });
-    let t = d.table();
-    let s = t.by_name("hello").unwrap();
+    let s = d.service("hello").unwrap();
     let a = s.all.iter().find(|e| e.id == "a").unwrap();
     assert_eq!(a.addr, "10.0.0.1:8080".parse().unwrap());
     // Connections go proxy to proxy when the instance has a sidecar.
@@ -110,20 +107,14 @@ fn stale_events_are_ignored_and_stats_survive() {
         services: vec![],
     });
     d.apply(upsert(11, inst("hello", "a", 1, Health::Up)));
-    let before = d.table().by_name("hello").unwrap().ready[0].stats.clone();
+    let before = d.service("hello").unwrap().ready[0].stats.clone();
     // A replayed older event changes nothing.
     d.apply(upsert(9, inst("hello", "a", 1, Health::Down)));
-    assert_eq!(d.table().by_name("hello").unwrap().ready.len(), 1);
+    assert_eq!(d.service("hello").unwrap().ready.len(), 1);
     // A real change keeps the endpoint's balancer statistics.
     d.apply(upsert(12, inst("hello", "b", 2, Health::Up)));
-    let t = d.table();
-    let a = t
-        .by_name("hello")
-        .unwrap()
-        .all
-        .iter()
-        .find(|e| e.id == "a")
-        .unwrap();
+    let s = d.service("hello").unwrap();
+    let a = s.all.iter().find(|e| e.id == "a").unwrap();
     assert!(Arc::ptr_eq(&a.stats, &before));
 }
 
@@ -142,8 +133,83 @@ fn snapshot_replaces_everything() {
             instances: vec![],
         }],
     });
+    assert!(d.service("old").is_none());
+    assert!(d.service_by_vip(vip(2)).is_some());
+    assert_eq!(d.table().len(), 1);
+}
+
+#[test]
+fn routing_state_is_built_for_called_services_only() {
+    let d = dir();
+    let services: Vec<ServiceInfo> = (0..100u8)
+        .map(|n| ServiceInfo {
+            name: format!("s{n}"),
+            vip: vip(n),
+            instances: vec![inst(&format!("s{n}"), "a", 1, Health::Up)],
+        })
+        .collect();
+    d.replace(Snapshot {
+        revision: 1,
+        policies: Vec::new(),
+        authorizations: Vec::new(),
+        bundle: None,
+        services,
+    });
     let t = d.table();
-    assert!(t.by_name("old").is_none());
-    assert!(t.by_vip(vip(2)).is_some());
-    assert_eq!(t.len(), 1);
+    assert_eq!(
+        (t.len(), t.routed()),
+        (100, 0),
+        "records for all, routes for none"
+    );
+    assert_eq!(crate::proxy::dns::VipLookup::vip(&d, "s7"), Some(vip(7)));
+    // A change to a service nobody called touches its record only.
+    let mut moved = inst("s7", "b", 2, Health::Up);
+    moved.port = 2;
+    d.apply(WatchEvent::Upsert {
+        revision: 2,
+        vip: vip(7),
+        instance: moved,
+    });
+    assert_eq!(d.table().routed(), 0);
+    // The first call builds it, with what the events said so far.
+    let s7 = d.service_by_vip(vip(7)).unwrap();
+    assert_eq!(s7.ready.len(), 2);
+    assert_eq!(d.table().routed(), 1);
+    // From then on, its events rebuild it.
+    d.apply(WatchEvent::Remove {
+        revision: 3,
+        service: "s7".into(),
+        id: "a".into(),
+        reason: RemoveReason::Deregistered,
+    });
+    assert_eq!(d.service("s7").unwrap().ready.len(), 1);
+    // /state shows every service: the routed one live, the others from
+    // their records.
+    let st = d.state();
+    assert_eq!(st.services.len(), 100);
+    let s0 = st.services.iter().find(|s| s.name == "s0").unwrap();
+    assert_eq!(s0.endpoints.as_ref().unwrap()[0].state, "ready");
+    assert!(
+        s0.bulkhead.is_some(),
+        "the policy's configuration shows before a call"
+    );
+    assert_eq!(d.table().routed(), 1, "/state built nothing");
+    // A snapshot keeps the routed set.
+    d.replace(d.snapshot());
+    assert_eq!(d.table().routed(), 1);
+    assert!(d.table().by_name("s7").is_some());
+}
+
+#[test]
+fn snapshot_json_is_the_snapshot() {
+    let d = dir();
+    d.apply(upsert(3, inst("b", "x", 1, Health::Up)));
+    d.apply(upsert(4, inst("a", "y", 2, Health::Down)));
+    d.apply(WatchEvent::Policy {
+        revision: 5,
+        policy: ServicePolicy::defaults("a"),
+    });
+    let parsed: Snapshot = serde_json::from_slice(&d.snapshot_json().unwrap()).unwrap();
+    assert_eq!(parsed, d.snapshot());
+    assert_eq!(parsed.revision, 5);
 }

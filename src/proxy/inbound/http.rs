@@ -238,7 +238,7 @@ impl InboundHttp {
     fn caller<'a>(&self, value: Option<&'a HeaderValue>) -> &'a str {
         value
             .and_then(|v| v.to_str().ok())
-            .filter(|name| self.dir.table().by_name(name).is_some())
+            .filter(|name| self.dir.table().knows(name))
             .unwrap_or("unknown")
     }
 }

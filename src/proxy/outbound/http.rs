@@ -81,18 +81,15 @@ impl HttpOutbound {
             return Err(MeshError::LoopDetected);
         }
         let authority = request_authority(&req)?;
-        let route = {
-            let table = self.dir.table();
-            match target {
-                ConnTarget::Vip(vip) => match table.by_vip(vip) {
-                    Some(s) => Route::Service(s.clone()),
-                    None => return Err(MeshError::UnknownService(vip.to_string())),
-                },
-                ConnTarget::FromRequest => Names {
-                    domain_suffix: &self.domain_suffix,
-                }
-                .route(&table, authority)?,
+        let route = match target {
+            ConnTarget::Vip(vip) => match self.dir.service_by_vip(vip) {
+                Some(s) => Route::Service(s),
+                None => return Err(MeshError::UnknownService(vip.to_string())),
+            },
+            ConnTarget::FromRequest => Names {
+                domain_suffix: &self.domain_suffix,
             }
+            .route(&self.dir, authority)?,
         };
         headers::host_from_target(&mut req);
         let h = req.headers_mut();
@@ -169,7 +166,7 @@ impl HttpOutbound {
         let route = Names {
             domain_suffix: &self.domain_suffix,
         }
-        .route(&self.dir.table(), authority.as_str())?;
+        .route(&self.dir, authority.as_str())?;
         let mut guard = StreamGuard::default();
         match route {
             Route::Service(svc) => {

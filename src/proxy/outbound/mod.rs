@@ -101,7 +101,7 @@ impl OutboundServer {
         shutdown: &CancellationToken,
         accepted: Instant,
     ) {
-        let Some(svc) = self.http.dir.table().by_vip(*dst.ip()).cloned() else {
+        let Some(svc) = self.http.dir.service_by_vip(*dst.ip()) else {
             tracing::debug!(%dst, "connection to a VIP no service holds");
             self.metrics
                 .mesh_error(&dst.ip().to_string(), "unknown-service");

@@ -227,7 +227,7 @@ mod tests {
                 }],
             }],
         });
-        let svc = dir.table().by_name("db").cloned().unwrap();
+        let svc = dir.service("db").unwrap();
         let opaque = OpaqueOutbound {
             dir: dir.clone(),
             metrics,

@@ -120,7 +120,7 @@ pub async fn call<A: Attempt>(
     }
     match &rt.policy.fallback {
         Some(Fallback::Service { service }) => {
-            let Some(alt) = dir.table().by_name(service).cloned() else {
+            let Some(alt) = dir.service(service) else {
                 return Err(err);
             };
             let Some(again) = attempt.again() else {

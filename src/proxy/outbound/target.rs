@@ -1,7 +1,7 @@
 //! Where an outbound request is going: a mesh service, another host (plain
 //! forward proxying in explicit mode), or nowhere valid.
 
-use crate::discovery::{Service, Table};
+use crate::discovery::{Directory, Service};
 use crate::proxy::rescue::MeshError;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -33,8 +33,9 @@ pub struct Names<'a> {
 }
 
 impl Names<'_> {
-    /// Resolves a request authority (`host[:port]`) against the table.
-    pub fn route(&self, table: &Table, authority: &str) -> Result<Route, MeshError> {
+    /// Resolves a request authority (`host[:port]`) against the registry
+    /// (a mesh service's routing state is built on its first use).
+    pub fn route(&self, dir: &Directory, authority: &str) -> Result<Route, MeshError> {
         let (host, port) = split_host_port(authority)
             .ok_or_else(|| MeshError::BadRequest(format!("invalid host {authority:?}")))?;
         let host = host.trim_end_matches('.');
@@ -45,8 +46,8 @@ impl Names<'_> {
         };
         if let Ok(ip) = host.parse::<IpAddr>() {
             if let IpAddr::V4(v4) = ip {
-                if let Some(s) = table.by_vip(v4) {
-                    return Ok(Route::Service(s.clone()));
+                if let Some(s) = dir.service_by_vip(v4) {
+                    return Ok(Route::Service(s));
                 }
             }
             return Ok(Route::External {
@@ -55,13 +56,13 @@ impl Names<'_> {
             });
         }
         if let Some(name) = host.strip_suffix(self.domain_suffix) {
-            return match table.by_name(name) {
-                Some(s) if !name.contains('.') => Ok(Route::Service(s.clone())),
-                _ => Err(MeshError::UnknownService(name.to_string())),
+            return match (!name.contains('.')).then(|| dir.service(name)).flatten() {
+                Some(s) => Ok(Route::Service(s)),
+                None => Err(MeshError::UnknownService(name.to_string())),
             };
         }
-        if let Some(s) = table.by_name(&host) {
-            return Ok(Route::Service(s.clone()));
+        if let Some(s) = dir.service(&host) {
+            return Ok(Route::Service(s));
         }
         if host.contains('.') || host == "localhost" {
             return Ok(Route::External {
@@ -125,11 +126,10 @@ pub async fn resolve(host: &str, port: u16) -> Result<SocketAddr, MeshError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::discovery::Directory;
     use crate::model::{ServiceInfo, Snapshot};
     use crate::telemetry::ProxyMetrics;
 
-    fn table() -> Arc<Table> {
+    fn dir() -> Directory {
         let d = Directory::new(Default::default(), Arc::new(ProxyMetrics::new()));
         d.replace(Snapshot {
             revision: 1,
@@ -142,14 +142,14 @@ mod tests {
                 instances: vec![],
             }],
         });
-        d.table()
+        d
     }
 
     fn route(a: &str) -> Result<Route, MeshError> {
         Names {
             domain_suffix: ".mesh",
         }
-        .route(&table(), a)
+        .route(&dir(), a)
     }
 
     #[test]

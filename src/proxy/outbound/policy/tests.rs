@@ -178,6 +178,7 @@ impl World {
             });
             policies.push(p);
         }
+        let names: Vec<String> = infos.iter().map(|i| i.name.clone()).collect();
         dir.replace(Snapshot {
             revision: 1,
             policies,
@@ -187,7 +188,7 @@ impl World {
         });
         // Round-robin starts anywhere (so that proxies started together do
         // not all pick the same endpoint first): turn it to the first.
-        for svc in dir.table().services() {
+        for svc in names.iter().filter_map(|n| dir.service(n)) {
             if let Some(last) = svc.ready.last() {
                 while !Arc::ptr_eq(svc.balancer.pick(&svc.ready).unwrap(), last) {}
             }
@@ -196,7 +197,7 @@ impl World {
     }
 
     fn svc(&self, name: &str) -> Arc<Service> {
-        self.dir.table().by_name(name).cloned().unwrap()
+        self.dir.service(name).unwrap()
     }
 
     async fn call(&self, name: &str, fake: &Fake) -> Result<Answer, MeshError> {
