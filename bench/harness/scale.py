@@ -355,6 +355,7 @@ def report(r, base):
     head = "| services | CPU per event | propagation p50 | p99 | max | proxy RSS |"
     sep = "|---|---|---|---|---|---|"
     if base:
+        lines += [f"Before: {base.get('label', 'the --baseline run')}.", ""]
         head = "| services | CPU per event (before → now, ratio) | propagation p99 (before → now) | proxy RSS (before → now) |"
         sep = "|---|---|---|---|"
     lines += [head, sep]
@@ -370,11 +371,15 @@ def report(r, base):
         else:
             lines.append(f"| {n} | {row['cpu_per_event_us']:.0f} µs | {p['p50']} ms | {p['p99']} ms | "
                          f"{p['max']} ms | {row['rss_mb']} MB |")
-    rss = r.get("rss_mb", {})
-    if rss:
-        lines += ["", "Memory, calling one service: " + ", ".join(f"{k} services: {v}" for k, v in rss.items()) + "."]
+    def memory(d):
+        v = list(d.values())  # 10, grown, fresh, ratio fresh, ratio grown (as written)
+        return (f"10 services {v[0]} MB; at the largest size the same proxy {v[1]} MB ({v[4]}×), "
+                f"a fresh proxy {v[2]} MB ({v[3]}×)")
+
+    if r.get("rss_mb"):
+        lines += ["", "Resident memory of a proxy calling one service: " + memory(r["rss_mb"]) + "."]
         if base and base.get("rss_mb"):
-            lines.append("Before: " + ", ".join(f"{k}: {v}" for k, v in base["rss_mb"].items()) + ".")
+            lines.append("Before: " + memory(base["rss_mb"]) + ".")
     lines += ["", "Figures from one run on one machine; compare ratios within a run, not across machines.", ""]
     return "\n".join(lines)
 

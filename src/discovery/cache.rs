@@ -6,7 +6,7 @@
 
 use crate::model::Snapshot;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const FILE: &str = "snapshot.json";
 
@@ -38,24 +38,24 @@ impl SnapshotCache {
 
     /// Replaces the cached snapshot.
     pub fn store(&self, snap: &Snapshot) -> io::Result<()> {
-        let bytes = serde_json::to_vec(snap).map_err(io::Error::other)?;
-        self.store_json(&bytes)
+        self.store_with(|w| serde_json::to_writer(w, snap))
     }
 
-    /// Replaces the cached snapshot with `json`, a serialized [`Snapshot`].
-    pub fn store_json(&self, json: &[u8]) -> io::Result<()> {
+    /// Replaces the cached snapshot with what `write` serializes (a
+    /// [`Snapshot`]'s JSON), streamed to the file.
+    pub fn store_with(
+        &self,
+        write: impl FnOnce(&mut io::BufWriter<std::fs::File>) -> serde_json::Result<()>,
+    ) -> io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let tmp = self.dir.join(format!("{FILE}.tmp"));
-        write_synced(&tmp, json)?;
+        let mut w = io::BufWriter::new(std::fs::File::create(&tmp)?);
+        write(&mut w).map_err(io::Error::other)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        drop(f);
         std::fs::rename(&tmp, self.path())
     }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 #[cfg(test)]

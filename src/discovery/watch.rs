@@ -119,10 +119,7 @@ pub async fn run_cache_writer(
             continue;
         }
         let (dir, cache) = (dir.clone(), cache.clone());
-        let write = move || {
-            let json = dir.snapshot_json().map_err(std::io::Error::other)?;
-            cache.store_json(&json)
-        };
+        let write = move || cache.store_with(|w| dir.write_snapshot(w));
         last_write = Some(tokio::time::Instant::now());
         match tokio::task::spawn_blocking(write).await {
             Ok(Ok(())) => written = rev,

@@ -145,10 +145,11 @@ impl Directory {
         }
     }
 
-    /// [`Directory::snapshot`] as JSON, serialized from the state in place
-    /// (under the lock, without a copy of every record first: at 10 000
-    /// services that copy was most of a write's memory churn).
-    pub fn snapshot_json(&self) -> serde_json::Result<Vec<u8>> {
+    /// Writes [`Directory::snapshot`] as JSON to `out`, serialized from
+    /// the state in place under the lock: no copy of every record first,
+    /// and no buffer of the whole document (at 10 000 services both were
+    /// megabytes the allocator kept as resident memory afterwards).
+    pub fn write_snapshot(&self, out: impl std::io::Write) -> serde_json::Result<()> {
         let inner = self.lock();
         let mut policies: Vec<&ServicePolicy> = inner.policies.values().map(|p| &**p).collect();
         policies.sort_by(|a, b| a.service.cmp(&b.service));
@@ -159,7 +160,7 @@ impl Directory {
             authorizations: Every(&inner.authorizations),
             bundle: inner.bundle.as_ref(),
         };
-        serde_json::to_vec(&view)
+        serde_json::to_writer(out, &view)
     }
 
     /// Replaces everything with `snap`. Services routed before stay
