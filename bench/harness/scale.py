@@ -170,13 +170,14 @@ class Run:
             "--listen", f"127.0.0.1:{self.ctrl_port}",
             "--data-dir", os.path.join(self.tmp, "control"), "--log-format", "json",
         ])
-        wait("mesh-control", 30, lambda: self._up(self.ctrl_port))
+        wait("mesh-control", 30, lambda: self._answers(self.ctrl_port, "/healthz"))
 
     @staticmethod
-    def _up(port):
+    def _answers(port, path):
+        """Whether GET `path` on loopback `port` answers 200."""
         try:
             c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            c.request("GET", "/healthz")
+            c.request("GET", path)
             return c.getresponse().status == 200
         except OSError:
             return False
@@ -192,17 +193,8 @@ class Run:
             "--cache-dir", os.path.join(self.tmp, f"{name}-cache"),
             "--mark", "0", "--log-format", "json",
         ])
-        wait(f"{name} /ready", 60, lambda: self._ready(ports["admin"]))
+        wait(f"{name} /ready", 60, lambda: self._answers(ports["admin"], "/ready"))
         return p, ports
-
-    @staticmethod
-    def _ready(port):
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            c.request("GET", "/ready")
-            return c.getresponse().status == 200
-        except OSError:
-            return False
 
     def grow(self, n):
         """Registers services until there are `n`; returns the last revision."""

@@ -83,8 +83,10 @@ fn http2(limits: &Limits) -> hyper::server::conn::http2::Builder<TokioExecutor> 
     b
 }
 
-/// Accepts connections until `shutdown`, handing each to `on_conn` in its
-/// own task; then stops accepting and waits up to `drain` for those tasks.
+/// Accepts connections until `shutdown`, handing each admitted one to
+/// `on_conn` (with when it was accepted, where its first header timeout
+/// starts) in its own task; then stops accepting and waits up to `drain`
+/// for those tasks.
 pub async fn accept_until<F, Fut>(
     listener: TcpListener,
     shutdown: &CancellationToken,
@@ -92,7 +94,7 @@ pub async fn accept_until<F, Fut>(
     admission: &Admission,
     mut on_conn: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr) -> Fut,
+    F: FnMut(TcpStream, SocketAddr, Instant) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let what = admission.listener();
@@ -115,7 +117,7 @@ pub async fn accept_until<F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = on_conn(stream, peer);
+        let conn = on_conn(stream, peer, Instant::now());
         conns.spawn(async move {
             conn.await;
             drop(permit);

@@ -81,8 +81,7 @@ impl InboundServer {
             &shutdown,
             drain,
             &this.admission,
-            |stream, peer| {
-                let accepted = Instant::now();
+            |stream, peer, accepted| {
                 let this = this.clone();
                 let stop = shutdown.clone();
                 async move { this.serve_conn(stream, peer, &stop, accepted).await }

@@ -68,8 +68,7 @@ impl OutboundServer {
             &shutdown,
             drain,
             &this.admission,
-            |stream, peer| {
-                let accepted = Instant::now();
+            |stream, peer, accepted| {
                 let local = stream.local_addr().ok();
                 let orig = original_dst(&stream).filter(|d| Some(*d) != local);
                 let this = this.clone();
