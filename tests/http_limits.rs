@@ -2,7 +2,8 @@
 //! malformed or ambiguous request gets its exact status (or a close) and
 //! never reaches the app; slow clients are closed by the header timeout;
 //! past the connection limit, new connections are refused at once while
-//! established ones keep working, and so near the descriptor limit.
+//! established ones keep working, and so near the descriptor limit; HTTP/2
+//! rapid-reset and CONTINUATION floods end in GOAWAY, sparing the rest.
 //! Real processes: mesh-control, two
 //! mesh-proxy sidecars (the client's outbound in explicit mode, the
 //! server's inbound in front of the app), the python fault server as the
@@ -558,6 +559,150 @@ fn http2_settings_are_the_documented_ones() {
     }
 }
 
+/// An HTTP/2 frame: 9-byte header and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap();
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const GOAWAY: u8 = 7;
+const CONTINUATION: u8 = 9;
+const END_STREAM: u8 = 1;
+const END_HEADERS: u8 = 4;
+
+/// A request head in HPACK: GET, http, /, `:authority: hello` (static
+/// table indexes and one literal without indexing).
+fn hpack_get() -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x84, 0x01, 5];
+    b.extend_from_slice(b"hello");
+    b
+}
+
+/// Reads frames from `s` until a GOAWAY or the end of the connection;
+/// whether a GOAWAY came.
+fn saw_goaway(s: &mut TcpStream) -> bool {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        while buf.len() >= 9 {
+            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            if buf[3] == GOAWAY {
+                return true;
+            }
+            buf.drain(..9 + len);
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Calls through `addr` meanwhile; the statuses they got.
+fn bystanders(
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<std::collections::BTreeMap<u16, usize>> {
+    std::thread::spawn(move || {
+        let mut statuses = std::collections::BTreeMap::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let raw = b"GET /ok HTTP/1.1\r\nHost: hello\r\nConnection: close\r\n\r\n";
+            *statuses
+                .entry(exchange(addr, raw).0.unwrap_or(0))
+                .or_default() += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        statuses
+    })
+}
+
+fn http2_floods_end_in_goaway_and_spare_everyone_else() {
+    let m = mesh("h2floods", &[]);
+    let addr = m.client.outbound;
+    let rss = || support::mesh::rss_mb(&m.client.proc);
+    let before = rss();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = bystanders(addr, stop.clone());
+
+    // Rapid reset (CVE-2023-44487): 10 000 streams opened and cancelled
+    // at once, never waiting for an answer.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(secs(10))).unwrap();
+    let mut flood = H2_PREFACE.to_vec();
+    flood.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    for i in 0..10_000u32 {
+        let stream = 1 + 2 * i;
+        flood.extend(h2_frame(
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            stream,
+            &hpack_get(),
+        ));
+        flood.extend(h2_frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+    }
+    let _ = s.write_all(&flood);
+    let reset_goaway = saw_goaway(&mut s);
+
+    // CONTINUATION flood (CVE-2024-27316): one header block that never
+    // ends, 16 KiB at a time, up to 16 MiB.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(secs(10))).unwrap();
+    s.write_all(H2_PREFACE).unwrap();
+    s.write_all(&h2_frame(SETTINGS, 0, 0, &[])).unwrap();
+    let mut block = hpack_get();
+    s.write_all(&h2_frame(HEADERS, 0, 1, &block)).unwrap();
+    // Literal header fields without indexing, new names: x-f: 16 000 a's.
+    block.clear();
+    block.extend([0x00, 3]);
+    block.extend_from_slice(b"x-f");
+    block.extend([0x7f, 0x81, 0x7c]); // value length 127 + 16000 - 127 (HPACK integer)
+    block.resize(block.len() + 16000, b'a');
+    let mut sent = 0usize;
+    while sent < 16 << 20 {
+        if s.write_all(&h2_frame(CONTINUATION, 0, 1, &block)).is_err() {
+            break;
+        }
+        sent += block.len();
+    }
+    let continuation_goaway = saw_goaway(&mut s);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = calls.join().unwrap();
+    let after = rss();
+    println!(
+        "rapid reset: goaway {reset_goaway}; CONTINUATION: goaway {continuation_goaway} after {} KiB sent; \
+         RSS {before:.1} -> {after:.1} MB; bystanders {statuses:?}",
+        sent / 1024
+    );
+    assert!(
+        continuation_goaway,
+        "the endless header block was not refused"
+    );
+    assert!(sent < 16 << 20, "16 MiB of one header block were taken");
+    assert!(
+        after - before < 20.0,
+        "RSS grew {before:.1} -> {after:.1} MB"
+    );
+    assert_eq!(
+        statuses.keys().copied().collect::<Vec<_>>(),
+        [200],
+        "{statuses:?}"
+    );
+    m.client.proc.assert_running();
+    let r = call(&m.client, "http://hello/after", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 fn main() -> std::process::ExitCode {
     use support::stories::{tool, CURL, PYTHON3};
     const NGHTTP: support::stories::Need =
@@ -571,6 +716,7 @@ fn main() -> std::process::ExitCode {
             [CURL, PYTHON3] => slow_headers_are_closed_by_the_header_timeout,
             [CURL, PYTHON3] => past_the_connection_limit_new_connections_are_refused_at_once,
             [CURL, PYTHON3, NGHTTP] => http2_settings_are_the_documented_ones,
+            [CURL, PYTHON3] => http2_floods_end_in_goaway_and_spare_everyone_else,
             [CURL, PYTHON3, PRLIMIT] => near_the_descriptor_limit_new_connections_are_refused,
         ],
     )
