@@ -63,6 +63,9 @@ impl LineSplitter {
             let end = self.scanned + pos;
             self.scanned = 0;
             if end > self.limit {
+                // Dropped with its newline: a caller that goes on gets the
+                // lines after it, instead of this error again and again.
+                self.buf.advance(end + 1);
                 return Err(LineTooLong { limit: self.limit });
             }
             let mut line = self.buf.split_to(end).freeze();
@@ -99,6 +102,14 @@ mod tests {
             out.push(String::from_utf8(l.to_vec()).unwrap());
         }
         out
+    }
+
+    #[test]
+    fn an_ended_line_past_the_limit_is_refused_once_then_dropped() {
+        let mut s = LineSplitter::with_limit(4);
+        s.push(b"toolong\nok\n");
+        assert_eq!(s.next_line(), Err(LineTooLong { limit: 4 }));
+        assert_eq!(drain(&mut s), ["ok"]);
     }
 
     #[test]
