@@ -524,6 +524,38 @@ fn near_the_descriptor_limit_new_connections_are_refused() {
     );
 }
 
+fn tunnels_hold_their_connection_slot() {
+    let m = mesh_with("tunnelslot", &[], &["--max-connections", "2"]);
+    let addr = m.client.outbound;
+    let target = m.app.addr;
+    // Two CONNECT tunnels (explicit mode) to a host outside the mesh.
+    let open_tunnel = || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(secs(5))).unwrap();
+        write!(s, "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        s
+    };
+    let first = open_tunnel();
+    let _second = open_tunnel();
+    // The limit counts them while they last, though their HTTP connection
+    // is over.
+    let (status, closed) = exchange(addr, b"GET /x HTTP/1.1\r\nHost: hello\r\n\r\n");
+    assert_eq!(
+        (status, closed),
+        (None, true),
+        "a third connection was served"
+    );
+    drop(first);
+    support::wait_for("the closed tunnel's slot back", secs(5), || {
+        let raw = b"GET /x HTTP/1.1\r\nHost: hello\r\nConnection: close\r\n\r\n";
+        (exchange(addr, raw).0 == Some(200)).then_some(())
+    });
+}
+
 /// One keep-alive request on `s`, which must answer 200.
 fn keep_alive_get(s: &mut TcpStream) {
     s.write_all(b"GET /k HTTP/1.1\r\nHost: hello\r\n\r\n")
@@ -715,6 +747,7 @@ fn main() -> std::process::ExitCode {
             [CURL, PYTHON3] => malformed_requests_get_their_status_and_reach_no_app,
             [CURL, PYTHON3] => slow_headers_are_closed_by_the_header_timeout,
             [CURL, PYTHON3] => past_the_connection_limit_new_connections_are_refused_at_once,
+            [CURL, PYTHON3] => tunnels_hold_their_connection_slot,
             [CURL, PYTHON3, NGHTTP] => http2_settings_are_the_documented_ones,
             [CURL, PYTHON3] => http2_floods_end_in_goaway_and_spare_everyone_else,
             [CURL, PYTHON3, PRLIMIT] => near_the_descriptor_limit_new_connections_are_refused,

@@ -197,6 +197,22 @@ pub struct Admission {
     born: tokio::time::Instant,
 }
 
+/// An admitted connection's slot, shared by whatever outlives the
+/// connection's own task: a WebSocket or CONNECT tunnel holds it until it
+/// ends, so tunnels count against `--max-connections` too.
+#[derive(Clone)]
+pub struct ConnSlot {
+    _permit: Arc<Permit>,
+}
+
+impl ConnSlot {
+    pub fn new(permit: Permit) -> Self {
+        ConnSlot {
+            _permit: Arc::new(permit),
+        }
+    }
+}
+
 /// Held by an admitted connection until it ends.
 pub struct Permit {
     _slot: OwnedSemaphorePermit,

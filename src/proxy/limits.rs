@@ -175,12 +175,23 @@ pub fn check_request<B>(req: &Request<B>, limits: &Limits) -> Result<(), MeshErr
         });
     }
     let headers = req.headers();
-    if req.version() == Version::HTTP_11 {
-        // RFC 9112 §3.2: exactly one Host in an HTTP/1.1 request.
-        match headers.get_all(HOST).iter().count() {
-            1 => {}
-            0 => return Err(bad("an HTTP/1.1 request needs a Host header")),
-            _ => return Err(bad("more than one Host header")),
+    let hosts = headers.get_all(HOST).iter().count();
+    // RFC 9112 §3.2: one Host, and an HTTP/1.1 request must have it.
+    if hosts > 1 {
+        return Err(bad("more than one Host header"));
+    }
+    if hosts == 0 && req.version() == Version::HTTP_11 {
+        return Err(bad("an HTTP/1.1 request needs a Host header"));
+    }
+    // RFC 9113 §8.3.1: a Host beside :authority must name the same.
+    if let (Version::HTTP_2, Some(authority), Some(host)) =
+        (req.version(), uri.authority(), headers.get(HOST))
+    {
+        if !host
+            .as_bytes()
+            .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        {
+            return Err(bad("Host differs from :authority"));
         }
     }
     let mut te = headers.get_all(TRANSFER_ENCODING).iter();

@@ -14,7 +14,7 @@
 //! request path only stores a few atomics; the watchdog wakes at most
 //! once per header timeout per connection.
 
-use super::admission::Admission;
+use super::admission::{Admission, ConnSlot};
 use super::body::RespBody;
 use super::grpc;
 use super::limits::{self, Limits};
@@ -83,10 +83,18 @@ fn http2(limits: &Limits) -> hyper::server::conn::http2::Builder<TokioExecutor> 
     b
 }
 
+/// An admitted connection as the accept loop hands it on.
+#[derive(Clone)]
+pub struct Accepted {
+    /// When: the first request's header timeout starts here.
+    pub at: Instant,
+    /// Its slot under the listener's connection limit.
+    pub slot: ConnSlot,
+}
+
 /// Accepts connections until `shutdown`, handing each admitted one to
-/// `on_conn` (with when it was accepted, where its first header timeout
-/// starts) in its own task; then stops accepting and waits up to `drain`
-/// for those tasks.
+/// `on_conn` in its own task; then stops accepting and waits up to
+/// `drain` for those tasks.
 pub async fn accept_until<F, Fut>(
     listener: TcpListener,
     shutdown: &CancellationToken,
@@ -94,7 +102,7 @@ pub async fn accept_until<F, Fut>(
     admission: &Admission,
     mut on_conn: F,
 ) where
-    F: FnMut(TcpStream, SocketAddr, Instant) -> Fut,
+    F: FnMut(TcpStream, SocketAddr, Accepted) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let what = admission.listener();
@@ -117,11 +125,11 @@ pub async fn accept_until<F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let conn = on_conn(stream, peer, Instant::now());
-        conns.spawn(async move {
-            conn.await;
-            drop(permit);
-        });
+        let accepted = Accepted {
+            at: Instant::now(),
+            slot: ConnSlot::new(permit),
+        };
+        conns.spawn(on_conn(stream, peer, accepted));
     }
     drop(listener);
     conns.close();
@@ -139,15 +147,16 @@ pub async fn accept_until<F, Fut>(
 /// fails with a [`MeshError`], which is rendered here, once, in the form
 /// the caller reads (gRPC's for gRPC requests). Requests that break
 /// [`limits::check_request`] are answered here and never reach it.
-/// `accepted`: when the connection was accepted, where the first
-/// request's header timeout starts.
+/// `accepted`: the first request's header timeout starts at its time; a
+/// request that may become a tunnel (an upgrade, CONNECT) carries its
+/// slot in its extensions, for the tunnel to hold.
 pub async fn serve_http<I, F, Fut>(
     io: I,
     handler: F,
     proto: Proto,
     shutdown: &CancellationToken,
     limits: &Arc<Limits>,
-    accepted: Instant,
+    accepted: Accepted,
 ) -> Result<(), hyper::Error>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -155,15 +164,21 @@ where
     Fut: Future<Output = Result<Response<RespBody>, MeshError>> + Send + 'static,
 {
     let h1 = proto == Proto::Http1;
-    let activity = Arc::new(Activity::new(accepted, h1));
+    let activity = Arc::new(Activity::new(accepted.at, h1));
+    let slot = accepted.slot;
     let act = activity.clone();
     let lim = limits.clone();
     // hyper keeps room for one request's future in every connection, sized
     // for it: callers pass a boxed future (allocated per request, not held
     // by idle connections), and `map` adds nothing around it (an async
     // block would keep its captured future and the awaited one apart).
-    let svc = service_fn(move |req: Request<Incoming>| {
+    let svc = service_fn(move |mut req: Request<Incoming>| {
         let grpc = grpc::is_grpc(req.headers());
+        if req.method() == http::Method::CONNECT
+            || req.headers().contains_key(http::header::UPGRADE)
+        {
+            req.extensions_mut().insert(slot.clone());
+        }
         let busy = act.request_started();
         let checked = limits::check_request(&req, &lim);
         let refused = checked.is_err();
@@ -225,7 +240,10 @@ where
     F: FnOnce(Pin<&mut C>),
 {
     let mut conn = std::pin::pin!(conn);
+    // The connection first: bytes already read (a whole request that came
+    // with the detection prefix) are parsed before the timeout is judged.
     let expired = tokio::select! {
+        biased;
         out = conn.as_mut() => return out,
         () = shutdown.cancelled() => None,
         e = activity.watch(limits) => Some(e),
@@ -241,7 +259,13 @@ where
         None => {}
     }
     stop(conn.as_mut());
-    conn.await
+    // Stopping gracefully waits for a request in flight; a head still
+    // arriving is not one, and its timeout still ends it.
+    tokio::select! {
+        biased;
+        out = conn.as_mut() => out,
+        _ = activity.watch(limits) => Ok(()),
+    }
 }
 
 /// Why the watchdog ended a connection.
@@ -285,7 +309,7 @@ impl Activity {
 
     /// Bytes arrived from the client.
     fn bytes_arrived(&self) {
-        if self.in_flight.load(Ordering::Relaxed) == 0 && !self.head.load(Ordering::Relaxed) {
+        if self.in_flight.load(Ordering::Acquire) == 0 && !self.head.load(Ordering::Relaxed) {
             self.mark_now();
             self.head.store(true, Ordering::Relaxed);
         }
@@ -300,7 +324,9 @@ impl Activity {
 
     fn check(&self, now: Instant, limits: &Limits) -> Result<Instant, Expiry> {
         let recheck = now + limits.header_read_timeout.min(limits.idle_timeout);
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
+        // Acquire: an HTTP/2 stream ends on another worker; its idle mark
+        // is seen with its end.
+        if self.in_flight.load(Ordering::Acquire) > 0 {
             return Ok(recheck);
         }
         let since = self.start + Duration::from_millis(self.since_ms.load(Ordering::Relaxed));
@@ -338,7 +364,7 @@ impl Drop for Busy {
     fn drop(&mut self) {
         let a = &self.0;
         a.mark_now();
-        a.in_flight.fetch_sub(1, Ordering::Relaxed);
+        a.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 

@@ -329,8 +329,16 @@ impl Directory {
     /// The routing state of the service `name`, built on its first use.
     /// `None`: no such service is registered.
     pub fn service(&self, name: &str) -> Option<Arc<Service>> {
-        if let Some(s) = self.table.load().by_name(name) {
-            return Some(s.clone());
+        {
+            let table = self.table.load();
+            if let Some(s) = table.by_name(name) {
+                return Some(s.clone());
+            }
+            // An unknown name (an external host, a typo, a flood of
+            // random ones) never takes the lock.
+            if !table.knows(name) {
+                return None;
+            }
         }
         self.route(name)
     }

@@ -4,6 +4,7 @@
 use crate::authz;
 use crate::discovery::Directory;
 use crate::identity::SpiffeId;
+use crate::proxy::admission::ConnSlot;
 use crate::proxy::body::{RespBody, StreamedBody};
 use crate::proxy::grpc;
 use crate::proxy::headers::{self, MESH_CALLER};
@@ -139,6 +140,7 @@ impl InboundHttp {
         let upgrade = (req.version() == Version::HTTP_11
             && headers::wants_tunnel_upgrade(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
+        let slot = req.extensions_mut().remove::<ConnSlot>();
         headers::host_from_target(&mut req);
         let h = req.headers_mut();
         let left = headers::caller_deadline(h);
@@ -182,7 +184,7 @@ impl InboundHttp {
                 let mut resp = resp.map(Either::Left);
                 if let Some(downstream) = upgrade {
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        splice_upgrade(downstream, &mut resp, self.idle);
+                        splice_upgrade(downstream, &mut resp, self.idle, slot);
                     }
                 }
                 Ok(resp)

@@ -20,7 +20,7 @@ use super::protocol::{
     detect, fast_close, original_dst, relay, sort, DetectConfig, Detected, Learned, PrefixedIo,
     Protocol, Sorted,
 };
-use super::server;
+use super::server::{self, Accepted};
 use crate::authz;
 use crate::identity::tls::{peer_identity, TlsIdentity};
 use crate::net::{connect, ConnectOptions, Flat};
@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The service name under which the inbound side's learned app ports are
@@ -95,7 +94,7 @@ impl InboundServer {
         mut stream: TcpStream,
         peer: SocketAddr,
         shutdown: &CancellationToken,
-        accepted: Instant,
+        accepted: Accepted,
     ) {
         // Redirected by `init --app-port`: the app port the client dialled.
         // Connected directly (a peer proxy): the registered app port.
@@ -197,7 +196,7 @@ impl InboundServer {
         peer: SocketAddr,
         app: SocketAddr,
         shutdown: &CancellationToken,
-        accepted: Instant,
+        accepted: Accepted,
     ) {
         let timeout = self.detect.timeout;
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.mesh_server());

@@ -6,6 +6,7 @@ use super::request::Services;
 use super::target::{is_own, resolve, ConnTarget, Names, Route};
 use crate::discovery::Directory;
 use crate::net::Io;
+use crate::proxy::admission::ConnSlot;
 use crate::proxy::body::{RespBody, StreamGuard, StreamedBody};
 use crate::proxy::headers;
 use crate::proxy::protocol::{tunnel, PrefixedIo};
@@ -62,10 +63,11 @@ impl HttpOutbound {
         let upgrade = (req.version() == Version::HTTP_11
             && headers::wants_tunnel_upgrade(req.headers()))
         .then(|| hyper::upgrade::on(&mut req));
+        let slot = req.extensions_mut().remove::<ConnSlot>();
         let mut resp = self.forward(req, target, upgrade.is_some()).await?;
         if let Some(downstream) = upgrade {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                tunnel::splice_upgrade(downstream, &mut resp, self.opaque.idle);
+                tunnel::splice_upgrade(downstream, &mut resp, self.opaque.idle, slot);
             }
         }
         Ok(resp)
@@ -151,7 +153,8 @@ impl HttpOutbound {
             tracing::debug!(error = %e, "CONNECT refused");
         })?;
         let downstream = hyper::upgrade::on(&mut req);
-        tunnel::splice_connect(downstream, stream, self.opaque.idle, guard);
+        let slot = req.extensions_mut().remove::<ConnSlot>();
+        tunnel::splice_connect(downstream, stream, self.opaque.idle, guard, slot);
         Ok(Response::new(Either::Right(Full::new(Bytes::new()))))
     }
 

@@ -29,7 +29,7 @@ use crate::proxy::protocol::{
     detect, detect_http_version, fast_close, original_dst, relay, sort, DetectConfig, Learned,
     PrefixedIo, Protocol, Sorted,
 };
-use crate::proxy::server;
+use crate::proxy::server::{self, Accepted};
 use crate::proxy::upstream::Proto;
 use crate::telemetry::ProxyMetrics;
 use bytes::Bytes;
@@ -37,7 +37,6 @@ use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Accepts outbound connections until `shutdown`, then lets in-flight
@@ -98,7 +97,7 @@ impl OutboundServer {
         peer: SocketAddr,
         dst: SocketAddrV4,
         shutdown: &CancellationToken,
-        accepted: Instant,
+        accepted: Accepted,
     ) {
         let Some(svc) = self.http.dir.service_by_vip(*dst.ip()) else {
             tracing::debug!(%dst, "connection to a VIP no service holds");
@@ -222,7 +221,7 @@ impl OutboundServer {
         mut stream: TcpStream,
         peer: SocketAddr,
         shutdown: &CancellationToken,
-        accepted: Instant,
+        accepted: Accepted,
     ) {
         let silent_for = self.limits.header_read_timeout;
         let detected = match detect_http_version(&mut stream, silent_for).await {

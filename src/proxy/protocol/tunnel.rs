@@ -8,6 +8,7 @@
 use super::relay::relay;
 use super::PrefixedIo;
 use crate::net::Io;
+use crate::proxy::admission::ConnSlot;
 use crate::proxy::body::{RespBody, StreamGuard};
 use http::Response;
 use http_body_util::Either;
@@ -18,7 +19,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// After a `101 Switching Protocols`, joins the caller's connection and
 /// the upstream's and relays bytes until both end.
-pub fn splice_upgrade(downstream: OnUpgrade, resp: &mut Response<RespBody>, idle: Duration) {
+/// `slot`: the caller's connection slot, held for the tunnel's life.
+pub fn splice_upgrade(
+    downstream: OnUpgrade,
+    resp: &mut Response<RespBody>,
+    idle: Duration,
+    slot: Option<ConnSlot>,
+) {
     let upstream = hyper::upgrade::on(&mut *resp);
     let guard = match resp.body_mut() {
         Either::Left(body) => body.take_guard(),
@@ -29,6 +36,7 @@ pub fn splice_upgrade(downstream: OnUpgrade, resp: &mut Response<RespBody>, idle
             Ok((d, u)) => finish(TokioIo::new(d), TokioIo::new(u), idle, guard).await,
             Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
         }
+        drop(slot);
     });
 }
 
@@ -39,12 +47,14 @@ pub fn splice_connect(
     upstream: PrefixedIo<Io>,
     idle: Duration,
     guard: StreamGuard,
+    slot: Option<ConnSlot>,
 ) {
     tokio::spawn(async move {
         match downstream.await {
             Ok(d) => finish(TokioIo::new(d), upstream, idle, Some(guard)).await,
             Err(e) => tracing::debug!(error = %e, "CONNECT upgrade did not complete"),
         }
+        drop(slot);
     });
 }
 
