@@ -337,25 +337,60 @@ fn trickle(addr: SocketAddr, n: usize, give_up: Duration) -> Vec<Option<Duration
             (s, Instant::now(), None)
         })
         .collect();
-    let mut sent = 0;
     let mut buf = [0u8; 1024];
-    while start.elapsed() < give_up && conns.iter().any(|c| c.2.is_none()) {
+    // Notes every connection the proxy has closed; true once all are.
+    let mut reap = |conns: &mut Vec<(TcpStream, Instant, Option<Duration>)>| {
         for (s, opened, lived) in conns.iter_mut().filter(|c| c.2.is_none()) {
-            let gone = match s.read(&mut buf) {
-                Ok(_) => true,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    s.write(&request[sent % request.len()..][..1]).is_err()
-                }
-                Err(_) => true,
-            };
-            if gone {
+            match s.read(&mut buf) {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                _ => *lived = Some(opened.elapsed()),
+            }
+        }
+        conns.iter().all(|c| c.2.is_some())
+    };
+    for sent in 0.. {
+        for (s, opened, lived) in conns.iter_mut().filter(|c| c.2.is_none()) {
+            if s.write(&request[sent % request.len()..][..1]).is_err() {
                 *lived = Some(opened.elapsed());
             }
         }
-        sent += 1;
-        std::thread::sleep(Duration::from_millis(1000));
+        // Until the next byte is due (one a second), watch for closes.
+        let next = start + Duration::from_secs(sent as u64 + 1);
+        let left = next.saturating_duration_since(Instant::now());
+        let all_closed = support::poll(left, || reap(&mut conns).then_some(())).is_some();
+        if all_closed || start.elapsed() >= give_up {
+            break;
+        }
     }
     conns.into_iter().map(|c| c.2).collect()
+}
+
+/// Stops a background caller; its wait between calls ends at once when
+/// asked to stop.
+struct Stop {
+    _tx: std::sync::mpsc::Sender<()>,
+}
+
+/// Runs `call` every `every` until the [`Stop`] is dropped; what it
+/// returned, counted.
+fn meanwhile(
+    every: Duration,
+    call: impl Fn() -> u16 + Send + 'static,
+) -> (
+    Stop,
+    std::thread::JoinHandle<std::collections::BTreeMap<u16, usize>>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let calls = std::thread::spawn(move || {
+        let mut statuses = std::collections::BTreeMap::new();
+        loop {
+            *statuses.entry(call()).or_default() += 1;
+            if rx.recv_timeout(every) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                return statuses;
+            }
+        }
+    });
+    (Stop { _tx: tx }, calls)
 }
 
 fn slow_headers_are_closed_by_the_header_timeout() {
@@ -366,20 +401,7 @@ fn slow_headers_are_closed_by_the_header_timeout() {
     let inbound = m.server.inbound.unwrap();
     let client_out = m.client.outbound;
     // Normal calls go on meanwhile, through both listeners.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let calls = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let raw = b"GET /ok HTTP/1.1\r\nHost: hello\r\nConnection: close\r\n\r\n";
-                let (status, _) = exchange(client_out, raw);
-                *statuses.entry(status.unwrap_or(0)).or_default() += 1;
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            statuses
-        })
-    };
+    let (stop, calls) = meanwhile(Duration::from_millis(100), move || ok_call(client_out));
     for (listener, addr) in [("outbound", client_out), ("inbound", inbound)] {
         let lived = trickle(addr, 500, secs(15));
         let open = lived.iter().filter(|l| l.is_none()).count();
@@ -402,7 +424,7 @@ fn slow_headers_are_closed_by_the_header_timeout() {
             "{listener}: closed {max:.1} s after connecting (timeout 3 s)"
         );
     }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(stop);
     let statuses = calls.join().unwrap();
     println!("normal calls meanwhile: {statuses:?}");
     assert_eq!(
@@ -641,22 +663,11 @@ fn saw_goaway(s: &mut TcpStream) -> bool {
     }
 }
 
-/// Calls through `addr` meanwhile; the statuses they got.
-fn bystanders(
-    addr: SocketAddr,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<std::collections::BTreeMap<u16, usize>> {
-    std::thread::spawn(move || {
-        let mut statuses = std::collections::BTreeMap::new();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let raw = b"GET /ok HTTP/1.1\r\nHost: hello\r\nConnection: close\r\n\r\n";
-            *statuses
-                .entry(exchange(addr, raw).0.unwrap_or(0))
-                .or_default() += 1;
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        statuses
-    })
+/// One `GET /ok` through `addr` on its own connection; its status (0:
+/// none).
+fn ok_call(addr: SocketAddr) -> u16 {
+    let raw = b"GET /ok HTTP/1.1\r\nHost: hello\r\nConnection: close\r\n\r\n";
+    exchange(addr, raw).0.unwrap_or(0)
 }
 
 fn http2_floods_end_in_goaway_and_spare_everyone_else() {
@@ -664,8 +675,7 @@ fn http2_floods_end_in_goaway_and_spare_everyone_else() {
     let addr = m.client.outbound;
     let rss = || support::mesh::rss_mb(&m.client.proc);
     let before = rss();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let calls = bystanders(addr, stop.clone());
+    let (stop, calls) = meanwhile(Duration::from_millis(50), move || ok_call(addr));
 
     // Rapid reset (CVE-2023-44487): 10 000 streams opened and cancelled
     // at once, never waiting for an answer.
@@ -708,7 +718,7 @@ fn http2_floods_end_in_goaway_and_spare_everyone_else() {
         sent += block.len();
     }
     let continuation_goaway = saw_goaway(&mut s);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(stop);
     let statuses = calls.join().unwrap();
     let after = rss();
     println!(

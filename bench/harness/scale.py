@@ -33,17 +33,17 @@ import random
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
+from . import procs
+
 BURST = 2000
 PROBES = 20
 PROBE_BURST = 200
 CALLED = "svc-0"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port():
@@ -117,17 +117,27 @@ def dns_query(port, name, qid):
 
 
 def proc_cpu(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return procs.cpu_seconds([pid])
 
 
 def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return procs.rss_kb([pid], "VmRSS") / 1024
+
+
+def settled_rss_mb(pid):
+    """The RSS once it stops moving (the same for a second, read every
+    250 ms; at most 10 s): freed memory goes back to the system late."""
+    seen = []
+
+    def steady():
+        seen.append(rss_mb(pid))
+        return len(seen) >= 5 and max(seen[-5:]) - min(seen[-5:]) < 0.1
+
+    try:
+        wait("RSS to settle", 10, steady, every=0.25)
+    except SystemExit:
+        pass  # still moving: report the last reading
+    return seen[-1]
 
 
 class Upstream(http.server.BaseHTTPRequestHandler):
@@ -146,7 +156,6 @@ class Run:
     def __init__(self, bins, out):
         self.bins = bins
         self.out = out
-        self.procs = []
         self.tmp = tempfile.mkdtemp(prefix="mesh-scale-")
         self.ctrl_port = free_port()
         self.start_control()
@@ -157,12 +166,7 @@ class Run:
         self.registered = 0
 
     def spawn(self, name, args):
-        log = open(os.path.join(self.out, f"scale-{name}.log"), "wb")
-        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(p)
-        with open(os.path.join(self.out, "pids.txt"), "a") as f:
-            f.write(f"{p.pid} {name}\n")
-        return p
+        return procs.spawn(args, log=os.path.join(self.out, f"scale-{name}.log"))
 
     def start_control(self):
         self.spawn("control", [
@@ -170,17 +174,7 @@ class Run:
             "--listen", f"127.0.0.1:{self.ctrl_port}",
             "--data-dir", os.path.join(self.tmp, "control"), "--log-format", "json",
         ])
-        wait("mesh-control", 30, lambda: self._answers(self.ctrl_port, "/healthz"))
-
-    @staticmethod
-    def _answers(port, path):
-        """Whether GET `path` on loopback `port` answers 200."""
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            c.request("GET", path)
-            return c.getresponse().status == 200
-        except OSError:
-            return False
+        procs.wait_http(f"http://127.0.0.1:{self.ctrl_port}/healthz", 30)
 
     def start_proxy(self, name):
         ports = {k: free_port() for k in ("outbound", "admin", "dns")}
@@ -193,7 +187,7 @@ class Run:
             "--cache-dir", os.path.join(self.tmp, f"{name}-cache"),
             "--mark", "0", "--log-format", "json",
         ])
-        wait(f"{name} /ready", 60, lambda: self._answers(ports["admin"], "/ready"))
+        procs.wait_http(f"http://127.0.0.1:{ports['admin']}/ready", 60)
         return p, ports
 
     def grow(self, n):
@@ -239,15 +233,7 @@ class Run:
             raise SystemExit(f"calling {service} through the proxy: {r.status}")
 
     def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
+        procs.cleanup()
 
 def main():
     ap = argparse.ArgumentParser()
@@ -258,6 +244,7 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",")]
     bins = os.environ.get("MESH_BIN_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "target", "release"))
     os.makedirs(args.out, exist_ok=True)
+    os.environ["BENCH_OUT"] = args.out  # where procs.spawn lists its pids
     random.seed(13)
     run = Run(bins, args.out)
     results = {"sizes": [], "burst": BURST, "probes": PROBES, "probe_burst": PROBE_BURST}
@@ -266,8 +253,7 @@ def main():
         proxy, ports = run.start_proxy("client")
         run.call(ports, CALLED)
         run.caught_up(run.grow(10))
-        time.sleep(2)  # let the allocator settle before reading RSS
-        rss_small = rss_mb(proxy.pid)
+        rss_small = settled_rss_mb(proxy.pid)
         print(f"RSS with 10 services, calling one: {rss_small:.1f} MB", flush=True)
         for n in sizes:
             t0 = time.monotonic()
@@ -305,13 +291,11 @@ def main():
                   f"propagation p50 {row['propagation_ms']['p50']} ms, p99 {row['propagation_ms']['p99']} ms, "
                   f"max {row['propagation_ms']['max']} ms; RSS {row['rss_mb']} MB", flush=True)
         run.call(ports, CALLED)
-        time.sleep(2)
-        rss_grown = rss_mb(proxy.pid)
+        rss_grown = settled_rss_mb(proxy.pid)
         fresh, fresh_ports = run.start_proxy("fresh")
         run.caught_up(run.api.applied()[0])
         run.call(fresh_ports, CALLED)
-        time.sleep(2)
-        rss_fresh = rss_mb(fresh.pid)
+        rss_fresh = settled_rss_mb(fresh.pid)
         results["rss_mb"] = {"10": round(rss_small, 1), f"{sizes[-1]} (same proxy)": round(rss_grown, 1),
                              f"{sizes[-1]} (fresh proxy)": round(rss_fresh, 1),
                              "ratio_fresh": round(rss_fresh / rss_small, 2),

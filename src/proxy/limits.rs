@@ -128,15 +128,16 @@ impl H2Limits {
 
 impl From<&LimitArgs> for Limits {
     fn from(a: &LimitArgs) -> Self {
+        // hyper needs room for at least its minimum read buffer.
+        let max_header_bytes = a.max_header_bytes.max(MIN_HEADER_BYTES);
         Limits {
-            // hyper needs room for at least its minimum read buffer.
-            max_header_bytes: a.max_header_bytes.max(MIN_HEADER_BYTES),
+            max_header_bytes,
             max_headers: a.max_headers,
             max_request_line: a.max_request_line,
             header_read_timeout: a.header_read_timeout,
             idle_timeout: a.idle_timeout,
             max_connections: a.max_connections,
-            h2: H2Limits::for_headers(a.max_header_bytes, a.h2_max_concurrent_streams),
+            h2: H2Limits::for_headers(max_header_bytes, a.h2_max_concurrent_streams),
         }
     }
 }

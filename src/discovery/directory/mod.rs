@@ -218,51 +218,38 @@ impl Directory {
     /// Applies one watch event. Events at or below the current revision
     /// (a replay after reconnect) are ignored.
     pub fn apply(&self, event: WatchEvent) {
+        let event = match event {
+            WatchEvent::Snapshot { snapshot } => return self.replace(snapshot),
+            WatchEvent::Keepalive { .. } => return,
+            e => e,
+        };
         let mut inner = self.lock();
-        let fresh =
-            |inner: &Inner, revision: u64| self.revision().is_none() || revision > inner.revision;
+        if self.revision().is_some() && event.revision() <= inner.revision {
+            return;
+        }
         // The service whose routing state the event may change.
         let (service, revision) = match event {
-            WatchEvent::Snapshot { snapshot } => {
-                drop(inner);
-                return self.replace(snapshot);
-            }
-            WatchEvent::Keepalive { .. } => return,
+            WatchEvent::Snapshot { .. } | WatchEvent::Keepalive { .. } => return,
             WatchEvent::Policy { revision, policy } => {
-                if !fresh(&inner, revision) {
-                    return;
-                }
                 let name = policy.service.clone();
                 inner.policies.insert(name.clone(), Arc::new(policy));
                 (Some(name), revision)
             }
             WatchEvent::PolicyRemoved { revision, service } => {
-                if !fresh(&inner, revision) {
-                    return;
-                }
                 inner.policies.remove(&service);
                 (Some(service), revision)
             }
             WatchEvent::Authorization { revision, policy } => {
-                if !fresh(&inner, revision) {
-                    return;
-                }
                 inner.authorizations.insert(policy.service.clone(), policy);
                 self.set_authz(&inner);
                 (None, revision)
             }
             WatchEvent::AuthorizationRemoved { revision, service } => {
-                if !fresh(&inner, revision) {
-                    return;
-                }
                 inner.authorizations.remove(&service);
                 self.set_authz(&inner);
                 (None, revision)
             }
             WatchEvent::TrustBundle { revision, bundle } => {
-                if !fresh(&inner, revision) {
-                    return;
-                }
                 inner.bundle = Some(bundle.clone());
                 self.set_bundle(Some(bundle));
                 (None, revision)
@@ -272,9 +259,6 @@ impl Directory {
                 vip,
                 instance,
             } => {
-                if !fresh(&inner, revision) {
-                    return;
-                }
                 let name = instance.service.clone();
                 let svc = inner
                     .services
@@ -300,9 +284,6 @@ impl Directory {
                 id,
                 ..
             } => {
-                if !fresh(&inner, revision) {
-                    return;
-                }
                 if let Some(svc) = inner.services.get_mut(&service) {
                     svc.instances.retain(|i| i.id != id);
                 }
