@@ -211,6 +211,36 @@ fn reapply(doc: Document) {
             }
             decide(p);
         }
+        Document::Config(c) => {
+            // What mesh-control accepts, the sidecar can always render.
+            let again = serde_json::to_value(&c)
+                .ok()
+                .and_then(|v| crate::model::config::ConfigDocument::from_value(&v).ok());
+            assert_eq!(
+                again.as_ref(),
+                Some(&*c),
+                "a config document reparses as itself"
+            );
+            assert!(crate::config::document::unflatten(&c.data).is_ok());
+            let version = crate::model::config::ConfigVersion {
+                meta: crate::model::config::ConfigMeta {
+                    application: c.application.clone(),
+                    profile: c.profile.clone(),
+                    version: 1,
+                    revision: 1,
+                    created_at: String::new(),
+                    author: String::new(),
+                    message: None,
+                    hash: String::new(),
+                    restores: None,
+                },
+                data: c.data.clone(),
+                files: c.files.clone(),
+                secret: c.secret.clone(),
+                redacted: false,
+            };
+            let _ = crate::config::render::render(&version);
+        }
     }
 }
 

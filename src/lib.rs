@@ -3,6 +3,7 @@
 
 pub mod authz; //       AuthorizationPolicy: parsing with fields named, and the pure allow/deny decision
 pub mod balance; //     load balancers: P2C peak-EWMA, least-request, round-robin, random
+pub mod config; //      externalized config: documents, sealed secrets, rendering, delivery by the sidecar
 pub mod control; //     mesh-control: registry, leases, store, VIPs, HTTP API, watch; API client
 pub mod discovery; //   proxy side of discovery: watch client, routing table, snapshot cache, registration agent
 pub mod flags; //       command-line conventions shared by the three programs (env names, help)

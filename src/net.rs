@@ -56,11 +56,25 @@ pub async fn local_get(
     path: &str,
     user_agent: &'static str,
 ) -> Result<http::StatusCode, Box<dyn std::error::Error + Send + Sync>> {
+    local_request(addr, http::Method::GET, path, user_agent).await
+}
+
+/// `METHOD path` with an empty body on one fresh HTTP/1 connection to a
+/// local listener (the app's health path, its reload URL, the proxy's
+/// `/ready`): the status that came back.
+pub async fn local_request(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    user_agent: &'static str,
+) -> Result<http::StatusCode, Box<dyn std::error::Error + Send + Sync>> {
     let stream = connect(addr, LOOPBACK).await?;
     let (mut send, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = http::Request::get(path)
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
         .header(http::header::HOST, format!("localhost:{}", addr.port()))
         .header(http::header::USER_AGENT, user_agent)
         .body(http_body_util::Empty::<bytes::Bytes>::new())?;

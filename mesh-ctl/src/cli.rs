@@ -89,10 +89,19 @@ pub enum Command {
     /// Apply the documents of a file (all are validated first; any invalid
     /// document means nothing from the file is applied).
     Apply {
-        /// Multi-document YAML file of `kind: ServicePolicy` and `kind:
-        /// AuthorizationPolicy` documents; `-` reads stdin.
+        /// Multi-document YAML file of `kind: ServicePolicy`, `kind:
+        /// AuthorizationPolicy` and `kind: Config` documents; `-` reads stdin.
         #[arg(short = 'f', long = "filename", value_name = "FILE")]
         file: String,
+        /// Why: recorded with every Config version this apply makes.
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+    },
+    /// Externalized config: versions, history, diffs, rollbacks, and
+    /// which proxy delivered which version (`apply -f` makes versions).
+    Config {
+        #[command(subcommand)]
+        what: ConfigCommand,
     },
     /// Show applied resources.
     Get {
@@ -267,6 +276,59 @@ pub enum GetCommand {
     Authorization {
         /// Service name, or `*`.
         service: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Every config and its latest version.
+    List,
+    /// One version as a document `apply -f` takes back (the latest unless
+    /// --version); secret values redacted unless --show-secrets.
+    Get {
+        application: String,
+        #[arg(short = 'p', long, default_value = "default")]
+        profile: String,
+        #[arg(long, value_name = "N")]
+        version: Option<u64>,
+        /// Show secret values (needs the admin token).
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    /// Every version: when, by whom, why.
+    History {
+        application: String,
+        #[arg(short = 'p', long, default_value = "default")]
+        profile: String,
+    },
+    /// A unified diff from version A to version B.
+    Diff {
+        application: String,
+        #[arg(value_name = "A")]
+        from: u64,
+        #[arg(value_name = "B")]
+        to: u64,
+        #[arg(short = 'p', long, default_value = "default")]
+        profile: String,
+        #[arg(long)]
+        show_secrets: bool,
+    },
+    /// Make a new version with version N's content (history is kept).
+    Rollback {
+        application: String,
+        #[arg(long, value_name = "N")]
+        to: u64,
+        #[arg(short = 'p', long, default_value = "default")]
+        profile: String,
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+    },
+    /// Every proxy delivering this config: its version, when, and whether
+    /// the app acknowledged the reload.
+    Status {
+        application: String,
+        #[arg(short = 'p', long, default_value = "default")]
+        profile: String,
     },
 }
 

@@ -5,7 +5,7 @@
 use crate::cli::{Cli, Command, DeleteCommand, GetCommand, Output, TokenCommand};
 use crate::error::{emit, CtlError};
 use crate::output;
-use crate::{identity, inject, policy, top, watch};
+use crate::{config, identity, inject, policy, top, watch};
 use mesh::control::client::ControlClient;
 use mesh::identity::tls::TlsIdentity;
 use serde::Serialize;
@@ -76,7 +76,10 @@ async fn execute(cli: Cli) -> Result<(), CtlError> {
             let url = client.base_url().to_string();
             print(format, &status, |s| output::status_table(&url, s))
         }
-        Command::Apply { file } => policy::apply(&client, format, &file).await,
+        Command::Apply { file, message } => {
+            policy::apply(&client, format, &file, message.as_deref()).await
+        }
+        Command::Config { what } => config::run(&client, format, what).await,
         Command::Get {
             what: GetCommand::Policy { service },
         } => policy::get(&client, format, service.as_deref()).await,

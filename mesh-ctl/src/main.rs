@@ -3,11 +3,13 @@
 //! `cli` declares the commands (clap), `commands` runs them, `error` maps
 //! every failure to an exit code and a message, `output` renders tables, JSON and YAML,
 //! `watch` follows the change stream, `policy` applies, shows and deletes
-//! policy documents, and `top` is a live dashboard of one proxy.
+//! policy documents, `config` reads config versions and who delivered
+//! them, and `top` is a live dashboard of one proxy.
 #![forbid(unsafe_code)]
 
 mod cli;
 mod commands;
+mod config;
 mod error;
 mod identity;
 mod inject;

@@ -232,6 +232,10 @@ pub fn event_line(ev: &WatchEvent) -> Option<String> {
                 bundle.roots.len()
             )
         }
+        WatchEvent::Config { config: c, .. } => format!(
+            "{rev}  config {}/{} v{} applied",
+            c.application, c.profile, c.version
+        ),
     })
 }
 

@@ -10,6 +10,7 @@ use crate::error::{emit, CtlError};
 use crate::output::{self, RenderError};
 use mesh::authz::AUTHZ_KIND;
 use mesh::control::client::ControlClient;
+use mesh::model::config::CONFIG_KIND;
 use mesh::model::policy::Fallback;
 use mesh::model::{
     format_duration, parse_documents, AuthorizationPolicy, Document, ServicePolicy, POLICY_KIND,
@@ -22,8 +23,14 @@ use std::io::Read;
 #[derive(Debug, Serialize)]
 pub struct Applied {
     pub kind: &'static str,
+    /// The service (`application/profile` for a Config).
     pub service: String,
     pub revision: u64,
+    /// A Config's version, and whether this apply made it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
 }
 
 /// What `delete policy -o json` prints.
@@ -70,7 +77,7 @@ pub fn read_documents(file: &str) -> Result<Vec<Document>, CtlError> {
     })?;
     if policies.is_empty() {
         return Err(CtlError::Input(format!(
-            "{name}: no documents to apply (expected kind: {POLICY_KIND} or {AUTHZ_KIND})"
+            "{name}: no documents to apply (expected kind: {POLICY_KIND}, {AUTHZ_KIND} or {CONFIG_KIND})"
         )));
     }
     // Two documents of a kind for one service: the second would silently win.
@@ -78,9 +85,13 @@ pub fn read_documents(file: &str) -> Result<Vec<Document>, CtlError> {
     let mut dupes = Vec::new();
     for (i, d) in policies.iter().enumerate() {
         let (kind, service) = identify(d);
-        if let Some(first) = seen.insert((kind, service), i + 1) {
+        if let Some(first) = seen.insert((kind, service.clone()), i + 1) {
+            let field = match kind {
+                CONFIG_KIND => "application",
+                _ => "service",
+            };
             dupes.push(format!(
-                "{name}: doc {}: service: {service:?} has another {kind} in doc {first}",
+                "{name}: doc {}: {field}: {service:?} has another {kind} in doc {first}",
                 i + 1,
             ));
         }
@@ -91,21 +102,33 @@ pub fn read_documents(file: &str) -> Result<Vec<Document>, CtlError> {
     Ok(policies)
 }
 
-/// `apply -f FILE`.
-pub async fn apply(client: &ControlClient, format: Output, file: &str) -> Result<(), CtlError> {
+/// `apply -f FILE [--message M]` (the message goes with every Config
+/// version the file makes).
+pub async fn apply(
+    client: &ControlClient,
+    format: Output,
+    file: &str,
+    message: Option<&str>,
+) -> Result<(), CtlError> {
     let policies = read_documents(file)?;
     let mut applied = Vec::with_capacity(policies.len());
     for p in &policies {
         let (kind, service) = identify(p);
         let sent = match p {
-            Document::Service(p) => client.apply_policy(p).await,
-            Document::Authorization(p) => client.apply_authorization(p).await,
+            Document::Service(p) => client.apply_policy(p).await.map(|r| (r, None)),
+            Document::Authorization(p) => client.apply_authorization(p).await.map(|r| (r, None)),
+            Document::Config(c) => client
+                .apply_config(c, message)
+                .await
+                .map(|a| (a.revision, Some((a.version, a.changed)))),
         };
         match sent {
-            Ok(revision) => applied.push(Applied {
+            Ok((revision, version)) => applied.push(Applied {
                 kind,
                 service: service.to_string(),
                 revision,
+                version: version.map(|v| v.0),
+                changed: version.map(|v| v.1),
             }),
             Err(e) => {
                 // Say how far it got before the error itself is reported.
@@ -169,19 +192,31 @@ pub fn applied_lines(applied: &[Applied]) -> String {
         .map(|a| {
             let what = match a.kind {
                 AUTHZ_KIND => "authorization policy",
+                CONFIG_KIND => "config",
                 _ => "policy",
             };
-            format!("{what} {} applied (revision {})", a.service, a.revision)
+            match (a.version, a.changed) {
+                (Some(v), Some(true)) => {
+                    format!(
+                        "{what} {} v{v} applied (revision {})",
+                        a.service, a.revision
+                    )
+                }
+                (Some(v), _) => format!("{what} {} unchanged (still v{v})", a.service),
+                _ => format!("{what} {} applied (revision {})", a.service, a.revision),
+            }
         })
         .collect();
     lines.join("\n")
 }
 
-/// A document's kind and service.
-fn identify(d: &Document) -> (&'static str, &str) {
+/// A document's kind and what it is for (`application/profile` for a
+/// Config).
+fn identify(d: &Document) -> (&'static str, String) {
     match d {
-        Document::Service(p) => (POLICY_KIND, p.service.as_str()),
-        Document::Authorization(p) => (AUTHZ_KIND, p.service.as_str()),
+        Document::Service(p) => (POLICY_KIND, p.service.clone()),
+        Document::Authorization(p) => (AUTHZ_KIND, p.service.clone()),
+        Document::Config(c) => (CONFIG_KIND, format!("{}/{}", c.application, c.profile)),
     }
 }
 

@@ -5,6 +5,7 @@
 //! rules let them through; every plain request has a connect deadline and
 //! an overall deadline, while a watch lives as long as its keep-alives do.
 
+mod config;
 mod connect;
 mod lines;
 mod policy;

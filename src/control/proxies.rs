@@ -134,6 +134,7 @@ impl Proxies {
                     address,
                     connected_at: rfc3339(SystemTime::now()),
                     applied: if since <= current { since } else { 0 },
+                    configs: Vec::new(),
                 },
                 generation,
             },
@@ -170,6 +171,24 @@ impl Proxies {
         drop(t);
         self.epoch.send_modify(|e| *e += 1);
         Ok(applied)
+    }
+
+    /// What `proxy`'s config subscriptions have delivered (replaces the
+    /// last report).
+    pub fn delivered(
+        &self,
+        proxy: &str,
+        report: crate::model::config::DeliveredConfigs,
+        caller: Option<&str>,
+    ) -> Result<(), AppliedError> {
+        let mut t = self.table();
+        let entry = t
+            .entries
+            .get_mut(proxy)
+            .ok_or_else(|| AppliedError::Unknown(proxy.to_string()))?;
+        entry.owned_by(proxy, caller)?;
+        entry.info.configs = report.configs;
+        Ok(())
     }
 
     /// Every connected proxy, or with `behind` only those whose applied

@@ -1,13 +1,18 @@
 //! The embedded store (redb) under `--data-dir`: VIPs, the global revision,
-//! every instance and every applied policy.
+//! every instance, every applied policy, and every version of every
+//! config document (secret values sealed, see `config::seal`).
 //!
 //! The registry keeps the live state in memory and writes each change here
 //! in one transaction (instance rows, a new VIP if any, and the revision)
 //! before anyone can observe it, so a restart never shows a revision lower
 //! than one a watcher has already seen.
 
+use crate::config::seal::{SealError, Sealer};
+use crate::model::config::{ConfigDocument, ConfigMeta, ConfigVersion, REDACTED};
 use crate::model::{AuthorizationPolicy, Instance, ServicePolicy};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -23,6 +28,10 @@ const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("instances"
 const POLICIES: TableDefinition<&str, &[u8]> = TableDefinition::new("policies");
 /// service name (or `*`) → its `AuthorizationPolicy` as JSON.
 const AUTHORIZATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("authorizations");
+/// `"{application}/{profile}/{version:020}"` → one immutable version as a
+/// [`StoredConfig`] (JSON; secret values sealed). Zero-padded so a
+/// prefix's rows come in version order and its last row is the latest.
+const CONFIGS: TableDefinition<&str, &[u8]> = TableDefinition::new("configs");
 
 const REVISION_KEY: &str = "revision";
 const FILE_NAME: &str = "control.redb";
@@ -36,6 +45,8 @@ pub enum StoreError {
     },
     #[error("store {path}: {source}")]
     Db { path: PathBuf, source: redb::Error },
+    #[error(transparent)]
+    Seal(#[from] SealError),
     #[error("store {path}: {table} row {key:?} is corrupt: {reason}")]
     Corrupt {
         path: PathBuf,
@@ -55,6 +66,21 @@ pub enum Write<'a> {
     DeletePolicy { service: &'a str },
     PutAuthorization(&'a AuthorizationPolicy),
     DeleteAuthorization { service: &'a str },
+    PutConfig(&'a StoredConfig),
+}
+
+/// One config version as it rests: secret values only sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredConfig {
+    #[serde(flatten)]
+    pub meta: ConfigMeta,
+    #[serde(default)]
+    pub data: BTreeMap<String, Value>,
+    /// Secret key → its sealed value.
+    #[serde(default)]
+    pub sealed: BTreeMap<String, String>,
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
 }
 
 /// Everything the store held at startup.
@@ -65,6 +91,8 @@ pub struct Loaded {
     pub instances: Vec<Instance>,
     pub policies: Vec<ServicePolicy>,
     pub authorizations: Vec<AuthorizationPolicy>,
+    /// The latest version of each application and profile.
+    pub configs: Vec<StoredConfig>,
 }
 
 /// Handle on the redb file. Every method is synchronous and short; the
@@ -75,6 +103,8 @@ pub struct Store {
     db: Database,
     /// For error messages.
     path: PathBuf,
+    /// Seals and opens secret config values; `<data_dir>/config.key`.
+    sealer: Sealer,
 }
 
 // === impl Store ===
@@ -91,7 +121,8 @@ impl Store {
             path: path.clone(),
             source: e.into(),
         })?;
-        let store = Store { db, path };
+        let sealer = Sealer::open_or_create(data_dir)?;
+        let store = Store { db, path, sealer };
         // Create the tables up front so reads on a fresh file find them.
         store.commit(None, &[])?;
         Ok(store)
@@ -126,7 +157,136 @@ impl Store {
         loaded.instances = self.json_rows(&txn, INSTANCES, "instance")?;
         loaded.policies = self.json_rows(&txn, POLICIES, "policy")?;
         loaded.authorizations = self.json_rows(&txn, AUTHORIZATIONS, "authorization")?;
+        loaded.configs = self.latest_configs(&txn)?;
         Ok(loaded)
+    }
+
+    /// The last row of each `app/profile/` prefix, parsed; the others are
+    /// history, read when asked for.
+    fn latest_configs(&self, txn: &redb::ReadTransaction) -> Result<Vec<StoredConfig>, StoreError> {
+        let table = txn.open_table(CONFIGS).map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        let mut last: Option<(String, Vec<u8>)> = None;
+        for row in table.iter().map_err(|e| self.err(e))? {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            let key = k.value();
+            let prefix = key.rsplit_once('/').map_or(key, |(p, _)| p);
+            if let Some((held, bytes)) = last.take() {
+                if held.rsplit_once('/').map(|(p, _)| p) != Some(prefix) {
+                    out.push(self.config_row(&held, &bytes)?);
+                }
+            }
+            last = Some((key.to_string(), v.value().to_vec()));
+        }
+        if let Some((key, bytes)) = last {
+            out.push(self.config_row(&key, &bytes)?);
+        }
+        Ok(out)
+    }
+
+    fn config_row(&self, key: &str, bytes: &[u8]) -> Result<StoredConfig, StoreError> {
+        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            table: "config",
+            key: key.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// One stored version; `None` when there is no such version.
+    pub fn config_version(
+        &self,
+        application: &str,
+        profile: &str,
+        version: u64,
+    ) -> Result<Option<StoredConfig>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(CONFIGS).map_err(|e| self.err(e))?;
+        let key = config_key(application, profile, version);
+        match table.get(key.as_str()).map_err(|e| self.err(e))? {
+            None => Ok(None),
+            Some(v) => self.config_row(&key, v.value()).map(Some),
+        }
+    }
+
+    /// Every version of one application and profile, oldest first, without
+    /// their content.
+    pub fn config_history(
+        &self,
+        application: &str,
+        profile: &str,
+    ) -> Result<Vec<ConfigMeta>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(CONFIGS).map_err(|e| self.err(e))?;
+        let (from, to) = (
+            config_key(application, profile, 0),
+            config_key(application, profile, u64::MAX),
+        );
+        let mut out = Vec::new();
+        for row in table
+            .range(from.as_str()..=to.as_str())
+            .map_err(|e| self.err(e))?
+        {
+            let (k, v) = row.map_err(|e| self.err(e))?;
+            out.push(self.config_row(k.value(), v.value())?.meta);
+        }
+        Ok(out)
+    }
+
+    /// `doc` as it will rest: its secret values sealed for their place.
+    pub fn seal(&self, doc: &ConfigDocument, meta: ConfigMeta) -> Result<StoredConfig, StoreError> {
+        let mut data = BTreeMap::new();
+        let mut sealed = BTreeMap::new();
+        for (k, v) in &doc.data {
+            if doc.secret.contains(k) {
+                let place = secret_place(&doc.application, &doc.profile, k);
+                let plain = serde_json::to_vec(v).unwrap_or_default();
+                sealed.insert(k.clone(), self.sealer.seal(&place, &plain)?);
+            } else {
+                data.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(StoredConfig {
+            meta,
+            data,
+            sealed,
+            files: doc.files.clone(),
+        })
+    }
+
+    /// A stored version for the API: secrets opened when `secrets`,
+    /// replaced by [`REDACTED`] otherwise.
+    pub fn unseal(
+        &self,
+        stored: &StoredConfig,
+        secrets: bool,
+    ) -> Result<ConfigVersion, StoreError> {
+        let mut data = stored.data.clone();
+        for (k, sealed) in &stored.sealed {
+            let value = match secrets {
+                false => Value::String(REDACTED.into()),
+                true => {
+                    let place = secret_place(&stored.meta.application, &stored.meta.profile, k);
+                    let plain = self.sealer.open(&place, sealed)?;
+                    serde_json::from_slice(&plain).map_err(|_| SealError::Open)?
+                }
+            };
+            data.insert(k.clone(), value);
+        }
+        Ok(ConfigVersion {
+            meta: stored.meta.clone(),
+            data,
+            files: stored.files.clone(),
+            secret: stored.sealed.keys().cloned().collect(),
+            redacted: !secrets && !stored.sealed.is_empty(),
+        })
+    }
+
+    /// The keyed content hash of a document (see `config::seal`).
+    pub fn content_hash(&self, doc: &ConfigDocument) -> String {
+        // BTreeMaps and BTreeSets serialise in key order: one text per content.
+        self.sealer
+            .hash(&serde_json::to_vec(doc).unwrap_or_default())
     }
 
     /// Every row of a table of JSON documents.
@@ -161,6 +321,7 @@ impl Store {
             let mut instances = txn.open_table(INSTANCES).map_err(|e| self.err(e))?;
             let mut policies = txn.open_table(POLICIES).map_err(|e| self.err(e))?;
             let mut authorizations = txn.open_table(AUTHORIZATIONS).map_err(|e| self.err(e))?;
+            let mut configs = txn.open_table(CONFIGS).map_err(|e| self.err(e))?;
             if let Some(rev) = revision {
                 meta.insert(REVISION_KEY, rev).map_err(|e| self.err(e))?;
             }
@@ -201,11 +362,29 @@ impl Store {
                     Write::DeleteAuthorization { service } => {
                         authorizations.remove(*service).map_err(|e| self.err(e))?;
                     }
+                    Write::PutConfig(stored) => {
+                        let m = &stored.meta;
+                        let key = config_key(&m.application, &m.profile, m.version);
+                        let json = serde_json::to_vec(stored).unwrap_or_default();
+                        configs
+                            .insert(key.as_str(), json.as_slice())
+                            .map_err(|e| self.err(e))?;
+                    }
                 }
             }
         }
         txn.commit().map_err(|e| self.err(e))
     }
+}
+
+fn config_key(application: &str, profile: &str, version: u64) -> String {
+    // Names are DNS labels: no '/' in either.
+    format!("{application}/{profile}/{version:020}")
+}
+
+/// What a sealed value is bound to: it opens only there.
+fn secret_place(application: &str, profile: &str, key: &str) -> String {
+    format!("{application}/{profile}/{key}")
 }
 
 fn row_key(service: &str, id: &str) -> String {

@@ -73,6 +73,7 @@ mod tests {
             policies: Vec::new(),
             authorizations: Vec::new(),
             bundle: None,
+            configs: Vec::new(),
             services: vec![ServiceInfo {
                 name: "hello".into(),
                 vip: "127.100.0.1".parse().unwrap(),

@@ -2,10 +2,10 @@
 //! how it stays current.
 
 mod agent; //     registers the local app, heartbeats, checks its health
-mod applied; //   reports applied revisions; waits for the removal to be applied everywhere
+pub mod applied; //   reports applied revisions; waits for the removal to be applied everywhere
 mod backoff; //   jittered exponential backoff for reconnects
 mod cache; //     last snapshot on disk
-mod directory; // registry state → routing table
+pub mod directory; // registry state → routing table
 mod table; //     immutable routing table read by the request path
 mod watch; //     watch stream client loop
 

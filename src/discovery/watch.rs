@@ -36,6 +36,7 @@ pub async fn run_watch(
             Ok(mut stream) => {
                 tracing::info!(url = client.base_url(), since, "watching the registry");
                 metrics.control_connected.set(1);
+                dir.mark_connected();
                 was_up = true;
                 let mut saw_event = false;
                 loop {

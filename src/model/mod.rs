@@ -5,6 +5,7 @@
 //! input into them. Validation reports every bad field at once.
 
 mod cidr;
+pub mod config;
 mod duration;
 pub mod identity;
 pub mod policy;
@@ -17,6 +18,7 @@ mod validate;
 pub use cidr::Ipv4Cidr;
 pub use duration::{format_duration, parse_duration};
 pub use policy::{LoadBalancer, ServicePolicy};
+pub(crate) use policy_parse::reader as policy_parse_reader;
 pub use policy_parse::{
     parse_documents, parse_policy_documents, Document, MAX_OPAQUE_PORTS, MAX_RETRY_ATTEMPTS,
     POLICY_KIND,
@@ -106,6 +108,10 @@ pub struct Snapshot {
     /// The roots to trust (identity on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle: Option<identity::TrustBundle>,
+    /// The latest version of every config, sorted by application and
+    /// profile: heads only (a proxy fetches what it subscribes to).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<config::ConfigHead>,
 }
 
 /// One line of the watch stream (`GET /v1/watch?since=REV`, NDJSON).
@@ -155,6 +161,11 @@ pub enum WatchEvent {
         revision: u64,
         bundle: identity::TrustBundle,
     },
+    /// A config has a new version (applied or rolled back).
+    Config {
+        revision: u64,
+        config: config::ConfigHead,
+    },
     /// Nothing changed; proves the stream is alive.
     Keepalive {
         revision: u64,
@@ -172,6 +183,7 @@ impl WatchEvent {
             | WatchEvent::Authorization { revision, .. }
             | WatchEvent::AuthorizationRemoved { revision, .. }
             | WatchEvent::TrustBundle { revision, .. }
+            | WatchEvent::Config { revision, .. }
             | WatchEvent::Keepalive { revision } => *revision,
         }
     }

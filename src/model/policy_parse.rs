@@ -9,7 +9,7 @@
 //! before sending anything.
 
 mod ports;
-mod reader;
+pub(crate) mod reader;
 #[cfg(test)]
 mod tests;
 
@@ -74,7 +74,7 @@ pub fn parse_policy_documents(yaml: &str) -> Result<Vec<ServicePolicy>, Vec<(usi
     for (i, d) in docs.into_iter().enumerate() {
         match d {
             Document::Service(p) => policies.push(*p),
-            Document::Authorization(_) => {
+            Document::Authorization(_) | Document::Config(_) => {
                 let mut errs = FieldErrors::default();
                 errs.push("kind", format!("expected {POLICY_KIND}"));
                 failures.push((i + 1, errs));
@@ -92,6 +92,7 @@ pub fn parse_policy_documents(yaml: &str) -> Result<Vec<ServicePolicy>, Vec<(usi
 pub enum Document {
     Service(Box<ServicePolicy>),
     Authorization(crate::authz::AuthorizationPolicy),
+    Config(Box<crate::model::config::ConfigDocument>),
 }
 
 /// Every document of a multi-document YAML text, by its `kind`
@@ -117,12 +118,16 @@ pub fn parse_documents(yaml: &str) -> Result<Vec<Document>, Vec<(usize, FieldErr
                 break;
             }
         };
-        let authz = value.get("kind").and_then(Value::as_str) == Some(crate::authz::AUTHZ_KIND);
-        let parsed = match authz {
-            true => {
+        let kind = value.get("kind").and_then(Value::as_str);
+        let parsed = match kind {
+            Some(crate::authz::AUTHZ_KIND) => {
                 crate::authz::AuthorizationPolicy::from_value(&value).map(Document::Authorization)
             }
-            false => parse(&value, Kind::Required).map(|p| Document::Service(Box::new(p))),
+            Some(crate::model::config::CONFIG_KIND) => {
+                crate::model::config::ConfigDocument::from_file_value(&value)
+                    .map(|c| Document::Config(Box::new(c)))
+            }
+            _ => parse(&value, Kind::Required).map(|p| Document::Service(Box::new(p))),
         };
         match parsed {
             Ok(p) => policies.push(p),
@@ -162,8 +167,9 @@ fn parse(doc: &Value, kind: Kind) -> Result<ServicePolicy, FieldErrors> {
         (Some(other), _) => errs.push(
             "kind",
             format!(
-                "{other} is not a known kind; expected {POLICY_KIND} or {}",
-                crate::authz::AUTHZ_KIND
+                "{other} is not a known kind; expected {POLICY_KIND}, {} or {}",
+                crate::authz::AUTHZ_KIND,
+                crate::model::config::CONFIG_KIND
             ),
         ),
     }

@@ -44,6 +44,9 @@ pub struct ProxyInfo {
     pub connected_at: String,
     /// The last registry revision it reported applied.
     pub applied: u64,
+    /// Its config subscriptions and what each has delivered to its app.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<crate::model::config::DeliveredConfig>,
 }
 
 /// `GET /v1/proxies[?behind=R]`: the connected proxies (those behind `R`

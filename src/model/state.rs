@@ -31,6 +31,10 @@ pub struct ProxyState {
     /// This proxy's certificate (identity on).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityState>,
+    /// Each `--config` subscription: the version delivered, and what went
+    /// wrong (files not writable, control plane unreachable).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config: Vec<crate::model::config::DeliveredConfig>,
 }
 
 /// The registry as the proxy routes by it.

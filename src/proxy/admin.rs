@@ -32,6 +32,8 @@ pub struct AdminState {
     pub inbound: Option<(std::net::SocketAddr, u32)>,
     /// Identity on: the certificate `/ready` waits for and `/state` shows.
     pub identity: Option<Arc<Workload>>,
+    /// The `--config` subscriptions (none: no config endpoints answer).
+    pub config: Arc<crate::config::Delivery>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -41,7 +43,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/state", get(proxy_state))
         .route("/shutdown", post(shutdown))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::config::local::routes(state.config))
 }
 
 async fn ready(State(s): State<AdminState>) -> Response {
@@ -111,6 +114,7 @@ async fn proxy_state(State(s): State<AdminState>) -> Json<ProxyState> {
             in_flight: s.metrics.traffic.inbound_inflight.get(),
         }),
         identity: s.identity.as_ref().map(|w| w.state()),
+        config: s.config.report().configs,
     })
 }
 
@@ -152,6 +156,7 @@ mod tests {
             learned: Default::default(),
             inbound: None,
             identity: None,
+            config: crate::config::Delivery::open(&Default::default(), std::path::Path::new(".")),
         }
     }
 

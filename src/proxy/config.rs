@@ -121,6 +121,9 @@ pub struct ProxyArgs {
     /// What one client may send or hold (`proxy::limits`).
     #[command(flatten)]
     pub limits: crate::proxy::limits::LimitArgs,
+    /// Externalized config delivered to the app (`config::delivery`).
+    #[command(flatten)]
+    pub config: crate::config::ConfigArgs,
     /// Ports never detected, always opaque TCP (`none` for no port).
     #[arg(long, env = "MESH_OPAQUE_PORTS", default_value = "25,587,3306,4444,5432,6379,9300,11211", value_parser = parse_ports)]
     pub opaque_ports: PortList,

@@ -101,6 +101,8 @@ pub struct Bound {
     workload: Option<Arc<Workload>>,
     /// The bootstrap token's file, for a first certificate.
     token: Option<std::path::PathBuf>,
+    /// `--config` subscriptions, started from their cache.
+    config: Arc<crate::config::Delivery>,
 }
 
 /// Binds every listener and checks the flags, loading the cached registry
@@ -130,6 +132,8 @@ pub async fn bind(args: ProxyArgs) -> Result<Bound, ProxyError> {
         ));
     }
     let (workload, token) = identity(&args)?;
+    // Before anything listens: the app may read its cached config at once.
+    let config = crate::config::Delivery::open(&args.config, &args.cache_dir);
     let tls = workload.as_ref().map(|w| w.tls.clone());
     let client = ControlClient::with_tls(&args.control, mark, tls)
         .map_err(|e| ProxyError::Control(e.to_string()))?;
@@ -196,6 +200,7 @@ pub async fn bind(args: ProxyArgs) -> Result<Bound, ProxyError> {
         caller,
         workload,
         token,
+        config,
     })
 }
 
@@ -260,6 +265,7 @@ impl Bound {
             caller,
             workload,
             token,
+            config,
         } = self;
         let phases = Phases::default();
         let listening = Arc::new(AtomicBool::new(false));
@@ -311,13 +317,19 @@ impl Bound {
         let report = discovery::report_applied(
             client.clone(),
             dir.clone(),
+            proxy_id.clone(),
+            phases.token(Phase::Stop),
+        );
+        let delivery = config.clone().run(
+            client.clone(),
+            dir.clone(),
             proxy_id,
             phases.token(Phase::Stop),
         );
         let ready = identified();
         tokio::spawn(async move {
             ready.await;
-            tokio::join!(watch, report);
+            tokio::join!(watch, report, delivery);
         });
         tokio::spawn(discovery::run_cache_writer(
             dir.clone(),
@@ -357,6 +369,7 @@ impl Bound {
             learned: learned.clone(),
             inbound: inbound_addr.map(|a| (a, args.inbound_max_concurrent)),
             identity: workload.clone(),
+            config: config.clone(),
         };
         let admin_stop = phases.token(Phase::Stop);
         tokio::spawn(async move {

@@ -94,6 +94,7 @@ fn watch_lines() {
             }],
             authorizations: Vec::new(),
             bundle: None,
+            configs: Vec::new(),
         },
     };
     assert_eq!(

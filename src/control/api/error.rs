@@ -87,9 +87,9 @@ impl ApiFailure {
 impl From<RegistryError> for ApiFailure {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::UnknownInstance { .. } | RegistryError::UnknownPolicy { .. } => {
-                ApiFailure::NotFound(e.to_string())
-            }
+            RegistryError::UnknownInstance { .. }
+            | RegistryError::UnknownPolicy { .. }
+            | RegistryError::UnknownConfig(_) => ApiFailure::NotFound(e.to_string()),
             RegistryError::VipExhausted(_) => ApiFailure::Unavailable(e.to_string()),
             RegistryError::Store(_) => ApiFailure::Internal(e.to_string()),
         }

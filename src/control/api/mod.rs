@@ -5,6 +5,7 @@
 //! mutations run on the blocking pool because a commit may wait for a disk
 //! flush.
 
+mod configs;
 mod error;
 mod identity;
 mod policies;
@@ -108,6 +109,22 @@ pub fn router(state: AppState) -> Router {
                 .put(policies::put::<AuthorizationPolicy>)
                 .delete(policies::delete::<AuthorizationPolicy>),
         )
+        .route("/v1/configs", get(configs::list))
+        .route(
+            "/v1/configs/{application}/{profile}",
+            get(configs::get)
+                .put(configs::put)
+                .layer(DefaultBodyLimit::max(configs::CONFIG_BODY_LIMIT)),
+        )
+        .route(
+            "/v1/configs/{application}/{profile}/history",
+            get(configs::history),
+        )
+        .route(
+            "/v1/configs/{application}/{profile}/rollback",
+            post(configs::rollback),
+        )
+        .route("/v1/proxies/{proxy}/configs", put(configs::delivered))
         .route("/v1/identity/certify", post(identity::certify))
         .route("/v1/identity/tokens", post(identity::create_token))
         .route("/v1/identity/bundle", get(identity::bundle))

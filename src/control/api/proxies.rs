@@ -68,13 +68,16 @@ pub(super) async fn applied(
         .map_err(|e| ApiFailure::field("(body)", format!("expected {{\"revision\": N}}: {e}")))?;
     let who = workload(&caller);
     let current = st.registry.revision();
-    match st
-        .proxies
+    st.proxies
         .applied(&proxy, revision, current, who.as_deref())
-    {
-        Ok(revision) => Ok(Json(Applied { revision })),
-        Err(e @ AppliedError::Unknown(_)) => Err(ApiFailure::NotFound(e.to_string())),
-        Err(e @ AppliedError::NotOwner { .. }) => Err(ApiFailure::Forbidden(e.to_string())),
+        .map(|revision| Json(Applied { revision }))
+        .map_err(applied_failure)
+}
+
+pub(super) fn applied_failure(e: AppliedError) -> ApiFailure {
+    match e {
+        AppliedError::Unknown(_) => ApiFailure::NotFound(e.to_string()),
+        AppliedError::NotOwner { .. } => ApiFailure::Forbidden(e.to_string()),
     }
 }
 

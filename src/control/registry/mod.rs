@@ -9,15 +9,17 @@
 //! the store, the change log and the broadcast in revision order.
 
 mod changelog;
+mod configs;
 mod ops;
 mod policies;
 #[cfg(test)]
 mod tests;
 
 pub use changelog::Change;
+pub use configs::Authored;
 pub use ops::SweepOutcome;
 
-use crate::control::store::{Store, StoreError, Write};
+use crate::control::store::{Store, StoreError, StoredConfig, Write};
 use crate::control::vip::{VipAllocator, VipCidr, VipExhausted};
 use crate::model::identity::TrustBundle;
 use crate::model::{
@@ -65,6 +67,8 @@ pub enum RegistryError {
     UnknownInstance { service: String, id: String },
     #[error("no {what} is applied for service {service:?} (it runs the defaults)")]
     UnknownPolicy { what: &'static str, service: String },
+    #[error("{0}")]
+    UnknownConfig(String),
     #[error(transparent)]
     VipExhausted(#[from] VipExhausted),
     #[error(transparent)]
@@ -112,6 +116,9 @@ struct State {
     authorizations: BTreeMap<String, AuthorizationPolicy>,
     /// The trust bundle, when identity is on.
     bundle: Option<TrustBundle>,
+    /// The latest version of each config, by (application, profile); older
+    /// versions stay in the store only.
+    configs: BTreeMap<(String, String), StoredConfig>,
 }
 
 struct Service {
@@ -177,7 +184,13 @@ impl Registry {
             .into_iter()
             .map(|p| (p.service.clone(), p))
             .collect();
+        let configs = loaded
+            .configs
+            .into_iter()
+            .map(|c| ((c.meta.application.clone(), c.meta.profile.clone()), c))
+            .collect();
         let state = State {
+            configs,
             policies,
             authorizations,
             bundle: None,
@@ -316,6 +329,7 @@ fn snapshot_of(st: &State) -> Snapshot {
         policies: st.policies.values().cloned().collect(),
         authorizations: st.authorizations.values().cloned().collect(),
         bundle: st.bundle.clone(),
+        configs: st.configs.values().map(configs::head).collect(),
     }
 }
 

@@ -20,6 +20,7 @@ use super::table::{service_state, Endpoint, Service, Table};
 use crate::authz::Policies;
 use crate::balance::{Algorithm, Balancer, EndpointStats};
 use crate::identity::SpiffeId;
+use crate::model::config::ConfigHead;
 use crate::model::identity::TrustBundle;
 use crate::model::state::{EndpointState, RegistryState, ServiceState};
 use crate::model::{AuthorizationPolicy, Health, ServiceInfo, ServicePolicy, Snapshot, WatchEvent};
@@ -48,6 +49,19 @@ pub struct Directory {
     authz: ArcSwap<Policies>,
     /// The trust bundle as last pushed; the identity task follows it.
     bundle_tx: watch::Sender<Option<TrustBundle>>,
+    /// The latest version of every config; config delivery follows it.
+    configs_tx: watch::Sender<Arc<ConfigHeads>>,
+    /// Bumped each time a watch stream opens (mesh-control then lists this
+    /// proxy afresh, and what it reports must be sent again).
+    connected_tx: watch::Sender<u64>,
+}
+
+/// Config heads by `application/profile`.
+pub type ConfigHeads = BTreeMap<String, ConfigHead>;
+
+/// The key of a config head: `application/profile`.
+pub fn config_key(application: &str, profile: &str) -> String {
+    format!("{application}/{profile}")
 }
 
 /// What an endpoint keeps across table rebuilds.
@@ -75,6 +89,7 @@ struct Inner {
     /// Applied authorization policies by service (`*`: mesh-wide).
     authorizations: BTreeMap<String, AuthorizationPolicy>,
     bundle: Option<TrustBundle>,
+    configs: ConfigHeads,
 }
 
 impl Directory {
@@ -87,7 +102,29 @@ impl Directory {
             revision_tx: watch::channel(None).0,
             authz: ArcSwap::from_pointee(Policies::default()),
             bundle_tx: watch::channel(None).0,
+            configs_tx: watch::channel(Arc::default()).0,
+            connected_tx: watch::channel(0).0,
         }
+    }
+
+    /// Follows the openings of the watch stream.
+    pub fn connected(&self) -> watch::Receiver<u64> {
+        self.connected_tx.subscribe()
+    }
+
+    /// A watch stream has just opened.
+    pub fn mark_connected(&self) {
+        self.connected_tx.send_modify(|n| *n += 1);
+    }
+
+    /// Follows the latest version of every config.
+    pub fn config_heads(&self) -> watch::Receiver<Arc<ConfigHeads>> {
+        self.configs_tx.subscribe()
+    }
+
+    fn set_configs(&self, inner: &Inner) {
+        self.configs_tx
+            .send_replace(Arc::new(inner.configs.clone()));
     }
 
     /// The authorization policies in force (lock-free).
@@ -142,6 +179,7 @@ impl Directory {
             policies,
             authorizations: inner.authorizations.values().cloned().collect(),
             bundle: inner.bundle.clone(),
+            configs: inner.configs.values().cloned().collect(),
         }
     }
 
@@ -159,6 +197,7 @@ impl Directory {
             policies,
             authorizations: Every(&inner.authorizations),
             bundle: inner.bundle.as_ref(),
+            configs: Every(&inner.configs),
         };
         serde_json::to_writer(out, &view)
     }
@@ -198,6 +237,12 @@ impl Directory {
             .map(|p| (p.service.clone(), p))
             .collect();
         self.set_authz(&inner);
+        inner.configs = snap
+            .configs
+            .into_iter()
+            .map(|c| (config_key(&c.application, &c.profile), c))
+            .collect();
+        self.set_configs(&inner);
         if snap.bundle.is_some() {
             inner.bundle = snap.bundle.clone();
             self.set_bundle(snap.bundle);
@@ -252,6 +297,12 @@ impl Directory {
             WatchEvent::TrustBundle { revision, bundle } => {
                 inner.bundle = Some(bundle.clone());
                 self.set_bundle(Some(bundle));
+                (None, revision)
+            }
+            WatchEvent::Config { revision, config } => {
+                let key = config_key(&config.application, &config.profile);
+                inner.configs.insert(key, config);
+                self.set_configs(&inner);
                 (None, revision)
             }
             WatchEvent::Upsert {
@@ -540,6 +591,8 @@ struct SnapshotView<'a> {
     authorizations: Every<'a, AuthorizationPolicy>,
     #[serde(skip_serializing_if = "Option::is_none")]
     bundle: Option<&'a TrustBundle>,
+    #[serde(skip_serializing_if = "Every::is_empty")]
+    configs: Every<'a, ConfigHead>,
 }
 
 /// A map's values as a JSON array, in key order.

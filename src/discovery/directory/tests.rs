@@ -40,6 +40,7 @@ fn snapshot_then_events() {
         policies: Vec::new(),
         authorizations: Vec::new(),
         bundle: None,
+        configs: Vec::new(),
         services: vec![ServiceInfo {
             name: "hello".into(),
             vip: vip(1),
@@ -77,6 +78,7 @@ fn endpoints_carry_the_sidecar_inbound_address() {
         policies: Vec::new(),
         authorizations: Vec::new(),
         bundle: None,
+        configs: Vec::new(),
         services: vec![ServiceInfo {
             name: "hello".into(),
             vip: vip(1),
@@ -104,6 +106,7 @@ fn stale_events_are_ignored_and_stats_survive() {
         policies: Vec::new(),
         authorizations: Vec::new(),
         bundle: None,
+        configs: Vec::new(),
         services: vec![],
     });
     d.apply(upsert(11, inst("hello", "a", 1, Health::Up)));
@@ -127,6 +130,7 @@ fn snapshot_replaces_everything() {
         policies: Vec::new(),
         authorizations: Vec::new(),
         bundle: None,
+        configs: Vec::new(),
         services: vec![ServiceInfo {
             name: "new".into(),
             vip: vip(2),
@@ -153,6 +157,7 @@ fn routing_state_is_built_for_called_services_only() {
         policies: Vec::new(),
         authorizations: Vec::new(),
         bundle: None,
+        configs: Vec::new(),
         services,
     });
     let t = d.table();

@@ -211,6 +211,7 @@ mod tests {
             policies: Vec::new(),
             authorizations: Vec::new(),
             bundle: None,
+            configs: Vec::new(),
             services: vec![ServiceInfo {
                 name: "db".into(),
                 vip: Ipv4Addr::new(127, 100, 0, 9),

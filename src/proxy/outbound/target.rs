@@ -136,6 +136,7 @@ mod tests {
             policies: Vec::new(),
             authorizations: Vec::new(),
             bundle: None,
+            configs: Vec::new(),
             services: vec![ServiceInfo {
                 name: "hello".into(),
                 vip: Ipv4Addr::new(127, 100, 0, 1),

@@ -185,6 +185,7 @@ impl World {
             services: infos,
             authorizations: Vec::new(),
             bundle: None,
+            configs: Vec::new(),
         });
         // Round-robin starts anywhere (so that proxies started together do
         // not all pick the same endpoint first): turn it to the first.
