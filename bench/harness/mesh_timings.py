@@ -107,6 +107,101 @@ def registration(out, smoke, log):
     return res
 
 
+def config_doc(n):
+    """A config whose content changes with `n`: a few keys, a secret, a file."""
+    return {"application": "bench", "data": {
+        "greeting": {"text": f"hello {n}"}, "pool": {"size": len(str(n))}, "db": {"password": f"pw-{n}"}},
+        "files": {"app.yaml": f"greeting: hello {n}\n" + "# padding\n" * 64},
+        "secret": ["db.password"]}
+
+
+async def config_trials(proxies, trials, tag):
+    """Per trial: long-poll every proxy's /config/bench/default past the
+    version it holds, then at t0 PUT a new version (every fifth trial, a
+    rollback to version 1 instead, the same path); each proxy's answer
+    time is when the version is on its disk (files are written before the
+    endpoint moves) — checked by reading its application.json."""
+    control = aio.Conn(targets.CONTROL_PORT)
+    conns = [aio.Conn(admin) for admin, _ in proxies]
+    applies, rollbacks, all_applies, all_rollbacks = [], [], [], []
+    version = 1
+    for t in range(trials):
+        rollback = t % 5 == 4
+
+        async def wait_past(c, held):
+            status, _h, body = await c.request(
+                path=f"/config/bench/default?version={held}&wait=5s", timeout=6.0)
+            done = time.monotonic()
+            if status != 200:
+                raise RuntimeError(f"long poll answered {status}: {body[:200]!r}")
+            return done, json.loads(body)
+
+        pollers = [asyncio.ensure_future(wait_past(c, version)) for c in conns]
+        await asyncio.sleep(0.02)  # every long poll is in flight
+        t0 = time.monotonic()
+        if rollback:
+            req = ("POST", "/v1/configs/bench/default/rollback", json.dumps({"to": 1}).encode())
+        else:
+            doc = {"document": config_doc(f"{tag}-{t}"), "message": f"trial {t}"}
+            req = ("PUT", "/v1/configs/bench/default", json.dumps(doc).encode())
+        status, _h, resp = await control.request(req[0], req[1], body=req[2], timeout=5.0)
+        if status != 200:
+            raise RuntimeError(f"config {req[0]}: {status} {resp[:200]!r}")
+        made = json.loads(resp)
+        seen = await asyncio.gather(*pollers)
+        for (_admin, cfg_dir), (_done, v) in zip(proxies, seen):
+            if v["version"] != made["version"]:
+                raise RuntimeError(f"a proxy answered v{v['version']}, not v{made['version']}")
+            with open(os.path.join(cfg_dir, "application.json")) as f:
+                on_disk = json.load(f)
+            if on_disk["greeting"]["text"] != v["data"]["greeting.text"]:
+                raise RuntimeError("the endpoint moved before the files did")
+        times = [done - t0 for done, _ in seen]
+        (rollbacks if rollback else applies).extend(times)
+        (all_rollbacks if rollback else all_applies).append(max(times))
+        version = made["version"]
+    for c in conns + [control]:
+        c.close()
+    return applies, all_applies, rollbacks, all_rollbacks
+
+
+def config_propagation(out, smoke, log):
+    """A config change (and a rollback) → on disk in every subscribed proxy."""
+    n = 3 if smoke else 50
+    trials = 5 if smoke else 25
+    control = targets.start_control(out, None, data="control-data-config")
+    started = []
+    try:
+        body = json.dumps({"document": config_doc(0), "message": "v1"}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{targets.CONTROL_PORT}/v1/configs/bench/default",
+                                     data=body, method="PUT", headers={"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            if r.status != 200:
+                raise RuntimeError(f"config PUT: {r.status}")
+        proxies = []
+        for i in range(n):
+            cfg_dir = os.path.join(out, f"config-{i}")
+            p, _port, admin = targets.start_proxy(
+                out, None, 200 + i, workers=1,
+                extra=("--config", "bench", "--config-dir", cfg_dir))
+            started.append(p)
+            proxies.append((admin, cfg_dir))
+        for admin, _ in proxies:
+            procs.wait_http(f"http://127.0.0.1:{admin}/config/bench/default", deadline_s=30)
+        applies, all_applies, rollbacks, all_rollbacks = asyncio.run(
+            config_trials(proxies, trials, f"n{n}"))
+        res = {"proxies": n, "trials": trials,
+               "per_proxy": summary_ms(applies), "all_proxies": summary_ms(all_applies),
+               "rollback_per_proxy": summary_ms(rollbacks), "rollback_all_proxies": summary_ms(all_rollbacks)}
+        log(f"  config change → on disk in {n} proxies: all p50 {res['all_proxies']['p50_ms']} ms "
+            f"p99 {res['all_proxies']['p99_ms']} ms; rollback all p99 {res['rollback_all_proxies']['p99_ms']} ms")
+        return res
+    finally:
+        for p in started:
+            procs.stop(p)
+        procs.stop(control)
+
+
 def write_app_conf(out, name, port):
     prefix = os.path.join(out, f"app-{name}")
     os.makedirs(prefix, exist_ok=True)
@@ -292,6 +387,7 @@ def run(out, smoke, log):
     return {
         "first_traffic": first_traffic(out, smoke, log),
         "registration": registration(out, smoke, log),
+        "config": config_propagation(out, smoke, log),
         "kill_endpoint": kill_endpoint(out, smoke, log),
         "control_restart": control_restart(out, smoke, log),
         "breaker_trip": None,  # the breaker lands with issue 3

@@ -148,6 +148,11 @@ def goals(res, mesh="mesh-proxy"):
         if r50:
             p99 = r50[0]["all_proxies"]["p99_ms"]
             row("registration → 50 proxies p99 ≤ 100 ms", f"{p99} ms (all 50 see it)", p99 <= 100)
+        c = mt.get("config")
+        if c and c["proxies"] == 50:
+            p99 = c["all_proxies"]["p99_ms"]
+            row("config change → on disk in 50 proxies p99 ≤ 100 ms",
+                f"{p99} ms (rollback {c['rollback_all_proxies']['p99_ms']} ms)", p99 <= 100)
         k = mt["kill_endpoint"]
         row("dead endpoint → no traffic to it within 100 ms under load",
             f"{k['last_bad_after_kill_ms']} ms, {k['failed']} failed", k["last_bad_after_kill_ms"] <= 100)
@@ -196,6 +201,12 @@ def mesh_section(m):
     for r in m["registration"]:
         a, p = r["all_proxies"], r["per_proxy"]
         out.append(f"| {r['proxies']} | {r['trials']} | {a['p50_ms']} | {a['p99_ms']} | {a['max_ms']} | {p['p50_ms']} | {p['p99_ms']} |")
+    c = m.get("config")
+    if c:
+        a, p, ra = c["all_proxies"], c["per_proxy"], c["rollback_all_proxies"]
+        out += ["", f"**Config change → on disk in {c['proxies']} proxies** ({c['trials']} trials, every "
+                f"fifth a rollback): all see it p50 {a['p50_ms']} ms, p99 {a['p99_ms']} ms, max {a['max_ms']} ms; "
+                f"per proxy p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms; rollback, all: p99 {ra['p99_ms']} ms."]
     k = m["kill_endpoint"]
     out += ["", f"**SIGKILL of one of three endpoints** at {k['rate']} rps (achieved {k['achieved_rps']}), "
             f"{k['seconds']} s run: the last request that still went to the dead endpoint (or failed) "

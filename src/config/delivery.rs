@@ -359,20 +359,24 @@ impl Delivery {
         }
     }
 
-    /// Files, cache, endpoint, reload, in that order: an app told of a
+    /// Files, endpoint, cache, reload, in that order: an app told of a
     /// version (by the endpoint or a reload) finds its files written.
     async fn deliver(&self, slot: &Arc<Slot>, v: ConfigVersion, reload: bool) {
         let version = v.meta.version;
         self.write_files(slot, &v).await;
+        slot.status().applied_at = Some(crate::identity::rfc3339(SystemTime::now()));
+        let v = Arc::new(v);
+        slot.current.send_replace(Some(v.clone()));
+        tracing::info!(application = %slot.application, profile = %slot.profile, version, dir = %slot.dir.display(), "config delivered");
         let cache = slot.cache.clone();
-        let text = serde_json::to_vec(&v).unwrap_or_default();
-        let cached = tokio::task::spawn_blocking(move || write_private(&cache, &text)).await;
+        let cached = tokio::task::spawn_blocking(move || {
+            let text = serde_json::to_vec(&*v).unwrap_or_default();
+            write_private(&cache, &text)
+        })
+        .await;
         if let Ok(Err(e)) = cached {
             tracing::warn!(path = %slot.cache.display(), error = %e, "cannot cache the config");
         }
-        slot.status().applied_at = Some(crate::identity::rfc3339(SystemTime::now()));
-        slot.current.send_replace(Some(Arc::new(v)));
-        tracing::info!(application = %slot.application, profile = %slot.profile, version, dir = %slot.dir.display(), "config delivered");
         if reload {
             if let Some(r) = &self.reload {
                 let outcome = r.run(version).await;
@@ -469,9 +473,10 @@ impl Delivery {
 }
 
 impl Slot {
-    /// The cached version, made current and written to the directory if
-    /// the directory holds another (or none): the app's config while the
-    /// control plane is away.
+    /// The cached version, made current and written to the directory
+    /// (always: the directory is not synced, so after a crash it may hold
+    /// the right version's name over empty files): the app's config while
+    /// the control plane is away.
     fn start_from_cache(&self) {
         let cached = match std::fs::read(&self.cache) {
             Ok(bytes) => serde_json::from_slice::<ConfigVersion>(&bytes),
@@ -488,17 +493,15 @@ impl Slot {
                 return;
             }
         };
-        if files::current_version(&self.dir) != Some(v.meta.version) {
-            let rendered = render::render(&v);
-            let files: Vec<(&str, &[u8])> = rendered
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_slice()))
-                .collect();
-            if let Err(e) = files::write(&self.dir, v.meta.version, &files) {
-                let why = format!("cannot write {}: {e}", self.dir.display());
-                tracing::warn!(error = %why, "config files not written from the cache");
-                self.status().write_error = Some(why);
-            }
+        let rendered = render::render(&v);
+        let files: Vec<(&str, &[u8])> = rendered
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        if let Err(e) = files::write(&self.dir, v.meta.version, &files) {
+            let why = format!("cannot write {}: {e}", self.dir.display());
+            tracing::warn!(error = %why, "config files not written from the cache");
+            self.status().write_error = Some(why);
         }
         tracing::info!(application = %self.application, profile = %self.profile, version = v.meta.version, "starting from the cached config");
         self.status().applied_at = Some(crate::identity::rfc3339(SystemTime::now()));
