@@ -184,6 +184,11 @@ pub struct InjectArgs {
     /// default https://mesh-control.mesh-system.svc:15010).
     #[arg(long, value_name = "URL")]
     pub mesh_control: Option<String>,
+    /// Configs the sidecar delivers to the app, `APP[:PROFILE],...`
+    /// (beats `mesh.io/config`): files at `mesh.io/config-mount`
+    /// (default /etc/mesh/config) in every app container.
+    #[arg(long, value_name = "APP[:PROFILE],...")]
+    pub config: Option<String>,
 }
 
 impl InjectArgs {
@@ -201,6 +206,7 @@ impl InjectArgs {
             opaque_ports: self.opaque_ports.clone(),
             exclude_outbound_ports: self.exclude_outbound_ports.clone(),
             control: self.mesh_control.clone(),
+            config: self.config.clone(),
         }
     }
 }
@@ -287,8 +293,10 @@ pub enum ConfigCommand {
     /// --version); secret values redacted unless --show-secrets.
     Get {
         application: String,
+        /// The profile (a config is one application and profile).
         #[arg(short = 'p', long, default_value = "default")]
         profile: String,
+        /// Which version (default: the latest).
         #[arg(long, value_name = "N")]
         version: Option<u64>,
         /// Show secret values (needs the admin token).
@@ -298,6 +306,7 @@ pub enum ConfigCommand {
     /// Every version: when, by whom, why.
     History {
         application: String,
+        /// The profile (a config is one application and profile).
         #[arg(short = 'p', long, default_value = "default")]
         profile: String,
     },
@@ -308,18 +317,23 @@ pub enum ConfigCommand {
         from: u64,
         #[arg(value_name = "B")]
         to: u64,
+        /// The profile (a config is one application and profile).
         #[arg(short = 'p', long, default_value = "default")]
         profile: String,
+        /// Show secret values (needs the admin token).
         #[arg(long)]
         show_secrets: bool,
     },
     /// Make a new version with version N's content (history is kept).
     Rollback {
         application: String,
+        /// The version whose content the new version takes.
         #[arg(long, value_name = "N")]
         to: u64,
+        /// The profile (a config is one application and profile).
         #[arg(short = 'p', long, default_value = "default")]
         profile: String,
+        /// Why: recorded with the new version.
         #[arg(short = 'm', long)]
         message: Option<String>,
     },
@@ -327,6 +341,7 @@ pub enum ConfigCommand {
     /// the app acknowledged the reload.
     Status {
         application: String,
+        /// The profile (a config is one application and profile).
         #[arg(short = 'p', long, default_value = "default")]
         profile: String,
     },

@@ -69,7 +69,7 @@ pub struct Subscription {
     pub profile: String,
 }
 
-fn parse_subscription(s: &str) -> Result<Subscription, String> {
+pub fn parse_subscription(s: &str) -> Result<Subscription, String> {
     let (app, profile) = s
         .trim()
         .split_once(':')
@@ -101,7 +101,7 @@ pub struct ReloadUrl {
     shown: String,
 }
 
-fn parse_reload_url(s: &str) -> Result<ReloadUrl, String> {
+pub fn parse_reload_url(s: &str) -> Result<ReloadUrl, String> {
     let uri: http::Uri = s.parse().map_err(|_| format!("{s:?} is not a URL"))?;
     if uri.scheme_str() != Some("http") {
         return Err(format!(

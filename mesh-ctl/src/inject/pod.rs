@@ -19,6 +19,9 @@ pub const IDENTITY_VOLUME: &str = "mesh-identity";
 /// `kube play` shares an emptyDir among every pod that names it the same
 /// (Kubernetes keeps one per pod either way).
 const CACHE_VOLUME: &str = "mesh-cache";
+/// Shared by the proxy (writing) and the app containers (reading).
+pub const CONFIG_VOLUME: &str = "mesh-config";
+const CONFIG_DIR: &str = "/var/run/mesh/config";
 const IDENTITY_DIR: &str = "/var/run/mesh/identity";
 const CACHE_DIR: &str = "/var/run/mesh/cache";
 
@@ -97,6 +100,28 @@ pub fn add(template: &mut Mapping, s: &Settings) {
             map([("medium", "Memory".into()), ("sizeLimit", "16Mi".into())]),
         ),
     ]));
+    if !s.config.is_empty() {
+        // Two versions of each config (1 MiB at most) are on it at once.
+        let size = format!("{}Mi", 4 * s.config.len());
+        volumes.push(map([
+            ("name", CONFIG_VOLUME.into()),
+            ("emptyDir", map([("sizeLimit", size.into())])),
+        ]));
+        // Every app container reads it; the proxy (a container in legacy
+        // mode) mounts it writable already.
+        let apps = entry_seq(spec, "containers")
+            .iter_mut()
+            .filter(|c| c.get("name").and_then(Value::as_str) != Some(PROXY));
+        for app in apps {
+            if let Value::Mapping(app) = app {
+                entry_seq(app, "volumeMounts").push(map([
+                    ("name", CONFIG_VOLUME.into()),
+                    ("mountPath", s.config_mount.clone().into()),
+                    ("readOnly", true.into()),
+                ]));
+            }
+        }
+    }
 }
 
 /// Removes everything [`add`] adds, and the lists and maps that leaves
@@ -141,6 +166,22 @@ pub fn remove(template: &mut Mapping) -> bool {
         }
     }
     let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
+    // The config volume's mounts in the app containers.
+    if let Some(Value::Sequence(apps)) = spec.get_mut("containers") {
+        for app in apps.iter_mut().filter_map(Value::as_mapping_mut) {
+            let Some(Value::Sequence(mounts)) = app.get_mut("volumeMounts") else {
+                continue;
+            };
+            let before = mounts.len();
+            mounts.retain(|m| m.get("name").and_then(Value::as_str) != Some(CONFIG_VOLUME));
+            if mounts.len() != before {
+                found = true;
+                if mounts.is_empty() {
+                    app.remove("volumeMounts");
+                }
+            }
+        }
+    }
     for (list, names) in [
         ("initContainers", &[INIT, PROXY][..]),
         ("containers", &[PROXY][..]),
@@ -222,7 +263,20 @@ fn proxy(s: &Settings) -> Value {
     if let Some(ports) = &s.opaque_ports {
         args.push(format!("--opaque-ports={}", joined(ports)));
     }
+    if !s.config.is_empty() {
+        args.push(format!("--config={}", s.config.join(",")));
+        args.push(format!("--config-dir={CONFIG_DIR}"));
+        if let Some(url) = &s.config_reload_url {
+            args.push(format!("--config-reload-url={url}"));
+        }
+    }
     let mut mounts = Vec::new();
+    if !s.config.is_empty() {
+        mounts.push(map([
+            ("name", CONFIG_VOLUME.into()),
+            ("mountPath", CONFIG_DIR.into()),
+        ]));
+    }
     if s.identity {
         mounts.push(map([
             ("name", IDENTITY_VOLUME.into()),

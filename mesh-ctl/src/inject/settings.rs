@@ -27,6 +27,8 @@ pub struct Flags {
     pub opaque_ports: Option<String>,
     pub exclude_outbound_ports: Option<String>,
     pub control: Option<String>,
+    /// `APP[:PROFILE],...`: the configs the sidecar delivers to the app.
+    pub config: Option<String>,
 }
 
 impl Default for Flags {
@@ -40,6 +42,7 @@ impl Default for Flags {
             opaque_ports: None,
             exclude_outbound_ports: None,
             control: None,
+            config: None,
         }
     }
 }
@@ -55,6 +58,11 @@ pub const APP_PORT: &str = "mesh.io/app-port";
 pub const OPAQUE_PORTS: &str = "mesh.io/opaque-ports";
 pub const EXCLUDE_OUTBOUND: &str = "mesh.io/exclude-outbound-ports";
 pub const CONTROL: &str = "mesh.io/control";
+pub const CONFIG: &str = "mesh.io/config";
+pub const CONFIG_MOUNT: &str = "mesh.io/config-mount";
+pub const CONFIG_RELOAD_URL: &str = "mesh.io/config-reload-url";
+/// Where the app containers find their config files.
+pub const DEFAULT_CONFIG_MOUNT: &str = "/etc/mesh/config";
 
 /// Everything [`super::pod::add`] needs, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +78,11 @@ pub struct Settings {
     pub opaque_ports: Option<Vec<u16>>,
     pub exclude_outbound: Vec<u16>,
     pub control: String,
+    /// `APP:PROFILE` each; empty: no config delivered.
+    pub config: Vec<String>,
+    /// The config volume's path in the app containers.
+    pub config_mount: String,
+    pub config_reload_url: Option<String>,
 }
 
 type Bad = (String, String);
@@ -154,7 +167,46 @@ impl Settings {
             }
             None => format!("{scheme}://{DEFAULT_CONTROL}"),
         };
+        let config = match pick(&flags.config, "config", CONFIG)? {
+            Some((v, field)) => v
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(|c| {
+                    mesh::config::delivery::parse_subscription(c)
+                        .map(|s| format!("{}:{}", s.application, s.profile))
+                        .map_err(|why| (field.clone(), why))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Vec::new(),
+        };
+        let config_mount = match pick(&None, "", CONFIG_MOUNT)? {
+            Some((v, field)) => {
+                let ok = v.starts_with('/') && !v.split('/').any(|p| p == "..") && !v.contains(':');
+                if !ok {
+                    return Err((field, format!("{v:?}: an absolute path without '..'")));
+                }
+                v
+            }
+            None => DEFAULT_CONFIG_MOUNT.to_string(),
+        };
+        let config_reload_url = match pick(&None, "", CONFIG_RELOAD_URL)? {
+            Some((v, field)) => {
+                mesh::config::delivery::parse_reload_url(&v).map_err(|why| (field, why))?;
+                Some(v)
+            }
+            None => None,
+        };
+        if config.is_empty() && config_reload_url.is_some() {
+            return Err((
+                format!("annotation {CONFIG_RELOAD_URL}"),
+                format!("there is no config to reload: set {CONFIG}"),
+            ));
+        }
         Ok(Some(Settings {
+            config,
+            config_mount,
+            config_reload_url,
             mode: flags.mode,
             image: flags.image.clone(),
             identity: flags.identity,

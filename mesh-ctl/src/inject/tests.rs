@@ -169,6 +169,24 @@ fn bad_input_names_the_document_and_field() {
     let e = inject("kind: Pod\nmetadata: [unclosed\n", &Flags::default()).unwrap_err();
     assert_eq!((e.doc, e.field.as_str()), (1, "(document)"));
     assert!(e.reason.starts_with("not YAML"), "{e}");
+    for (annotations, field) in [
+        ("    mesh.io/config: Hello\n", "annotation mesh.io/config"),
+        (
+            "    mesh.io/config: hello\n    mesh.io/config-mount: etc/x\n",
+            "annotation mesh.io/config-mount",
+        ),
+        (
+            "    mesh.io/config: hello\n    mesh.io/config-reload-url: http://app/x\n",
+            "annotation mesh.io/config-reload-url",
+        ),
+        (
+            "    mesh.io/config-reload-url: http://127.0.0.1:8080/x\n",
+            "annotation mesh.io/config-reload-url",
+        ),
+    ] {
+        let e = inject(&pod(annotations, ""), &Flags::default()).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+    }
 }
 
 #[test]

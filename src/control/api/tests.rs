@@ -528,3 +528,152 @@ async fn bad_proxy_parameters_name_the_field() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
     assert_eq!(fields(&err), ["(body)"]);
 }
+
+#[tokio::test]
+async fn configs_are_versioned_redacted_rolled_back_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = api(dir.path(), Duration::from_secs(60));
+    let mut stream = api.watch(0).await;
+    assert!(matches!(
+        next_event(&mut stream).await,
+        WatchEvent::Snapshot { .. }
+    ));
+    let doc = |text: &str| {
+        json!({"document": {
+            "application": "hello",
+            "data": {"greeting": {"text": text}, "db.password": "s3cret"},
+            "files": {"big.txt": "x".repeat(200 * 1024)},
+            "secret": ["db.password"]
+        }, "message": "why"})
+        .to_string()
+    };
+    let put = |body: String| api.call(Method::PUT, "/v1/configs/hello/default", body);
+    // 200 KiB: over the API's usual 64 KiB, under a config's limit.
+    let (status, v1) = put(doc("hi")).await;
+    assert_eq!(status, StatusCode::OK, "{v1}");
+    assert_eq!(
+        (v1["version"].as_u64(), v1["changed"].as_bool()),
+        (Some(1), Some(true))
+    );
+    match next_event(&mut stream).await {
+        WatchEvent::Config { revision, config } => {
+            assert_eq!((revision, config.version), (1, 1));
+            assert_eq!(config.hash, v1["hash"].as_str().unwrap());
+        }
+        other => panic!("expected a config event, got {other:?}"),
+    }
+    let (_, same) = put(doc("hi")).await;
+    assert_eq!(
+        (same["version"].as_u64(), same["changed"].as_bool()),
+        (Some(1), Some(false))
+    );
+    let (_, v2) = put(doc("hello")).await;
+    assert_eq!(v2["version"], 2);
+
+    let (status, got) = api
+        .call(Method::GET, "/v1/configs/hello/default", Body::empty())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (
+            got["data"]["db.password"].as_str(),
+            got["redacted"].as_bool()
+        ),
+        (Some("<redacted>"), Some(true))
+    );
+    assert_eq!(
+        (got["author"].as_str(), got["message"].as_str()),
+        (Some("anonymous (identity off)"), Some("why"))
+    );
+    let uri = "/v1/configs/hello/default?version=1&secrets=true";
+    let (_, old) = api.call(Method::GET, uri, Body::empty()).await;
+    assert_eq!(
+        (old["version"].as_u64(), old["data"]["db.password"].as_str()),
+        (Some(1), Some("s3cret"))
+    );
+    assert_eq!(old["data"]["greeting.text"], "hi");
+
+    let rollback = json!({"to": 1, "message": "back"}).to_string();
+    let (status, back) = api
+        .call(Method::POST, "/v1/configs/hello/default/rollback", rollback)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{back}");
+    assert_eq!(
+        (back["version"].as_u64(), back["hash"].as_str()),
+        (Some(3), v1["hash"].as_str())
+    );
+    let (_, history) = api
+        .call(
+            Method::GET,
+            "/v1/configs/hello/default/history",
+            Body::empty(),
+        )
+        .await;
+    let restores: Vec<Value> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["restores"].clone())
+        .collect();
+    assert_eq!(restores, [Value::Null, Value::Null, json!(1)]);
+    let (_, list) = api.call(Method::GET, "/v1/configs", Body::empty()).await;
+    assert_eq!(list[0]["version"], 3);
+
+    // Refusals, each naming the field; nothing stored.
+    let cases = [
+        ("/v1/configs/hello/prod", doc("x"), "application"),
+        ("/v1/configs/Hello/default", doc("x"), "(path)"),
+        (
+            "/v1/configs/hello/default",
+            "{\"document\": 3}".to_string(),
+            "(document)",
+        ),
+        (
+            "/v1/configs/hello/default",
+            "not json".to_string(),
+            "(body)",
+        ),
+    ];
+    for (uri, body, field) in cases {
+        let (status, err) = api.call(Method::PUT, uri, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {err}");
+        assert!(fields(&err).contains(&field.to_string()), "{uri}: {err}");
+    }
+    let huge = json!({"document": {"application": "hello", "files": {"a": "x".repeat(5 << 20)}}});
+    let (status, _) = put(huge.to_string()).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, _) = api
+        .call(
+            Method::GET,
+            "/v1/configs/hello/default?version=9",
+            Body::empty(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(api.registry.configs()[0].version, 3);
+
+    // A proxy reports what it delivered; the list shows it.
+    let req = Request::get("/v1/watch?since=0&proxy=p1&service=hello")
+        .body(Body::empty())
+        .unwrap();
+    let _watch = api.app.clone().oneshot(req).await.unwrap();
+    let report = json!({"configs": [{"application": "hello", "profile": "default", "version": 3,
+        "reload": {"version": 3, "at": "2026-12-02T00:00:00Z", "ok": true, "detail": "SIGHUP to pid 7"}}]});
+    let (status, _) = api
+        .call(Method::PUT, "/v1/proxies/p1/configs", report.to_string())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, proxies) = api.call(Method::GET, "/v1/proxies", Body::empty()).await;
+    assert_eq!(
+        proxies["proxies"][0]["configs"][0]["reload"]["detail"],
+        "SIGHUP to pid 7"
+    );
+    let (status, _) = api
+        .call(
+            Method::PUT,
+            "/v1/proxies/nobody/configs",
+            report.to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
