@@ -3,7 +3,7 @@
 //!
 //! | story | where | pods / processes | action | expected |
 //! |---|---|---|---|---|
-//! | a_live_change_reaches_three_unmodified_apps | pods | control; `py` (reads application.json on SIGHUP), `node` (long-polls /config), `cc` (PyPI config-client, refreshed by POST) | apply v1, start apps; apply v2; `config status`; `rollback --to 1` | every app serves v1, then v2 within 1 s; status: 3 proxies current, reloads acknowledged (SIGHUP, POST 200); after the rollback all serve v1's value (v3) |
+//! | a_live_change_reaches_four_unmodified_apps | pods | control; `py` (reads application.json on SIGHUP), `node` (long-polls /config), `cc` (PyPI config-client) and `ncc` (npm cloud-config-client), both refreshed by POST | apply v1, start apps; apply v2; `config status`; `rollback --to 1` | every app serves v1, then v2 within 1 s; status: 4 proxies current, reloads acknowledged (SIGHUP, POST 200 ×2); after the rollback all serve v1's value (v3) |
 //! | an_app_restarted_with_the_control_plane_down_starts_from_the_cache | pods | control; `py` | v1, v2; stop mesh-control; restart proxy and app with an empty config dir | the app serves v2; /config answers v2 |
 //! | secrets_rest_sealed_stay_out_of_logs_and_show_only_when_asked | loopback, identity on | control; sidecars of `hello` and `other`, both `--config hello` | apply a config with a secret | hello's app files hold it; not in control.redb, not in any log, `<redacted>` in get/history/diff; `--show-secrets` shows it; `other` gets 403 for the secrets and says so in /state |
 //! | bad_config_documents_are_refused_by_field_and_change_nothing | loopback | control | invalid YAML, unknown field, file names with `/` and `..`, over 1 MiB, a secret not in data, ... | exit 2, the field named; still one version |
@@ -35,6 +35,23 @@ const CONFIG_CLIENT: Need = tool(
     &["-c", "import config; config.ConfigClient"],
     "pip install config-client==1.5.0",
 );
+const CLOUD_CONFIG_CLIENT: Need = tool(
+    "sh",
+    &[
+        "-c",
+        "NODE_PATH=$(npm root -g) node -e \"require('cloud-config-client')\"",
+    ],
+    "npm install -g cloud-config-client@1.6.2",
+);
+
+/// Where `npm install -g` put the node peers' libraries.
+fn node_path() -> String {
+    let out = support::proc::run_with_timeout(
+        support::proc::command("npm", &["root", "-g"], &[]),
+        secs(30),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
 /// The bound for a change to reach an app.
 const LIVE_WITHIN: Duration = Duration::from_secs(1);
 
@@ -187,7 +204,7 @@ fn wait_pid_file(net: &Net, pod: &Pod) -> std::path::PathBuf {
     pid
 }
 
-fn a_live_change_reaches_three_unmodified_apps() {
+fn a_live_change_reaches_four_unmodified_apps() {
     let net = Net::new("cfg");
     let ctrl = control(&net);
     assert_eq!(
@@ -265,12 +282,45 @@ fn a_live_change_reaches_three_unmodified_apps() {
         ],
         &[],
     );
-    let apps = [(&py, &py_app), (&node, &node_app), (&cc, &cc_app)];
+    // ncc: another third-party client (npm), refreshed by POST too.
+    let ncc = net.pod("ncc");
+    let ncc_dir = net.subdir("ncc-config");
+    let ncc_proxy = sidecar(
+        &net,
+        &ctrl,
+        &ncc,
+        &[
+            "--config-dir".into(),
+            path(&ncc_dir),
+            "--config-reload-url".into(),
+            "http://127.0.0.1:8000/refresh".into(),
+        ],
+    );
+    wait_delivered(&ncc, 1);
+    let node_path = node_path();
+    let ncc_app = ncc.spawn(
+        "node",
+        &[
+            &format!("{PEERS}/config_cloud_client_app.js"),
+            "8000",
+            "http://127.0.0.1:15000",
+            "hello",
+            "default",
+        ],
+        &[("NODE_PATH", &node_path)],
+    );
+    let apps = [
+        (&py, &py_app),
+        (&node, &node_app),
+        (&cc, &cc_app),
+        (&ncc, &ncc_app),
+    ];
     for (pod, app) in apps {
         wait_app_says(pod, app, "/greeting", "hello v1");
     }
     assert_eq!(app_says(&py, "/password").as_deref(), Some("pw-one"));
     assert_eq!(app_says(&cc, "/password").as_deref(), Some("pw-one"));
+    assert_eq!(app_says(&ncc, "/password").as_deref(), Some("pw-one"));
 
     // v2: every app serves it within a second of the apply.
     assert_eq!(
@@ -298,12 +348,12 @@ fn a_live_change_reaches_three_unmodified_apps() {
     assert_eq!(py_app_files, "greeting: hello v2\n");
 
     // Who has what: every proxy on v2, the reloads acknowledged.
-    let status = wait_for("config status: 3 proxies on v2", secs(10), || {
+    let status = wait_for("config status: 4 proxies on v2", secs(10), || {
         let out = ctrl.ctl_ok(&["config", "status", "hello", "-o", "json"]);
         let s: Value = serde_json::from_str(&out).unwrap();
         let rows = s["proxies"].as_array()?.clone();
         let reloads_in = rows.iter().filter(|r| r["reload"]["version"] == 2).count();
-        (rows.len() == 3 && rows.iter().all(|r| r["current"] == true) && reloads_in == 2)
+        (rows.len() == 4 && rows.iter().all(|r| r["current"] == true) && reloads_in == 3)
             .then_some(s)
     });
     let reloads: Vec<String> = status["proxies"]
@@ -320,13 +370,17 @@ fn a_live_change_reaches_three_unmodified_apps() {
         reloads.iter().any(|d| d.starts_with("SIGHUP to pid")),
         "{reloads:?}"
     );
-    assert!(
-        reloads.iter().any(|d| d.ends_with("/refresh: 200")),
+    assert_eq!(
+        reloads
+            .iter()
+            .filter(|d| d.ends_with("/refresh: 200"))
+            .count(),
+        2,
         "{reloads:?}"
     );
     let table = ctrl.ctl_ok(&["config", "status", "hello"]);
     println!("{table}");
-    assert!(table.contains("3 of 3 proxies on it"), "{table}");
+    assert!(table.contains("4 of 4 proxies on it"), "{table}");
 
     // History and diff, as an operator reads them.
     let history = ctrl.ctl_ok(&["config", "history", "hello"]);
@@ -355,13 +409,13 @@ fn a_live_change_reaches_three_unmodified_apps() {
         wait_app_says(pod, app, "/greeting", "hello v1");
     }
     assert_eq!(app_says(&py, "/password").as_deref(), Some("pw-one"));
-    wait_for("config status: 3 proxies on v3", secs(10), || {
+    wait_for("config status: 4 proxies on v3", secs(10), || {
         let out = ctrl.ctl_ok(&["config", "status", "hello", "-o", "json"]);
         let s: Value = serde_json::from_str(&out).unwrap();
         let rows = s["proxies"].as_array()?.clone();
         (s["latest"] == 3 && rows.iter().all(|r| r["version"] == 3)).then_some(())
     });
-    for p in [&py_proxy, &node_proxy, &cc_proxy] {
+    for p in [&py_proxy, &node_proxy, &cc_proxy, &ncc_proxy] {
         p.assert_running();
     }
 }
@@ -669,7 +723,7 @@ fn main() -> std::process::ExitCode {
     support::stories::run(
         "e2e_config",
         stories![
-            [Pods, PYTHON3, NODE, CONFIG_CLIENT] => a_live_change_reaches_three_unmodified_apps,
+            [Pods, PYTHON3, NODE, CONFIG_CLIENT, CLOUD_CONFIG_CLIENT] => a_live_change_reaches_four_unmodified_apps,
             [Pods, PYTHON3] => an_app_restarted_with_the_control_plane_down_starts_from_the_cache,
             [CURL, PYTHON3] => secrets_rest_sealed_stay_out_of_logs_and_show_only_when_asked,
             [CURL] => bad_config_documents_are_refused_by_field_and_change_nothing,

@@ -170,8 +170,12 @@ impl Slot {
         self.current.subscribe()
     }
 
-    fn version(&self) -> u64 {
-        self.current.borrow().as_ref().map_or(0, |v| v.meta.version)
+    /// The version and hash held (`None`: nothing yet).
+    fn held(&self) -> Option<(u64, String)> {
+        self.current
+            .borrow()
+            .as_ref()
+            .map(|v| (v.meta.version, v.meta.hash.clone()))
     }
 
     /// What `/state` and mesh-control are told.
@@ -311,22 +315,29 @@ impl Delivery {
         let mut heads = dir.config_heads();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
-            let want = heads.borrow_and_update().get(&key).map(|h| h.version);
+            // The control plane's latest is the truth, whichever way it
+            // moved: one that lost its data and is given the config again
+            // starts from version 1. A config it does not know (no head)
+            // leaves the app with what it has.
+            let want = heads
+                .borrow_and_update()
+                .get(&key)
+                .map(|h| (h.version, h.hash.clone()));
             let mut retry = slot.status().write_error.is_some();
-            if want.is_some_and(|w| w > slot.version()) {
+            if want.is_some() && want != slot.held() {
                 let fetched = tokio::select! {
                     r = client.config(&slot.application, &slot.profile, None, true) => r,
                     () = stop.cancelled() => return,
                 };
                 match fetched {
-                    Ok(v) if v.meta.version > slot.version() => {
+                    Ok(v) if Some((v.meta.version, v.meta.hash.clone())) != slot.held() => {
                         slot.status().fetch_error = None;
                         self.deliver(&slot, v, true).await;
                         backoff.reset();
                         continue;
                     }
-                    // The control plane has less than this proxy: it lost
-                    // its data. Keep what the app has.
+                    // Already held (the head moved on meanwhile: the next
+                    // round fetches again).
                     Ok(_) => {}
                     Err(e) => {
                         let why = fetch_failure(&e);

@@ -6,7 +6,9 @@
 //! validated with the rules `mesh-ctl apply` checks locally, every bad
 //! field named. Writes need the admin token; reads any proven identity;
 //! secret values (`?secrets=true`) an operator, or a workload of the
-//! service the application is named after (its own sidecar).
+//! service the application is named after (its own sidecar); anyone else
+//! asking for them gets a config without secrets whole, and a 403 for one
+//! with secrets.
 
 use super::{ApiFailure, ApiResult, AppState, Caller, BODY_LIMIT};
 use crate::control::registry::Authored;
@@ -87,18 +89,20 @@ pub(super) async fn get(
             format!("version=N and secrets=true|false ({})", e.body_text()),
         )
     })?;
-    if params.secrets {
-        caller.acts_for(&app).map_err(|_| {
-            ApiFailure::Forbidden(format!(
-                "secret values of {app:?} are for operators and {app:?}'s own workloads"
-            ))
-        })?;
-    }
+    // Secret values are for operators and the application's own
+    // workloads; a config without secrets is anyone's to read whole.
+    let allowed = !params.secrets || caller.acts_for(&app).is_ok();
     let registry = st.registry.clone();
+    let (a, p) = (app.clone(), profile.clone());
     let v = tokio::task::spawn_blocking(move || {
-        registry.config(&app, &profile, params.version, params.secrets)
+        registry.config(&a, &p, params.version, params.secrets && allowed)
     })
     .await??;
+    if !allowed && !v.secret.is_empty() {
+        return Err(ApiFailure::Forbidden(format!(
+            "secret values of {app:?} are for operators and {app:?}'s own workloads"
+        )));
+    }
     Ok(Json(v))
 }
 

@@ -220,3 +220,44 @@ fn written_snapshot_is_the_snapshot() {
     assert_eq!(parsed, d.snapshot());
     assert_eq!(parsed.revision, 5);
 }
+
+#[test]
+fn config_heads_follow_snapshots_and_events_and_reach_the_cache() {
+    use crate::model::config::ConfigHead;
+    let d = dir();
+    let mut heads = d.config_heads();
+    let head = |version: u64| ConfigHead {
+        application: "hello".into(),
+        profile: "default".into(),
+        version,
+        hash: format!("h{version}"),
+    };
+    d.replace(Snapshot {
+        revision: 4,
+        configs: vec![head(1)],
+        ..Snapshot::default()
+    });
+    assert!(heads.has_changed().unwrap());
+    assert_eq!(heads.borrow_and_update()["hello/default"].version, 1);
+    d.apply(WatchEvent::Config {
+        revision: 5,
+        config: head(2),
+    });
+    assert_eq!(heads.borrow_and_update()["hello/default"].version, 2);
+    assert_eq!(d.revision(), Some(5), "a config event moves the revision");
+    // A replay at or below the revision changes nothing.
+    d.apply(WatchEvent::Config {
+        revision: 5,
+        config: head(1),
+    });
+    assert_eq!(heads.borrow()["hello/default"].version, 2);
+    let mut cached = Vec::new();
+    d.write_snapshot(&mut cached).unwrap();
+    let back: Snapshot = serde_json::from_slice(&cached).unwrap();
+    assert_eq!(
+        back.configs,
+        vec![head(2)],
+        "the disk cache carries the heads"
+    );
+    assert_eq!(d.snapshot().configs, vec![head(2)]);
+}
