@@ -20,14 +20,13 @@ mod support;
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::bins::{mesh_ctl, MESH_CONTROL, MESH_PROXY};
+use support::bins::MESH_PROXY;
 use support::fault::Fault;
 use support::loopback::{call, get, Loopback};
-use support::mesh::{sidecar_args, wait_ready};
+use support::mesh::{control_pod, sidecar_args, wait_ready, ControlPod};
 use support::stories::{tool, Need};
 use support::{path, secs, strs, wait_for, Net, Pod, Proc};
 
-const CONTROL_PORT: u16 = 15010;
 const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/peers");
 const NODE: Need = tool("node", &["--version"], "apt-get install nodejs");
 const CONFIG_CLIENT: Need = tool(
@@ -75,57 +74,13 @@ secret: [db.password]
 
 // === pods ===
 
-/// The control pod and its mesh-control, reachable from every pod.
-struct Control {
-    pod: Pod,
-    proc: Proc,
-    url: String,
-}
-
-fn control(net: &Net) -> Control {
-    let pod = net.pod("control");
-    let url = format!("http://{}:{CONTROL_PORT}", pod.ip());
-    let data = net.subdir("control-data");
-    let listen = format!("{}:{CONTROL_PORT}", pod.ip());
-    let proc = pod.spawn(
-        MESH_CONTROL,
-        &["--listen", &listen, "--data-dir", &path(&data)],
-        &[],
-    );
-    wait_for("mesh-control /healthz", secs(15), || {
-        proc.assert_running();
-        (pod.curl(&format!("{url}/healthz"), &[]).0 == 200).then_some(())
-    });
-    Control { pod, proc, url }
-}
-
-impl Control {
-    /// `mesh-ctl ARGS` from the control pod; (exit code, stdout, stderr).
-    fn ctl(&self, args: &[&str]) -> (i32, String, String) {
-        let mut all = vec!["--control", &self.url];
-        all.extend_from_slice(args);
-        let out = self.pod.run_with(mesh_ctl(), &all, &[], secs(15));
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn ctl_ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.ctl(args);
-        assert_eq!(code, 0, "mesh-ctl {args:?}:\n{out}{err}");
-        out
-    }
-
-    /// Applies `yaml` with a message; the version it made.
-    fn apply(&self, net: &Net, yaml: &str, message: &str) -> u64 {
-        let file = net.dir().join(format!("config-{}.yaml", fastrand_suffix()));
-        std::fs::write(&file, yaml).unwrap();
-        let out = self.ctl_ok(&["apply", "-f", &path(&file), "-m", message, "-o", "json"]);
-        let applied: Value = serde_json::from_str(&out).unwrap();
-        applied[0]["version"].as_u64().unwrap()
-    }
+/// Applies `yaml` with a message from the control pod; the version it made.
+fn apply(ctrl: &ControlPod, net: &Net, yaml: &str, message: &str) -> u64 {
+    let file = net.dir().join(format!("config-{}.yaml", fastrand_suffix()));
+    std::fs::write(&file, yaml).unwrap();
+    let out = ctrl.ctl_ok(&["apply", "-f", &path(&file), "-m", message, "-o", "json"]);
+    let applied: Value = serde_json::from_str(&out).unwrap();
+    applied[0]["version"].as_u64().unwrap()
 }
 
 fn fastrand_suffix() -> String {
@@ -139,7 +94,7 @@ fn fastrand_suffix() -> String {
 }
 
 /// One app pod: a sidecar delivering `hello`'s config with `extra` flags.
-fn sidecar(net: &Net, ctrl: &Control, pod: &Pod, extra: &[String]) -> Proc {
+fn sidecar(net: &Net, ctrl: &ControlPod, pod: &Pod, extra: &[String]) -> Proc {
     let cache = net.subdir(&format!("{}-cache", pod.name()));
     let mut args = sidecar_args(&ctrl.url, &cache);
     args.extend(["--config".to_string(), "hello".to_string()]);
@@ -206,9 +161,9 @@ fn wait_pid_file(net: &Net, pod: &Pod) -> std::path::PathBuf {
 
 fn a_live_change_reaches_four_unmodified_apps() {
     let net = Net::new("cfg");
-    let ctrl = control(&net);
+    let ctrl = control_pod(&net, &[]);
     assert_eq!(
-        ctrl.apply(&net, &config_doc("hello v1", "pw-one"), "first"),
+        apply(&ctrl, &net, &config_doc("hello v1", "pw-one"), "first"),
         1
     );
 
@@ -324,7 +279,7 @@ fn a_live_change_reaches_four_unmodified_apps() {
 
     // v2: every app serves it within a second of the apply.
     assert_eq!(
-        ctrl.apply(&net, &config_doc("hello v2", "pw-two"), "second"),
+        apply(&ctrl, &net, &config_doc("hello v2", "pw-two"), "second"),
         2
     );
     let applied = Instant::now();
@@ -422,9 +377,9 @@ fn a_live_change_reaches_four_unmodified_apps() {
 
 fn an_app_restarted_with_the_control_plane_down_starts_from_the_cache() {
     let net = Net::new("cfgc");
-    let ctrl = control(&net);
-    ctrl.apply(&net, &config_doc("cached v1", "pw-one"), "first");
-    ctrl.apply(&net, &config_doc("cached v2", "pw-two"), "second");
+    let ctrl = control_pod(&net, &[]);
+    apply(&ctrl, &net, &config_doc("cached v1", "pw-one"), "first");
+    apply(&ctrl, &net, &config_doc("cached v2", "pw-two"), "second");
     let pod = net.pod("py");
     let dir = net.subdir("py-config");
     let proxy = sidecar(&net, &ctrl, &pod, &["--config-dir".into(), path(&dir)]);

@@ -19,66 +19,17 @@ mod support;
 
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use support::bins::{MESH_CONTROL, MESH_PROXY};
+use support::bins::MESH_PROXY;
 use support::fault::{Load, LOAD};
-use support::mesh::{intercept, sidecar_args, wait_ready, Hello};
-use support::{path, secs, strs, wait_for, Net, Pod, Proc};
+use support::mesh::{control_pod, intercept, sidecar_args, wait_ready, ControlPod, Hello};
+use support::{secs, strs, wait_for, Net, Pod, Proc};
 
-const CONTROL_PORT: u16 = 15010;
-
-/// The control pod and its mesh-control, reachable from every pod.
-struct Control {
-    pod: Pod,
-    _proc: Proc,
-    url: String,
-}
-
-fn control(net: &Net) -> Control {
-    let pod = net.pod("control");
-    let url = format!("http://{}:{CONTROL_PORT}", pod.ip());
-    let data = net.subdir("control-data");
-    let listen = format!("{}:{CONTROL_PORT}", pod.ip());
-    let proc = pod.spawn(
-        MESH_CONTROL,
-        &[
-            "--listen",
-            &listen,
-            "--data-dir",
-            &path(&data),
-            "--sweep-interval",
-            "200ms",
-        ],
-        &[],
-    );
-    wait_for("mesh-control /healthz", secs(15), || {
-        proc.assert_running();
-        (pod.curl(&format!("{url}/healthz"), &[]).0 == 200).then_some(())
-    });
-    Control {
-        pod,
-        _proc: proc,
-        url,
-    }
-}
-
-impl Control {
-    /// `GET /v1/proxies`.
-    fn proxies(&self) -> Value {
-        let (status, body) = self.pod.curl(&format!("{}/v1/proxies", self.url), &[]);
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    /// Polls until `n` proxies watch.
-    fn wait_watching(&self, n: u64) {
-        wait_for(&format!("{n} proxies watching"), secs(20), || {
-            (self.proxies()["watching"].as_u64() == Some(n)).then_some(())
-        });
-    }
+fn control(net: &Net) -> ControlPod {
+    control_pod(net, &["--sweep-interval", "200ms"])
 }
 
 /// A client-only pod: interception and a sidecar, no app.
-fn client(net: &Net, ctrl: &Control, name: &str) -> (Pod, Proc) {
+fn client(net: &Net, ctrl: &ControlPod, name: &str) -> (Pod, Proc) {
     let pod = net.pod(name);
     intercept(&pod);
     let cache = net.subdir(&format!("{name}-cache"));

@@ -8,8 +8,10 @@
 //!
 //! Concurrency: one task per subscription, so a slow fetch or write of
 //! one never holds another. Each slot publishes its current version on a
-//! watch channel (long polls wait on it) after the files are written, so
-//! an answer from the local endpoint means the files are on disk too.
+//! watch channel (long polls wait on it) once its files are written (or
+//! could not be: then the endpoint still serves it, `/state` says why, and
+//! the writes are retried); a reload is sent only once the files are on
+//! disk.
 //! The heads come from the [`Directory`], which the watch stream (or, on a
 //! restart, its disk cache) fills; the last delivered version of each
 //! slot is kept in `--cache-dir`, so an app starts with its config while
@@ -34,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The config flags of `mesh-proxy`.
-#[derive(Args, Clone, Debug, Default)]
+#[derive(Args, Clone, Debug)]
 pub struct ConfigArgs {
     /// Deliver the config of APP (profile `default` unless given) to the
     /// app: files in --config-dir, and GET /config/APP/PROFILE plus the
@@ -60,6 +62,34 @@ pub struct ConfigArgs {
     /// (`http://127.0.0.1:8080/actuator/refresh`); a 2xx is its ack.
     #[arg(long, env = "MESH_CONFIG_RELOAD_URL", value_parser = parse_reload_url)]
     pub config_reload_url: Option<ReloadUrl>,
+    /// Mode of the config files (octal; like a ConfigMap's defaultMode).
+    /// They hold the secrets too: 0640 with a group shared with the app,
+    /// or 0600 when the app runs as the proxy's user.
+    #[arg(long, env = "MESH_CONFIG_FILE_MODE", default_value = "0644", value_parser = parse_mode)]
+    pub config_file_mode: u32,
+}
+
+impl Default for ConfigArgs {
+    fn default() -> Self {
+        ConfigArgs {
+            config: Vec::new(),
+            config_dir: PathBuf::from("./mesh-config"),
+            config_reload_signal: None,
+            config_reload_pid_file: None,
+            config_reload_url: None,
+            config_file_mode: files::DEFAULT_MODE,
+        }
+    }
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.trim().trim_start_matches("0o");
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 && m & 0o400 != 0 => Ok(m),
+        _ => Err(format!(
+            "{s:?}: an octal file mode the owner can read (0644, 0640, 0600)"
+        )),
+    }
 }
 
 /// One `--config APP[:PROFILE]`.
@@ -151,6 +181,8 @@ struct Status {
     /// Fetching the latest version failed.
     fetch_error: Option<String>,
     reload: Option<ReloadOutcome>,
+    /// A version whose reload waits for its files to be written.
+    reload_pending: Option<u64>,
 }
 
 impl Slot {
@@ -200,6 +232,7 @@ impl Slot {
 pub struct Delivery {
     slots: Vec<Arc<Slot>>,
     reload: Option<Reload>,
+    mode: u32,
     /// Bumped whenever a slot's report changes.
     epoch: watch::Sender<u64>,
 }
@@ -208,10 +241,17 @@ impl Delivery {
     /// The slots of `args`, each starting from its cached version (written
     /// to its directory again if the directory lacks it).
     pub fn open(args: &ConfigArgs, cache_dir: &Path) -> Arc<Delivery> {
-        let several = args.config.len() > 1;
-        let slots = args
-            .config
-            .iter()
+        // One slot per config: two would share a directory and a cache.
+        let mut subs: Vec<&Subscription> = Vec::new();
+        for s in &args.config {
+            if !subs.contains(&s) {
+                subs.push(s);
+            }
+        }
+        let several = subs.len() > 1;
+        let mode = args.config_file_mode;
+        let slots = subs
+            .into_iter()
             .map(|s| {
                 let dir = match several {
                     false => args.config_dir.clone(),
@@ -228,7 +268,7 @@ impl Delivery {
                     current: watch::channel(None).0,
                     status: Mutex::default(),
                 };
-                slot.start_from_cache();
+                slot.start_from_cache(mode);
                 Arc::new(slot)
             })
             .collect();
@@ -242,6 +282,7 @@ impl Delivery {
         Arc::new(Delivery {
             slots,
             reload,
+            mode,
             epoch: watch::channel(0).0,
         })
     }
@@ -324,6 +365,9 @@ impl Delivery {
                 .get(&key)
                 .map(|h| (h.version, h.hash.clone()));
             let mut retry = slot.status().write_error.is_some();
+            if want.is_none() || want == slot.held() {
+                self.fetched(&slot);
+            }
             if want.is_some() && want != slot.held() {
                 let fetched = tokio::select! {
                     r = client.config(&slot.application, &slot.profile, None, true) => r,
@@ -331,14 +375,14 @@ impl Delivery {
                 };
                 match fetched {
                     Ok(v) if Some((v.meta.version, v.meta.hash.clone())) != slot.held() => {
-                        slot.status().fetch_error = None;
-                        self.deliver(&slot, v, true).await;
+                        self.fetched(&slot);
+                        self.deliver(&slot, v).await;
                         backoff.reset();
                         continue;
                     }
                     // Already held (the head moved on meanwhile: the next
                     // round fetches again).
-                    Ok(_) => {}
+                    Ok(_) => self.fetched(&slot),
                     Err(e) => {
                         let why = fetch_failure(&e);
                         tracing::warn!(application = %slot.application, profile = %slot.profile, error = %why, "cannot fetch the config; retrying");
@@ -349,10 +393,10 @@ impl Delivery {
                 }
             } else if retry {
                 if let Some(v) = slot.current() {
-                    self.write_files(&slot, &v).await;
-                    retry = slot.status().write_error.is_some();
-                    if !retry {
+                    if self.write_files(&slot, &v).await {
                         backoff.reset();
+                        retry = false;
+                        self.reload_if_pending(&slot, v.meta.version).await;
                     }
                 }
             }
@@ -370,46 +414,75 @@ impl Delivery {
         }
     }
 
+    /// A fetch went through (or was not needed): no fetch error to show.
+    fn fetched(&self, slot: &Slot) {
+        if slot.status().fetch_error.take().is_some() {
+            self.changed();
+        }
+    }
+
     /// Files, endpoint, cache, reload, in that order: an app told of a
-    /// version (by the endpoint or a reload) finds its files written.
-    async fn deliver(&self, slot: &Arc<Slot>, v: ConfigVersion, reload: bool) {
+    /// version by a reload finds its files written. The endpoint moves
+    /// even when the files cannot be written (it is the app's other way
+    /// to its config); the reload then waits until they are.
+    async fn deliver(&self, slot: &Arc<Slot>, v: ConfigVersion) {
         let version = v.meta.version;
-        self.write_files(slot, &v).await;
-        slot.status().applied_at = Some(crate::identity::rfc3339(SystemTime::now()));
+        let written = self.write_files(slot, &v).await;
+        let applied_at = crate::identity::rfc3339(SystemTime::now());
+        slot.status().applied_at = Some(applied_at.clone());
         let v = Arc::new(v);
         slot.current.send_replace(Some(v.clone()));
-        tracing::info!(application = %slot.application, profile = %slot.profile, version, dir = %slot.dir.display(), "config delivered");
+        tracing::info!(application = %slot.application, profile = %slot.profile, version, dir = %slot.dir.display(), files = written, "config delivered");
         let cache = slot.cache.clone();
         let cached = tokio::task::spawn_blocking(move || {
-            let text = serde_json::to_vec(&*v).unwrap_or_default();
-            write_private(&cache, &text)
+            let text = serde_json::to_string(&Cached {
+                applied_at,
+                version: (*v).clone(),
+            })
+            .unwrap_or_default();
+            crate::identity::pem::write_file(&cache, &text, true)
         })
         .await;
         if let Ok(Err(e)) = cached {
             tracing::warn!(path = %slot.cache.display(), error = %e, "cannot cache the config");
         }
-        if reload {
-            if let Some(r) = &self.reload {
-                let outcome = r.run(version).await;
-                match outcome.ok {
-                    true => tracing::info!(version, detail = %outcome.detail, "app reloaded"),
-                    false => tracing::warn!(version, detail = %outcome.detail, "app reload failed"),
-                }
-                slot.status().reload = Some(outcome);
+        if self.reload.is_some() {
+            slot.status().reload_pending = Some(version);
+            if written {
+                self.reload_if_pending(slot, version).await;
             }
         }
         self.changed();
     }
 
-    async fn write_files(&self, slot: &Slot, v: &ConfigVersion) {
+    /// Runs the reload `version` waits for, if it still does.
+    async fn reload_if_pending(&self, slot: &Slot, version: u64) {
+        let Some(r) = &self.reload else { return };
+        if slot.status().reload_pending != Some(version) {
+            return;
+        }
+        let outcome = r.run(version).await;
+        match outcome.ok {
+            true => tracing::info!(version, detail = %outcome.detail, "app reloaded"),
+            false => tracing::warn!(version, detail = %outcome.detail, "app reload failed"),
+        }
+        let mut st = slot.status();
+        st.reload_pending = None;
+        st.reload = Some(outcome);
+        drop(st);
+        self.changed();
+    }
+
+    /// Writes `v`'s files; whether they were written.
+    async fn write_files(&self, slot: &Slot, v: &ConfigVersion) -> bool {
         let rendered = render::render(v);
-        let (dir, version) = (slot.dir.clone(), v.meta.version);
+        let (dir, version, mode) = (slot.dir.clone(), v.meta.version, self.mode);
         let written = tokio::task::spawn_blocking(move || {
             let files: Vec<(&str, &[u8])> = rendered
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_slice()))
                 .collect();
-            files::write(&dir, version, &files)
+            files::write(&dir, version, &files, mode)
         })
         .await;
         let error = match written {
@@ -420,6 +493,7 @@ impl Delivery {
         if let Some(e) = &error {
             tracing::warn!(application = %slot.application, profile = %slot.profile, version, error = %e, "config files not written; the local endpoint still serves this version");
         }
+        let ok = error.is_none();
         let mut st = slot.status();
         let was = st.write_error.take();
         st.write_error = error;
@@ -427,6 +501,7 @@ impl Delivery {
             drop(st);
             self.changed();
         }
+        ok
     }
 
     /// Tells mesh-control what every slot holds: on every change, and
@@ -488,17 +563,22 @@ impl Slot {
     /// (always: the directory is not synced, so after a crash it may hold
     /// the right version's name over empty files): the app's config while
     /// the control plane is away.
-    fn start_from_cache(&self) {
+    fn start_from_cache(&self, mode: u32) {
         let cached = match std::fs::read(&self.cache) {
-            Ok(bytes) => serde_json::from_slice::<ConfigVersion>(&bytes),
+            Ok(bytes) => serde_json::from_slice::<Cached>(&bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
             Err(e) => {
                 tracing::warn!(path = %self.cache.display(), error = %e, "cannot read the cached config");
                 return;
             }
         };
-        let v = match cached {
-            Ok(v) if v.meta.application == self.application && v.meta.profile == self.profile => v,
+        let (v, applied_at) = match cached {
+            Ok(c)
+                if c.version.meta.application == self.application
+                    && c.version.meta.profile == self.profile =>
+            {
+                (c.version, c.applied_at)
+            }
             Ok(_) | Err(_) => {
                 tracing::warn!(path = %self.cache.display(), "ignoring an unreadable cached config");
                 return;
@@ -509,15 +589,23 @@ impl Slot {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_slice()))
             .collect();
-        if let Err(e) = files::write(&self.dir, v.meta.version, &files) {
+        if let Err(e) = files::write(&self.dir, v.meta.version, &files, mode) {
             let why = format!("cannot write {}: {e}", self.dir.display());
             tracing::warn!(error = %why, "config files not written from the cache");
             self.status().write_error = Some(why);
         }
         tracing::info!(application = %self.application, profile = %self.profile, version = v.meta.version, "starting from the cached config");
-        self.status().applied_at = Some(crate::identity::rfc3339(SystemTime::now()));
+        self.status().applied_at = Some(applied_at);
         self.current.send_replace(Some(Arc::new(v)));
     }
+}
+
+/// A slot's cache file: the version and when it was delivered.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Cached {
+    applied_at: String,
+    #[serde(flatten)]
+    version: ConfigVersion,
 }
 
 impl Reload {
@@ -585,25 +673,6 @@ fn fetch_failure(e: &ClientError) -> String {
     format!("cannot fetch the latest version: {e}")
 }
 
-/// Temp file + rename, readable by this user only (it holds secrets).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,5 +701,7 @@ mod tests {
         assert_eq!(url.path, "/actuator/refresh");
         assert!(parse_reload_url("http://app:8080/").is_err());
         assert!(parse_reload_url("https://127.0.0.1/").is_err());
+        assert_eq!(parse_mode("0640"), Ok(0o640));
+        assert!(parse_mode("0044").is_err() && parse_mode("999").is_err());
     }
 }

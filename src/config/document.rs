@@ -7,7 +7,7 @@
 //! the same `.env` name, no file name escapes the directory or takes the
 //! name of a rendered file. So a version, once stored, always delivers.
 
-use crate::model::config::{ConfigDocument, CONFIG_KIND, DEFAULT_PROFILE};
+use crate::model::config::{ConfigDocument, CONFIG_KIND, DEFAULT_PROFILE, REDACTED};
 use crate::model::{validate_service_name, FieldErrors};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -82,14 +82,8 @@ fn parse(doc: &Value, kind_required: bool) -> Result<ConfigDocument, FieldErrors
             ),
         ),
     }
-    if let Err((key, why)) = unflatten(&data) {
-        errs.push(format!("data.{key}"), why);
-    }
-    env_collisions(&data, &mut errs);
-
     let files = files(top.get("files"), &mut errs);
     let secret = secrets(top.get("secret"), &data, &mut errs);
-
     let doc = ConfigDocument {
         application,
         profile,
@@ -97,6 +91,7 @@ fn parse(doc: &Value, kind_required: bool) -> Result<ConfigDocument, FieldErrors
         files,
         secret,
     };
+    // Before the checks whose work grows with the content.
     let size = doc.content_bytes();
     if size > MAX_CONFIG_BYTES {
         errs.push(
@@ -105,7 +100,12 @@ fn parse(doc: &Value, kind_required: bool) -> Result<ConfigDocument, FieldErrors
                 "{size} bytes of data and files; at most {MAX_CONFIG_BYTES} (1 MiB) per version"
             ),
         );
+        return Err(errs);
     }
+    if let Err((key, why)) = unflatten(&doc.data) {
+        errs.push(format!("data.{key}"), why);
+    }
+    env_collisions(&doc.data, &mut errs);
     errs.into_result(doc)
 }
 
@@ -212,11 +212,10 @@ fn key_segment(k: &str) -> Result<(), String> {
                     "'[' and ']' only follow a name, as a list position: servers[0]".into(),
                 );
             };
-            if inner[..end].is_empty()
-                || !inner[..end].bytes().all(|b| b.is_ascii_digit())
-                || end > 6
-            {
-                return Err("a list position is a number: servers[0]".into());
+            let n = &inner[..end];
+            let digits = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+            if !digits || (n.len() > 1 && n.starts_with('0')) || n.len() > 6 {
+                return Err("a list position is a number without leading zeros: servers[0]".into());
             }
             rest = &inner[end + 1..];
         }
@@ -234,69 +233,84 @@ pub fn scalar_text(v: &Value) -> String {
 
 /// The flat keys as one nested value (`a.b` → `{"a":{"b":..}}`, `a[0]`
 /// → `{"a":[..]}`): what `application.json` holds. Fails, naming the key,
-/// when a key is both a value and a parent of others.
+/// when a key is both a value and a parent of others, or when a list's
+/// positions do not run from 0 without gaps. Built sparse first, so a key
+/// like `a[999999]` costs one entry, not a million.
 pub fn unflatten(flat: &BTreeMap<String, Value>) -> Result<Value, (String, String)> {
-    let mut root = Value::Object(Map::new());
+    let mut root = Node::Map(BTreeMap::new());
     for (key, value) in flat {
+        let clash = || {
+            (
+                key.clone(),
+                "is a value and also has keys under it (or the other way round)".to_string(),
+            )
+        };
         let path = key_path(key);
         let mut at = &mut root;
         for (i, step) in path.iter().enumerate() {
-            let last = i + 1 == path.len();
-            let clash = || {
-                (
-                    key.clone(),
-                    "is a value and also has keys under it (or the other way round)".to_string(),
-                )
+            let next = match path.get(i + 1) {
+                None => Node::Leaf(value.clone()),
+                Some(Step::Key(_)) => Node::Map(BTreeMap::new()),
+                Some(Step::Index(_)) => Node::List(BTreeMap::new()),
             };
+            let last = i + 1 == path.len();
             let slot = match (step, at) {
-                (Step::Key(k), Value::Object(m)) => m.entry(k.clone()).or_insert(Value::Null),
-                (Step::Index(n), Value::Array(items)) => {
-                    // Flattening numbers items from 0 in order, and keys
-                    // sort `a[10]` before `a[2]`: make room up to n.
-                    while items.len() <= *n {
-                        items.push(Value::Null);
+                (Step::Key(k), Node::Map(m)) => {
+                    if last && m.contains_key(k) {
+                        return Err(clash());
                     }
-                    &mut items[*n]
+                    m.entry(k.clone()).or_insert(next)
+                }
+                (Step::Index(n), Node::List(items)) => {
+                    if last && items.contains_key(n) {
+                        return Err(clash());
+                    }
+                    items.entry(*n).or_insert(next)
                 }
                 _ => return Err(clash()),
             };
-            if last {
-                if !slot.is_null() {
-                    return Err(clash());
-                }
-                *slot = value.clone();
-            } else {
-                if slot.is_null() {
-                    *slot = match path[i + 1] {
-                        Step::Key(_) => Value::Object(Map::new()),
-                        Step::Index(_) => Value::Array(Vec::new()),
-                    };
-                }
-                if !(slot.is_object() || slot.is_array()) {
-                    return Err(clash());
-                }
+            if !last && matches!(slot, Node::Leaf(_)) {
+                return Err(clash());
             }
             at = slot;
         }
     }
-    match hole(&root, String::new()) {
-        Some(key) => Err((
-            key,
-            "list positions must run from 0 without gaps".to_string(),
-        )),
-        None => Ok(root),
-    }
+    root.into_value(String::new())
 }
 
-/// The flat key of the first missing list position, if any.
-fn hole(v: &Value, at: String) -> Option<String> {
-    match v {
-        Value::Object(m) => m.iter().find_map(|(k, v)| hole(v, join(&at, k))),
-        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| match v {
-            Value::Null => Some(format!("{at}[{i}]")),
-            v => hole(v, format!("{at}[{i}]")),
-        }),
-        _ => None,
+/// [`unflatten`]'s tree before it is checked.
+enum Node {
+    Leaf(Value),
+    Map(BTreeMap<String, Node>),
+    List(BTreeMap<usize, Node>),
+}
+
+impl Node {
+    fn into_value(self, at: String) -> Result<Value, (String, String)> {
+        Ok(match self {
+            Node::Leaf(v) => v,
+            Node::Map(m) => {
+                let mut out = Map::new();
+                for (k, n) in m {
+                    let v = n.into_value(join(&at, &k))?;
+                    out.insert(k, v);
+                }
+                Value::Object(out)
+            }
+            Node::List(items) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, (n, node)) in items.into_iter().enumerate() {
+                    if n != i {
+                        return Err((
+                            format!("{at}[{i}]"),
+                            "list positions must run from 0 without gaps".to_string(),
+                        ));
+                    }
+                    out.push(node.into_value(format!("{at}[{i}]"))?);
+                }
+                Value::Array(out)
+            }
+        })
     }
 }
 
@@ -398,6 +412,19 @@ fn files(v: Option<&Value>, errs: &mut FieldErrors) -> BTreeMap<String, String> 
 /// A name inside the config directory: one path component, not hidden
 /// behind the `..` names the atomic swap uses, not a rendered file's.
 pub fn file_name(name: &str) -> Result<(), String> {
+    path_component(name)?;
+    if RENDERED.contains(&name) {
+        return Err(format!(
+            "{name} is rendered from data; put these keys under data instead"
+        ));
+    }
+    Ok(())
+}
+
+/// One component of a path inside the config directory, not one of the
+/// swap's `..` names: what `files::write` checks again of every name it
+/// writes, whoever sent it.
+pub fn path_component(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("empty file name".into());
     }
@@ -417,11 +444,6 @@ pub fn file_name(name: &str) -> Result<(), String> {
     }
     if name.chars().any(|c| c.is_control()) {
         return Err("control characters are not allowed in a file name".into());
-    }
-    if RENDERED.contains(&name) {
-        return Err(format!(
-            "{name} is rendered from data; put these keys under data instead"
-        ));
     }
     Ok(())
 }
@@ -446,6 +468,12 @@ fn secrets(
     };
     for (i, item) in items.iter().enumerate() {
         match item.as_str() {
+            Some(k) if data.get(k).and_then(Value::as_str) == Some(REDACTED) => errs.push(
+                format!("secret[{i}]"),
+                format!(
+                    "{k:?} holds the placeholder {REDACTED} (from `config get` without --show-secrets); give the value"
+                ),
+            ),
             Some(k) if data.contains_key(k) => {
                 out.insert(k.to_string());
             }
@@ -544,13 +572,13 @@ mod tests {
                 "profile",
                 "data.a",
                 "data.b.",
-                "data.x[0]",
                 "files.../etc/passwd",
                 "files...data",
                 "files.application.json",
                 "files.ok",
                 "secret[0]",
-                "secret[1]"
+                "secret[1]",
+                "data.x[0]"
             ]
         );
     }
@@ -578,6 +606,21 @@ mod tests {
             ["kind"]
         );
         assert_eq!(fields(json!({"kind": "Config"})), ["application"]);
+    }
+
+    #[test]
+    fn hostile_keys_cost_nothing_and_aliases_are_refused() {
+        // One entry each, not a million-slot list.
+        let got = fields(json!({"kind": "Config", "application": "a", "data": {"k[999999]": 1}}));
+        assert_eq!(got, ["data.k[0]"]);
+        assert_eq!(
+            fields(json!({"kind": "Config", "application": "a", "data": {"k[0]": 1, "k[00]": 2}})),
+            ["data.k[00]"]
+        );
+        let got = errors(json!({"kind": "Config", "application": "a",
+            "data": {"pw": "<redacted>"}, "secret": ["pw"]}));
+        assert_eq!(got[0].0, "secret[0]");
+        assert!(got[0].1.contains("placeholder"), "{got:?}");
     }
 
     #[test]

@@ -12,9 +12,10 @@
 //! `rename` of a `..data` symlink makes it current. A reader
 //! opening `dir/NAME` gets the old file or the new one, never a mix; a
 //! reader that resolves `..data` once and reads several files from it
-//! gets one version of all of them. The previous version's directory is
-//! kept until the next swap, so a reader that resolved `..data` just
-//! before a swap can still finish reading it.
+//! gets one version of all of them. The two versions before the current
+//! one keep their directories, so a reader that resolved `..data` just
+//! before a swap (or two) can still finish reading; only a path walk that
+//! spans three swaps can find its version gone (ENOENT, never a mix).
 //!
 //! Nothing is fsynced, as the kubelet does not: the swap is for readers,
 //! who see the page cache, not for crashes. What survives a crash is the
@@ -32,9 +33,27 @@ const DATA_TMP: &str = "..data_tmp";
 /// Version directories start with this (the kubelet's start with `..`
 /// then a timestamp; only the `..` matters to readers).
 const VERSION_PREFIX: &str = "..v";
+/// Version directories kept: the current one and the two before it.
+const KEEP: usize = 3;
 
-/// Makes `files` the content of `dir` for `version`, atomically.
-pub fn write(dir: &Path, version: u64, files: &[(&str, &[u8])]) -> io::Result<()> {
+/// The mode of config files unless told otherwise (Kubernetes'
+/// `defaultMode`).
+pub const DEFAULT_MODE: u32 = 0o644;
+
+/// Makes `files` the content of `dir` for `version`, atomically, each file
+/// with `mode` (its directory: the same, searchable where readable). Every
+/// name is checked again here, whoever validated it before: a name that
+/// is not one plain component inside `dir` fails the whole version.
+pub fn write(dir: &Path, version: u64, files: &[(&str, &[u8])], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    for (file, _) in files {
+        super::document::path_component(file).map_err(|why| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("file name {file:?}: {why}"),
+            )
+        })?;
+    }
     std::fs::create_dir_all(dir)?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -42,10 +61,19 @@ pub fn write(dir: &Path, version: u64, files: &[(&str, &[u8])]) -> io::Result<()
     let name = format!("{VERSION_PREFIX}{version}.{nanos}");
     let staged = dir.join(&name);
     std::fs::create_dir(&staged)?;
+    let dir_mode = mode | ((mode & 0o444) >> 2);
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(dir_mode))?;
     for (file, bytes) in files {
-        std::fs::File::create(staged.join(file))?.write_all(bytes)?;
+        let path = staged.join(file);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)?;
+        // The umask may have taken bits the operator asked for.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
     }
-    let previous = std::fs::read_link(dir.join(DATA)).ok();
 
     // The swap: a new symlink renamed over the old one.
     let tmp = dir.join(DATA_TMP);
@@ -67,6 +95,9 @@ pub fn write(dir: &Path, version: u64, files: &[(&str, &[u8])]) -> io::Result<()
             std::fs::rename(&tmp, &link)?;
         }
     }
+    // Version directories by when they were written (the name's nanos;
+    // version numbers may restart).
+    let mut versions: Vec<(u128, std::path::PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let fname = entry.file_name();
@@ -75,12 +106,9 @@ pub fn write(dir: &Path, version: u64, files: &[(&str, &[u8])]) -> io::Result<()
         };
         let path = entry.path();
         if fname.starts_with("..") {
-            // Old version directories, but the one just replaced.
-            let old = fname.starts_with(VERSION_PREFIX)
-                && fname != name
-                && previous.as_deref() != Some(Path::new(fname));
-            if old {
-                std::fs::remove_dir_all(&path)?;
+            if let Some(rest) = fname.strip_prefix(VERSION_PREFIX) {
+                let written = rest.rsplit('.').next().and_then(|n| n.parse().ok());
+                versions.push((written.unwrap_or(0), path));
             }
             continue;
         }
@@ -88,6 +116,13 @@ pub fn write(dir: &Path, version: u64, files: &[(&str, &[u8])]) -> io::Result<()
             && !files.iter().any(|(f, _)| *f == fname);
         if ours {
             std::fs::remove_file(&path)?;
+        }
+    }
+    versions.sort();
+    let old = versions.len().saturating_sub(KEEP);
+    for (_, path) in versions.into_iter().take(old) {
+        if path != staged {
+            std::fs::remove_dir_all(&path)?;
         }
     }
     Ok(())
@@ -120,14 +155,20 @@ mod tests {
     fn swaps_whole_versions_and_drops_lost_names() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("cfg");
-        write(&dir, 1, &[("a.txt", b"one"), ("b.txt", b"one")]).unwrap();
+        write(
+            &dir,
+            1,
+            &[("a.txt", b"one"), ("b.txt", b"one")],
+            DEFAULT_MODE,
+        )
+        .unwrap();
         assert_eq!(names(&dir), ["..data", "a.txt", "b.txt"]);
         assert_eq!(std::fs::read(dir.join("a.txt")).unwrap(), b"one");
         assert_eq!(current_version(&dir), Some(1));
-        write(&dir, 2, &[("a.txt", b"two")]).unwrap();
+        write(&dir, 2, &[("a.txt", b"two")], DEFAULT_MODE).unwrap();
         assert_eq!(names(&dir), ["..data", "a.txt"]);
         assert_eq!(std::fs::read(dir.join("a.txt")).unwrap(), b"two");
-        write(&dir, 3, &[("a.txt", b"three")]).unwrap();
+        write(&dir, 3, &[("a.txt", b"three")], DEFAULT_MODE).unwrap();
         let versions = std::fs::read_dir(&dir)
             .unwrap()
             .filter(|e| {
@@ -139,12 +180,24 @@ mod tests {
                     .starts_with(VERSION_PREFIX)
             })
             .count();
-        assert_eq!(versions, 2, "the current and the one before it");
+        assert_eq!(versions, 3, "the current and the two before it");
         assert_eq!(current_version(&dir), Some(3));
         // A file the operator put there is not ours to remove.
         std::fs::write(dir.join("mine.txt"), b"x").unwrap();
-        write(&dir, 4, &[("a.txt", b"four")]).unwrap();
+        write(&dir, 4, &[("a.txt", b"four")], 0o600).unwrap();
         assert!(dir.join("mine.txt").exists());
+        let mode = std::fs::metadata(dir.join("a.txt")).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        // Names that would leave the directory fail the whole version.
+        for bad in ["../escape", "/etc/x", "..data", "a/b"] {
+            let e = write(&dir, 5, &[("ok.txt", b"x"), (bad, b"x")], DEFAULT_MODE).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{bad}");
+        }
+        assert_eq!(current_version(&dir), Some(4));
+        assert!(!tmp.path().join("escape").exists());
     }
 
     /// The reader: opening files in a tight loop while 100
@@ -156,7 +209,13 @@ mod tests {
         let dir = tmp.path().to_path_buf();
         let body = |v: u64, file: &str| format!("{file}:{v}:{}:{v}", "x".repeat(64 * 1024));
         let (a, b) = (body(0, "a"), body(0, "b"));
-        write(&dir, 0, &[("a", a.as_bytes()), ("b", b.as_bytes())]).unwrap();
+        write(
+            &dir,
+            0,
+            &[("a", a.as_bytes()), ("b", b.as_bytes())],
+            DEFAULT_MODE,
+        )
+        .unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let reader = {
             let (dir, stop) = (dir.clone(), stop.clone());
@@ -171,7 +230,12 @@ mod tests {
                     parts[1].parse().unwrap()
                 };
                 while !stop.load(Ordering::Acquire) {
-                    let text = std::fs::read_to_string(dir.join("a")).unwrap();
+                    let text = match std::fs::read_to_string(dir.join("a")) {
+                        Ok(t) => t,
+                        // Its version removed three swaps later, mid-walk.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                        Err(e) => panic!("{e}"),
+                    };
                     check(&text, "a");
                     reads += 1;
                     // One version of both: resolve ..data once.
@@ -194,7 +258,13 @@ mod tests {
         };
         for v in 1..=100 {
             let (a, b) = (body(v, "a"), body(v, "b"));
-            write(&dir, v, &[("a", a.as_bytes()), ("b", b.as_bytes())]).unwrap();
+            write(
+                &dir,
+                v,
+                &[("a", a.as_bytes()), ("b", b.as_bytes())],
+                DEFAULT_MODE,
+            )
+            .unwrap();
         }
         stop.store(true, Ordering::Release);
         let (reads, pairs) = reader.join().unwrap();

@@ -43,13 +43,20 @@ pub fn routes(delivery: Arc<Delivery>) -> Router {
         .with_state(delivery)
 }
 
-#[derive(Serialize)]
-struct Problem {
-    error: String,
+/// The API's error shape (`{"error": ..., "fields": []}`).
+fn problem(status: StatusCode, error: String) -> Response {
+    let body = crate::model::ApiError {
+        error,
+        fields: Vec::new(),
+    };
+    (status, Json(body)).into_response()
 }
 
-fn problem(status: StatusCode, error: String) -> Response {
-    (status, Json(Problem { error })).into_response()
+/// Whether a request comes from this pod (loopback): the config endpoints
+/// and `POST /shutdown` answer no one else.
+pub fn from_this_pod(peer: &Option<Extension<ConnectInfo<SocketAddr>>>) -> bool {
+    peer.as_ref()
+        .is_some_and(|p| p.0 .0.ip().to_canonical().is_loopback())
 }
 
 /// A refusal: its status, and the reason as `{"error": ...}`.
@@ -63,9 +70,9 @@ impl IntoResponse for Refused {
 
 /// Only the app in this pod: these answers carry its secrets.
 fn local_only(peer: &Option<Extension<ConnectInfo<SocketAddr>>>) -> Result<(), Refused> {
-    match peer {
-        Some(p) if p.0 .0.ip().to_canonical().is_loopback() => Ok(()),
-        _ => Err(Refused(
+    match from_this_pod(peer) {
+        true => Ok(()),
+        false => Err(Refused(
             StatusCode::FORBIDDEN,
             "config is served only to this pod (loopback)".into(),
         )),
@@ -100,17 +107,46 @@ struct PollParams {
     wait: Option<String>,
 }
 
-fn etag(version: u64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+/// `"N-HASH16"`: the version, and enough of the content hash that a
+/// version number reused (a control plane that lost its data and was
+/// given the config again) is still a change.
+fn etag(v: &ConfigVersion) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{}\"", tag(v))).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
-/// `"7"`, `W/"7"` or `7` → 7.
-fn parse_tag(s: &str) -> Option<u64> {
-    s.trim()
-        .trim_start_matches("W/")
-        .trim_matches('"')
-        .parse()
-        .ok()
+fn tag(v: &ConfigVersion) -> String {
+    let hex = v.meta.hash.rsplit(':').next().unwrap_or_default();
+    let short = hex.get(..16).unwrap_or(hex);
+    format!("{}-{short}", v.meta.version)
+}
+
+/// What a caller holds: `7` (a version) or a tag, `"7-ab12.."` or
+/// `W/"7-ab12.."`.
+#[derive(Clone, PartialEq, Eq)]
+enum Known {
+    Version(u64),
+    Tag(String),
+}
+
+impl Known {
+    fn parse(s: &str) -> Option<Known> {
+        let t = s.trim().trim_start_matches("W/").trim_matches('"');
+        match t.parse() {
+            Ok(n) => Some(Known::Version(n)),
+            Err(_) => {
+                let (n, hex) = t.split_once('-')?;
+                let ok = n.parse::<u64>().is_ok() && hex.bytes().all(|b| b.is_ascii_hexdigit());
+                ok.then(|| Known::Tag(t.to_string()))
+            }
+        }
+    }
+
+    fn holds(&self, v: &ConfigVersion) -> bool {
+        match self {
+            Known::Version(n) => v.meta.version == *n,
+            Known::Tag(t) => *t == tag(v),
+        }
+    }
 }
 
 async fn config(
@@ -128,27 +164,27 @@ async fn config(
         Err(r) => return r.into_response(),
     };
     let known = match &q.version {
-        Some(v) => match parse_tag(v) {
-            Some(n) => Some(n),
+        Some(v) => match Known::parse(v) {
+            Some(k) => Some(k),
             None => {
                 return problem(
                     StatusCode::BAD_REQUEST,
-                    format!("version: {v:?} is not a version number"),
+                    format!("version: {v:?} is neither a version number nor an ETag"),
                 )
             }
         },
         None => headers
             .get(header::IF_NONE_MATCH)
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_tag),
+            .and_then(Known::parse),
     };
     let wait = match q.wait.as_deref().map(parse_duration) {
         None => Duration::ZERO,
         Some(Ok(w)) => w.min(MAX_WAIT),
         Some(Err(why)) => return problem(StatusCode::BAD_REQUEST, format!("wait: {why}")),
     };
-    let moved = |v: &Option<Arc<ConfigVersion>>| match (v, known) {
-        (Some(v), Some(k)) => v.meta.version != k,
+    let moved = |v: &Option<Arc<ConfigVersion>>| match (v, &known) {
+        (Some(v), Some(k)) => !k.holds(v),
         (Some(_), None) => true,
         (None, _) => false,
     };
@@ -160,14 +196,10 @@ async fn config(
     let current = slot.current();
     match current {
         Some(v) if moved(&Some(v.clone())) => {
-            let tag = etag(v.meta.version);
+            let tag = etag(&v);
             ([(header::ETAG, tag)], Json(&*v)).into_response()
         }
-        Some(v) => (
-            StatusCode::NOT_MODIFIED,
-            [(header::ETAG, etag(v.meta.version))],
-        )
-            .into_response(),
+        Some(v) => (StatusCode::NOT_MODIFIED, [(header::ETAG, etag(&v))]).into_response(),
         None => not_yet(&slot),
     }
 }
@@ -223,11 +255,23 @@ fn environment(
         .collect();
     let mut sources = Vec::new();
     let mut versions = Vec::new();
-    // The last profile wins: Spring lists the winner first.
-    for profile in names.iter().rev() {
-        let slot = match slot(d, &app, profile) {
-            Ok(s) => s,
-            Err(r) => return r.into_response(),
+    // The last profile wins: Spring lists the winner first. A profile
+    // this proxy does not deliver adds no source, as a Spring server
+    // answers for a profile it has no file of; none at all is a 404.
+    let delivered: Vec<&String> = names
+        .iter()
+        .rev()
+        .filter(|p| d.slot(&app, p).is_some())
+        .collect();
+    if delivered.is_empty() {
+        let first = names.first().map_or("default", String::as_str);
+        if let Err(r) = slot(d, &app, first) {
+            return r.into_response();
+        }
+    }
+    for profile in delivered {
+        let Some(slot) = d.slot(&app, profile) else {
+            continue;
         };
         let Some(v) = slot.current() else {
             return not_yet(slot);
@@ -339,6 +383,7 @@ mod tests {
         let v = serde_json::json!({
             "application": "hello", "profile": profile, "version": version,
             "revision": version, "created_at": "2026-12-02T00:00:00Z",
+            "applied_at": "2026-12-02T00:00:01Z",
             "author": "admin", "hash": "hmac-sha256:00",
             "data": {"greeting.text": text, "servers[0]": "a"},
             "files": {"app.yaml": format!("text: {text}\n")}
@@ -371,8 +416,12 @@ mod tests {
         let (status, headers, body) = get(&d, "/config/hello/default", here).await;
         assert_eq!(
             (status, &headers[header::ETAG]),
-            (200, &HeaderValue::from_static("\"3\""))
+            (200, &HeaderValue::from_static("\"3-00\""))
         );
+        let (status, _, _) = get(&d, "/config/hello/default?version=3-00", here).await;
+        assert_eq!(status, 304, "the ETag is a version too");
+        let (status, _, _) = get(&d, "/config/hello/default?version=3-ff", here).await;
+        assert_eq!(status, 200, "same number, other content: a change");
         assert_eq!(body["data"]["greeting.text"], "hi");
         let started = tokio::time::Instant::now();
         let (status, _, _) = get(&d, "/config/hello/default?version=3&wait=20s", here).await;
@@ -403,6 +452,24 @@ mod tests {
         assert_eq!(get(&d, "/hello/default/master/app.yaml", here).await.0, 200);
         assert_eq!(get(&d, "/hello/default/master/nope.txt", here).await.0, 404);
         assert_eq!(get(&d, "/hello/staging", here).await.0, 404);
+        let (status, _, env) = get(&d, "/hello/default,staging", here).await;
+        assert_eq!(
+            status, 200,
+            "an undelivered profile adds no source, as in Spring"
+        );
+        assert_eq!(env["propertySources"].as_array().unwrap().len(), 1);
+        let (status, _, env) = get(&d, "/hello/default,staging", here).await;
+        assert_eq!(
+            status, 200,
+            "an undelivered profile adds no source, as in Spring"
+        );
+        assert_eq!(env["propertySources"].as_array().unwrap().len(), 1);
+        let (status, _, env) = get(&d, "/hello/default,staging", here).await;
+        assert_eq!(
+            status, 200,
+            "an undelivered profile adds no source, as in Spring"
+        );
+        assert_eq!(env["propertySources"].as_array().unwrap().len(), 1);
     }
 
     fn delivery_sub(app: &str, profile: &str) -> crate::config::delivery::Subscription {

@@ -124,7 +124,7 @@ async fn shutdown(
     State(s): State<AdminState>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
 ) -> Response {
-    if !peer.is_some_and(|p| p.0 .0.ip().to_canonical().is_loopback()) {
+    if !crate::config::local::from_this_pod(&peer) {
         return (
             StatusCode::FORBIDDEN,
             "POST /shutdown is accepted only from loopback (the app in this pod)\n",

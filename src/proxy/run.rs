@@ -131,6 +131,9 @@ pub async fn bind(args: ProxyArgs) -> Result<Bound, ProxyError> {
             "--exit-when-app-exits port watches --app-port: give it, or use `process`".into(),
         ));
     }
+    if let Some(p) = args.trust_bundle.as_ref().filter(|_| args.identity) {
+        await_bundle(p).await;
+    }
     let (workload, token) = identity(&args)?;
     // Before anything listens: the app may read its cached config at once.
     let config = crate::config::Delivery::open(&args.config, &args.cache_dir);
@@ -202,6 +205,29 @@ pub async fn bind(args: ProxyArgs) -> Result<Bound, ProxyError> {
         token,
         config,
     })
+}
+
+/// How long a `--trust-bundle` with no certificate in it yet is waited for.
+const BUNDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Waits (at most [`BUNDLE_WAIT`]) until `path` holds a PEM certificate:
+/// a Secret volume can be mounted before its files are written (podman's
+/// kube play was seen starting a pod on an empty bundle.pem). What is
+/// there then is read, and refused with its reason if still no bundle.
+async fn await_bundle(path: &std::path::Path) {
+    let deadline = tokio::time::Instant::now() + BUNDLE_WAIT;
+    let mut announced = false;
+    loop {
+        let text = tokio::fs::read_to_string(path).await.unwrap_or_default();
+        if text.contains("-----BEGIN CERTIFICATE-----") || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        if !announced {
+            announced = true;
+            tracing::info!(path = %path.display(), "--trust-bundle holds no certificate yet; waiting for it");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Identity on: the key and cached certificate from `--cache-dir`, the

@@ -2,7 +2,7 @@
 //! app + sidecar), a client sidecar, and the calls and observations the
 //! stories are told with (curl through the mesh, `mesh-ctl`, `/proc`).
 
-use super::bins::MESH_PROXY;
+use super::bins::{mesh_ctl, MESH_CONTROL, MESH_PROXY};
 use super::{path, poll, secs, strs, wait_for, words, Net, Pod, Proc};
 use serde_json::Value;
 use std::path::Path;
@@ -14,6 +14,70 @@ pub const APP_PORT: &str = "8000";
 /// against it.
 pub const LEASE_TTL: Duration = Duration::from_secs(2);
 const LEASE_TTL_ARG: &str = "2s";
+
+/// Port of mesh-control inside its pod.
+pub const CONTROL_PORT: u16 = 15010;
+
+/// The control pod and its mesh-control, reachable from every pod.
+pub struct ControlPod {
+    pub pod: Pod,
+    pub proc: Proc,
+    /// `http://POD-IP:15010`.
+    pub url: String,
+}
+
+/// Starts mesh-control in a pod of its own (data in the net's
+/// `control-data`, `extra` flags after) and waits for its `/healthz`.
+pub fn control_pod(net: &Net, extra: &[&str]) -> ControlPod {
+    let pod = net.pod("control");
+    let url = format!("http://{}:{CONTROL_PORT}", pod.ip());
+    let data = path(&net.subdir("control-data"));
+    let listen = format!("{}:{CONTROL_PORT}", pod.ip());
+    let mut args = vec!["--listen", &listen, "--data-dir", &data];
+    args.extend_from_slice(extra);
+    let proc = pod.spawn(MESH_CONTROL, &args, &[]);
+    wait_for("mesh-control /healthz", secs(15), || {
+        proc.assert_running();
+        (pod.curl(&format!("{url}/healthz"), &[]).0 == 200).then_some(())
+    });
+    ControlPod { pod, proc, url }
+}
+
+impl ControlPod {
+    /// `GET /v1/proxies`.
+    pub fn proxies(&self) -> Value {
+        let (status, body) = self.pod.curl(&format!("{}/v1/proxies", self.url), &[]);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("/v1/proxies is JSON")
+    }
+
+    /// Polls until `n` proxies watch.
+    pub fn wait_watching(&self, n: u64) {
+        wait_for(&format!("{n} proxies watching"), secs(20), || {
+            (self.proxies()["watching"].as_u64() == Some(n)).then_some(())
+        });
+    }
+
+    /// `mesh-ctl --control URL ARGS` from the control pod: (exit code,
+    /// stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let mut all = vec!["--control", &self.url];
+        all.extend_from_slice(args);
+        let out = self.pod.run_with(mesh_ctl(), &all, &[], secs(15));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// [`ControlPod::ctl`] that must succeed; its stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.ctl(args);
+        assert_eq!(code, 0, "mesh-ctl {args:?}:\n{out}{err}");
+        out
+    }
+}
 
 /// One instance of `hello`: its pod, the python app, and the sidecar.
 pub struct Hello {

@@ -101,8 +101,11 @@ pub fn add(template: &mut Mapping, s: &Settings) {
         ),
     ]));
     if !s.config.is_empty() {
-        // Two versions of each config (1 MiB at most) are on it at once.
-        let size = format!("{}Mi", 4 * s.config.len());
+        // Up to four versions of each config are on it during a swap (two
+        // kept, the current one, the one being written), each holding its
+        // data three times (properties, JSON, .env) beside its files: 1 MiB
+        // of content at most, ~4 MiB rendered.
+        let size = format!("{}Mi", 16 * s.config.len());
         volumes.push(map([
             ("name", CONFIG_VOLUME.into()),
             ("emptyDir", map([("sizeLimit", size.into())])),

@@ -46,6 +46,13 @@ fn names(application: &str, profile: &str) -> Result<(), FieldErrors> {
     errs.into_result(())
 }
 
+/// The path's application and profile, checked.
+fn config_path(path: Result<Path<(String, String)>, PathRejection>) -> ApiResult<(String, String)> {
+    let Path((app, profile)) = path.map_err(ApiFailure::path)?;
+    names(&app, &profile).map_err(ApiFailure::Invalid)?;
+    Ok((app, profile))
+}
+
 fn author(caller: &Caller) -> String {
     match caller {
         Caller::Admin => "admin".into(),
@@ -81,8 +88,7 @@ pub(super) async fn get(
     params: Result<Query<GetParams>, QueryRejection>,
 ) -> ApiResult<Json<ConfigVersion>> {
     caller.reader()?;
-    let Path((app, profile)) = path.map_err(ApiFailure::path)?;
-    names(&app, &profile).map_err(ApiFailure::Invalid)?;
+    let (app, profile) = config_path(path)?;
     let Query(params) = params.map_err(|e| {
         ApiFailure::field(
             "(query)",
@@ -112,8 +118,7 @@ pub(super) async fn history(
     path: Result<Path<(String, String)>, PathRejection>,
 ) -> ApiResult<Json<Vec<ConfigMeta>>> {
     caller.reader()?;
-    let Path((app, profile)) = path.map_err(ApiFailure::path)?;
-    names(&app, &profile).map_err(ApiFailure::Invalid)?;
+    let (app, profile) = config_path(path)?;
     let registry = st.registry.clone();
     let h = tokio::task::spawn_blocking(move || registry.config_history(&app, &profile)).await??;
     Ok(Json(h))
@@ -144,8 +149,7 @@ pub(super) async fn rollback(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<ConfigApplied>> {
     caller.admin()?;
-    let Path((app, profile)) = path.map_err(ApiFailure::path)?;
-    names(&app, &profile).map_err(ApiFailure::Invalid)?;
+    let (app, profile) = config_path(path)?;
     let body = body.map_err(|e| ApiFailure::body(e, BODY_LIMIT))?;
     let req: Rollback = serde_json::from_slice(&body).map_err(|e| {
         ApiFailure::field(
