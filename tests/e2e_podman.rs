@@ -8,6 +8,7 @@
 //! | up.sh | mesh-control, hello-1, hello-2, client | the init containers install the rules (NET_ADMIN), `http://hello.mesh/` from the client is answered by both hello pods |
 //! | stop hello-2 under the client's 100 rps | | 0 failed requests; hello-2's proxy logs deregistered → removal applied by all 3 watching proxies → draining |
 //! | a Job-shaped pod calls hello.mesh, then `POST /shutdown` | job | app and proxy exit 0 |
+//! | config hello v1 (applied by up.sh), then v2 with mesh-ctl | hello-1 (`mesh.io/config: hello`) | the app container (uid 1000) reads v1, then v2, from /etc/mesh/config; `config status` lists hello-1's proxy current |
 //!
 //! podman 4.3 takes a pod's network away within half a second of `podman
 //! pod stop` (Kubernetes keeps it until every container has exited), so the
@@ -195,6 +196,67 @@ fn pods_from_injected_manifests() {
         "the client's calls went through its proxy:\n{}",
         text(&metrics)
     );
+
+    // --- config: hello-1's app reads its sidecar's files, live. ---
+    let props = || {
+        let out = podman(&[
+            "exec",
+            "hello-1-app",
+            "cat",
+            "/etc/mesh/config/application.properties",
+        ]);
+        text(&out)
+    };
+    wait_for("hello-1's app to read config v1", secs(30), || {
+        props()
+            .contains("greeting.text=hello from config v1")
+            .then_some(())
+    });
+    let env = std::fs::read_to_string(dir.join("ctl.env")).unwrap();
+    let var = |k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap()
+            .to_string()
+    };
+    let (url, token, bundle) = (var("CONTROL_URL"), var("ADMIN_TOKEN"), var("BUNDLE"));
+    let ctl_run = |args: &[&str]| {
+        let mut all = vec![
+            "--control",
+            &url,
+            "--token-file",
+            &token,
+            "--trust-bundle",
+            &bundle,
+        ];
+        all.extend_from_slice(args);
+        sh(&ctl, &all, &[], secs(30))
+    };
+    let v2 = dir.join("config-v2.yaml");
+    std::fs::write(
+        &v2,
+        "kind: Config\napplication: hello\ndata:\n  greeting:\n    text: hello from config v2\n",
+    )
+    .unwrap();
+    let applied = ctl_run(&["apply", "-f", v2.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", text(&applied));
+    let changed = Instant::now();
+    wait_for("hello-1's app to read config v2", secs(30), || {
+        props()
+            .contains("greeting.text=hello from config v2")
+            .then_some(())
+    });
+    println!(
+        "config v2 in hello-1's app container {} ms after the apply",
+        changed.elapsed().as_millis()
+    );
+    let status = wait_for("config status: hello-1's proxy current", secs(30), || {
+        let out = ctl_run(&["config", "status", "hello", "-o", "json"]);
+        let s: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let rows = s["proxies"].as_array()?.clone();
+        (rows.len() == 1 && rows[0]["current"] == true).then_some(s)
+    });
+    assert_eq!(status["latest"], 2, "{status}");
 
     // --- stop hello-2 under load: nothing fails, the drain waited. ---
     wait_for("the client's load to run", secs(30), || {

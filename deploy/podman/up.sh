@@ -17,7 +17,9 @@
 #      job} with `mesh-ctl token create --secret` and stores them as podman
 #      secrets in the form kube play 4.3 mounts as files (raw values in
 #      `data:`, JSON);
-#   5. injects hello.yaml and job.yaml into $MESH_DEMO_DIR, plays the injected
+#   5. applies config.yaml (config hello, which hello-1's sidecar delivers),
+#      writes ctl.env (CONTROL_URL, ADMIN_TOKEN, BUNDLE) for scripts, injects
+#      hello.yaml and job.yaml into $MESH_DEMO_DIR, plays the injected
 #      hello.yaml and waits (at most 90 s) for the client's first answer.
 #
 # Environment:
@@ -172,6 +174,10 @@ if grep -qE '^\s*(- )?(hostPort|containerPort):' "$DEMO_DIR/hello.injected.yaml"
     die "the injected YAML has ports: kube play would publish them on the host"
 fi
 
+# hello-1's app reads config hello from its sidecar (mesh.io/config).
+ctl apply -f "$HERE/config.yaml" -m "podman demo" >/dev/null || die "could not apply config.yaml"
+printf 'CONTROL_URL=%s\nADMIN_TOKEN=%s\nBUNDLE=%s\n' "$CONTROL_URL" "$ADMIN_TOKEN" "$BUNDLE" >"$DEMO_DIR/ctl.env"
+
 log "playing hello-1, hello-2 and client"
 start_ms=$(date +%s%3N)
 podman kube play --network "$NETWORK" "$DEMO_DIR/hello.injected.yaml" >/dev/null
@@ -204,6 +210,9 @@ The demo runs (pods: ${PODS[*]:0:4}; network $NETWORK, internal). Try:
   podman logs hello-2-mesh-proxy                           # the proxy's JSON log
   $MESH_CTL --control $CONTROL_URL \\
       --token-file $ADMIN_TOKEN --trust-bundle $BUNDLE proxies
+  podman exec hello-1-app cat /etc/mesh/config/application.properties
+      # config hello, delivered by hello-1's sidecar; change it with
+      # mesh-ctl apply -f (a kind: Config document) and read it again
   podman stop hello-2-mesh-proxy && podman pod stop hello-2
       # a drain: the proxy deregisters, waits for every watching proxy,
       # drains, exits; then the app stops (watch the client's fail=)

@@ -19,7 +19,8 @@ pub const IDENTITY_VOLUME: &str = "mesh-identity";
 /// `kube play` shares an emptyDir among every pod that names it the same
 /// (Kubernetes keeps one per pod either way).
 const CACHE_VOLUME: &str = "mesh-cache";
-/// Shared by the proxy (writing) and the app containers (reading).
+/// The config volume, shared by the proxy (writing) and the app
+/// containers (reading), is this plus the workload's name, like the cache.
 pub const CONFIG_VOLUME: &str = "mesh-config";
 const CONFIG_DIR: &str = "/var/run/mesh/config";
 const IDENTITY_DIR: &str = "/var/run/mesh/identity";
@@ -31,10 +32,20 @@ pub fn token_secret(service: &str) -> String {
     format!("mesh-token-{service}")
 }
 
-/// `mesh-cache-NAME`, a valid volume name (a DNS label) whatever the
-/// workload's name.
+/// `mesh-cache-NAME`.
 fn cache_volume(workload: &str) -> String {
-    let full: String = format!("{CACHE_VOLUME}-{workload}")
+    volume_name(CACHE_VOLUME, workload)
+}
+
+/// `mesh-config-NAME`.
+fn config_volume(workload: &str) -> String {
+    volume_name(CONFIG_VOLUME, workload)
+}
+
+/// `PREFIX-NAME`, a valid volume name (a DNS label) whatever the
+/// workload's name.
+fn volume_name(prefix: &str, workload: &str) -> String {
+    let full: String = format!("{prefix}-{workload}")
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() {
@@ -107,7 +118,7 @@ pub fn add(template: &mut Mapping, s: &Settings) {
         // of content at most, ~4 MiB rendered.
         let size = format!("{}Mi", 16 * s.config.len());
         volumes.push(map([
-            ("name", CONFIG_VOLUME.into()),
+            ("name", config_volume(&s.workload).into()),
             ("emptyDir", map([("sizeLimit", size.into())])),
         ]));
         // Every app container reads it; the proxy (a container in legacy
@@ -118,7 +129,7 @@ pub fn add(template: &mut Mapping, s: &Settings) {
         for app in apps {
             if let Value::Mapping(app) = app {
                 entry_seq(app, "volumeMounts").push(map([
-                    ("name", CONFIG_VOLUME.into()),
+                    ("name", config_volume(&s.workload).into()),
                     ("mountPath", s.config_mount.clone().into()),
                     ("readOnly", true.into()),
                 ]));
@@ -169,14 +180,24 @@ pub fn remove(template: &mut Mapping) -> bool {
         }
     }
     let ours: Vec<&str> = ours.iter().map(String::as_str).collect();
-    // The config volume's mounts in the app containers.
+    // The config volume's mounts in the app containers: the proxy's own
+    // config volume, whatever the workload's name made of it.
+    let config: Vec<&str> = ours
+        .iter()
+        .copied()
+        .filter(|n| n.starts_with(CONFIG_VOLUME))
+        .collect();
     if let Some(Value::Sequence(apps)) = spec.get_mut("containers") {
         for app in apps.iter_mut().filter_map(Value::as_mapping_mut) {
             let Some(Value::Sequence(mounts)) = app.get_mut("volumeMounts") else {
                 continue;
             };
             let before = mounts.len();
-            mounts.retain(|m| m.get("name").and_then(Value::as_str) != Some(CONFIG_VOLUME));
+            mounts.retain(|m| {
+                !m.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| config.contains(&n))
+            });
             if mounts.len() != before {
                 found = true;
                 if mounts.is_empty() {
@@ -276,7 +297,7 @@ fn proxy(s: &Settings) -> Value {
     let mut mounts = Vec::new();
     if !s.config.is_empty() {
         mounts.push(map([
-            ("name", CONFIG_VOLUME.into()),
+            ("name", config_volume(&s.workload).into()),
             ("mountPath", CONFIG_DIR.into()),
         ]));
     }
