@@ -160,15 +160,10 @@ impl Proxies {
         caller: Option<&str>,
     ) -> Result<u64, AppliedError> {
         let revision = revision.min(current);
-        let mut t = self.table();
-        let entry = t
-            .entries
-            .get_mut(proxy)
-            .ok_or_else(|| AppliedError::Unknown(proxy.to_string()))?;
-        entry.owned_by(proxy, caller)?;
-        entry.info.applied = entry.info.applied.max(revision);
-        let applied = entry.info.applied;
-        drop(t);
+        let applied = self.report(proxy, caller, |info| {
+            info.applied = info.applied.max(revision);
+            info.applied
+        })?;
         self.epoch.send_modify(|e| *e += 1);
         Ok(applied)
     }
@@ -181,14 +176,25 @@ impl Proxies {
         report: crate::model::config::DeliveredConfigs,
         caller: Option<&str>,
     ) -> Result<(), AppliedError> {
+        self.report(proxy, caller, |info| info.configs = report.configs)
+    }
+
+    /// Changes what the table holds for `proxy`, reported by `caller`: an
+    /// open watch of that id, opened by that identity (or by anyone, when
+    /// either has none).
+    fn report<T>(
+        &self,
+        proxy: &str,
+        caller: Option<&str>,
+        change: impl FnOnce(&mut ProxyInfo) -> T,
+    ) -> Result<T, AppliedError> {
         let mut t = self.table();
         let entry = t
             .entries
             .get_mut(proxy)
             .ok_or_else(|| AppliedError::Unknown(proxy.to_string()))?;
         entry.owned_by(proxy, caller)?;
-        entry.info.configs = report.configs;
-        Ok(())
+        Ok(change(&mut entry.info))
     }
 
     /// Every connected proxy, or with `behind` only those whose applied

@@ -238,7 +238,16 @@ fn init(s: &Settings) -> Value {
     if !s.exclude_outbound.is_empty() {
         args.push(format!("--exclude-ports={}", joined(&s.exclude_outbound)));
     }
-    map([
+    let mut mounts = Vec::new();
+    if !s.config.is_empty() {
+        // The proxy must write the config volume whoever mounted it first.
+        args.push(format!("--config-dir={CONFIG_DIR}"));
+        mounts.push(map([
+            ("name", config_volume(&s.workload).into()),
+            ("mountPath", CONFIG_DIR.into()),
+        ]));
+    }
+    let mut c = vec![
         ("name", INIT.into()),
         ("image", s.image.clone().into()),
         ("imagePullPolicy", "IfNotPresent".into()),
@@ -261,7 +270,11 @@ fn init(s: &Settings) -> Value {
             ]),
         ),
         ("resources", resources("10m", "16Mi", "64Mi")),
-    ])
+    ];
+    if !mounts.is_empty() {
+        c.push(("volumeMounts", Value::Sequence(mounts)));
+    }
+    map(c)
 }
 
 fn proxy(s: &Settings) -> Value {

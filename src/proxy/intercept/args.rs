@@ -40,6 +40,13 @@ pub struct InitArgs {
     /// Remove the rules instead of installing them.
     #[arg(long, env = "MESH_REMOVE")]
     pub remove: bool,
+    /// A volume the proxy writes config files into (`mesh-proxy run
+    /// --config-dir`): made writable for every user (1777, as a
+    /// Kubernetes emptyDir is), so the proxy's uid can write it whichever
+    /// container first mounted it (podman gives a new volume to that
+    /// container's user).
+    #[arg(long, env = "MESH_CONFIG_DIR")]
+    pub config_dir: Option<std::path::PathBuf>,
     /// The iptables binary to run (e.g. `iptables-legacy`).
     #[arg(long, env = "MESH_IPTABLES", default_value = "iptables")]
     pub iptables: String,

@@ -12,6 +12,12 @@ pub enum InitError {
         program: String,
         source: std::io::Error,
     },
+    /// `--config-dir` could not be made writable.
+    #[error("--config-dir {path}: {source}")]
+    ConfigDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// An iptables command exited unsuccessfully.
     #[error("`{command}` failed ({status}): {stderr}")]
     Command {

@@ -268,11 +268,36 @@ pub fn remove(args: &InitArgs) -> Result<(), InitError> {
     Ok(())
 }
 
-/// `mesh-proxy init`: install, or remove with `--remove`.
+/// `mesh-proxy init`: install, or remove with `--remove`; first, the
+/// config volume made writable when `--config-dir` names one.
 pub fn run(args: &InitArgs) -> Result<(), InitError> {
+    if let Some(dir) = args.config_dir.as_ref().filter(|_| !args.remove) {
+        share_config_dir(dir)?;
+    }
     if args.remove {
         remove(args)
     } else {
         install(args)
     }
+}
+
+/// Mode 1777 on `dir` (made if missing): anyone may write, nobody may
+/// remove another's files. The init container runs first, so the volume
+/// is its own and it may change the mode without any capability.
+fn share_config_dir(dir: &std::path::Path) -> Result<(), InitError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let failed = |source| InitError::ConfigDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)) {
+        // Not ours to change, but writable for everyone already: enough.
+        let open = std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o002 != 0);
+        if !open {
+            return Err(failed(e));
+        }
+    }
+    tracing::info!(dir = %dir.display(), "config volume writable for the proxy");
+    Ok(())
 }
