@@ -53,14 +53,9 @@ impl ConfigDocument {
 fn parse(doc: &Value, kind_required: bool) -> Result<ConfigDocument, FieldErrors> {
     use crate::model::policy_parse_reader::{type_name, Section};
     let mut errs = FieldErrors::default();
-    if !doc.is_object() {
-        errs.push(
-            "(document)",
-            format!("must be a mapping, not {}", type_name(doc)),
-        );
+    let Some(top) = Section::document(doc, TOP, &mut errs) else {
         return Err(errs);
-    }
-    let top = Section::open(Some(doc), String::new(), TOP, &mut errs);
+    };
     match top.get("kind") {
         None if kind_required => errs.push("kind", format!("is required: kind: {CONFIG_KIND}")),
         None => {}

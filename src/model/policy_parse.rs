@@ -151,14 +151,9 @@ fn yaml_error(e: &serde_norway::Error) -> String {
 
 fn parse(doc: &Value, kind: Kind) -> Result<ServicePolicy, FieldErrors> {
     let mut errs = FieldErrors::default();
-    if !doc.is_object() {
-        errs.push(
-            "(document)",
-            format!("must be a mapping, not {}", type_name(doc)),
-        );
+    let Some(top) = Section::document(doc, TOP, &mut errs) else {
         return Err(errs);
-    }
-    let top = Section::open(Some(doc), String::new(), TOP, &mut errs);
+    };
 
     match (top.get("kind"), kind) {
         (None, Kind::Optional) => {}

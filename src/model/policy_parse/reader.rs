@@ -31,6 +31,23 @@ pub struct Section<'a> {
 // === impl Section ===
 
 impl<'a> Section<'a> {
+    /// A whole document, which must be a mapping whose keys are all in
+    /// `allowed`; `None`, with the problem recorded, when it is not one.
+    pub fn document(
+        doc: &'a Value,
+        allowed: &[&str],
+        errs: &mut FieldErrors,
+    ) -> Option<Section<'a>> {
+        if !doc.is_object() {
+            errs.push(
+                "(document)",
+                format!("must be a mapping, not {}", type_name(doc)),
+            );
+            return None;
+        }
+        Some(Section::open(Some(doc), String::new(), allowed, errs))
+    }
+
     /// Opens `value` (found at `path`) as a mapping whose keys must all be in
     /// `allowed`. Absent or null means "all defaults".
     pub fn open(
