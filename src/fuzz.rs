@@ -211,6 +211,22 @@ fn reapply(doc: Document) {
             }
             decide(p);
         }
+        Document::Route(r) => {
+            // What mesh-control accepts, the gateway can always compile and
+            // match against.
+            let again = serde_json::to_value(&r)
+                .ok()
+                .and_then(|v| crate::gateway::Route::from_value(&v).ok());
+            assert_eq!(again.as_ref(), Some(&*r), "a route reparses as itself");
+            let table = crate::gateway::RouteTable::new([&*r]);
+            let _ = table.find(
+                "shop.example.com",
+                &http::Method::GET,
+                "/api/x",
+                Some("a=1"),
+                &http::HeaderMap::new(),
+            );
+        }
         Document::Config(c) => {
             // What mesh-control accepts, the sidecar can always render.
             let again = serde_json::to_value(&c)

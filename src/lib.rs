@@ -9,6 +9,7 @@ pub mod discovery; //   proxy side of discovery: watch client, routing table, sn
 pub mod flags; //       command-line conventions shared by the three programs (env names, help)
 #[doc(hidden)]
 pub mod fuzz; //        fuzz targets for tests/fuzz.rs: detection, documents, DNS, API bodies
+pub mod gateway; //     gateway mode: Route documents, matching, filters, the edge listener
 pub mod identity; //    workload identity: the CA, bootstrap tokens, SPIFFE verifiers, certificate rotation
 pub mod model; //       wire types shared by proxy, control plane and CLI (no tokio)
 pub mod net; //         the proxy's own marked sockets

@@ -90,7 +90,8 @@ pub enum Command {
     /// document means nothing from the file is applied).
     Apply {
         /// Multi-document YAML file of `kind: ServicePolicy`, `kind:
-        /// AuthorizationPolicy` and `kind: Config` documents; `-` reads stdin.
+        /// AuthorizationPolicy`, `kind: Config` and `kind: Route` documents;
+        /// `-` reads stdin.
         #[arg(short = 'f', long = "filename", value_name = "FILE")]
         file: String,
         /// Why: recorded with every Config version this apply makes.
@@ -283,6 +284,12 @@ pub enum GetCommand {
         /// Service name, or `*`.
         service: Option<String>,
     },
+    /// A gateway Route as a re-appliable document; without NAME, every one.
+    #[command(visible_alias = "routes")]
+    Route {
+        /// Route name.
+        name: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -358,6 +365,11 @@ pub enum DeleteCommand {
     Authorization {
         /// Service name, or `*`.
         service: String,
+    },
+    /// Delete a gateway Route.
+    Route {
+        /// Route name.
+        name: String,
     },
 }
 

@@ -92,6 +92,12 @@ async fn execute(cli: Cli) -> Result<(), CtlError> {
         Command::Delete {
             what: DeleteCommand::Authorization { service },
         } => policy::delete_authorization(&client, format, &service).await,
+        Command::Get {
+            what: GetCommand::Route { name },
+        } => policy::get_route(&client, format, name.as_deref()).await,
+        Command::Delete {
+            what: DeleteCommand::Route { name },
+        } => policy::delete_route(&client, format, &name).await,
         Command::Token {
             what:
                 TokenCommand::Create {

@@ -236,6 +236,8 @@ pub fn event_line(ev: &WatchEvent) -> Option<String> {
             "{rev}  config {}/{} v{} applied",
             c.application, c.profile, c.version
         ),
+        WatchEvent::Route { route, .. } => format!("{rev}  route {} applied", route.name),
+        WatchEvent::RouteRemoved { name, .. } => format!("{rev}  route {name} deleted"),
     })
 }
 

@@ -10,11 +10,10 @@ use crate::error::{emit, CtlError};
 use crate::output::{self, RenderError};
 use mesh::authz::AUTHZ_KIND;
 use mesh::control::client::ControlClient;
+use mesh::gateway::ROUTE_KIND;
 use mesh::model::config::CONFIG_KIND;
 use mesh::model::policy::Fallback;
-use mesh::model::{
-    format_duration, parse_documents, AuthorizationPolicy, Document, ServicePolicy, POLICY_KIND,
-};
+use mesh::model::{format_duration, parse_documents, Document, ServicePolicy, POLICY_KIND};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -77,7 +76,7 @@ pub fn read_documents(file: &str) -> Result<Vec<Document>, CtlError> {
     })?;
     if policies.is_empty() {
         return Err(CtlError::Input(format!(
-            "{name}: no documents to apply (expected kind: {POLICY_KIND}, {AUTHZ_KIND} or {CONFIG_KIND})"
+            "{name}: no documents to apply (expected kind: {POLICY_KIND}, {AUTHZ_KIND}, {CONFIG_KIND} or {ROUTE_KIND})"
         )));
     }
     // Two documents of a kind for one service: the second would silently win.
@@ -88,6 +87,7 @@ pub fn read_documents(file: &str) -> Result<Vec<Document>, CtlError> {
         if let Some(first) = seen.insert((kind, service.clone()), i + 1) {
             let field = match kind {
                 CONFIG_KIND => "application",
+                ROUTE_KIND => "name",
                 _ => "service",
             };
             dupes.push(format!(
@@ -117,6 +117,7 @@ pub async fn apply(
         let sent = match p {
             Document::Service(p) => client.apply_policy(p).await.map(|r| (r, None)),
             Document::Authorization(p) => client.apply_authorization(p).await.map(|r| (r, None)),
+            Document::Route(r) => client.apply_route(r).await.map(|r| (r, None)),
             Document::Config(c) => client
                 .apply_config(c, message)
                 .await
@@ -193,6 +194,7 @@ pub fn applied_lines(applied: &[Applied]) -> String {
             let what = match a.kind {
                 AUTHZ_KIND => "authorization policy",
                 CONFIG_KIND => "config",
+                ROUTE_KIND => "route",
                 _ => "policy",
             };
             match (a.version, a.changed) {
@@ -217,15 +219,68 @@ fn identify(d: &Document) -> (&'static str, String) {
         Document::Service(p) => (POLICY_KIND, p.service.clone()),
         Document::Authorization(p) => (AUTHZ_KIND, p.service.clone()),
         Document::Config(c) => (CONFIG_KIND, format!("{}/{}", c.application, c.profile)),
+        Document::Route(r) => (ROUTE_KIND, r.name.clone()),
     }
 }
 
-/// An authorization policy as a document: `kind` first.
+/// A stored document as `apply -f` takes it back: `kind` first.
 #[derive(Serialize)]
-struct AuthzDoc<'a> {
+struct KindDoc<'a, T> {
     kind: &'static str,
     #[serde(flatten)]
-    policy: &'a AuthorizationPolicy,
+    doc: &'a T,
+}
+
+/// Documents as YAML (also for `table`: a document reads best as itself)
+/// or JSON; one alone is one document, not a list of one.
+fn kind_docs<T: Serialize>(
+    format: Output,
+    kind: &'static str,
+    all: &[T],
+) -> Result<String, CtlError> {
+    let docs: Vec<KindDoc<'_, T>> = all.iter().map(|doc| KindDoc { kind, doc }).collect();
+    Ok(match (format, docs.as_slice()) {
+        (Output::Json, [one]) => output::render(Output::Json, one, |_| String::new())?,
+        (Output::Json, _) => output::render(Output::Json, &docs, |_| String::new())?,
+        (_, docs) => {
+            let yaml: Result<Vec<String>, RenderError> = docs
+                .iter()
+                .map(|d| output::render(Output::Yaml, d, |_| String::new()))
+                .collect();
+            yaml?.join("\n---\n")
+        }
+    })
+}
+
+/// `get route [NAME]`.
+pub async fn get_route(
+    client: &ControlClient,
+    format: Output,
+    name: Option<&str>,
+) -> Result<(), CtlError> {
+    let all = match name {
+        Some(n) => vec![client.route(n).await?],
+        None => client.routes().await?,
+    };
+    emit(&kind_docs(format, ROUTE_KIND, &all)?)
+}
+
+/// `delete route NAME`.
+pub async fn delete_route(
+    client: &ControlClient,
+    format: Output,
+    name: &str,
+) -> Result<(), CtlError> {
+    let revision = client.delete_route(name).await?;
+    let done = Deleted {
+        service: name.to_string(),
+        revision,
+        deleted: true,
+    };
+    let text = output::render(format, &done, |d| {
+        format!("route {} deleted (revision {})", d.service, d.revision)
+    })?;
+    emit(&text)
 }
 
 /// `get authorization [SERVICE]`: YAML documents `apply -f` takes back
@@ -239,25 +294,7 @@ pub async fn get_authorization(
         Some(s) => vec![client.authorization(s).await?],
         None => client.authorizations().await?,
     };
-    let docs: Vec<AuthzDoc<'_>> = all
-        .iter()
-        .map(|policy| AuthzDoc {
-            kind: AUTHZ_KIND,
-            policy,
-        })
-        .collect();
-    let text = match (format, docs.as_slice()) {
-        (Output::Json, [one]) => output::render(Output::Json, one, |_| String::new())?,
-        (Output::Json, _) => output::render(Output::Json, &docs, |_| String::new())?,
-        (_, docs) => {
-            let yaml: Result<Vec<String>, RenderError> = docs
-                .iter()
-                .map(|d| output::render(Output::Yaml, d, |_| String::new()))
-                .collect();
-            yaml?.join("\n---\n")
-        }
-    };
-    emit(&text)
+    emit(&kind_docs(format, AUTHZ_KIND, &all)?)
 }
 
 /// `delete authorization SERVICE`.

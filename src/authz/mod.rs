@@ -450,7 +450,7 @@ impl Policies {
 /// the app serves `/admin`. Borrows when there is nothing to do, which is
 /// nearly always. A path not starting with `/` (`*`, absolute form) is
 /// left alone: no prefix can match it.
-fn normalize_path(path: &str) -> Cow<'_, str> {
+pub(crate) fn normalize_path(path: &str) -> Cow<'_, str> {
     let path = match path.find(['?', '#']) {
         Some(end) => &path[..end],
         None => path,

@@ -40,6 +40,10 @@ enum Cmd {
     /// in the current network namespace.
     #[command(after_help = mesh::flags::ENV_HELP)]
     Init(mesh::proxy::intercept::InitArgs),
+    /// Gateway mode: the mesh's front door for outside clients, routing
+    /// by `kind: Route` documents to mesh services (registers nothing).
+    #[command(after_help = mesh::flags::ENV_HELP)]
+    Gateway(Box<mesh::gateway::GatewayArgs>),
     /// Block until the local proxy is ready (`/ready` answers 200): exit 0
     /// then, 1 on timeout. For a sidecar's `postStart` and for scripts.
     #[command(after_help = mesh::flags::ENV_HELP)]
@@ -70,24 +74,37 @@ fn main() -> ExitCode {
             };
         }
         Some(Cmd::Wait(wait)) => return wait_ready(&wait),
+        Some(Cmd::Gateway(gw)) => {
+            let workers = gw.proxy.workers;
+            return serve(workers, "mesh-proxy gateway", mesh::gateway::run(*gw));
+        }
         Some(Cmd::Run(args)) => *args,
         None => cli.run,
     };
+    serve(args.workers, "mesh-proxy", mesh::proxy::run(args))
+}
+
+/// Runs `main` on a runtime of `workers` threads (default: one per core).
+fn serve(
+    workers: Option<u16>,
+    name: &str,
+    main: impl std::future::Future<Output = Result<(), mesh::proxy::ProxyError>>,
+) -> ExitCode {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = args.workers {
+    if let Some(workers) = workers {
         builder.worker_threads(usize::from(workers));
     }
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mesh-proxy: cannot start the runtime: {e}");
+            eprintln!("{name}: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(mesh::proxy::run(args)) {
+    match rt.block_on(main) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mesh-proxy: {e}");
+            eprintln!("{name}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -128,6 +145,7 @@ mod tests {
         let section = |path: &[&str]| match path {
             [_, "init", ..] => "## mesh-proxy init",
             [_, "wait", ..] => "## mesh-proxy wait",
+            [_, "gateway", ..] => "## mesh-proxy gateway",
             _ => "## mesh-proxy",
         };
         let problems = mesh::flags::undocumented(&Cli::command(), reference, &section);

@@ -7,6 +7,7 @@
 
 mod config;
 mod connect;
+mod fetch;
 mod lines;
 mod policy;
 mod watch;
@@ -26,6 +27,7 @@ use crate::model::{
 use crate::net::{ConnectOptions, MarkedConnector};
 use bytes::Bytes;
 use connect::ResolvingConnector;
+pub use fetch::Fetcher;
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
@@ -169,7 +171,10 @@ impl ControlClient {
         };
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(ResolvingConnector { inner, tls });
+            .build(ResolvingConnector {
+                inner,
+                tls: tls.map(connect::ClientTls::Mesh),
+            });
         Ok(ControlClient {
             base_url,
             http,

@@ -9,7 +9,7 @@
 
 use crate::config::seal::{SealError, Sealer};
 use crate::model::config::{ConfigDocument, ConfigMeta, ConfigVersion, REDACTED};
-use crate::model::{AuthorizationPolicy, Instance, ServicePolicy};
+use crate::model::{AuthorizationPolicy, Instance, Route, ServicePolicy};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -32,6 +32,8 @@ const AUTHORIZATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("autho
 /// [`StoredConfig`] (JSON; secret values sealed). Zero-padded so a
 /// prefix's rows come in version order and its last row is the latest.
 const CONFIGS: TableDefinition<&str, &[u8]> = TableDefinition::new("configs");
+/// route name → its `Route` as JSON.
+const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
 
 const REVISION_KEY: &str = "revision";
 const FILE_NAME: &str = "control.redb";
@@ -67,6 +69,8 @@ pub enum Write<'a> {
     PutAuthorization(&'a AuthorizationPolicy),
     DeleteAuthorization { service: &'a str },
     PutConfig(&'a StoredConfig),
+    PutRoute(&'a Route),
+    DeleteRoute { name: &'a str },
 }
 
 /// One config version as it rests: secret values only sealed.
@@ -93,6 +97,7 @@ pub struct Loaded {
     pub authorizations: Vec<AuthorizationPolicy>,
     /// The latest version of each application and profile.
     pub configs: Vec<StoredConfig>,
+    pub routes: Vec<Route>,
 }
 
 /// Handle on the redb file. Every method is synchronous and short; the
@@ -158,6 +163,7 @@ impl Store {
         loaded.policies = self.json_rows(&txn, POLICIES, "policy")?;
         loaded.authorizations = self.json_rows(&txn, AUTHORIZATIONS, "authorization")?;
         loaded.configs = self.latest_configs(&txn)?;
+        loaded.routes = self.json_rows(&txn, ROUTES, "route")?;
         Ok(loaded)
     }
 
@@ -322,6 +328,7 @@ impl Store {
             let mut policies = txn.open_table(POLICIES).map_err(|e| self.err(e))?;
             let mut authorizations = txn.open_table(AUTHORIZATIONS).map_err(|e| self.err(e))?;
             let mut configs = txn.open_table(CONFIGS).map_err(|e| self.err(e))?;
+            let mut routes = txn.open_table(ROUTES).map_err(|e| self.err(e))?;
             if let Some(rev) = revision {
                 meta.insert(REVISION_KEY, rev).map_err(|e| self.err(e))?;
             }
@@ -369,6 +376,15 @@ impl Store {
                         configs
                             .insert(key.as_str(), json.as_slice())
                             .map_err(|e| self.err(e))?;
+                    }
+                    Write::PutRoute(route) => {
+                        let json = serde_json::to_vec(route).unwrap_or_default();
+                        routes
+                            .insert(route.name.as_str(), json.as_slice())
+                            .map_err(|e| self.err(e))?;
+                    }
+                    Write::DeleteRoute { name } => {
+                        routes.remove(*name).map_err(|e| self.err(e))?;
                     }
                 }
             }

@@ -74,6 +74,7 @@ mod tests {
             authorizations: Vec::new(),
             bundle: None,
             configs: Vec::new(),
+            routes: Vec::new(),
             services: vec![ServiceInfo {
                 name: "hello".into(),
                 vip: "127.100.0.1".parse().unwrap(),

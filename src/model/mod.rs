@@ -27,6 +27,7 @@ pub use register::{RegisterRequest, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES};
 pub use validate::{validate_instance_id, validate_service_name, FieldError, FieldErrors};
 
 pub use crate::authz::AuthorizationPolicy;
+pub use crate::gateway::Route;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -112,6 +113,9 @@ pub struct Snapshot {
     /// profile: heads only (a proxy fetches what it subscribes to).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<config::ConfigHead>,
+    /// Gateway routes, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
 }
 
 /// One line of the watch stream (`GET /v1/watch?since=REV`, NDJSON).
@@ -166,6 +170,15 @@ pub enum WatchEvent {
         revision: u64,
         config: config::ConfigHead,
     },
+    /// A gateway route was applied (created or replaced).
+    Route {
+        revision: u64,
+        route: Route,
+    },
+    RouteRemoved {
+        revision: u64,
+        name: String,
+    },
     /// Nothing changed; proves the stream is alive.
     Keepalive {
         revision: u64,
@@ -184,6 +197,8 @@ impl WatchEvent {
             | WatchEvent::AuthorizationRemoved { revision, .. }
             | WatchEvent::TrustBundle { revision, .. }
             | WatchEvent::Config { revision, .. }
+            | WatchEvent::Route { revision, .. }
+            | WatchEvent::RouteRemoved { revision, .. }
             | WatchEvent::Keepalive { revision } => *revision,
         }
     }

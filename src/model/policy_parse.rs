@@ -74,7 +74,7 @@ pub fn parse_policy_documents(yaml: &str) -> Result<Vec<ServicePolicy>, Vec<(usi
     for (i, d) in docs.into_iter().enumerate() {
         match d {
             Document::Service(p) => policies.push(*p),
-            Document::Authorization(_) | Document::Config(_) => {
+            Document::Authorization(_) | Document::Config(_) | Document::Route(_) => {
                 let mut errs = FieldErrors::default();
                 errs.push("kind", format!("expected {POLICY_KIND}"));
                 failures.push((i + 1, errs));
@@ -93,6 +93,7 @@ pub enum Document {
     Service(Box<ServicePolicy>),
     Authorization(crate::authz::AuthorizationPolicy),
     Config(Box<crate::model::config::ConfigDocument>),
+    Route(Box<crate::gateway::Route>),
 }
 
 /// Every document of a multi-document YAML text, by its `kind`
@@ -122,6 +123,9 @@ pub fn parse_documents(yaml: &str) -> Result<Vec<Document>, Vec<(usize, FieldErr
         let parsed = match kind {
             Some(crate::authz::AUTHZ_KIND) => {
                 crate::authz::AuthorizationPolicy::from_value(&value).map(Document::Authorization)
+            }
+            Some(crate::gateway::ROUTE_KIND) => {
+                crate::gateway::Route::from_value(&value).map(|r| Document::Route(Box::new(r)))
             }
             Some(crate::model::config::CONFIG_KIND) => {
                 crate::model::config::ConfigDocument::from_file_value(&value)

@@ -35,6 +35,18 @@ pub struct ProxyState {
     /// wrong (files not writable, control plane unreachable).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub config: Vec<crate::model::config::DeliveredConfig>,
+    /// Gateway mode: the edge listener and the routes in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayState>,
+}
+
+/// The gateway's side of `/state`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayState {
+    pub listen: SocketAddr,
+    pub tls: bool,
+    /// Route names, sorted.
+    pub routes: Vec<String>,
 }
 
 /// The registry as the proxy routes by it.

@@ -34,6 +34,8 @@ pub struct AdminState {
     pub identity: Option<Arc<Workload>>,
     /// The `--config` subscriptions (none: no config endpoints answer).
     pub config: Arc<crate::config::Delivery>,
+    /// Gateway mode: its listener, and whether it serves TLS.
+    pub gateway: Option<(std::net::SocketAddr, bool)>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -115,6 +117,15 @@ async fn proxy_state(State(s): State<AdminState>) -> Json<ProxyState> {
         }),
         identity: s.identity.as_ref().map(|w| w.state()),
         config: s.config.report().configs,
+        gateway: s
+            .gateway
+            .map(|(listen, tls)| crate::model::state::GatewayState {
+                listen,
+                tls,
+                routes: s
+                    .dir
+                    .with_routes(|t| t.names().map(str::to_string).collect()),
+            }),
     })
 }
 
@@ -157,6 +168,7 @@ mod tests {
             inbound: None,
             identity: None,
             config: crate::config::Delivery::open(&Default::default(), std::path::Path::new(".")),
+            gateway: None,
         }
     }
 

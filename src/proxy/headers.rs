@@ -183,8 +183,9 @@ pub fn strip_mesh_headers(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the caller's address to `x-forwarded-for` and `forwarded`.
-pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr) {
+/// Appends the caller's address to `x-forwarded-for` and `forwarded`
+/// (with `proto`, the scheme the caller used).
+pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &str) {
     let ip = client.to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
@@ -197,7 +198,7 @@ pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr) {
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("for={node};proto=http")) {
+    if let Ok(v) = HeaderValue::from_str(&format!("for={node};proto={proto}")) {
         headers.append(FORWARDED, v);
     }
 }
@@ -325,8 +326,8 @@ mod tests {
     fn forwarded_headers_are_appended() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        append_forwarded(&mut h, "10.0.0.7".parse().unwrap());
-        append_forwarded(&mut h, "fd00::1".parse().unwrap());
+        append_forwarded(&mut h, "10.0.0.7".parse().unwrap(), "http");
+        append_forwarded(&mut h, "fd00::1".parse().unwrap(), "http");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.7, fd00::1");
         let fwd: Vec<_> = h.get_all("forwarded").iter().collect();
         assert_eq!(

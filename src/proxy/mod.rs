@@ -18,4 +18,4 @@ mod run; //           startup in two steps (bind, serve) and the shutdown phases
 pub mod server; //    hyper server builders and graceful connection stop
 pub mod upstream; //  pooled HTTP/1 and HTTP/2 connections to endpoints, peers, the app
 
-pub use run::{bind, run, Bound, Phase, ProxyError};
+pub use run::{bind, bind_gateway, run, Bound, EdgeSettings, Phase, ProxyError};

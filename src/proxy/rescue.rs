@@ -14,6 +14,10 @@ use http_body_util::{Either, Full};
 use std::net::SocketAddr;
 
 pub const MESH_ERROR: &str = "x-mesh-error";
+pub const RATELIMIT_LIMIT: http::HeaderName = http::HeaderName::from_static("ratelimit-limit");
+pub const RATELIMIT_REMAINING: http::HeaderName =
+    http::HeaderName::from_static("ratelimit-remaining");
+pub const RATELIMIT_RESET: http::HeaderName = http::HeaderName::from_static("ratelimit-reset");
 
 /// A request the mesh answers itself instead of an upstream.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,32 @@ pub enum MeshError {
     /// is reached: the app is protected, the caller may retry elsewhere.
     #[error("the app's concurrency limit ({0}) is reached")]
     Overloaded(u32),
+    /// Gateway mode: no route matches the request.
+    #[error("no route matches {host}{path}")]
+    NoRoute { host: String, path: String },
+    /// Gateway mode: the route requires a valid bearer token (`reason`
+    /// names what was wrong with it, `description` says so to the client).
+    #[error("unauthenticated: {description} ({reason})")]
+    Unauthenticated {
+        reason: &'static str,
+        description: &'static str,
+        /// No token was sent at all (RFC 6750: then no `error` code).
+        missing: bool,
+    },
+    /// Gateway mode: a valid token lacks a claim the route requires.
+    #[error("the token does not grant this route ({reason})")]
+    ClaimRefused { reason: &'static str },
+    /// Gateway mode: the route's rate limit for this client is spent.
+    #[error("rate limit of {limit} reached; retry in {}ms", retry_after.as_millis())]
+    RateLimited {
+        limit: u32,
+        retry_after: std::time::Duration,
+        reset: std::time::Duration,
+    },
+    /// Gateway mode: a CORS preflight from an origin, or for a method or
+    /// headers, the route does not allow.
+    #[error("CORS preflight refused: {0}")]
+    CorsRefused(String),
     /// An AuthorizationPolicy refused the caller (the rule is named).
     #[error("{caller} may not call {service} (rule {rule})")]
     Forbidden {
@@ -75,6 +105,11 @@ impl MeshError {
             MeshError::BadRequest(_) | MeshError::UriTooLong { .. } => "bad-request",
             MeshError::Overloaded(_) => "overloaded",
             MeshError::Forbidden { .. } => "forbidden",
+            MeshError::NoRoute { .. } => "no-route",
+            MeshError::Unauthenticated { .. } => "unauthenticated",
+            MeshError::ClaimRefused { .. } => "forbidden",
+            MeshError::RateLimited { .. } => "rate-limited",
+            MeshError::CorsRefused(_) => "cors-refused",
         }
     }
 
@@ -94,6 +129,10 @@ impl MeshError {
             MeshError::BadRequest(_) => StatusCode::BAD_REQUEST,
             MeshError::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             MeshError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            MeshError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            MeshError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            MeshError::ClaimRefused { .. } | MeshError::CorsRefused(_) => StatusCode::FORBIDDEN,
+            MeshError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -109,6 +148,11 @@ impl MeshError {
                 | MeshError::BadRequest(_)
                 | MeshError::UriTooLong { .. }
                 | MeshError::Forbidden { .. }
+                | MeshError::NoRoute { .. }
+                | MeshError::Unauthenticated { .. }
+                | MeshError::ClaimRefused { .. }
+                | MeshError::RateLimited { .. }
+                | MeshError::CorsRefused(_)
         )
     }
 
@@ -124,6 +168,10 @@ impl MeshError {
             MeshError::BadRequest(_) | MeshError::UriTooLong { .. } => code::INVALID_ARGUMENT,
             MeshError::LoopDetected => code::INTERNAL,
             MeshError::Forbidden { .. } => code::PERMISSION_DENIED,
+            MeshError::NoRoute { .. } => code::UNIMPLEMENTED,
+            MeshError::Unauthenticated { .. } => code::UNAUTHENTICATED,
+            MeshError::ClaimRefused { .. } | MeshError::CorsRefused(_) => code::PERMISSION_DENIED,
+            MeshError::RateLimited { .. } => code::RESOURCE_EXHAUSTED,
             _ => code::UNAVAILABLE,
         }
     }
@@ -139,7 +187,52 @@ impl MeshError {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        self.add_headers(h);
         resp
+    }
+
+    /// What the caller needs beside the status: how to authenticate
+    /// (RFC 6750's `WWW-Authenticate`), when to come back (`Retry-After`
+    /// and the `RateLimit-*` fields of draft-ietf-httpapi-ratelimit-headers).
+    fn add_headers(&self, h: &mut http::HeaderMap) {
+        match self {
+            MeshError::Unauthenticated {
+                description,
+                missing,
+                ..
+            } => {
+                let v = match missing {
+                    true => "Bearer realm=\"mesh\"".to_string(),
+                    false => format!(
+                        "Bearer realm=\"mesh\", error=\"invalid_token\", error_description=\"{description}\""
+                    ),
+                };
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(http::header::WWW_AUTHENTICATE, v);
+                }
+            }
+            MeshError::ClaimRefused { .. } => {
+                h.insert(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"mesh\", error=\"insufficient_scope\""),
+                );
+            }
+            MeshError::RateLimited {
+                limit,
+                retry_after,
+                reset,
+            } => {
+                let secs = |d: &std::time::Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+                h.insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(secs(retry_after).max(1)),
+                );
+                h.insert(RATELIMIT_LIMIT, HeaderValue::from(*limit));
+                h.insert(RATELIMIT_REMAINING, HeaderValue::from(0));
+                h.insert(RATELIMIT_RESET, HeaderValue::from(secs(reset).max(1)));
+            }
+            _ => {}
+        }
     }
 
     /// A trailers-only gRPC response: HTTP 200 with `grpc-status`,
@@ -154,6 +247,7 @@ impl MeshError {
             h.insert(GRPC_MESSAGE, v);
         }
         h.insert(MESH_ERROR, HeaderValue::from_static(self.reason()));
+        self.add_headers(h);
         resp
     }
 }

@@ -78,6 +78,27 @@ pub async fn run(args: ProxyArgs) -> Result<(), ProxyError> {
     bind(args).await?.serve().await
 }
 
+/// Gateway mode's own settings (`mesh-proxy gateway`): its listener, and
+/// what it does there. The rest of its flags are the sidecar's.
+#[derive(Clone, Debug)]
+pub struct EdgeSettings {
+    pub listen: SocketAddr,
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    pub tls_hosts: Vec<crate::gateway::tls::HostCert>,
+    pub access_log: bool,
+    /// `redis://...` for rate limits shared by every replica.
+    pub redis: Option<String>,
+}
+
+/// The gateway's listener, bound, and its TLS configuration, loaded.
+struct Edge {
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    access_log: bool,
+    redis: Option<Arc<crate::gateway::limit::Redis>>,
+}
+
 /// Every socket bound and the configuration checked; nothing running yet.
 pub struct Bound {
     args: ProxyArgs,
@@ -85,12 +106,14 @@ pub struct Bound {
     dir: Arc<Directory>,
     cache: SnapshotCache,
     client: ControlClient,
-    outbound: TcpListener,
+    /// The sidecar's listeners; a gateway has none of them.
+    outbound: Option<TcpListener>,
     admin: TcpListener,
     inbound: Option<(TcpListener, u16)>,
-    dns: DnsServer,
-    /// Outbound, admin, DNS, and inbound when there is one: forwarding
-    /// there would loop.
+    dns: Option<DnsServer>,
+    /// Gateway mode: the listener for outside clients.
+    edge: Option<Edge>,
+    /// Every listener of this proxy: forwarding there would loop.
     own_addrs: Vec<SocketAddr>,
     inbound_addr: Option<SocketAddr>,
     agent: Option<AgentConfig>,
@@ -108,6 +131,21 @@ pub struct Bound {
 /// Binds every listener and checks the flags, loading the cached registry
 /// if there is one.
 pub async fn bind(args: ProxyArgs) -> Result<Bound, ProxyError> {
+    bind_as(args, None).await
+}
+
+/// [`bind`] in gateway mode: the edge listener instead of the sidecar's
+/// outbound, inbound and DNS listeners; nothing is registered.
+pub async fn bind_gateway(args: ProxyArgs, edge: EdgeSettings) -> Result<Bound, ProxyError> {
+    if args.app_port.is_some() {
+        return Err(ProxyError::Config(
+            "gateway mode registers nothing: --app-port is for a sidecar beside its app".into(),
+        ));
+    }
+    bind_as(args, Some(edge)).await
+}
+
+async fn bind_as(args: ProxyArgs, edge: Option<EdgeSettings>) -> Result<Bound, ProxyError> {
     let metrics = Arc::new(ProxyMetrics::new());
     let dir = Arc::new(Directory::new(
         args.lb.iter().cloned().collect(),
@@ -141,37 +179,72 @@ pub async fn bind(args: ProxyArgs) -> Result<Bound, ProxyError> {
     let client = ControlClient::with_tls(&args.control, mark, tls)
         .map_err(|e| ProxyError::Control(e.to_string()))?;
 
-    let outbound = bind_tcp("--outbound", args.outbound).await?;
+    let edge = match edge {
+        Some(e) => {
+            let default = e.tls_cert.as_deref().zip(e.tls_key.as_deref());
+            let tls = crate::gateway::tls::server_config(default, &e.tls_hosts)
+                .map_err(ProxyError::Config)?;
+            let redis = match &e.redis {
+                Some(url) => Some(Arc::new(
+                    crate::gateway::limit::Redis::new(
+                        url,
+                        metrics.gateway.rate_limit_fail_open.clone(),
+                    )
+                    .map_err(ProxyError::Config)?,
+                )),
+                None => None,
+            };
+            Some(Edge {
+                listener: bind_tcp("--listen", e.listen).await?,
+                tls,
+                access_log: e.access_log,
+                redis,
+            })
+        }
+        None => None,
+    };
+    let outbound = match edge {
+        None => Some(bind_tcp("--outbound", args.outbound).await?),
+        Some(_) => None,
+    };
     let admin = bind_tcp("--admin", args.admin).await?;
     // The inbound side exists for an app; a client-only sidecar has none.
     let inbound = match args.app_port {
         Some(port) => Some((bind_tcp("--inbound", args.inbound).await?, port)),
         None => None,
     };
-    let dns = DnsServer::bind(
-        DnsConfig {
-            listen: args.dns,
-            domain: args.domain.trim_matches('.').to_ascii_lowercase(),
-            resolv_conf: args.resolv_conf.clone(),
-            mark,
-            queries: metrics.dns_queries.clone(),
-        },
-        dir.clone() as Arc<dyn VipLookup>,
-    )
-    .await
-    .map_err(|source| ProxyError::Bind {
-        flag: "--dns",
-        addr: args.dns,
-        source,
-    })?;
+    let dns = match edge {
+        Some(_) => None,
+        None => Some(
+            DnsServer::bind(
+                DnsConfig {
+                    listen: args.dns,
+                    domain: args.domain.trim_matches('.').to_ascii_lowercase(),
+                    resolv_conf: args.resolv_conf.clone(),
+                    mark,
+                    queries: metrics.dns_queries.clone(),
+                },
+                dir.clone() as Arc<dyn VipLookup>,
+            )
+            .await
+            .map_err(|source| ProxyError::Bind {
+                flag: "--dns",
+                addr: args.dns,
+                source,
+            })?,
+        ),
+    };
     let inbound_addr = inbound
         .as_ref()
         .map(|(l, _)| l.local_addr().unwrap_or(args.inbound));
-    let mut own_addrs = vec![
-        outbound.local_addr().unwrap_or(args.outbound),
-        admin.local_addr().unwrap_or(args.admin),
-        dns.local_addr(),
-    ];
+    let mut own_addrs = vec![admin.local_addr().unwrap_or(args.admin)];
+    own_addrs.extend(
+        outbound
+            .as_ref()
+            .map(|o| o.local_addr().unwrap_or(args.outbound)),
+    );
+    own_addrs.extend(dns.as_ref().map(DnsServer::local_addr));
+    own_addrs.extend(edge.as_ref().and_then(|e| e.listener.local_addr().ok()));
     own_addrs.extend(inbound_addr);
     let agent = agent_config(&args, inbound_addr)?;
     let via_token = format!("mesh-{:08x}", fastrand::u32(..));
@@ -195,6 +268,7 @@ pub async fn bind(args: ProxyArgs) -> Result<Bound, ProxyError> {
         admin,
         inbound,
         dns,
+        edge,
         own_addrs,
         inbound_addr,
         agent,
@@ -283,6 +357,7 @@ impl Bound {
             admin,
             inbound,
             dns,
+            edge,
             own_addrs,
             inbound_addr,
             agent,
@@ -297,7 +372,10 @@ impl Bound {
         let listening = Arc::new(AtomicBool::new(false));
         let mark = (args.mark != 0).then_some(args.mark);
         // What was bound (a flag's port 0 is the kernel's pick): logged below.
-        let (outbound_addr, admin_addr, dns_addr) = (own_addrs[0], own_addrs[1], own_addrs[2]);
+        let shown = |a: Option<SocketAddr>| a.map_or_else(|| "-".to_string(), |a| a.to_string());
+        let outbound_addr = shown(outbound.as_ref().and_then(|l| l.local_addr().ok()));
+        let dns_addr = shown(dns.as_ref().map(DnsServer::local_addr));
+        let admin_addr = own_addrs[0];
 
         if let Some(w) = &workload {
             tokio::spawn(
@@ -396,6 +474,10 @@ impl Bound {
             inbound: inbound_addr.map(|a| (a, args.inbound_max_concurrent)),
             identity: workload.clone(),
             config: config.clone(),
+            gateway: edge.as_ref().and_then(|e| {
+                let listen = e.listener.local_addr().ok()?;
+                Some((listen, e.tls.is_some()))
+            }),
         };
         let admin_stop = phases.token(Phase::Stop);
         tokio::spawn(async move {
@@ -408,12 +490,14 @@ impl Bound {
                 tracing::error!(error = %e, "admin server failed");
             }
         });
-        let dns_stop = phases.token(Phase::Stop);
-        tokio::spawn(async move {
-            if let Err(e) = dns.run(async move { dns_stop.cancelled().await }).await {
-                tracing::error!(error = %e, "DNS responder failed");
-            }
-        });
+        if let Some(dns) = dns {
+            let dns_stop = phases.token(Phase::Stop);
+            tokio::spawn(async move {
+                if let Err(e) = dns.run(async move { dns_stop.cancelled().await }).await {
+                    tracing::error!(error = %e, "DNS responder failed");
+                }
+            });
+        }
 
         let connect = ConnectOptions {
             mark,
@@ -439,34 +523,81 @@ impl Bound {
         let limits = Arc::new(Limits::from(&args.limits));
         let overload = Overload::new(args.limits.max_memory.map(|m| m as u64), metrics.clone());
         tokio::spawn(overload.clone().run(phases.token(Phase::Stop)));
-        let server = Arc::new(OutboundServer {
-            http: Arc::new(HttpOutbound {
-                dir: dir.clone(),
-                upstreams: upstreams.clone(),
-                metrics: metrics.clone(),
-                domain_suffix: format!(".{}", args.domain.trim_matches('.').to_ascii_lowercase()),
-                own_addrs,
-                via,
-                via_token,
-                caller,
-                opaque: opaque.clone(),
-            }),
-            opaque,
-            metrics: metrics.clone(),
-            vip_net: args.vip_cidr,
-            connect,
-            detect: detect.clone(),
-            learned: learned.clone(),
-            limits: limits.clone(),
-            admission: Admission::new(
-                "outbound",
-                limits.max_connections,
-                overload.clone(),
-                metrics.clone(),
-            ),
-        });
         let drain = phases.token(Phase::Drain);
-        let outbound = tokio::spawn(server.serve(outbound, drain.clone(), args.drain_timeout));
+        let edge_addr = edge.as_ref().and_then(|e| e.listener.local_addr().ok());
+        let gateway = match edge {
+            Some(edge) => {
+                let access_log = match edge.access_log {
+                    true => Some(
+                        crate::gateway::log::AccessLog::stdout(
+                            metrics.gateway.access_log_dropped.clone(),
+                        )
+                        .map_err(|e| ProxyError::Config(format!("access log: {e}")))?,
+                    ),
+                    false => None,
+                };
+                let gw = Arc::new(crate::gateway::Gateway {
+                    dir: dir.clone(),
+                    upstreams: upstreams.clone(),
+                    metrics: metrics.clone(),
+                    caller: caller.clone(),
+                    via: via.clone(),
+                    via_token: via_token.clone(),
+                    limits: limits.clone(),
+                    admission: Admission::new(
+                        "gateway",
+                        limits.max_connections,
+                        overload.clone(),
+                        metrics.clone(),
+                    ),
+                    tls: edge.tls.map(tokio_rustls::TlsAcceptor::from),
+                    access_log,
+                    keys: crate::gateway::jwt::KeySets::new(crate::control::client::Fetcher::new(
+                        mark,
+                        args.connect_timeout,
+                    )),
+                    limiters: crate::gateway::limit::Limiters::new(edge.redis),
+                });
+                Some(tokio::spawn(gw.serve(
+                    edge.listener,
+                    drain.clone(),
+                    args.drain_timeout,
+                )))
+            }
+            None => None,
+        };
+        let outbound = outbound.map(|listener| {
+            let server = Arc::new(OutboundServer {
+                http: Arc::new(HttpOutbound {
+                    dir: dir.clone(),
+                    upstreams: upstreams.clone(),
+                    metrics: metrics.clone(),
+                    domain_suffix: format!(
+                        ".{}",
+                        args.domain.trim_matches('.').to_ascii_lowercase()
+                    ),
+                    own_addrs,
+                    via,
+                    via_token,
+                    caller,
+                    opaque: opaque.clone(),
+                }),
+                opaque,
+                metrics: metrics.clone(),
+                vip_net: args.vip_cidr,
+                connect,
+                detect: detect.clone(),
+                learned: learned.clone(),
+                limits: limits.clone(),
+                admission: Admission::new(
+                    "outbound",
+                    limits.max_connections,
+                    overload.clone(),
+                    metrics.clone(),
+                ),
+            });
+            tokio::spawn(server.serve(listener, drain.clone(), args.drain_timeout))
+        });
         let inbound = inbound.map(|(listener, app_port)| {
             let app = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, app_port));
             let inbound = Arc::new(InboundServer {
@@ -503,8 +634,15 @@ impl Bound {
             tokio::spawn(inbound.serve(listener, drain.clone(), args.drain_timeout))
         });
         listening.store(true, Ordering::Release);
-        let inbound_shown = inbound_addr.map_or_else(|| "-".to_string(), |a| a.to_string());
-        tracing::info!(outbound = %outbound_addr, inbound = %inbound_shown, admin = %admin_addr, dns = %dns_addr, control = %args.control, "mesh-proxy running");
+        match edge_addr {
+            Some(listen) => {
+                tracing::info!(%listen, admin = %admin_addr, control = %args.control, "mesh-proxy gateway running")
+            }
+            None => {
+                let inbound_shown = shown(inbound_addr);
+                tracing::info!(outbound = %outbound_addr, inbound = %inbound_shown, admin = %admin_addr, dns = %dns_addr, control = %args.control, "mesh-proxy running");
+            }
+        }
 
         let requested = phases.token(Phase::Deregister);
         tokio::select! {
@@ -526,7 +664,12 @@ impl Bound {
         }
         tracing::info!(timeout = ?args.drain_timeout, "draining");
         phases.enter(Phase::Drain);
-        let _ = outbound.await;
+        if let Some(outbound) = outbound {
+            let _ = outbound.await;
+        }
+        if let Some(gateway) = gateway {
+            let _ = gateway.await;
+        }
         if let Some(inbound) = inbound {
             let _ = inbound.await;
         }

@@ -83,6 +83,8 @@ pub struct ProxyMetrics {
     pub traffic: super::TrafficMetrics,
     /// Listener admission: open connections, refusals, overload.
     pub listeners: super::ListenerMetrics,
+    /// Gateway mode, per route.
+    pub gateway: super::GatewayMetrics,
     /// This proxy's certificate and trust roots (set at scrape time).
     pub identity: IdentityMetrics,
     /// Held by a scrape while it resets and sets the gauges it reads, so
@@ -134,6 +136,7 @@ impl ProxyMetrics {
         let registry = root.sub_registry_with_prefix("mesh");
         let traffic = super::TrafficMetrics::register(registry);
         let listeners = super::ListenerMetrics::register(registry);
+        let gateway = super::GatewayMetrics::register(registry);
         let requests = Family::<RequestLabels, Counter>::default();
         let attempts = Family::<RequestLabels, Counter>::default();
         let latency: Family<ServiceLabel, Histogram, fn() -> Histogram> =
@@ -283,6 +286,7 @@ impl ProxyMetrics {
             dns_queries,
             traffic,
             listeners,
+            gateway,
             scrape: std::sync::Mutex::new(()),
         }
     }

@@ -1,10 +1,12 @@
 //! Logging setup and the proxy's Prometheus metrics.
 
+mod gateway;
 mod logging;
 mod metrics;
 mod process;
 mod traffic;
 
+pub use gateway::GatewayMetrics;
 pub use logging::{init_logging, LogFormat};
 pub use metrics::{ProxyMetrics, RequestCounts, RootLabel, ServiceMetrics, ENDPOINT_STATES};
 pub use process::register_process_metrics;

@@ -100,6 +100,31 @@ pub struct Sidecar {
     pub inbound: Option<SocketAddr>,
 }
 
+/// A `mesh-proxy gateway` and the addresses it bound.
+pub struct Gateway {
+    pub proc: Proc,
+    /// `--listen`: where outside clients connect.
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Gateway {
+    /// The gateway's `/metrics`.
+    pub fn metrics(&self) -> String {
+        get(self.admin, "/metrics").expect("GET /metrics")
+    }
+
+    /// Waits until the gateway holds `n` routes (its `/state`).
+    pub fn wait_routes(&self, n: usize) {
+        wait_for(&format!("{n} routes at the gateway"), secs(10), || {
+            self.proc.assert_running();
+            let text = get(self.admin, "/state")?;
+            let state: Value = serde_json::from_str(&text).ok()?;
+            (state["gateway"]["routes"].as_array()?.len() == n).then_some(())
+        });
+    }
+}
+
 /// A fault-server app and where it listens.
 pub struct App {
     pub proc: Proc,
@@ -314,6 +339,60 @@ impl Loopback {
             get(sidecar.admin, "/ready")
         });
         sidecar
+    }
+
+    /// `mesh-proxy gateway` on ports the kernel picks; `extra` adds flags
+    /// (`--tls-cert`, `--redis`, ...). Waits until it is ready.
+    pub fn gateway(&self, label: &str, extra: &[&str]) -> Gateway {
+        let control = self.control_url();
+        let cache = self.dir.join(format!("{label}-cache"));
+        let token = self.identity.then(|| self.token("gateway"));
+        let bundle = self.bundle().display().to_string();
+        let token = token.map(|t| t.display().to_string());
+        let mut args = vec![
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--control",
+            &control,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--mark",
+            "0",
+            "--service",
+            "gateway",
+        ];
+        if let Some(t) = &token {
+            args.extend([
+                "--trust-bundle",
+                bundle.as_str(),
+                "--token-file",
+                t.as_str(),
+            ]);
+        }
+        args.extend_from_slice(extra);
+        let proc = self.spawn(label, MESH_PROXY, &args);
+        let ev = log_event(&proc, "mesh-proxy gateway running", START_TIMEOUT);
+        let gw = Gateway {
+            listen: addr_field(&ev, "listen"),
+            admin: addr_field(&ev, "admin"),
+            proc,
+        };
+        wait_for(&format!("{label} /ready"), secs(10), || {
+            gw.proc.assert_running();
+            get(gw.admin, "/ready")
+        });
+        gw
+    }
+
+    /// Applies YAML with mesh-ctl; its output, whatever the exit code.
+    pub fn apply_output(&self, yaml: &str) -> std::process::Output {
+        let n = self.logs.lock().map(|l| l.len()).unwrap_or(0);
+        let file = self.dir.join(format!("doc-{n}-{}.yaml", fastrand::u32(..)));
+        std::fs::write(&file, yaml).expect("write document");
+        self.ctl(&["apply", "-f", file.to_str().unwrap()])
     }
 
     /// The fault server as an app named `name`, on a port it picks.

@@ -367,6 +367,11 @@ impl Mesh {
 
     /// Runs `load.py` in the client pod against `url`.
     pub fn load(&self, url: &str, opts: &LoadOpts) -> Load {
+        self.load_from(&self.client, url, opts)
+    }
+
+    /// Runs `load.py` in `pod` against `url`.
+    pub fn load_from(&self, pod: &Pod, url: &str, opts: &LoadOpts) -> Load {
         let mut args: Vec<String> = vec!["-u".into(), LOAD.into(), "--url".into(), url.into()];
         let mut flag = |k: &str, v: String| {
             args.push(format!("--{k}"));
@@ -383,7 +388,7 @@ impl Mesh {
         flag("interval-ms", opts.interval.as_millis().to_string());
         // The run's own bounds, plus one request timeout, plus slack.
         let limit = opts.duration + opts.timeout + secs(10);
-        let out = self.client.run_with("python3", &strs(&args), &[], limit);
+        let out = pod.run_with("python3", &strs(&args), &[], limit);
         assert!(
             out.status.success(),
             "load.py {args:?} failed ({}): {}",

@@ -95,6 +95,7 @@ fn watch_lines() {
             authorizations: Vec::new(),
             bundle: None,
             configs: Vec::new(),
+            routes: Vec::new(),
         },
     };
     assert_eq!(

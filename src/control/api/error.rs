@@ -89,6 +89,7 @@ impl From<RegistryError> for ApiFailure {
         match e {
             RegistryError::UnknownInstance { .. }
             | RegistryError::UnknownPolicy { .. }
+            | RegistryError::UnknownRoute(_)
             | RegistryError::UnknownConfig(_) => ApiFailure::NotFound(e.to_string()),
             RegistryError::VipExhausted(_) => ApiFailure::Unavailable(e.to_string()),
             RegistryError::Store(_) => ApiFailure::Internal(e.to_string()),

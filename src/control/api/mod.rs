@@ -23,8 +23,8 @@ use crate::control::registry::Registry;
 use crate::control::watch::watch_body;
 use crate::model::{
     validate_instance_id, validate_service_name, AuthorizationPolicy, ControlStatus, FieldErrors,
-    Health, Heartbeat, RegisterRequest, Registered, ServiceInfo, ServicePolicy, ServiceSummary,
-    Snapshot,
+    Health, Heartbeat, RegisterRequest, Registered, Route, ServiceInfo, ServicePolicy,
+    ServiceSummary, Snapshot,
 };
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -108,6 +108,13 @@ pub fn router(state: AppState) -> Router {
             get(policies::get::<AuthorizationPolicy>)
                 .put(policies::put::<AuthorizationPolicy>)
                 .delete(policies::delete::<AuthorizationPolicy>),
+        )
+        .route("/v1/routes", get(policies::list::<Route>))
+        .route(
+            "/v1/routes/{name}",
+            get(policies::get::<Route>)
+                .put(policies::put::<Route>)
+                .delete(policies::delete::<Route>),
         )
         .route("/v1/configs", get(configs::list))
         .route(

@@ -1,5 +1,6 @@
-//! `/v1/policies` and `/v1/authorizations`: apply, read and delete
-//! `ServicePolicy` and `AuthorizationPolicy` documents, one per service.
+//! `/v1/policies`, `/v1/authorizations` and `/v1/routes`: apply, read and
+//! delete `ServicePolicy` and `AuthorizationPolicy` documents (one per
+//! service) and the gateway's `Route`s (one per name).
 //!
 //! A PUT body is validated with the document's `from_value`, the same
 //! rules `mesh-ctl apply` checks locally, so a client that skips them
@@ -8,21 +9,29 @@
 
 use super::{ApiFailure, ApiResult, AppState, Caller, RevisionReply, BODY_LIMIT};
 use crate::authz::MESH_WIDE;
-use crate::model::{validate_service_name, AuthorizationPolicy, FieldErrors, ServicePolicy};
+use crate::model::{validate_service_name, AuthorizationPolicy, FieldErrors, Route, ServicePolicy};
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
 use bytes::Bytes;
 use serde_json::Value;
 
-/// What the two document kinds share here.
+/// What the document kinds share here.
 pub(super) trait Doc: Clone + serde::Serialize + Send + 'static {
-    /// "policy", "authorization policy".
+    /// "policy", "authorization policy", "route".
     const WHAT: &'static str;
+    /// The field the URL's last segment names: "service", "name".
+    const KEY: &'static str = "service";
     /// Names the path segment may take beyond service names (`*`).
     const WILDCARD: Option<&'static str>;
     fn from_value(doc: &Value) -> Result<Self, FieldErrors>;
-    fn service(&self) -> &str;
+    fn key(&self) -> &str;
+    fn not_found(key: &str) -> String {
+        format!(
+            "no {} is applied for service {key:?} (it runs the defaults)",
+            Self::WHAT
+        )
+    }
     fn get(st: &AppState, service: &str) -> Option<Self>;
     fn list(st: &AppState) -> Vec<Self>;
     fn apply(st: &AppState, doc: Self) -> Result<u64, crate::control::registry::RegistryError>;
@@ -36,7 +45,7 @@ impl Doc for ServicePolicy {
     fn from_value(doc: &Value) -> Result<Self, FieldErrors> {
         ServicePolicy::from_value(doc)
     }
-    fn service(&self) -> &str {
+    fn key(&self) -> &str {
         &self.service
     }
     fn get(st: &AppState, service: &str) -> Option<Self> {
@@ -62,7 +71,7 @@ impl Doc for AuthorizationPolicy {
     fn from_value(doc: &Value) -> Result<Self, FieldErrors> {
         AuthorizationPolicy::from_value(doc)
     }
-    fn service(&self) -> &str {
+    fn key(&self) -> &str {
         &self.service
     }
     fn get(st: &AppState, service: &str) -> Option<Self> {
@@ -82,11 +91,38 @@ impl Doc for AuthorizationPolicy {
     }
 }
 
+impl Doc for Route {
+    const WHAT: &'static str = "route";
+    const KEY: &'static str = "name";
+    const WILDCARD: Option<&'static str> = None;
+    fn from_value(doc: &Value) -> Result<Self, FieldErrors> {
+        Route::from_value(doc)
+    }
+    fn key(&self) -> &str {
+        &self.name
+    }
+    fn not_found(name: &str) -> String {
+        format!("no route named {name:?} is applied")
+    }
+    fn get(st: &AppState, name: &str) -> Option<Self> {
+        st.registry.route(name)
+    }
+    fn list(st: &AppState) -> Vec<Self> {
+        st.registry.routes()
+    }
+    fn apply(st: &AppState, doc: Self) -> Result<u64, crate::control::registry::RegistryError> {
+        st.registry.apply_route(doc)
+    }
+    fn delete(st: &AppState, name: &str) -> Result<u64, crate::control::registry::RegistryError> {
+        st.registry.delete_route(name)
+    }
+}
+
 fn path_service<D: Doc>(service: &str) -> ApiResult<()> {
     if D::WILDCARD == Some(service) {
         return Ok(());
     }
-    validate_service_name(service).map_err(|why| ApiFailure::field("service", why))
+    validate_service_name(service).map_err(|why| ApiFailure::field(D::KEY, why))
 }
 
 pub(super) async fn list<D: Doc>(
@@ -105,12 +141,9 @@ pub(super) async fn get<D: Doc>(
     caller.reader()?;
     let Path(service) = path.map_err(ApiFailure::path)?;
     path_service::<D>(&service)?;
-    D::get(&st, &service).map(Json).ok_or_else(|| {
-        ApiFailure::NotFound(format!(
-            "no {} is applied for service {service:?} (it runs the defaults)",
-            D::WHAT
-        ))
-    })
+    D::get(&st, &service)
+        .map(Json)
+        .ok_or_else(|| ApiFailure::NotFound(D::not_found(&service)))
 }
 
 pub(super) async fn put<D: Doc>(
@@ -147,7 +180,7 @@ fn validate<D: Doc>(service: &str, body: &[u8]) -> Result<D, FieldErrors> {
         Ok(()) => true,
         Err(_) => {
             let why = validate_service_name(service).err().unwrap_or_default();
-            errs.push("(path)", format!("service {service:?}: {why}"));
+            errs.push("(path)", format!("{} {service:?}: {why}", D::KEY));
             false
         }
     };
@@ -159,12 +192,13 @@ fn validate<D: Doc>(service: &str, body: &[u8]) -> Result<D, FieldErrors> {
         }
     };
     match D::from_value(&doc) {
-        Ok(d) if path_ok && d.service() != service => {
+        Ok(d) if path_ok && d.key() != service => {
             errs.push(
-                "service",
+                D::KEY,
                 format!(
-                    "{:?} does not match the service in the URL ({service:?})",
-                    d.service()
+                    "{:?} does not match the {} in the URL ({service:?})",
+                    d.key(),
+                    D::KEY
                 ),
             );
             Err(errs)

@@ -6,10 +6,12 @@
 //! connection and tries the addresses in order, so the pool still keys
 //! connections by the name and the Host header stays what the user wrote.
 //!
-//! For `https://` it then runs the TLS handshake, checking that the
-//! server proves mesh-control's SPIFFE identity (whatever name or address
-//! it was reached by) and presenting this process's certificate if it
-//! has one.
+//! For `https://` it then runs the TLS handshake. To mesh-control
+//! ([`ClientTls::Mesh`]) it checks that the server proves mesh-control's
+//! SPIFFE identity (whatever name or address it was reached by) and
+//! presents this process's certificate if it has one. To a server outside
+//! the mesh ([`ClientTls::Public`]: the gateway fetching a JWKS) it checks
+//! the host name against the system's roots, as any HTTPS client does.
 
 use crate::identity::tls::TlsIdentity;
 use crate::net::{Io, MarkedConnector, MarkedStream};
@@ -30,9 +32,18 @@ const MAX_ADDRESSES: usize = 8;
 pub(super) struct ResolvingConnector {
     /// Dials one IP address with the mark and the connect timeout.
     pub(super) inner: MarkedConnector,
-    /// For `https://`: the roots, and the certificate slot, checked and
-    /// read at each new connection (so rotations apply without a new client).
-    pub(super) tls: Option<Arc<TlsIdentity>>,
+    /// For `https://`: how the server is checked.
+    pub(super) tls: Option<ClientTls>,
+}
+
+/// How an `https://` server is checked.
+#[derive(Clone)]
+pub(super) enum ClientTls {
+    /// mesh-control: the roots and this process's certificate slot, read
+    /// at each new connection (so rotations apply without a new client).
+    Mesh(Arc<TlsIdentity>),
+    /// Any other server: its name, against the system's roots.
+    Public(Arc<rustls::ClientConfig>),
 }
 
 impl std::fmt::Debug for ResolvingConnector {
@@ -66,15 +77,20 @@ impl Service<Uri> for ResolvingConnector {
                     "https:// needs the trust bundle (--trust-bundle)",
                 ));
             };
-            let config = tls
-                .control_client()
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            let config = match tls {
+                ClientTls::Mesh(identity) => Arc::new(
+                    identity
+                        .control_client()
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+                ),
+                ClientTls::Public(config) => config.clone(),
+            };
             let name = server_name(&uri)?;
             let tcp = match stream.0.into_inner() {
                 Io::Plain(tcp) => tcp,
                 Io::Tls(_) => return Err(io::Error::other("TLS twice")),
             };
-            let handshake = Io::tls(tcp, Arc::new(config), name);
+            let handshake = Io::tls(tcp, config, name);
             let io = tokio::time::timeout(dial.inner.opts.timeout, handshake)
                 .await
                 .map_err(|_| {

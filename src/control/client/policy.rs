@@ -1,9 +1,10 @@
-//! The `/v1/policies` and `/v1/authorizations` calls: apply, read, list
-//! and delete service and authorization policies.
+//! The `/v1/policies`, `/v1/authorizations` and `/v1/routes` calls:
+//! apply, read, list and delete service and authorization policies and
+//! gateway routes.
 
 use super::{json_body, segment, ClientError, ControlClient};
 use crate::control::api::RevisionReply;
-use crate::model::{AuthorizationPolicy, ServicePolicy};
+use crate::model::{AuthorizationPolicy, Route, ServicePolicy};
 use http::Method;
 
 // === impl ControlClient ===
@@ -77,6 +78,34 @@ impl ControlClient {
             .call(Method::DELETE, path, None)
             .await
             .map_err(|e| not_found(e, service))?;
+        Ok(reply.revision)
+    }
+}
+
+impl ControlClient {
+    /// Applies (creates or replaces) a gateway route; returns the revision.
+    pub async fn apply_route(&self, route: &Route) -> Result<u64, ClientError> {
+        let path = format!("/v1/routes/{}", segment(&route.name));
+        let reply: RevisionReply = self
+            .call(Method::PUT, path, Some(json_body(route)?))
+            .await?;
+        Ok(reply.revision)
+    }
+
+    /// The route named `name` (a 404 names it).
+    pub async fn route(&self, name: &str) -> Result<Route, ClientError> {
+        self.call(Method::GET, format!("/v1/routes/{}", segment(name)), None)
+            .await
+    }
+
+    /// Every route, sorted by name.
+    pub async fn routes(&self) -> Result<Vec<Route>, ClientError> {
+        self.call(Method::GET, "/v1/routes".into(), None).await
+    }
+
+    pub async fn delete_route(&self, name: &str) -> Result<u64, ClientError> {
+        let path = format!("/v1/routes/{}", segment(name));
+        let reply: RevisionReply = self.call(Method::DELETE, path, None).await?;
         Ok(reply.revision)
     }
 }

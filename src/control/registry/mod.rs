@@ -23,7 +23,7 @@ use crate::control::store::{Store, StoreError, StoredConfig, Write};
 use crate::control::vip::{VipAllocator, VipCidr, VipExhausted};
 use crate::model::identity::TrustBundle;
 use crate::model::{
-    AuthorizationPolicy, ControlStatus, Health, Instance, ServiceInfo, ServicePolicy,
+    AuthorizationPolicy, ControlStatus, Health, Instance, Route, ServiceInfo, ServicePolicy,
     ServiceSummary, Snapshot, WatchEvent,
 };
 use bytes::Bytes;
@@ -67,6 +67,8 @@ pub enum RegistryError {
     UnknownInstance { service: String, id: String },
     #[error("no {what} is applied for service {service:?} (it runs the defaults)")]
     UnknownPolicy { what: &'static str, service: String },
+    #[error("no route named {0:?} is applied")]
+    UnknownRoute(String),
     #[error("{0}")]
     UnknownConfig(String),
     #[error(transparent)]
@@ -119,6 +121,8 @@ struct State {
     /// The latest version of each config, by (application, profile); older
     /// versions stay in the store only.
     configs: BTreeMap<(String, String), StoredConfig>,
+    /// Gateway routes by name.
+    routes: BTreeMap<String, Route>,
 }
 
 struct Service {
@@ -189,8 +193,14 @@ impl Registry {
             .into_iter()
             .map(|c| ((c.meta.application.clone(), c.meta.profile.clone()), c))
             .collect();
+        let routes = loaded
+            .routes
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
         let state = State {
             configs,
+            routes,
             policies,
             authorizations,
             bundle: None,
@@ -330,6 +340,7 @@ fn snapshot_of(st: &State) -> Snapshot {
         authorizations: st.authorizations.values().cloned().collect(),
         bundle: st.bundle.clone(),
         configs: st.configs.values().map(configs::head).collect(),
+        routes: st.routes.values().cloned().collect(),
     }
 }
 

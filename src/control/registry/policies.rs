@@ -1,5 +1,6 @@
-//! Policy mutations and reads: apply (create or replace) and delete a
-//! service's `ServicePolicy`.
+//! Mutations and reads of the documents kept whole and pushed live: a
+//! service's `ServicePolicy` and `AuthorizationPolicy`, and the gateway's
+//! `Route`s (kept by name).
 //!
 //! Same discipline as the instance mutations (plan → commit → apply and
 //! publish, under the writer lock): the policy is durable before any
@@ -9,25 +10,32 @@
 use super::{Registry, RegistryError, State};
 use crate::control::store::Write;
 use crate::model::identity::TrustBundle;
-use crate::model::{AuthorizationPolicy, ServicePolicy, WatchEvent};
+use crate::model::{AuthorizationPolicy, Route, ServicePolicy, WatchEvent};
 use std::collections::BTreeMap;
 
-/// A document kept per service and pushed live: the one mechanism behind
-/// `ServicePolicy` and `AuthorizationPolicy`.
+/// A document kept whole under one key and pushed live: the one mechanism
+/// behind `ServicePolicy`, `AuthorizationPolicy` (keyed by service) and
+/// `Route` (keyed by name).
 trait Document: Clone + PartialEq {
-    /// For messages: "policy", "authorization policy".
+    /// For messages: "policy", "authorization policy", "route".
     const WHAT: &'static str;
-    fn service(&self) -> &str;
+    fn key(&self) -> &str;
     fn held(st: &mut State) -> &mut BTreeMap<String, Self>;
     fn put(&self) -> Write<'_>;
-    fn delete(service: &str) -> Write<'_>;
+    fn delete(key: &str) -> Write<'_>;
     fn applied(self, revision: u64) -> WatchEvent;
-    fn removed(service: String, revision: u64) -> WatchEvent;
+    fn removed(key: String, revision: u64) -> WatchEvent;
+    fn unknown(key: &str) -> RegistryError {
+        RegistryError::UnknownPolicy {
+            what: Self::WHAT,
+            service: key.to_string(),
+        }
+    }
 }
 
 impl Document for ServicePolicy {
     const WHAT: &'static str = "policy";
-    fn service(&self) -> &str {
+    fn key(&self) -> &str {
         &self.service
     }
     fn held(st: &mut State) -> &mut BTreeMap<String, Self> {
@@ -52,7 +60,7 @@ impl Document for ServicePolicy {
 
 impl Document for AuthorizationPolicy {
     const WHAT: &'static str = "authorization policy";
-    fn service(&self) -> &str {
+    fn key(&self) -> &str {
         &self.service
     }
     fn held(st: &mut State) -> &mut BTreeMap<String, Self> {
@@ -72,6 +80,34 @@ impl Document for AuthorizationPolicy {
     }
     fn removed(service: String, revision: u64) -> WatchEvent {
         WatchEvent::AuthorizationRemoved { revision, service }
+    }
+}
+
+impl Document for Route {
+    const WHAT: &'static str = "route";
+    fn key(&self) -> &str {
+        &self.name
+    }
+    fn held(st: &mut State) -> &mut BTreeMap<String, Self> {
+        &mut st.routes
+    }
+    fn put(&self) -> Write<'_> {
+        Write::PutRoute(self)
+    }
+    fn delete(name: &str) -> Write<'_> {
+        Write::DeleteRoute { name }
+    }
+    fn applied(self, revision: u64) -> WatchEvent {
+        WatchEvent::Route {
+            revision,
+            route: self,
+        }
+    }
+    fn removed(name: String, revision: u64) -> WatchEvent {
+        WatchEvent::RouteRemoved { revision, name }
+    }
+    fn unknown(name: &str) -> RegistryError {
+        RegistryError::UnknownRoute(name.to_string())
     }
 }
 
@@ -116,6 +152,24 @@ impl Registry {
         self.state().authorizations.values().cloned().collect()
     }
 
+    /// Stores a gateway route (created or replaced) and publishes it.
+    pub fn apply_route(&self, route: Route) -> Result<u64, RegistryError> {
+        self.apply_doc(route)
+    }
+
+    pub fn delete_route(&self, name: &str) -> Result<u64, RegistryError> {
+        self.delete_doc::<Route>(name)
+    }
+
+    pub fn route(&self, name: &str) -> Option<Route> {
+        self.state().routes.get(name).cloned()
+    }
+
+    /// Every route, sorted by name.
+    pub fn routes(&self) -> Vec<Route> {
+        self.state().routes.values().cloned().collect()
+    }
+
     /// Publishes a new trust bundle (the CA's files hold it durably; the
     /// revision makes watchers see it in order with everything else).
     pub fn publish_bundle(&self, bundle: TrustBundle) -> Result<u64, RegistryError> {
@@ -137,15 +191,15 @@ impl Registry {
         let _w = self.writer();
         let revision = {
             let mut st = self.state();
-            if D::held(&mut st).get(doc.service()) == Some(&doc) {
+            if D::held(&mut st).get(doc.key()) == Some(&doc) {
                 return Ok(st.revision);
             }
             st.revision + 1
         };
         self.commit(revision, &[doc.put()])?;
         let mut st = self.state();
-        tracing::info!(service = %doc.service(), revision, "{} applied", D::WHAT);
-        D::held(&mut st).insert(doc.service().to_string(), doc.clone());
+        tracing::info!(key = %doc.key(), revision, "{} applied", D::WHAT);
+        D::held(&mut st).insert(doc.key().to_string(), doc.clone());
         self.publish(&mut st, &doc.applied(revision));
         Ok(revision)
     }
@@ -155,10 +209,7 @@ impl Registry {
         let revision = {
             let mut st = self.state();
             if !D::held(&mut st).contains_key(service) {
-                return Err(RegistryError::UnknownPolicy {
-                    what: D::WHAT,
-                    service: service.to_string(),
-                });
+                return Err(D::unknown(service));
             }
             st.revision + 1
         };

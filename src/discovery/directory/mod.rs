@@ -19,11 +19,14 @@
 use super::table::{service_state, Endpoint, Service, Table};
 use crate::authz::Policies;
 use crate::balance::{Algorithm, Balancer, EndpointStats};
+use crate::gateway::RouteTable;
 use crate::identity::SpiffeId;
 use crate::model::config::ConfigHead;
 use crate::model::identity::TrustBundle;
 use crate::model::state::{EndpointState, RegistryState, ServiceState};
-use crate::model::{AuthorizationPolicy, Health, ServiceInfo, ServicePolicy, Snapshot, WatchEvent};
+use crate::model::{
+    AuthorizationPolicy, Health, Route, ServiceInfo, ServicePolicy, Snapshot, WatchEvent,
+};
 use crate::proxy::upstream::H1Pool;
 use crate::resilience::ServiceResilience;
 use crate::telemetry::ProxyMetrics;
@@ -47,6 +50,8 @@ pub struct Directory {
     revision_tx: watch::Sender<Option<u64>>,
     /// Authorization policies for the inbound side, rebuilt per change.
     authz: ArcSwap<Policies>,
+    /// The gateway's routes, compiled, rebuilt per change of a route.
+    routes: ArcSwap<RouteTable>,
     /// The trust bundle as last pushed; the identity task follows it.
     bundle_tx: watch::Sender<Option<TrustBundle>>,
     /// The latest version of every config; config delivery follows it.
@@ -90,6 +95,7 @@ struct Inner {
     authorizations: BTreeMap<String, AuthorizationPolicy>,
     bundle: Option<TrustBundle>,
     configs: ConfigHeads,
+    routes: BTreeMap<String, Route>,
 }
 
 impl Directory {
@@ -101,6 +107,7 @@ impl Directory {
             metrics,
             revision_tx: watch::channel(None).0,
             authz: ArcSwap::from_pointee(Policies::default()),
+            routes: ArcSwap::from_pointee(RouteTable::default()),
             bundle_tx: watch::channel(None).0,
             configs_tx: watch::channel(Arc::default()).0,
             connected_tx: watch::channel(0).0,
@@ -130,6 +137,21 @@ impl Directory {
     /// The authorization policies in force (lock-free).
     pub fn authz(&self) -> Arc<Policies> {
         self.authz.load_full()
+    }
+
+    /// The gateway's routes in force (lock-free).
+    pub fn routes(&self) -> Arc<RouteTable> {
+        self.routes.load_full()
+    }
+
+    /// Runs `f` on the route table without bumping its refcount.
+    pub fn with_routes<T>(&self, f: impl FnOnce(&RouteTable) -> T) -> T {
+        f(&self.routes.load())
+    }
+
+    fn set_routes(&self, inner: &Inner) {
+        self.routes
+            .store(Arc::new(RouteTable::new(inner.routes.values())));
     }
 
     /// Follows the trust bundle pushed by the control plane.
@@ -180,6 +202,7 @@ impl Directory {
             authorizations: inner.authorizations.values().cloned().collect(),
             bundle: inner.bundle.clone(),
             configs: inner.configs.values().cloned().collect(),
+            routes: inner.routes.values().cloned().collect(),
         }
     }
 
@@ -198,6 +221,7 @@ impl Directory {
             authorizations: Every(&inner.authorizations),
             bundle: inner.bundle.as_ref(),
             configs: Every(&inner.configs),
+            routes: Every(&inner.routes),
         };
         serde_json::to_writer(out, &view)
     }
@@ -243,6 +267,15 @@ impl Directory {
             .map(|c| (config_key(&c.application, &c.profile), c))
             .collect();
         self.set_configs(&inner);
+        let routes: BTreeMap<String, Route> = snap
+            .routes
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect();
+        if routes != inner.routes {
+            inner.routes = routes;
+            self.set_routes(&inner);
+        }
         if snap.bundle.is_some() {
             inner.bundle = snap.bundle.clone();
             self.set_bundle(snap.bundle);
@@ -297,6 +330,16 @@ impl Directory {
             WatchEvent::TrustBundle { revision, bundle } => {
                 inner.bundle = Some(bundle.clone());
                 self.set_bundle(Some(bundle));
+                (None, revision)
+            }
+            WatchEvent::Route { revision, route } => {
+                inner.routes.insert(route.name.clone(), route);
+                self.set_routes(&inner);
+                (None, revision)
+            }
+            WatchEvent::RouteRemoved { revision, name } => {
+                inner.routes.remove(&name);
+                self.set_routes(&inner);
                 (None, revision)
             }
             WatchEvent::Config { revision, config } => {
@@ -593,6 +636,8 @@ struct SnapshotView<'a> {
     bundle: Option<&'a TrustBundle>,
     #[serde(skip_serializing_if = "Every::is_empty")]
     configs: Every<'a, ConfigHead>,
+    #[serde(skip_serializing_if = "Every::is_empty")]
+    routes: Every<'a, Route>,
 }
 
 /// A map's values as a JSON array, in key order.

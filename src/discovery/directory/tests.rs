@@ -41,6 +41,7 @@ fn snapshot_then_events() {
         authorizations: Vec::new(),
         bundle: None,
         configs: Vec::new(),
+        routes: Vec::new(),
         services: vec![ServiceInfo {
             name: "hello".into(),
             vip: vip(1),
@@ -79,6 +80,7 @@ fn endpoints_carry_the_sidecar_inbound_address() {
         authorizations: Vec::new(),
         bundle: None,
         configs: Vec::new(),
+        routes: Vec::new(),
         services: vec![ServiceInfo {
             name: "hello".into(),
             vip: vip(1),
@@ -107,6 +109,7 @@ fn stale_events_are_ignored_and_stats_survive() {
         authorizations: Vec::new(),
         bundle: None,
         configs: Vec::new(),
+        routes: Vec::new(),
         services: vec![],
     });
     d.apply(upsert(11, inst("hello", "a", 1, Health::Up)));
@@ -131,6 +134,7 @@ fn snapshot_replaces_everything() {
         authorizations: Vec::new(),
         bundle: None,
         configs: Vec::new(),
+        routes: Vec::new(),
         services: vec![ServiceInfo {
             name: "new".into(),
             vip: vip(2),
@@ -158,6 +162,7 @@ fn routing_state_is_built_for_called_services_only() {
         authorizations: Vec::new(),
         bundle: None,
         configs: Vec::new(),
+        routes: Vec::new(),
         services,
     });
     let t = d.table();

@@ -149,7 +149,7 @@ impl InboundHttp {
             h.insert(MESH_CALLER, v.header.clone());
         }
         headers::strip_hop_by_hop(h, upgrade.is_some());
-        headers::append_forwarded(h, peer.ip());
+        headers::append_forwarded(h, peer.ip(), "http");
         headers::ensure_traceparent(h);
         if let Some(left) = left {
             headers::tell_deadline(h, left, grpc);

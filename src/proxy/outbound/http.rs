@@ -2,6 +2,7 @@
 //! explicit mode, to an external host), in the caller's HTTP version.
 
 use super::opaque::OpaqueOutbound;
+use super::policy::Caps;
 use super::request::Services;
 use super::target::{is_own, resolve, ConnTarget, Names, Route};
 use crate::discovery::Directory;
@@ -100,7 +101,7 @@ impl HttpOutbound {
         h.append(header::VIA, self.via.clone());
 
         match route {
-            Route::Service(svc) => self.services().call(svc, req).await,
+            Route::Service(svc) => self.services().call(svc, req, Caps::default()).await,
             Route::External { host, port } => Box::pin(self.external(req, &host, port)).await,
         }
     }
@@ -111,6 +112,7 @@ impl HttpOutbound {
             metrics: &self.metrics,
             upstreams: &self.upstreams,
             caller: self.caller.as_ref(),
+            tag_endpoint: false,
         }
     }
 

@@ -13,7 +13,7 @@ mod http;
 mod opaque;
 pub mod policy;
 mod replay;
-mod request;
+pub mod request;
 mod target;
 
 pub use self::http::HttpOutbound;

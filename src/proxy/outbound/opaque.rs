@@ -7,7 +7,7 @@
 //! closed. A peer proxy's inbound listener gets the mesh's opaque preamble
 //! first, so it never waits on protocol detection.
 
-use super::policy::{self, Admitted, Attempt, Target, Verdict};
+use super::policy::{self, Admitted, Attempt, Caps, Target, Verdict};
 use crate::discovery::{Directory, Endpoint, Service};
 use crate::net::Io;
 use crate::proxy::protocol::{
@@ -170,7 +170,7 @@ impl OpaqueOutbound {
         let attempt = Connect {
             dialer: self.dialer.clone(),
         };
-        policy::call(&self.dir, &self.metrics, svc, &attempt, (), None).await
+        policy::call(&self.dir, &self.metrics, svc, &attempt, (), Caps::default()).await
     }
 }
 
@@ -212,6 +212,7 @@ mod tests {
             authorizations: Vec::new(),
             bundle: None,
             configs: Vec::new(),
+            routes: Vec::new(),
             services: vec![ServiceInfo {
                 name: "db".into(),
                 vip: Ipv4Addr::new(127, 100, 0, 9),

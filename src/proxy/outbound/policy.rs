@@ -88,6 +88,18 @@ pub struct Target<'a> {
     pub deadline: Deadline,
 }
 
+/// What a caller may bound in the policy for one call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Caps {
+    /// The time the caller has left, when it said so: the deadline is the
+    /// sooner of it and the policy's total timeout.
+    pub left: Option<Duration>,
+    /// Retries after the first try instead of the policy's count (a
+    /// gateway route's `retry.attempts`); still only on the failures the
+    /// policy retries, and within its budget.
+    pub retries: Option<u32>,
+}
+
 /// What a successful try holds until it ends.
 pub struct Admitted {
     /// The bulkhead counts the call until it ends.
@@ -95,22 +107,21 @@ pub struct Admitted {
     pub verdict: Verdict,
 }
 
-/// Runs `first` (and its retries, and the fallback) through `svc`'s policy.
-/// `caller_left` is the time the caller has left, when it said so: the
-/// deadline is the sooner of it and the policy's total timeout. Mesh
-/// failures are counted here, once, after the fallback's chance.
+/// Runs `first` (and its retries, and the fallback) through `svc`'s policy,
+/// within `caps`. Mesh failures are counted here, once, after the
+/// fallback's chance.
 pub async fn call<A: Attempt>(
     dir: &Directory,
     metrics: &ProxyMetrics,
     svc: &Arc<Service>,
     attempt: &A,
     first: A::Call,
-    caller_left: Option<Duration>,
+    caps: Caps,
 ) -> Result<A::Output, MeshError> {
     // The policy the call starts with is the one it finishes with, even if
     // a new one lands meanwhile.
     let rt = svc.resilience.clone();
-    let err = match run(svc, &rt, attempt, first, caller_left).await {
+    let err = match run(svc, &rt, attempt, first, caps).await {
         Ok(out) => return Ok(out),
         Err(e) => e,
     };
@@ -127,7 +138,7 @@ pub async fn call<A: Attempt>(
                 return Err(err);
             };
             let alt_rt = alt.resilience.clone();
-            let mut out = Box::pin(run(&alt, &alt_rt, attempt, again, caller_left)).await?;
+            let mut out = Box::pin(run(&alt, &alt_rt, attempt, again, caps)).await?;
             attempt.mark_fallback(&mut out, err.reason());
             Ok(out)
         }
@@ -142,12 +153,16 @@ async fn run<A: Attempt>(
     rt: &Arc<ServiceResilience>,
     attempt: &A,
     first: A::Call,
-    caller_left: Option<Duration>,
+    caps: Caps,
 ) -> Result<A::Output, MeshError> {
-    let deadline = Deadline::new(Instant::now(), rt.policy.timeouts.request, caller_left);
-    tokio::time::timeout_at(deadline.at, tries(svc, rt, attempt, first, deadline))
-        .await
-        .unwrap_or(Err(MeshError::Timeout(deadline.timeout)))
+    let deadline = Deadline::new(Instant::now(), rt.policy.timeouts.request, caps.left);
+    let attempts = caps.retries.unwrap_or(rt.policy.retries.attempts);
+    tokio::time::timeout_at(
+        deadline.at,
+        tries(svc, rt, attempt, first, deadline, attempts),
+    )
+    .await
+    .unwrap_or(Err(MeshError::Timeout(deadline.timeout)))
 }
 
 /// The first try, and the retries that the policy, the call's safety and
@@ -158,6 +173,7 @@ async fn tries<A: Attempt>(
     attempt: &A,
     first: A::Call,
     deadline: Deadline,
+    attempts: u32,
 ) -> Result<A::Output, MeshError> {
     let retries = &rt.policy.retries;
     rt.budget.deposit();
@@ -177,7 +193,7 @@ async fn tries<A: Attempt>(
             return result;
         };
         if !may_repeat(attempt.idempotent(), failure)
-            || retry >= retries.attempts
+            || retry >= attempts
             || !retries.on.contains(&failure.class)
         {
             return result;

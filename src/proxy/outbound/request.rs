@@ -6,7 +6,7 @@
 //! request for a peer proxy carries this pod's service (`x-mesh-caller`)
 //! and the time its caller has left (`x-mesh-timeout`).
 
-use super::policy::{self, Admitted, Attempt, Target};
+use super::policy::{self, Admitted, Attempt, Caps, Target};
 use super::replay::{prepare, RequestTemplate};
 use crate::discovery::{Directory, Service};
 use crate::model::policy::Fallback;
@@ -30,22 +30,33 @@ pub struct Services<'a> {
     pub upstreams: &'a Upstreams,
     /// This pod's service, for peer proxies' inbound metrics.
     pub caller: Option<&'a HeaderValue>,
+    /// Marks each response with the [`UpstreamEndpoint`] that answered
+    /// (the gateway logs it; the sidecar spends nothing on it).
+    pub tag_endpoint: bool,
 }
 
+/// The endpoint that answered a request, in its response's extensions.
+#[derive(Clone, Debug)]
+pub struct UpstreamEndpoint(pub http::uri::Authority);
+
 impl Services<'_> {
-    /// Runs `req` through `svc`'s policy stack. The request is counted
-    /// here, once, with its final status; each try is counted as an
-    /// attempt where it is made.
+    /// Runs `req` through `svc`'s policy stack, within `caps` and the time
+    /// a calling proxy said it has left (`x-mesh-timeout`). The request is
+    /// counted here, once, with its final status; each try is counted as
+    /// an attempt where it is made.
     pub async fn call(
         &self,
         svc: Arc<Service>,
         mut req: Request<Incoming>,
+        mut caps: Caps,
     ) -> Result<Response<RespBody>, MeshError> {
         let start = Instant::now();
-        let caller_left = caller_deadline(req.headers_mut());
+        if let Some(left) = caller_deadline(req.headers_mut()) {
+            caps.left = Some(caps.left.map_or(left, |l| l.min(left)));
+        }
         let policy = &svc.resilience.policy;
         // Kept for a retry or a service fallback.
-        let replay = policy.retries.attempts > 0
+        let replay = caps.retries.unwrap_or(policy.retries.attempts) > 0
             || matches!(policy.fallback, Some(Fallback::Service { .. }));
         let grpc = grpc::is_grpc(req.headers());
         let idempotent = is_idempotent(req.method());
@@ -57,8 +68,9 @@ impl Services<'_> {
                     template,
                     grpc,
                     idempotent,
+                    tag_endpoint: self.tag_endpoint,
                 };
-                policy::call(self.dir, self.metrics, &svc, &attempt, first, caller_left).await
+                policy::call(self.dir, self.metrics, &svc, &attempt, first, caps).await
             }
             Err(e) => Err(e),
         };
@@ -78,6 +90,7 @@ struct HttpAttempt<'a> {
     template: Option<RequestTemplate>,
     grpc: bool,
     idempotent: bool,
+    tag_endpoint: bool,
 }
 
 impl Attempt for HttpAttempt<'_> {
@@ -108,7 +121,11 @@ impl Attempt for HttpAttempt<'_> {
             pool: &ep.conns,
             authority: &ep.authority,
         };
-        let resp = self.upstreams.send(req, dest, to.connect, proto).await?;
+        let mut resp = self.upstreams.send(req, dest, to.connect, proto).await?;
+        if self.tag_endpoint {
+            resp.extensions_mut()
+                .insert(UpstreamEndpoint(ep.authority.clone()));
+        }
         Ok(resp.map(Either::Left))
     }
 

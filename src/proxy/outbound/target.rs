@@ -137,6 +137,7 @@ mod tests {
             authorizations: Vec::new(),
             bundle: None,
             configs: Vec::new(),
+            routes: Vec::new(),
             services: vec![ServiceInfo {
                 name: "hello".into(),
                 vip: Ipv4Addr::new(127, 100, 0, 1),

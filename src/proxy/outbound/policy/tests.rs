@@ -186,6 +186,7 @@ impl World {
             authorizations: Vec::new(),
             bundle: None,
             configs: Vec::new(),
+            routes: Vec::new(),
         });
         // Round-robin starts anywhere (so that proxies started together do
         // not all pick the same endpoint first): turn it to the first.
@@ -217,7 +218,10 @@ impl World {
             &self.svc(name),
             fake,
             (),
-            caller_left,
+            super::Caps {
+                left: caller_left,
+                retries: None,
+            },
         )
         .await
     }
@@ -535,8 +539,15 @@ async fn mesh_mistakes_are_not_for_the_fallback() {
             Some(())
         }
     }
-    let err = call(&w.dir, &w.metrics, &w.svc("api"), &Bad, (), None)
-        .await
-        .unwrap_err();
+    let err = call(
+        &w.dir,
+        &w.metrics,
+        &w.svc("api"),
+        &Bad,
+        (),
+        super::Caps::default(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.reason(), "bad-request");
 }
