@@ -4,6 +4,9 @@
 #   bench/run.sh --smoke    seconds of tiny load; checks the harness works (output in bench/out/)
 #   bench/run.sh --only-instructions   (or BENCH_ONLY_INSTRUCTIONS=1) only the callgrind
 #                           instructions per request, ~1 min (output in bench/out/)
+#   bench/run.sh --only-gateway   only the gateway bench (~2 min): mesh-proxy gateway
+#                           against Envoy (jwt_authn + local_ratelimit) and nginx;
+#                           writes bench/GATEWAY.md (a full run has it in RESULTS.md too)
 #   bench/run.sh --scale    one proxy in a mesh of 100, 1 000, 10 000 services (~3 min):
 #                           CPU per event, propagation, memory; writes bench/SCALE.md
 # Installs what it needs (idempotent), builds mesh in release, runs the
@@ -14,13 +17,15 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 smoke=""
 only=""
+gw=""
 scale=""
 for arg in "$@"; do
     case "$arg" in
         --smoke) smoke="--smoke" ;;
         --only-instructions) only="--only-instructions" ;;
+        --only-gateway) gw="--only-gateway" ;;
         --scale) scale=1 ;;
-        *) echo "usage: $0 [--smoke] [--only-instructions] [--scale]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--smoke] [--only-instructions] [--only-gateway] [--scale]" >&2; exit 2 ;;
     esac
 done
 [[ -n "${BENCH_ONLY_INSTRUCTIONS:-}" && "${BENCH_ONLY_INSTRUCTIONS}" != 0 ]] && only="--only-instructions"
@@ -57,12 +62,16 @@ if [[ -n "$scale" ]]; then
     echo "wrote bench/SCALE.md"
     exit 0
 fi
-out="$here/out/$(date +%Y%m%d-%H%M%S)${smoke:+-smoke}${only:+-instructions}"
+out="$here/out/$(date +%Y%m%d-%H%M%S)${smoke:+-smoke}${only:+-instructions}${gw:+-gateway}"
 mkdir -p "$out"
 echo "output: $out"
 cd "$here"
-python3 -m harness $smoke $only --out "$out"
-if [[ -z "$smoke" && -z "$only" ]]; then
+python3 -m harness $smoke $only $gw --out "$out"
+if [[ -n "$gw" && -z "$smoke" ]]; then
+    cp "$out/RESULTS.md" "$here/GATEWAY.md"
+    echo "wrote bench/GATEWAY.md"
+fi
+if [[ -z "$smoke" && -z "$only" && -z "$gw" ]]; then
     cp "$out/RESULTS.md" "$out/latency.png" "$here/"
     echo "wrote bench/RESULTS.md and bench/latency.png"
 fi

@@ -8,7 +8,7 @@
 #
 # Needs: curl, python3, node, and cargo unless DEMO_NO_BUILD=1. Debug build:
 # startup time does not matter here, and it reuses the usual build cache.
-# Everything runs on 127.0.0.1 (ports 15000-15253, 18081-18082), in explicit
+# Everything runs on 127.0.0.1 (ports 15000-15300, 18081-18083), in explicit
 # mode (http_proxy=..., no iptables, so no root), with one throw-away work dir:
 #   - mesh-control on :15010,
 #   - service `hello` twice: a python app (:18081) and a node app (:18082),
@@ -27,7 +27,9 @@
 #  10. deploy: a stop waits for every proxy; mesh-ctl inject,
 #  11. hostile input: malformed and oversized requests refused at the listener,
 #  12. externalized config: a versioned change delivered live by hello's
-#      sidecar as files, a long poll and the Spring Cloud Config endpoint.
+#      sidecar as files, a long poll and the Spring Cloud Config endpoint,
+#  13. the gateway: a Route in front of hello (rewrite, rate limit, redirect,
+#      no-route), its request ids, access log and metrics.
 # Identity is on, as by default: mesh-control is the CA and serves HTTPS;
 # each sidecar gets a bootstrap token for its service, then a certificate.
 # Every process it starts is stopped on exit. If what a step claims does not
@@ -200,7 +202,7 @@ app_fails() { cat "$WORK/app-python.log" "$WORK/app-node.log" | grep -c 'GET /fa
 for tool in curl python3 node; do
   command -v "$tool" >/dev/null || die "needs $tool on PATH"
 done
-for port in 15010 15000 15001 15053 15100 15101 15106 15153 15200 15201 15206 15253 18081 18082; do
+for port in 15010 15000 15001 15053 15100 15101 15106 15153 15200 15201 15206 15253 15300 18081 18082 18083; do
   port_free "$port" || die "port 127.0.0.1:$port is in use; stop whatever holds it (another run of the demo?)"
 done
 
@@ -614,5 +616,56 @@ done
 show mesh-ctl config status hello
 ! grep -q s3cret "$WORK/control-data/control.redb" || die "the secret is in control.redb in plaintext"
 echo "(the secret is sealed in control.redb; \`mesh-ctl config get hello --show-secrets\` shows it)"
+
+# ---------------------------------------------------------------------------
+step "13. The gateway: the mesh's front door" \
+  "mesh-proxy gateway (the same binary) takes outside clients on :18083 and routes them by kind: Route documents" \
+  "(shaped like the Gateway API's HTTPRoute) to hello, through the same stack and over mTLS with its own identity."
+mesh-ctl token create --service gateway >"$WORK/gateway.token" 2>/dev/null ||
+  die "mesh-ctl token create --service gateway failed"
+cat >"$WORK/route.yaml" <<'YAML'
+kind: Route
+name: web
+hostnames: [shop.localhost]
+rules:
+  - name: api
+    matches: [{ path: { type: PathPrefix, value: /api/hello } }]
+    filters:
+      - type: URLRewrite        # the app sees /whoami
+        urlRewrite: { path: { type: ReplacePrefixMatch, replacePrefixMatch: /whoami } }
+    rateLimit: { requests: 1, per: 1m, burst: 3 }
+    backends: [{ service: hello }]
+  - name: old
+    matches: [{ path: { value: /old } }]
+    filters:
+      - type: RequestRedirect
+        requestRedirect: { path: { type: ReplaceFullPath, replaceFullPath: /api/hello }, statusCode: 301 }
+YAML
+show mesh-ctl apply -f "$WORK/route.yaml"
+start gateway "$BIN/mesh-proxy" gateway --listen 127.0.0.1:18083 --admin 127.0.0.1:15300 \
+  --service gateway --cache-dir "$WORK/cache-gateway" --mark 0 --token-file "$WORK/gateway.token"
+wait_http http://127.0.0.1:15300/ready "the gateway" gateway
+gw() { curl -s -m 3 -D - -o "$WORK/gw.body" -H "host: shop.localhost" "http://127.0.0.1:18083$1" | tr -d '\r'; }
+echo "\$ curl -H 'host: shop.localhost' http://127.0.0.1:18083/api/hello   (×4: a burst of 3 is allowed)"
+for i in 1 2 3 4; do
+  head=$(gw /api/hello)
+  printf '  %s  %s  x-request-id: %s  %s\n' "$(head -1 <<<"$head" | cut -d' ' -f2)" \
+    "$(grep -i '^x-mesh-error' <<<"$head" || echo '-')" "$(grep -i '^x-request-id' <<<"$head" | cut -d' ' -f2)" \
+    "$(head -1 "$WORK/gw.body")"
+  [[ $i -lt 4 ]] && { grep -q 'called by' "$WORK/gw.body" || die "call $i through the gateway did not reach hello's /whoami"; }
+done
+grep -q '^HTTP/1.1 429' <<<"$head" || die "the fourth call was not rate-limited"
+head=$(gw /old)
+printf '  /old -> %s %s\n' "$(head -1 <<<"$head" | cut -d' ' -f2)" "$(grep -i '^location' <<<"$head")"
+head=$(gw /nowhere)
+printf '  /nowhere -> %s %s\n' "$(head -1 <<<"$head" | cut -d' ' -f2)" "$(grep -i '^x-mesh-error' <<<"$head")"
+grep -q '^x-mesh-error: no-route' <<<"$head" || die "the gateway did not answer no-route"
+echo "\$ the gateway's access log (stdout, one JSON line per request; the first):"
+head -1 "$WORK/gateway.log" | python3 -c 'import json,sys; l=json.loads(sys.stdin.read()); print("  " + json.dumps({k: l[k] for k in ("request_id", "route", "rule", "upstream_service", "upstream_endpoint", "status", "duration_ms")}))' ||
+  die "no access log line"
+grep -q '"route":"web"' "$WORK/gateway.log" || die "the access log has no line for route web"
+echo "\$ curl -s :15300/metrics | grep '^mesh_gateway_requests_total'"
+curl -s http://127.0.0.1:15300/metrics | grep '^mesh_gateway_requests_total' ||
+  die "the gateway's /metrics has no mesh_gateway_requests_total"
 
 step "Done in ${SECONDS} s: stopping everything"

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from . import compare, instructions, mesh_timings, procs, report
+from . import compare, gateway, instructions, mesh_timings, procs, report
 
 
 def machine():
@@ -48,12 +48,17 @@ def main():
     ap.add_argument("--skip-compare", action="store_true")
     ap.add_argument("--skip-mesh", action="store_true")
     ap.add_argument("--skip-instructions", action="store_true")
+    ap.add_argument("--skip-gateway", action="store_true")
+    ap.add_argument("--only-gateway", action="store_true",
+                    help="only the gateway bench (mesh-proxy gateway, Envoy, nginx)")
     ap.add_argument("--only-instructions", action="store_true",
                     help="only instructions per request (callgrind); also BENCH_ONLY_INSTRUCTIONS=1")
     a = ap.parse_args()
     if a.only_instructions or os.environ.get("BENCH_ONLY_INSTRUCTIONS", "") not in ("", "0"):
         a.skip_compare = a.skip_mesh = True
         a.skip_instructions = False
+    if a.only_gateway:
+        a.skip_compare = a.skip_mesh = a.skip_instructions = True
     os.makedirs(a.out, exist_ok=True)
     os.environ["BENCH_OUT"] = a.out
 
@@ -65,6 +70,8 @@ def main():
     if not a.skip_compare:
         rows, mems, info = compare.run(a.out, a.smoke, log)
         res["rows"], res["memory"], res["targets"] = rows, mems, info
+    if not a.skip_gateway and not (a.only_instructions or os.environ.get("BENCH_ONLY_INSTRUCTIONS", "") not in ("", "0")):
+        res["gateway"] = gateway.run(a.out, a.smoke, log)
     if not a.skip_instructions:
         res["instructions"] = instructions.run(a.out, a.smoke, log)
     if not a.skip_mesh:

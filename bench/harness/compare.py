@@ -91,17 +91,19 @@ def run_case(port, kind, p):
     return loadgen.oha(url, p["seconds"], p["conns"], p["rate"], LOAD_CPU, p["headers"])
 
 
-def measure_target(t, smoke, log, case_list=None):
+def measure_target(t, smoke, log, case_list=None, warm_headers=()):
     """Runs every case (or those of case_list) against one started target;
     returns its rows. For a target of several processes (two hops), CPU
-    and RSS are their sums; `cpu_s_hops` keeps each process's share."""
+    and RSS are their sums; `cpu_s_hops` keeps each process's share.
+    `warm_headers` go with the warm-up's requests too (a token)."""
     pids = t.pids()
     hops = t.hop_pids() if len(t.measure_pids) > 1 else None
     time.sleep(0.5 if smoke else 2.0)
     idle_kb = procs.rss_kb(pids, "VmRSS")
     rows = []
     # Warm-up: connections, pools, caches; not recorded.
-    loadgen.wrk(f"http://127.0.0.1:{t.port}/small", 1, 4 if smoke else 50, LOAD_CPU, [HOST])
+    loadgen.wrk(f"http://127.0.0.1:{t.port}/small", 1, 4 if smoke else 50, LOAD_CPU,
+                [HOST, *warm_headers])
     for name, kind, params in case_list or cases(smoke):
         cpu0 = procs.cpu_seconds(pids)
         hop0 = [procs.cpu_seconds(h) for h in hops] if hops else None

@@ -272,7 +272,15 @@ def checks(res):
             bad.append("control restart: not all proxies reconnected")
         if m["kill_endpoint"]["requests"] <= 0:
             bad.append("kill endpoint: no requests")
+    if res.get("gateway"):
+        from . import gateway
+        bad += gateway.problems(res["gateway"])
     return bad
+
+
+def gateway_section(g):
+    from . import gateway
+    return gateway.section(g)
 
 
 def write(res, out):
@@ -324,6 +332,16 @@ def write(res, out):
         lines += ["", "## Every figure", "", "![latency percentiles](latency.png)"]
         lines += table(res["rows"], res["memory"])
         chart(res["rows"], os.path.join(out, "latency.png"))
+    if res.get("gateway"):
+        lines += ["", "## Gateway: mesh-proxy gateway ÷ Envoy and nginx", "",
+                  "One prefix route to the upstream, on CPU 0 alone, one thread each: mesh-proxy gateway "
+                  "(`--workers 1`) and Envoy (`--concurrency 1`, `jwt_authn` + `local_ratelimit`, "
+                  "peers/envoy-gateway.yaml) validate the same RS256 token against the same JWKS file, "
+                  "forward its `sub` as `x-user` and run a rate limit that never trips (mesh: keyed by "
+                  "client address; Envoy's local_ratelimit: one bucket per listener); nginx routes only "
+                  "(peers/nginx.conf). `gw-mesh-log` is gw-mesh with its JSON access log on (the others: off). "
+                  "Goal (issue 15): ahead of Envoy per CPU-second with the same features on.", ""]
+        lines += gateway_section(res["gateway"])
     if res.get("instructions"):
         ins = res["instructions"]
         lines += ["", "## Instructions per request", "",

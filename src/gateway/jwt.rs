@@ -276,7 +276,9 @@ impl KeySets {
 /// One rule's authentication, compiled.
 pub struct Verifier {
     spec: JwtAuth,
-    algorithms: Vec<Algorithm>,
+    /// Each accepted algorithm with its validation rules, built once (a
+    /// `Validation` holds sets; making one per request was measurable).
+    algorithms: Vec<(Algorithm, Validation)>,
     keys: Arc<KeySet>,
 }
 
@@ -292,6 +294,7 @@ impl Verifier {
             .iter()
             .filter_map(|a| Algorithm::from_str(a).ok())
             .filter(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
+            .map(|a| (a, validation(spec, a)))
             .collect();
         Some(Verifier {
             spec: spec.clone(),
@@ -307,44 +310,25 @@ impl Verifier {
     /// The token's claims, or why it is refused.
     pub async fn verify(&self, headers: &HeaderMap) -> Result<Map<String, Value>, Failure> {
         let token = bearer(headers).ok_or(Failure::Missing)?;
-        let alg = header_alg(token)?;
-        if !self.algorithms.contains(&alg) {
-            return Err(Failure::BadAlgorithm);
-        }
-        let kid = jsonwebtoken::decode_header(token)
-            .map_err(|_| Failure::Malformed)?
-            .kid;
+        let (alg, kid) = header_alg(token)?;
+        let (_, validation) = self
+            .algorithms
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .ok_or(Failure::BadAlgorithm)?;
         let keys = self.keys.current().await.ok_or(Failure::KeysUnavailable)?;
-        let validation = self.validation(alg);
-        match self.try_keys(&keys, token, alg, kid.as_deref(), &validation) {
+        match self.try_keys(&keys, token, alg, kid.as_deref(), validation) {
             Err(Failure::UnknownKey) if kid.is_some() => {
                 // Perhaps rotated in since the last fetch.
                 if !self.keys.fetch_if(UNKNOWN_KID_EVERY).await {
                     return Err(Failure::UnknownKey);
                 }
                 let keys = self.keys.current().await.ok_or(Failure::KeysUnavailable)?;
-                self.try_keys(&keys, token, alg, kid.as_deref(), &validation)
+                self.try_keys(&keys, token, alg, kid.as_deref(), validation)
             }
             other => other,
         }
         .and_then(|claims| self.required(claims))
-    }
-
-    fn validation(&self, alg: Algorithm) -> Validation {
-        let mut v = Validation::new(alg);
-        v.algorithms = vec![alg];
-        v.leeway = self.spec.leeway.as_secs();
-        v.validate_nbf = true;
-        v.set_issuer(&[&self.spec.issuer]);
-        let mut required = vec!["exp", "iss"];
-        if self.spec.audiences.is_empty() {
-            v.validate_aud = false;
-        } else {
-            v.set_audience(&self.spec.audiences);
-            required.push("aud");
-        }
-        v.set_required_spec_claims(&required);
-        v
     }
 
     fn try_keys(
@@ -405,6 +389,24 @@ impl Verifier {
     }
 }
 
+/// What a token of `alg` must satisfy beside its signature.
+fn validation(spec: &JwtAuth, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.algorithms = vec![alg];
+    v.leeway = spec.leeway.as_secs();
+    v.validate_nbf = true;
+    v.set_issuer(&[&spec.issuer]);
+    let mut required = vec!["exp", "iss"];
+    if spec.audiences.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&spec.audiences);
+        required.push("aud");
+    }
+    v.set_required_spec_claims(&required);
+    v
+}
+
 /// A claim as a header value: strings as they are, numbers and booleans
 /// written out, lists of those comma-joined; objects are not sent.
 pub fn claim_text(v: &Value) -> Option<String> {
@@ -447,10 +449,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// The `alg` of a token's header, read before anything else: `none` (and
-/// anything jsonwebtoken does not know) is a refused algorithm, not a
-/// malformed token, so the log says what was tried.
-fn header_alg(token: &str) -> Result<Algorithm, Failure> {
+/// The `alg` and `kid` of a token's header, read before anything else:
+/// `none` (and anything jsonwebtoken does not know) is a refused
+/// algorithm, not a malformed token, so the log says what was tried.
+/// (jsonwebtoken reads the header again when it verifies: it must.)
+fn header_alg(token: &str) -> Result<(Algorithm, Option<String>), Failure> {
     let head = token.split('.').next().ok_or(Failure::Malformed)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(head.trim_end_matches('='))
@@ -464,7 +467,13 @@ fn header_alg(token: &str) -> Result<Algorithm, Failure> {
     if token.split('.').count() != 3 {
         return Err(Failure::Malformed);
     }
-    Algorithm::from_str(alg).map_err(|_| Failure::BadAlgorithm)
+    let alg = Algorithm::from_str(alg).map_err(|_| Failure::BadAlgorithm)?;
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(Failure::Malformed),
+    };
+    Ok((alg, kid))
 }
 
 #[cfg(test)]
@@ -483,7 +492,7 @@ mod tests {
         let none = format!("{}.{}.", b64(r#"{"alg":"none"}"#), b64("{}"));
         assert_eq!(header_alg(&none), Err(Failure::BadAlgorithm));
         let rs = format!("{}.{}.sig", b64(r#"{"alg":"RS256","kid":"k"}"#), b64("{}"));
-        assert_eq!(header_alg(&rs), Ok(Algorithm::RS256));
+        assert_eq!(header_alg(&rs), Ok((Algorithm::RS256, Some("k".into()))));
         assert_eq!(header_alg("not-a-token"), Err(Failure::Malformed));
         assert_eq!(
             claim_text(&serde_json::json!(["a", 1, true])).as_deref(),
