@@ -661,7 +661,7 @@ head=$(gw /nowhere)
 printf '  /nowhere -> %s %s\n' "$(head -1 <<<"$head" | cut -d' ' -f2)" "$(grep -i '^x-mesh-error' <<<"$head")"
 grep -q '^x-mesh-error: no-route' <<<"$head" || die "the gateway did not answer no-route"
 echo "\$ the gateway's access log (stdout, one JSON line per request; the first):"
-head -1 "$WORK/gateway.log" | python3 -c 'import json,sys; l=json.loads(sys.stdin.read()); print("  " + json.dumps({k: l[k] for k in ("request_id", "route", "rule", "upstream_service", "upstream_endpoint", "status", "duration_ms")}))' ||
+grep -m1 '^{' "$WORK/gateway.log" | python3 -c 'import json,sys; l=json.loads(sys.stdin.read()); print("  " + json.dumps({k: l[k] for k in ("request_id", "route", "rule", "upstream_service", "upstream_endpoint", "status", "duration_ms")}))' ||
   die "no access log line"
 grep -q '"route":"web"' "$WORK/gateway.log" || die "the access log has no line for route web"
 echo "\$ curl -s :15300/metrics | grep '^mesh_gateway_requests_total'"

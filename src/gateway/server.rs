@@ -21,7 +21,6 @@ use crate::proxy::body::RespBody;
 use crate::proxy::limits::Limits;
 use crate::proxy::outbound::policy::Caps;
 use crate::proxy::outbound::request::{Services, UpstreamEndpoint};
-use crate::proxy::protocol::{detect_http_version, PrefixedIo, Protocol};
 use crate::proxy::rescue::{
     self, MeshError, MESH_ERROR, RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET,
 };
@@ -121,26 +120,21 @@ impl Gateway {
 
     async fn serve_conn(
         self: &Arc<Self>,
-        mut stream: TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         shutdown: &CancellationToken,
         accepted: Accepted,
     ) {
         let timeout = self.limits.header_read_timeout;
         let Some(acceptor) = &self.tls else {
-            let detected = match detect_http_version(&mut stream, timeout).await {
-                Ok(Some(d)) => d,
+            let (io, proto) = match server::client_http(stream, timeout).await {
+                Ok(Some(http)) => http,
                 Ok(None) => return,
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "gateway connection failed before its request");
                     return;
                 }
             };
-            let proto = match detected.protocol {
-                Protocol::Http2 => Proto::Http2,
-                _ => Proto::Http1,
-            };
-            let io = PrefixedIo::new(detected.prefix, stream);
             return self
                 .serve_io(io, peer, false, proto, shutdown, accepted)
                 .await;

@@ -246,7 +246,7 @@ async fn bind_as(args: ProxyArgs, edge: Option<EdgeSettings>) -> Result<Bound, P
     own_addrs.extend(dns.as_ref().map(DnsServer::local_addr));
     own_addrs.extend(edge.as_ref().and_then(|e| e.listener.local_addr().ok()));
     own_addrs.extend(inbound_addr);
-    let agent = agent_config(&args, inbound_addr)?;
+    let agent = agent_config(&args, inbound_addr, edge.is_some())?;
     let via_token = format!("mesh-{:08x}", fastrand::u32(..));
     let via = HeaderValue::from_str(&format!("1.1 {via_token}"))
         .map_err(|e| ProxyError::Config(e.to_string()))?;
@@ -735,15 +735,18 @@ async fn bind_tcp(flag: &'static str, addr: SocketAddr) -> Result<TcpListener, P
 fn agent_config(
     args: &ProxyArgs,
     inbound: Option<SocketAddr>,
+    gateway: bool,
 ) -> Result<Option<AgentConfig>, ProxyError> {
     let (Some(service), Some(app_port)) = (&args.service, args.app_port) else {
         if let Some(service) = &args.service {
             crate::model::validate_service_name(service)
                 .map_err(|why| ProxyError::Config(format!("--service {service:?}: {why}")))?;
-            tracing::info!(
-                service,
-                "no --app-port: a client-only proxy, nothing is registered"
-            );
+            if !gateway {
+                tracing::info!(
+                    service,
+                    "no --app-port: a client-only proxy, nothing is registered"
+                );
+            }
         }
         return Ok(None);
     };

@@ -142,6 +142,28 @@ pub async fn accept_until<F, Fut>(
     }
 }
 
+/// A connection on which every client speaks HTTP (explicit proxy mode,
+/// the gateway's plaintext listener): HTTP/2 when it opens with the h2c
+/// preface, else HTTP/1 (which answers 400 to anything else). `None`:
+/// closed, or silent past `silent_for`.
+pub async fn client_http(
+    mut stream: TcpStream,
+    silent_for: Duration,
+) -> std::io::Result<Option<(super::protocol::PrefixedIo<TcpStream>, Proto)>> {
+    let Some(detected) = super::protocol::detect_http_version(&mut stream, silent_for).await?
+    else {
+        return Ok(None);
+    };
+    let proto = match detected.protocol {
+        super::protocol::Protocol::Http2 => Proto::Http2,
+        _ => Proto::Http1,
+    };
+    Ok(Some((
+        super::protocol::PrefixedIo::new(detected.prefix, stream),
+        proto,
+    )))
+}
+
 /// Serves HTTP/1 (with upgrades) or HTTP/2 on `io` until it ends, or
 /// gracefully once `shutdown` fires. `handler` answers every request or
 /// fails with a [`MeshError`], which is rendered here, once, in the form

@@ -26,8 +26,8 @@ use crate::net::ConnectOptions;
 use crate::proxy::admission::Admission;
 use crate::proxy::limits::Limits;
 use crate::proxy::protocol::{
-    detect, detect_http_version, fast_close, original_dst, relay, sort, DetectConfig, Learned,
-    PrefixedIo, Protocol, Sorted,
+    detect, fast_close, original_dst, relay, sort, DetectConfig, Learned, PrefixedIo, Protocol,
+    Sorted,
 };
 use crate::proxy::server::{self, Accepted};
 use crate::proxy::upstream::Proto;
@@ -218,25 +218,19 @@ impl OutboundServer {
     /// else is left to HTTP/1, which answers 400.
     async fn serve_explicit(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         shutdown: &CancellationToken,
         accepted: Accepted,
     ) {
-        let silent_for = self.limits.header_read_timeout;
-        let detected = match detect_http_version(&mut stream, silent_for).await {
-            Ok(Some(d)) => d,
+        let (io, proto) = match server::client_http(stream, self.limits.header_read_timeout).await {
+            Ok(Some(http)) => http,
             Ok(None) => return, // closed, or silent past the header timeout
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "explicit connection failed before its request");
                 return;
             }
         };
-        let proto = match detected.protocol {
-            Protocol::Http2 => Proto::Http2,
-            _ => Proto::Http1,
-        };
-        let io = PrefixedIo::new(detected.prefix, stream);
         let h = self.http.clone();
         let handler = move |req| Box::pin(h.clone().handle(req, ConnTarget::FromRequest));
         let served = server::serve_http(io, handler, proto, shutdown, &self.limits, accepted);
