@@ -237,7 +237,7 @@ rules:
         .unwrap()
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["mesh_error"] == "no-route")
+        .filter(|v| v["x_mesh_error"] == "no-route")
         .count();
     assert!(no_route >= 2, "no-route answers are logged too");
 

@@ -36,8 +36,9 @@ pub struct Entry<'a> {
     pub bytes: Option<u64>,
     /// To the response headers, in milliseconds.
     pub duration_ms: f64,
-    /// The `x-mesh-error` reason when the mesh answered itself.
-    pub mesh_error: Option<&'a str>,
+    /// The `x-mesh-error` reason when the mesh answered itself (named
+    /// for the header: a `mesh_` name in the docs is a metric's).
+    pub x_mesh_error: Option<&'a str>,
     pub user_agent: Option<&'a str>,
 }
 

@@ -234,7 +234,7 @@ impl Gateway {
                 status: resp.status().as_u16(),
                 bytes: resp.body().size_hint().exact(),
                 duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-                mesh_error: resp.headers().get(MESH_ERROR).and_then(|v| v.to_str().ok()),
+                x_mesh_error: resp.headers().get(MESH_ERROR).and_then(|v| v.to_str().ok()),
                 user_agent: seen.user_agent.as_deref(),
             });
         }
