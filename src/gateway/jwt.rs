@@ -30,6 +30,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -111,7 +112,6 @@ struct Key {
 
 struct Keys {
     keys: Vec<Key>,
-    fetched: Instant,
 }
 
 /// Where a set comes from.
@@ -137,6 +137,13 @@ pub struct KeySet {
     keys: ArcSwapOption<Keys>,
     /// Held by the one fetch in progress; holds when the last one started.
     fetching: tokio::sync::Mutex<Option<Instant>>,
+    /// When a background refresh may next start, in ms since `born`: the
+    /// request path reads one atomic, and at most one refresh runs (a
+    /// stale set must not start a task per request while its server is
+    /// slow or down).
+    born: Instant,
+    refresh_at_ms: AtomicU64,
+    refreshing: AtomicBool,
 }
 
 impl KeySet {
@@ -146,7 +153,22 @@ impl KeySet {
             fetcher,
             keys: ArcSwapOption::empty(),
             fetching: tokio::sync::Mutex::new(None),
+            born: Instant::now(),
+            refresh_at_ms: AtomicU64::new(u64::MAX),
+            refreshing: AtomicBool::new(false),
         })
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The next background refresh, `after` from now.
+    fn refresh_in(&self, after: Duration) {
+        let at = self
+            .now_ms()
+            .saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+        self.refresh_at_ms.store(at, Ordering::Relaxed);
     }
 
     /// The set as known, fetching it first if none is yet (waiting for a
@@ -154,9 +176,17 @@ impl KeySet {
     /// it is stale.
     async fn current(self: &Arc<Self>) -> Option<Arc<Keys>> {
         if let Some(k) = self.keys.load_full() {
-            if k.fetched.elapsed() >= REFRESH {
+            let due = self.now_ms() >= self.refresh_at_ms.load(Ordering::Relaxed);
+            if due && !self.refreshing.swap(true, Ordering::AcqRel) {
                 let this = self.clone();
-                tokio::spawn(async move { this.fetch_if(REFRESH).await });
+                tokio::spawn(async move {
+                    // A failed refresh is tried again a minute later; the
+                    // keys held stay in use meanwhile.
+                    if !this.fetch_if(Duration::ZERO).await {
+                        this.refresh_in(UNKNOWN_KID_EVERY);
+                    }
+                    this.refreshing.store(false, Ordering::Release);
+                });
             }
             return Some(k);
         }
@@ -175,10 +205,8 @@ impl KeySet {
         match self.fetch().await {
             Ok(keys) => {
                 tracing::debug!(source = %self.source, keys = keys.len(), "JWKS fetched");
-                self.keys.store(Some(Arc::new(Keys {
-                    keys,
-                    fetched: Instant::now(),
-                })));
+                self.keys.store(Some(Arc::new(Keys { keys })));
+                self.refresh_in(REFRESH);
                 true
             }
             Err(e) => {
@@ -479,6 +507,74 @@ fn header_alg(token: &str) -> Result<(Algorithm, Option<String>), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn jwks(kid: &str) -> String {
+        // Components need not make a real key: the set only parses them.
+        serde_json::json!({"keys": [{"kty": "RSA", "kid": kid, "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"}]}).to_string()
+    }
+
+    fn kids(set: &KeySet) -> Vec<String> {
+        set.keys
+            .load()
+            .as_ref()
+            .map(|k| k.keys.iter().filter_map(|k| k.kid.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Lets spawned refreshes (and their blocking file reads) run.
+    async fn settle(set: &KeySet, want: &[&str]) {
+        for _ in 0..200 {
+            if kids(set) == want && !set.refreshing.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("kids {:?}, wanted {want:?}", kids(set));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_set_refreshes_in_the_background_and_keeps_the_last_good_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwks.json");
+        std::fs::write(&file, jwks("a")).unwrap();
+        let fetcher = Fetcher::new(None, Duration::from_secs(1));
+        let set = KeySet::new(Source::File(file.clone()), fetcher);
+        assert!(set.current().await.is_some(), "fetched on first use");
+        assert_eq!(kids(&set), ["a"]);
+
+        // Rotated at the source: seen only once the set is due.
+        std::fs::write(&file, jwks("b")).unwrap();
+        tokio::time::advance(REFRESH - Duration::from_secs(1)).await;
+        set.current().await;
+        settle(&set, &["a"]).await;
+        tokio::time::advance(Duration::from_secs(2)).await;
+        set.current().await;
+        settle(&set, &["b"]).await;
+
+        // The source goes away: the last good keys stay, and the failed
+        // refresh is tried again a minute later, not per request.
+        std::fs::remove_file(&file).unwrap();
+        tokio::time::advance(REFRESH + Duration::from_secs(1)).await;
+        for _ in 0..50 {
+            assert!(set.current().await.is_some());
+        }
+        settle(&set, &["b"]).await;
+        let next = set.refresh_at_ms.load(Ordering::Relaxed);
+        assert!(
+            next > set.now_ms() + 50_000,
+            "retried in a minute: {next} vs {}",
+            set.now_ms()
+        );
+        // An unknown kid may force one fetch a minute, no more.
+        std::fs::write(&file, jwks("c")).unwrap();
+        assert!(
+            !set.fetch_if(UNKNOWN_KID_EVERY).await,
+            "the failed refresh just ran"
+        );
+        tokio::time::advance(UNKNOWN_KID_EVERY).await;
+        assert!(set.fetch_if(UNKNOWN_KID_EVERY).await);
+        assert_eq!(kids(&set), ["c"]);
+    }
 
     #[test]
     fn bearer_tokens_and_header_algorithms() {
