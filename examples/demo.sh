@@ -668,4 +668,27 @@ echo "\$ curl -s :15300/metrics | grep '^mesh_gateway_requests_total'"
 curl -s http://127.0.0.1:15300/metrics | grep '^mesh_gateway_requests_total' ||
   die "the gateway's /metrics has no mesh_gateway_requests_total"
 
+step "14. Seeing the mesh: the dashboard stream, stat, explain, check" \
+  "Every proxy pushes ten 1-second buckets per destination; mesh-control sums them."
+call /whoami "x-request-id: demo-explain-1"
+[[ $STATUS == 200 ]] || die "the call for explain answered $STATUS"
+echo "\$ curl -N $MESH_CONTROL/v1/dashboard/stream   (one round; open /dashboard in a browser for the page)"
+TOKEN=$(cat "$MESH_TOKEN_FILE")
+round=$(curl -s -N -m 3 --cacert "$MESH_TRUST_BUNDLE" -H "authorization: Bearer $TOKEN" \
+  "$MESH_CONTROL/v1/dashboard/stream?delay=200" | grep -m 4 '^data: ' || true)
+python3 -c '
+import json, sys
+for line in sys.stdin:
+    e = json.loads(line[6:])
+    if e["type"] == "HystrixCommand":
+        print("  HystrixCommand %s: requestCount %s, errorPercentage %s, state %s, latencyExecute p99 %s ms, reportingHosts %s" % (
+            e["name"], e["requestCount"], e["errorPercentage"], e["state"], e["latencyExecute"]["99"], e["reportingHosts"]))
+    elif e["type"] == "MeshEdge":
+        print("  MeshEdge %s: %.1f req/s, success %.1f %%, mtls %s" % (e["name"], e["ratePerSecond"], e["successRate"], e["mtls"]))
+' <<<"$round"
+grep -q HystrixCommand <<<"$round" || die "the dashboard stream sent no circuit"
+show mesh-ctl stat hello || die "mesh-ctl stat failed"
+show mesh-ctl explain demo-explain-1 || die "mesh-ctl explain found no trail of demo-explain-1"
+show mesh-ctl check || die "mesh-ctl check found a failure"
+
 step "Done in ${SECONDS} s: stopping everything"

@@ -10,13 +10,24 @@ the total Ir (instructions executed, every thread) read from callgrind's
 output. A fresh run with N1 and another with N2 requests:
 (Ir(N2) − Ir(N1)) / (N2 − N1) is the cost of one request, with startup,
 readiness and shutdown subtracted out.
+
+Variants of mesh-proxy, each measured the same way:
+- `mesh-proxy-traced`: spans on (`--otlp-endpoint` to a sink in this
+  process that takes every batch, `--trace-sample 1`: every request
+  starts a recorded trace), the cost of tracing;
+- `mesh-proxy-baseline`, only when BENCH_BASELINE_BIN_DIR names the
+  release binaries of an earlier commit: the same proxy before a change
+  (the rolling statistics, request ids and decision trails of issue 16 were
+  measured against the commit before them this way).
 """
 
+import http.server
 import json
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 
 from . import loadgen, procs, targets
@@ -89,7 +100,33 @@ def stop_gracefully(p, sig, what):
             raise RuntimeError(f"{what} did not exit within 90 s of signal {sig}: no callgrind output")
 
 
-def run_mesh(out, n, tag):
+class _Sink(http.server.BaseHTTPRequestHandler):
+    """Takes every OTLP batch (200, body discarded)."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def start_sink():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+def mesh_variant(name, extra=(), bin_dir=None):
+    """run_mesh for one variant: `extra` flags, binaries from `bin_dir`."""
+    def fn(out, n, tag):
+        return run_mesh(out, n, f"{name}-{tag}", extra, bin_dir)
+    return fn
+
+
+def run_mesh(out, n, tag, extra=(), bin_dir=None):
     cg = os.path.join(out, f"callgrind-mesh-proxy-{tag}-{n}.out")
     if os.path.exists(cg):
         os.remove(cg)
@@ -97,9 +134,18 @@ def run_mesh(out, n, tag):
     # change what startup does, and startup must be the same in both runs.
     cache_idx = f"cg-{tag}-{n}"
     shutil.rmtree(os.path.join(out, f"proxy-cache-{cache_idx}"), ignore_errors=True)
-    p, port, admin = targets.start_proxy(out, PROXY_CPU, cache_idx, workers=1,
-                                         log_name=f"callgrind-mesh-proxy-{tag}-{n}.log",
-                                         ports=(MESH_PORT, MESH_ADMIN, 18153), wrap=valgrind(cg))
+    saved = os.environ.get("MESH_BIN_DIR")
+    if bin_dir:
+        os.environ["MESH_BIN_DIR"] = bin_dir
+    try:
+        p, port, admin = targets.start_proxy(out, PROXY_CPU, cache_idx, workers=1, extra=extra,
+                                             log_name=f"callgrind-mesh-proxy-{tag}-{n}.log",
+                                             ports=(MESH_PORT, MESH_ADMIN, 18153), wrap=valgrind(cg))
+    finally:
+        if saved is None:
+            os.environ.pop("MESH_BIN_DIR", None)
+        else:
+            os.environ["MESH_BIN_DIR"] = saved
     try:
         procs.wait_http(f"http://127.0.0.1:{admin}/ready", deadline_s=UP_DEADLINE_S, timeout=30)
         answer_once(port, p)
@@ -155,6 +201,17 @@ def run(out, smoke, log):
         res = {"conns": CONNS, "tool": "valgrind --tool=callgrind", "n1": n1, "n2": n2,
                "mesh-proxy": measure(out, "mesh-proxy", run_mesh, n1, n2, reps, log),
                "haproxy": measure(out, "haproxy", run_haproxy, n1, n2, reps, log)}
+        sink = start_sink()
+        try:
+            traced = ["--otlp-endpoint", f"http://127.0.0.1:{sink.server_address[1]}", "--trace-sample", "1"]
+            res["mesh-proxy-traced"] = measure(out, "mesh-proxy-traced", mesh_variant("traced", traced),
+                                               n1, n2, reps, log)
+        finally:
+            sink.shutdown()
+        base = os.environ.get("BENCH_BASELINE_BIN_DIR")
+        if base:
+            res["mesh-proxy-baseline"] = measure(out, "mesh-proxy-baseline",
+                                                 mesh_variant("baseline", bin_dir=base), n1, n2, reps, log)
     finally:
         for p in reversed(started):
             procs.stop(p)
@@ -162,4 +219,9 @@ def run(out, smoke, log):
     h = sum(r["per_request"] for r in res["haproxy"]) / reps
     res["mesh_over_haproxy"] = round(m / h, 2) if h > 0 else None
     log(f"  mesh-proxy ÷ haproxy: {res['mesh_over_haproxy']}")
+    for variant in ("mesh-proxy-traced", "mesh-proxy-baseline"):
+        if res.get(variant):
+            v = sum(r["per_request"] for r in res[variant]) / reps
+            res[f"{variant}_over_mesh"] = round(v / m, 3) if m > 0 else None
+            log(f"  {variant} ÷ mesh-proxy: {res[f'{variant}_over_mesh']}")
     return res

@@ -104,13 +104,21 @@ def two_hop_table(rows):
 def instructions_section(ins):
     out = ["| proxy | run | N1 | Ir(N1) | N2 | Ir(N2) | instructions per request | startup etc. (Ir(N1) − N1 × per request) |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in ("mesh-proxy", "haproxy"):
+    for name in ("mesh-proxy", "haproxy", "mesh-proxy-traced", "mesh-proxy-baseline"):
         for i, r in enumerate(ins.get(name, []), 1):
             out.append(f"| {name} | {i} | {r['n1']:,} | {r['ir1']:,} | {r['n2']:,} | {r['ir2']:,} | "
                        f"**{r['per_request']:,}** | {r['startup_ir']:,} |")
     x = ins.get("mesh_over_haproxy")
     out += ["", "- mesh-proxy ÷ haproxy, instructions per request (mean of the runs): "
             + (f"**{x:.2f}**" if x else "–") + " (lower is better for mesh-proxy)"]
+    t = ins.get("mesh-proxy-traced_over_mesh")
+    if t:
+        out.append(f"- mesh-proxy-traced ÷ mesh-proxy: **{t:.3f}** (every request a recorded trace: "
+                   "a client span exported over OTLP/HTTP to a sink that takes every batch)")
+    b = ins.get("mesh-proxy-baseline_over_mesh")
+    if b:
+        out.append(f"- mesh-proxy-baseline ÷ mesh-proxy: **{b:.3f}** (the binaries in "
+                   "BENCH_BASELINE_BIN_DIR: the same proxy before the change under test)")
     return out
 
 
@@ -260,7 +268,7 @@ def checks(res):
             bad.append(f"mesh-proxy-2hop: {sent} requests answered, only {seen} through the server sidecar's inbound listener")
     ins = res.get("instructions")
     if ins:
-        for name in ("mesh-proxy", "haproxy"):
+        for name in ("mesh-proxy", "haproxy", "mesh-proxy-traced"):
             for r in ins.get(name, []):
                 if not (r["ir2"] > r["ir1"] > 0) or not (1000 <= r["per_request"] <= 10_000_000):
                     bad.append(f"instructions {name}: impossible figures {r}")

@@ -129,6 +129,24 @@ pub enum Command {
     /// List the proxies watching the registry: service, version, and the
     /// revision each has applied.
     Proxies,
+    /// Per service, over the last 10 s of every proxy: success rate,
+    /// requests per second, latency percentiles, breaker state (like
+    /// `linkerd viz stat`); with SERVICE, also each caller's edge to it.
+    Stat {
+        /// One destination service (default: all).
+        service: Option<String>,
+    },
+    /// What every proxy decided for one request: the endpoints tried,
+    /// breaker and bulkhead verdicts, each retry and why it stopped. Paste
+    /// the `x-request-id` of a mesh-made error.
+    Explain { request_id: String },
+    /// Calls to SERVICE as every proxy carries them, live (the access
+    /// log's fields), until Ctrl-C; each shows about a second after it ends.
+    Tap { service: String },
+    /// Is the mesh healthy: control plane, proxies and their lag,
+    /// self-preservation, breakers, certificates; one line each (ok, warn,
+    /// fail), exit 1 on a failure.
+    Check,
     /// Add the sidecar to Kubernetes workloads (YAML in, YAML out; every
     /// document inject does not handle passes through unchanged).
     Inject(InjectArgs),

@@ -5,7 +5,7 @@
 use crate::cli::{Cli, Command, DeleteCommand, GetCommand, Output, TokenCommand};
 use crate::error::{emit, CtlError};
 use crate::output;
-use crate::{config, identity, inject, policy, top, watch};
+use crate::{config, identity, inject, observe, policy, top, watch};
 use mesh::control::client::ControlClient;
 use mesh::identity::tls::TlsIdentity;
 use serde::Serialize;
@@ -111,6 +111,23 @@ async fn execute(cli: Cli) -> Result<(), CtlError> {
         Command::Proxies => {
             let list = client.proxies(None, None).await?;
             print(format, &list, output::proxies_table)
+        }
+        Command::Explain { request_id } => observe::explain(&client, format, &request_id).await,
+        Command::Check => observe::check(&client, format).await,
+        Command::Tap { service } => {
+            tokio::select! {
+                res = observe::tap(&client, format, &service) => res,
+                // Ctrl-C is how a tap is meant to end: success.
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
+        Command::Stat { service } => {
+            let mut d = client.dashboard().await?;
+            if let Some(s) = service {
+                d.circuits.retain(|c| c.service == s);
+                d.edges.retain(|e| e.destination == s);
+            }
+            print(format, &d, output::stat_table)
         }
         // Handled above.
         Command::Top(_) | Command::Inject(_) | Command::Uninject { .. } => Ok(()),

@@ -24,6 +24,10 @@ pub enum CtlError {
     /// The proxy's admin endpoint could not be read (`top`).
     #[error("{0}")]
     Admin(String),
+    /// The command ran and found a failure (`check`): exit 1, its output
+    /// already printed.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl CtlError {
@@ -51,6 +55,7 @@ impl CtlError {
                 Some(msg)
             }
             CtlError::Documents(lines) => Some(lines.join("\n")),
+            CtlError::Failed(_) => None,
             other => Some(format!("error: {other}")),
         }
     }

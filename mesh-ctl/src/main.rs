@@ -4,7 +4,8 @@
 //! every failure to an exit code and a message, `output` renders tables, JSON and YAML,
 //! `watch` follows the change stream, `policy` applies, shows and deletes
 //! policy documents, `config` reads config versions and who delivered
-//! them, and `top` is a live dashboard of one proxy.
+//! them, `top` is a live dashboard of one proxy, and `observe` explains a
+//! request and checks the whole mesh.
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -13,6 +14,7 @@ mod config;
 mod error;
 mod identity;
 mod inject;
+mod observe;
 mod output;
 mod policy;
 mod top;

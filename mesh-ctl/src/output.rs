@@ -146,6 +146,75 @@ pub fn proxies_table(list: &ProxyList) -> String {
     out
 }
 
+/// `mesh-ctl stat`: one row per destination service, then (when any)
+/// one per caller → destination edge.
+pub fn stat_table(d: &mesh::model::stats::Dashboard) -> String {
+    let pct = |part: u64, whole: u64| match whole {
+        0 => "-".to_string(),
+        n => format!("{:.2}%", part as f64 * 100.0 / n as f64),
+    };
+    let ms = |v: f64| format!("{v:.1}ms");
+    let rows: Vec<Vec<String>> = d
+        .circuits
+        .iter()
+        .map(|c| {
+            vec![
+                c.service.clone(),
+                c.hosts.to_string(),
+                pct(c.tally.success, c.tally.requests),
+                format!("{:.1}", c.rate),
+                ms(c.latency.p50),
+                ms(c.latency.p95),
+                ms(c.latency.p99),
+                c.breaker.as_str().to_string(),
+                format!("{}/{}", c.in_flight, c.max_concurrent),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "SERVICE", "CALLERS", "SUCCESS", "RPS", "P50", "P95", "P99", "BREAKER", "BULKHEAD",
+        ],
+        &rows,
+    );
+    if !d.edges.is_empty() {
+        let rows: Vec<Vec<String>> = d
+            .edges
+            .iter()
+            .map(|e| {
+                vec![
+                    e.caller.clone(),
+                    e.destination.clone(),
+                    pct(e.tally.success, e.tally.requests),
+                    format!("{:.1}", e.rate),
+                    ms(e.latency.p50),
+                    ms(e.latency.p99),
+                    if e.mtls { "yes" } else { "no" }.to_string(),
+                ]
+            })
+            .collect();
+        out.push_str("\n\n");
+        out.push_str(&table(
+            &[
+                "CALLER",
+                "DESTINATION",
+                "SUCCESS",
+                "RPS",
+                "P50",
+                "P99",
+                "MTLS",
+            ],
+            &rows,
+        ));
+    }
+    out.push_str(&format!(
+        "\n{} proxies reporting, last {} s",
+        d.reporting,
+        mesh::model::stats::WINDOW_SECS
+    ));
+    out
+}
+
 pub fn registered_line(r: &Registered) -> String {
     let i = &r.instance;
     let lease = match i.ttl_secs {

@@ -318,6 +318,44 @@ impl ControlClient {
             .map(|r| r.revision)
     }
 
+    /// `PUT /v1/proxies/{id}/stats`: this proxy's rolling window; the
+    /// answer says what operators are asking the proxies about.
+    pub async fn stats(
+        &self,
+        proxy: &str,
+        report: &crate::model::stats::StatsReport,
+    ) -> Result<crate::model::stats::Asked, ClientError> {
+        let path = format!("/v1/proxies/{}/stats", segment(proxy));
+        self.call(Method::PUT, path, Some(json_body(report)?)).await
+    }
+
+    /// `PUT /v1/proxies/{id}/trails`: the decision trails of asked ids.
+    pub async fn trails(
+        &self,
+        proxy: &str,
+        trails: &crate::model::stats::Trails,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/proxies/{}/trails", segment(proxy));
+        self.call::<serde_json::Value>(Method::PUT, path, Some(json_body(trails)?))
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET /v1/explain/{request_id}`: every proxy's trail of one request
+    /// (waits for the proxies' next pushes).
+    pub async fn explain(
+        &self,
+        request_id: &str,
+    ) -> Result<crate::model::stats::Trails, ClientError> {
+        let path = format!("/v1/explain/{}", segment(request_id));
+        self.call(Method::GET, path, None).await
+    }
+
+    /// `GET /v1/dashboard`: the sums the dashboard stream sends, once.
+    pub async fn dashboard(&self) -> Result<crate::model::stats::Dashboard, ClientError> {
+        self.call(Method::GET, "/v1/dashboard".into(), None).await
+    }
+
     /// `GET /v1/proxies`: the proxies watching; with `behind`, only those
     /// that have not applied that revision, and with `wait` (under
     /// [`REQUEST_TIMEOUT`]) the answer comes once none is, or at the end
@@ -335,6 +373,17 @@ impl ControlClient {
             }
         }
         self.call(Method::GET, path, None).await
+    }
+
+    /// Opens `GET /v1/tap/{service}`: NDJSON lines of the calls to it
+    /// (and keep-alives), read with [`WatchStream::next_line`].
+    pub async fn tap(
+        &self,
+        service: &str,
+        idle_timeout: Duration,
+    ) -> Result<WatchStream, ClientError> {
+        let path = format!("/v1/tap/{}", segment(service));
+        self.stream(&path, idle_timeout).await
     }
 
     /// Opens `GET /v1/watch?since=N`, as the proxy `who` when given. Only
@@ -360,7 +409,13 @@ impl ControlClient {
                 }
             }
         }
-        let req = self.request(Method::GET, &path, None)?;
+        self.stream(&path, idle_timeout).await
+    }
+
+    /// An NDJSON stream at `path`: only the response headers have a
+    /// deadline.
+    async fn stream(&self, path: &str, idle_timeout: Duration) -> Result<WatchStream, ClientError> {
+        let req = self.request(Method::GET, path, None)?;
         let resp = match tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(req)).await {
             Err(_) => return Err(self.timed_out()),
             Ok(res) => res.map_err(|e| self.transport(e))?,

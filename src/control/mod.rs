@@ -6,9 +6,11 @@
 //! ends watch streams and drains in-flight requests.
 
 pub mod api; //      HTTP/JSON API: `router(state)`
+pub mod asks; //     questions put to every proxy through its pushes (`mesh-ctl explain`)
 pub mod auth; //     who calls (admin token, certificate, bootstrap token) and what they may do
 pub mod cli; //    the mesh-control program: flags, logging, signals
 pub mod client; //   HTTP client for the /v1 API, used by mesh-proxy and mesh-ctl
+pub mod dashboard; // the mesh-wide dashboard: proxies' windows summed, the SSE stream, the page
 pub mod listener; // TCP or TLS listener, handshakes off the accept path
 pub mod metrics; //  Prometheus metrics
 pub mod proxies; //  the proxies watching, and the revision each has applied
@@ -187,6 +189,8 @@ impl ControlServer {
             shutdown: stop_rx.clone(),
             auth: self.auth.clone(),
             proxies: Arc::default(),
+            dashboard: Arc::default(),
+            asks: Arc::default(),
         };
         if let Some(auth) = &self.auth {
             tokio::spawn(refresh_own_cert(auth.clone(), stop_rx.clone()));

@@ -17,11 +17,13 @@
 
 use crate::identity::rfc3339;
 use crate::model::proxies::{ProxyInfo, ProxyList, WatcherInfo};
+use crate::model::stats::StatsReport;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// The longest `wait` a caller of [`Proxies::wait_caught_up`] may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -42,6 +44,8 @@ struct Table {
 struct Entry {
     info: ProxyInfo,
     generation: u64,
+    /// Its latest rolling window, and when it came.
+    stats: Option<(Instant, Arc<StatsReport>)>,
 }
 
 /// Why an applied revision was refused.
@@ -137,6 +141,7 @@ impl Proxies {
                     configs: Vec::new(),
                 },
                 generation,
+                stats: None,
             },
         );
         drop(t);
@@ -179,6 +184,42 @@ impl Proxies {
         self.report(proxy, caller, |info| info.configs = report.configs)
     }
 
+    /// `proxy`'s rolling window (replaces the last one).
+    pub fn stats(
+        &self,
+        proxy: &str,
+        report: StatsReport,
+        caller: Option<&str>,
+    ) -> Result<(), AppliedError> {
+        self.entry(proxy, caller, |e| {
+            e.stats = Some((Instant::now(), Arc::new(report)));
+        })
+    }
+
+    /// `caller` may report for `proxy` (it is connected, and its own).
+    pub fn stats_owner(&self, proxy: &str, caller: Option<&str>) -> Result<(), AppliedError> {
+        self.report(proxy, caller, |_| ())
+    }
+
+    /// The latest window of every connected proxy that pushed one within
+    /// `fresh`, with the service it calls from.
+    pub fn reports(&self, fresh: Duration) -> Vec<crate::control::dashboard::Reported> {
+        let now = Instant::now();
+        self.table()
+            .entries
+            .values()
+            .filter_map(|e| {
+                let (at, report) = e.stats.as_ref()?;
+                (now.saturating_duration_since(*at) <= fresh).then(|| {
+                    crate::control::dashboard::Reported {
+                        caller: e.info.watcher.service.clone(),
+                        report: report.clone(),
+                    }
+                })
+            })
+            .collect()
+    }
+
     /// Changes what the table holds for `proxy`, reported by `caller`: an
     /// open watch of that id, opened by that identity (or by anyone, when
     /// either has none).
@@ -188,13 +229,23 @@ impl Proxies {
         caller: Option<&str>,
         change: impl FnOnce(&mut ProxyInfo) -> T,
     ) -> Result<T, AppliedError> {
+        self.entry(proxy, caller, |e| change(&mut e.info))
+    }
+
+    /// Changes `proxy`'s entry, for `caller` (see [`Proxies::report`]).
+    fn entry<T>(
+        &self,
+        proxy: &str,
+        caller: Option<&str>,
+        change: impl FnOnce(&mut Entry) -> T,
+    ) -> Result<T, AppliedError> {
         let mut t = self.table();
         let entry = t
             .entries
             .get_mut(proxy)
             .ok_or_else(|| AppliedError::Unknown(proxy.to_string()))?;
         entry.owned_by(proxy, caller)?;
-        Ok(change(&mut entry.info))
+        Ok(change(entry))
     }
 
     /// Every connected proxy, or with `behind` only those whose applied

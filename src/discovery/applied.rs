@@ -4,8 +4,10 @@
 //! removed its instance, so no caller can still pick it when it stops
 //! accepting.
 
-use super::{Backoff, Directory};
+use super::{Backoff, Directory, Service};
 use crate::control::client::{ClientError, ControlClient};
+use crate::telemetry::stats::{Rolling, Sample};
+use crate::telemetry::ProxyMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -74,6 +76,111 @@ pub async fn report_applied(
             () = again => {}
             () = stop.cancelled() => return,
         }
+    }
+}
+
+/// Ticks `rolling` every second (the dashboard's window, see
+/// `telemetry::stats`) and pushes each window to mesh-control while the
+/// watch is up: a push while it is down would only fail, and the watch's
+/// own backoff decides when mesh-control is back. A failed push is not
+/// retried; the next second's window supersedes it.
+pub async fn report_stats(
+    rolling: Arc<Rolling>,
+    dir: Arc<Directory>,
+    metrics: Arc<ProxyMetrics>,
+    to: Option<(ControlClient, String)>,
+    asks: Asks,
+    stop: CancellationToken,
+) {
+    let mut every = tokio::time::interval(STATS_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let table = dir.table();
+        let report = rolling.tick(table.services().map(|svc| sample(svc)));
+        drop(table);
+        let Some((client, proxy)) = &to else {
+            continue;
+        };
+        if metrics.control_connected.get() != 1 {
+            // Nobody can be tapping: drop what was kept.
+            (asks.tapped)();
+            continue;
+        }
+        let tapped = (asks.tapped)();
+        let body;
+        let report = if tapped.is_empty() {
+            &*report
+        } else {
+            body = crate::model::stats::StatsReport {
+                tap: tapped,
+                ..(*report).clone()
+            };
+            &body
+        };
+        let sent = tokio::select! {
+            r = client.stats(proxy, report) => r,
+            () = stop.cancelled() => return,
+        };
+        let asked = match sent {
+            Ok(asked) => asked,
+            // 404: the watch is between connections.
+            Err(ClientError::Api { status: 404, .. }) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot push statistics to mesh-control");
+                continue;
+            }
+        };
+        (asks.tap)(asked.tap);
+        // Sent again each second while asked (mesh-control keeps one copy
+        // of each): a question asked twice is answered twice.
+        let mut found = Vec::new();
+        for id in asked.explain.iter().take(MAX_ASKED) {
+            found.extend((asks.explain)(id, proxy));
+        }
+        if !found.is_empty() {
+            let trails = crate::model::stats::Trails { trails: found };
+            if let Err(e) = client.trails(proxy, &trails).await {
+                tracing::debug!(error = %e, "cannot send decision trails to mesh-control");
+            }
+        }
+    }
+}
+
+/// Ids one push answers at most.
+const MAX_ASKED: usize = 64;
+
+/// How the stats task answers what operators ask (the trails and the tap
+/// live with the call path: `proxy::outbound::{trails, tap}`).
+pub struct Asks {
+    /// `(request id, this proxy's id)` → its trails.
+    pub explain: Box<FindTrails>,
+    /// The services tapped now.
+    pub tap: Box<dyn Fn(Vec<String>) + Send + Sync>,
+    /// The tapped calls since the last push.
+    pub tapped: Box<dyn Fn() -> Vec<crate::model::stats::TapLine> + Send + Sync>,
+}
+
+pub type FindTrails = dyn Fn(&str, &str) -> Vec<crate::model::stats::DecisionTrail> + Send + Sync;
+
+/// How often the rolling window moves and is pushed.
+pub const STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// One destination's counters and live state, for the rolling window.
+fn sample(svc: &Service) -> Sample<'_> {
+    let view = svc.resilience.view();
+    Sample {
+        service: &svc.name,
+        tally: svc.metrics.tally(),
+        latency: svc.metrics.latency_counts(),
+        breaker: view.breaker.state,
+        in_flight: view.bulkhead.in_flight,
+        queued: view.bulkhead.queued,
+        max_concurrent: view.bulkhead.max_concurrent,
+        mtls: svc.ready.iter().any(|e| e.conns.peer().is_some()),
     }
 }
 

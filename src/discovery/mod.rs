@@ -10,7 +10,7 @@ mod table; //     immutable routing table read by the request path
 mod watch; //     watch stream client loop
 
 pub use agent::{AgentConfig, AgentState, HealthCheck, RegistrationAgent};
-pub use applied::{await_removal, report_applied};
+pub use applied::{await_removal, report_applied, report_stats, Asks, STATS_EVERY};
 pub use backoff::Backoff;
 pub use cache::SnapshotCache;
 pub use directory::Directory;

@@ -19,7 +19,6 @@ mod cors;
 mod filters;
 pub mod jwt;
 pub mod limit;
-pub mod log;
 mod parse;
 mod route;
 mod server;
@@ -27,7 +26,7 @@ mod table;
 pub mod tls;
 
 pub use route::*;
-pub use server::{Gateway, X_REQUEST_ID};
+pub use server::Gateway;
 pub use table::{CompiledRule, Matched, RouteTable};
 
 use crate::model::FieldErrors;
@@ -61,9 +60,6 @@ pub struct GatewayArgs {
     /// repeatable, `;`-separated in the environment.
     #[arg(long = "tls-host", env = "MESH_TLS_HOST", value_parser = tls::parse_host_cert, value_delimiter = ';')]
     pub tls_hosts: Vec<tls::HostCert>,
-    /// The access log on stdout: `json` (one line per request) or `off`.
-    #[arg(long, env = "MESH_ACCESS_LOG", default_value = "json", value_parser = ["json", "off"])]
-    pub access_log: String,
     /// Redis for rate limits shared by every gateway replica
     /// (`rateLimit.global: true`): `redis://host:port[/db]`.
     #[arg(long, env = "MESH_REDIS")]
@@ -79,7 +75,8 @@ pub async fn run(args: GatewayArgs) -> Result<(), crate::proxy::ProxyError> {
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         tls_hosts: args.tls_hosts,
-        access_log: args.access_log == "json",
+        // On by default at the edge (off by default in a sidecar).
+        access_log: args.proxy.access_log.as_deref().unwrap_or("json") == "json",
         redis: args.redis,
     };
     crate::proxy::bind_gateway(args.proxy, edge)

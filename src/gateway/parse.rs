@@ -638,17 +638,7 @@ fn jwt(parent: &Section<'_>, errs: &mut FieldErrors) -> JwtAuth {
         }
         required_claims.push(RequiredClaim { claim, values });
     }
-    let forward_authorization = match s.get("forwardAuthorization") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            errs.push(
-                s.path("forwardAuthorization"),
-                format!("must be true or false, not {}", type_name(other)),
-            );
-            false
-        }
-    };
+    let forward_authorization = s.bool("forwardAuthorization", false, errs);
     JwtAuth {
         issuer,
         audiences,
@@ -696,17 +686,7 @@ fn rate_limit(parent: &Section<'_>, errs: &mut FieldErrors) -> RateLimit {
             format!("{key:?}: expected client, header:NAME or claim:NAME"),
         );
     }
-    let global = match s.get("global") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            errs.push(
-                s.path("global"),
-                format!("must be true or false, not {}", type_name(other)),
-            );
-            false
-        }
-    };
+    let global = s.bool("global", false, errs);
     RateLimit {
         requests,
         per,
@@ -769,17 +749,7 @@ fn cors(parent: &Section<'_>, errs: &mut FieldErrors) -> Cors {
     };
     let allow_headers = names("allowHeaders", errs);
     let expose_headers = names("exposeHeaders", errs);
-    let allow_credentials = match s.get("allowCredentials") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => {
-            errs.push(
-                s.path("allowCredentials"),
-                format!("must be true or false, not {}", type_name(other)),
-            );
-            false
-        }
-    };
+    let allow_credentials = s.bool("allowCredentials", false, errs);
     if allow_credentials && allow_origins.iter().any(|o| o == "*") {
         errs.push(
             s.path("allowCredentials"),

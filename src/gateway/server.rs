@@ -12,12 +12,12 @@
 
 use super::jwt::{self, Failure, KeySets};
 use super::limit::{Decision, Limiters};
-use super::log::{self, AccessLog, Entry};
 use super::table::CompiledRule;
 use super::{cors, filters};
 use crate::discovery::Directory;
 use crate::proxy::admission::Admission;
 use crate::proxy::body::RespBody;
+use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::limits::Limits;
 use crate::proxy::outbound::policy::Caps;
 use crate::proxy::outbound::request::{Services, UpstreamEndpoint};
@@ -27,6 +27,7 @@ use crate::proxy::rescue::{
 use crate::proxy::server::{self, Accepted};
 use crate::proxy::upstream::{Proto, Upstreams};
 use crate::proxy::{grpc, headers};
+use crate::telemetry::access_log::{self as log, AccessLog, Entry, Seen};
 use crate::telemetry::ProxyMetrics;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -43,7 +44,6 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Everything the gateway's requests share.
@@ -63,6 +63,12 @@ pub struct Gateway {
     /// `None`: plaintext.
     pub tls: Option<TlsAcceptor>,
     pub access_log: Option<AccessLog>,
+    /// With `--otlp-endpoint`: client spans of the calls to backends.
+    pub tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
+    /// Recent decision trails (`mesh-ctl explain`).
+    pub trails: Arc<crate::proxy::outbound::trails::Trails>,
+    /// Calls to tapped services (`mesh-ctl tap`).
+    pub tap: Arc<crate::proxy::outbound::tap::Tap>,
     /// JWKS caches, by source, across route changes.
     pub keys: KeySets,
     /// Rate-limit buckets, by rule, across route changes.
@@ -81,6 +87,8 @@ const NO_ROUTE: &str = "(none)";
 struct Outcome {
     rule: Option<Arc<CompiledRule>>,
     service: Option<String>,
+    /// The gateway started the request's trace (none came).
+    fresh_trace: bool,
 }
 
 impl Gateway {
@@ -189,17 +197,23 @@ impl Gateway {
         let arrived = SystemTime::now();
         let start = Instant::now();
         let grpc = grpc::is_grpc(req.headers());
-        let id = request_id(req.headers());
-        headers::ensure_traceparent(req.headers_mut());
+        let id = headers::request_id(req.headers());
+        let fresh_trace = headers::ensure_traceparent(req.headers_mut());
         // What the log shows of the request, before it is changed.
-        let logged = self.access_log.as_ref().map(|_| Seen::of(&req));
-        let mut outcome = Outcome::default();
+        let logged = self.access_log.as_ref().map(|_| {
+            let host = request_host(&req).map(|(h, _)| h).unwrap_or_default();
+            Seen::of(&req, host)
+        });
+        let mut outcome = Outcome {
+            fresh_trace,
+            ..Outcome::default()
+        };
         let answer = self.dispatch(req, peer, https, &id, &mut outcome).await;
         let mut resp = answer.unwrap_or_else(|e| {
             tracing::debug!(error = %e, request_id = %id.to_str().unwrap_or(""), "answered by the gateway");
             rescue::render(&e, grpc)
         });
-        resp.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
+        resp.headers_mut().insert(X_REQUEST_ID, id.clone());
         let elapsed = start.elapsed();
         let route: &str = outcome.rule.as_ref().map_or(NO_ROUTE, |r| &r.route);
         match &outcome.rule {
@@ -219,7 +233,8 @@ impl Gateway {
                 time: log::timestamp(arrived),
                 request_id: id.to_str().unwrap_or(""),
                 trace_id: seen.trace_id.as_deref(),
-                client: peer.to_string(),
+                client: Some(peer.to_string()),
+                caller: None,
                 method: &seen.method,
                 host: &seen.host,
                 path: &seen.path,
@@ -232,6 +247,7 @@ impl Gateway {
                     .get::<UpstreamEndpoint>()
                     .map(|e| e.0.to_string()),
                 status: resp.status().as_u16(),
+                attempts: None,
                 bytes: resp.body().size_hint().exact(),
                 duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
                 x_mesh_error: resp.headers().get(MESH_ERROR).and_then(|v| v.to_str().ok()),
@@ -374,7 +390,7 @@ impl Gateway {
         h.insert(header::HOST, host_value);
         headers::append_forwarded(h, peer.ip(), scheme);
         h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
-        h.insert(X_REQUEST_ID.clone(), id.clone());
+        h.insert(X_REQUEST_ID, id.clone());
         h.append(header::VIA, self.via.clone());
         if let (Some(v), Some(claims)) = (&attached.verifier, &claims) {
             forward_claims(v.spec(), claims, h);
@@ -399,6 +415,10 @@ impl Gateway {
             upstreams: &self.upstreams,
             caller: self.caller.as_ref(),
             tag_endpoint: self.access_log.is_some(),
+            trace: self.tracer.as_deref().map(|t| (t, outcome.fresh_trace)),
+            access_log: None,
+            trails: &self.trails,
+            tap: &self.tap,
         };
         let mut resp = services.call(svc, req, caps).await?;
         let h = resp.headers_mut();
@@ -476,42 +496,6 @@ fn forward_claims(
     }
 }
 
-/// The request's parts the access log shows, as the client sent them.
-struct Seen {
-    method: String,
-    host: String,
-    path: String,
-    protocol: &'static str,
-    user_agent: Option<String>,
-    trace_id: Option<String>,
-}
-
-impl Seen {
-    fn of(req: &Request<Incoming>) -> Seen {
-        let h = req.headers();
-        let text = |v: Option<&HeaderValue>| v.and_then(|v| v.to_str().ok()).map(str::to_owned);
-        Seen {
-            method: req.method().to_string(),
-            host: request_host(req).map(|(h, _)| h).unwrap_or_default(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
-            protocol: match req.version() {
-                Version::HTTP_2 => "HTTP/2",
-                Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
-            },
-            user_agent: text(h.get(header::USER_AGENT)),
-            trace_id: h
-                .get("traceparent")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.get(3..35))
-                .map(str::to_owned),
-        }
-    }
-}
-
 /// The host a request is for (lowercase, without port) and its authority
 /// as sent: `:authority` (HTTP/2, or HTTP/1's absolute form), else `Host`.
 fn request_host<B>(req: &Request<B>) -> Result<(String, Authority), MeshError> {
@@ -530,38 +514,6 @@ fn request_host<B>(req: &Request<B>) -> Result<(String, Authority), MeshError> {
     Ok((host, authority))
 }
 
-/// The client's `x-request-id` when it is a sane token (1 to 128
-/// characters of letters, digits and `-._:+/=`), else a new UUIDv4: an
-/// id is echoed into logs and headers, so nothing else is kept.
-fn request_id(h: &HeaderMap) -> HeaderValue {
-    let kept = h.get(&X_REQUEST_ID).filter(|v| {
-        let b = v.as_bytes();
-        (1..=128).contains(&b.len())
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-._:+/=".contains(c))
-    });
-    match kept {
-        Some(v) => v.clone(),
-        None => new_request_id(),
-    }
-}
-
-fn new_request_id() -> HeaderValue {
-    let r = fastrand::u128(..);
-    // RFC 9562 version 4, variant 10.
-    let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let s = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        (r >> 96) as u32,
-        (r >> 80) as u16,
-        (r >> 64) as u16,
-        (r >> 48) as u16,
-        r & 0xffff_ffff_ffff
-    );
-    // Hex digits and dashes are always a valid header value.
-    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("-"))
-}
-
 fn redirect(status: u16, location: &str) -> Result<Response<RespBody>, MeshError> {
     let loc = HeaderValue::from_str(location)
         .map_err(|e| MeshError::BadRequest(format!("redirect location: {e}")))?;
@@ -574,20 +526,6 @@ fn redirect(status: u16, location: &str) -> Result<Response<RespBody>, MeshError
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_ids_are_kept_when_sane_and_made_otherwise() {
-        let mut h = HeaderMap::new();
-        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
-        h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
-        let made = request_id(&h);
-        let s = made.to_str().unwrap();
-        assert_eq!(s.len(), 36);
-        assert_eq!(&s[14..15], "4", "version 4: {s}");
-        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "variant: {s}");
-        assert_ne!(new_request_id(), new_request_id());
-    }
 
     #[test]
     fn hosts_lose_port_and_case() {

@@ -13,6 +13,7 @@ mod policy_parse;
 pub mod proxies;
 mod register;
 pub mod state;
+pub mod stats;
 mod validate;
 
 pub use cidr::Ipv4Cidr;

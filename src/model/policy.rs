@@ -76,6 +76,10 @@ pub struct ServicePolicy {
     pub outlier: Outlier,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<Fallback>,
+    /// Every caller's proxy writes a JSON access-log line per request to
+    /// this service (as `--access-log json` does for every service).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub access_log: bool,
 }
 
 impl ServicePolicy {
@@ -91,6 +95,7 @@ impl ServicePolicy {
             bulkhead: Bulkhead::default(),
             outlier: Outlier::default(),
             fallback: None,
+            access_log: false,
         }
     }
 }

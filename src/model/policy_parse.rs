@@ -41,6 +41,7 @@ const TOP: &[&str] = &[
     "bulkhead",
     "outlier",
     "fallback",
+    "accessLog",
 ];
 
 /// Whether a document must say `kind: ServicePolicy`.
@@ -206,6 +207,7 @@ fn parse(doc: &Value, kind: Kind) -> Result<ServicePolicy, FieldErrors> {
         bulkhead: bulkhead(&top, &mut errs),
         outlier: outlier(&top, &mut errs),
         fallback: fallback(&top, &service, &mut errs),
+        access_log: top.bool("accessLog", false, &mut errs),
         service,
     };
     errs.into_result(policy)

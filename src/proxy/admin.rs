@@ -36,6 +36,10 @@ pub struct AdminState {
     pub config: Arc<crate::config::Delivery>,
     /// Gateway mode: its listener, and whether it serves TLS.
     pub gateway: Option<(std::net::SocketAddr, bool)>,
+    /// The rolling per-destination window (`/stats`).
+    pub stats: Arc<crate::telemetry::stats::Rolling>,
+    /// With `--otlp-endpoint`: the sampling ratio `/trace-sample` sets.
+    pub tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -44,7 +48,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/live", get(|| async { "live\n" }))
         .route("/metrics", get(metrics))
         .route("/state", get(proxy_state))
+        .route("/stats", get(stats))
         .route("/shutdown", post(shutdown))
+        .route("/trace-sample", get(trace_sample).put(set_trace_sample))
         .with_state(state.clone())
         .merge(crate::config::local::routes(state.config))
 }
@@ -147,6 +153,48 @@ async fn shutdown(
     (StatusCode::ACCEPTED, "shutting down\n").into_response()
 }
 
+/// `GET /stats`: this proxy's rolling window per destination (what it
+/// pushes to mesh-control each second).
+async fn stats(State(s): State<AdminState>) -> Json<crate::model::stats::StatsReport> {
+    Json((*s.stats.latest()).clone())
+}
+
+/// `GET /trace-sample`: the ratio of traces this proxy starts that are
+/// recorded.
+async fn trace_sample(State(s): State<AdminState>) -> Response {
+    match &s.tracer {
+        Some(t) => format!("{}\n", t.sample()).into_response(),
+        None => (StatusCode::NOT_FOUND, "no --otlp-endpoint: spans are off\n").into_response(),
+    }
+}
+
+/// `PUT /trace-sample` with a ratio (0 to 1) as the body: changes it live.
+/// Loopback only, as `/shutdown`.
+async fn set_trace_sample(
+    State(s): State<AdminState>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    body: String,
+) -> Response {
+    if !crate::config::local::from_this_pod(&peer) {
+        return (
+            StatusCode::FORBIDDEN,
+            "PUT /trace-sample is accepted only from loopback\n",
+        )
+            .into_response();
+    }
+    let Some(t) = &s.tracer else {
+        return (StatusCode::NOT_FOUND, "no --otlp-endpoint: spans are off\n").into_response();
+    };
+    match crate::proxy::config::parse_ratio(&body) {
+        Ok(r) => {
+            t.set_sample(r);
+            tracing::info!(ratio = r, "trace sampling changed over the admin API");
+            format!("{r}\n").into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +217,8 @@ mod tests {
             identity: None,
             config: crate::config::Delivery::open(&Default::default(), std::path::Path::new(".")),
             gateway: None,
+            stats: Default::default(),
+            tracer: None,
         }
     }
 

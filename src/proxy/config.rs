@@ -130,6 +130,20 @@ pub struct ProxyArgs {
     /// Opaque TCP connections (and upgraded ones) idle this long are closed.
     #[arg(long, env = "MESH_TCP_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub tcp_idle_timeout: Duration,
+    /// A JSON access-log line on stdout per request: `json` or `off`
+    /// (default: `off` in a sidecar, where a ServicePolicy's `accessLog:
+    /// true` still turns it on for that service; `json` in the gateway).
+    #[arg(long, env = "MESH_ACCESS_LOG", value_parser = ["json", "off"])]
+    pub access_log: Option<String>,
+    /// Export spans over OTLP/HTTP (protobuf) to this collector
+    /// (`http://HOST:4318`; spans go to `/v1/traces`). Unset: no spans.
+    #[arg(long, env = "MESH_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<http::Uri>,
+    /// Share of the traces this proxy starts that are recorded (0 to 1;
+    /// a trace that arrives sampled is always recorded). Live: `PUT
+    /// /trace-sample` on the admin port.
+    #[arg(long, env = "MESH_TRACE_SAMPLE", default_value_t = 0.01, value_parser = parse_ratio)]
+    pub trace_sample: f64,
     /// Runtime worker threads (default: one per core).
     #[arg(long, env = "MESH_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: Option<u16>,
@@ -163,6 +177,14 @@ fn parse_ports(s: &str) -> Result<PortList, String> {
         })
         .collect::<Result<_, _>>()
         .map(PortList)
+}
+
+/// A ratio from 0 to 1.
+pub fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio from 0 to 1")),
+    }
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

@@ -24,6 +24,8 @@ const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
 /// anyway, or options that name no header (`close`).
 const USUAL_CONNECTION_TOKENS: [&str; 5] = ["keep-alive", "close", "upgrade", "te", ""];
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The request's id: kept when sane, else made by the first proxy.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
@@ -203,10 +205,51 @@ pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &str) {
     }
 }
 
+/// The client's `x-request-id` when it is a sane token (1 to 128
+/// characters of letters, digits and `-._:+/=`), else a new UUIDv4: an
+/// id is echoed into logs and headers, so nothing else is kept.
+pub fn request_id(h: &HeaderMap) -> HeaderValue {
+    let kept = h.get(&X_REQUEST_ID).filter(|v| {
+        let b = v.as_bytes();
+        (1..=128).contains(&b.len())
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-._:+/=".contains(c))
+    });
+    match kept {
+        Some(v) => v.clone(),
+        None => new_request_id(),
+    }
+}
+
+/// A new UUIDv4, written straight into the header's one buffer (this
+/// runs on every request that arrives without an id).
+fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let r = fastrand::u128(..);
+    // RFC 9562 version 4, variant 10.
+    let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+    let mut buf = *b"00000000-0000-0000-0000-000000000000";
+    for (nibble, b) in buf.iter_mut().filter(|b| **b != b'-').enumerate() {
+        *b = HEX[((r >> (124 - 4 * nibble)) & 0xf) as usize];
+    }
+    // Hex digits and dashes are always a valid header value.
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// Keeps the request's sane `x-request-id` or gives it a new one; returns
+/// it (mesh-made answers carry it back, `mesh-ctl explain` takes it).
+pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
+    let id = request_id(h);
+    if h.get(&X_REQUEST_ID) != Some(&id) {
+        h.insert(X_REQUEST_ID, id.clone());
+    }
+    id
+}
+
 /// Keeps a valid W3C `traceparent`, or starts a new trace when it is
 /// missing or malformed (then `tracestate`, which belongs to the old
-/// trace, goes too).
-pub fn ensure_traceparent(headers: &mut HeaderMap) {
+/// trace, goes too). Returns whether it started one.
+pub fn ensure_traceparent(headers: &mut HeaderMap) -> bool {
     // One pass over the names (each once, however many values): is there
     // a `traceparent`, a `tracestate`.
     let (mut parent, mut state) = (false, false);
@@ -218,13 +261,14 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) {
         let mut all = headers.get_all(&TRACEPARENT).iter();
         let first = all.next();
         if all.next().is_none() && first.is_some_and(|v| valid_traceparent(v.as_bytes())) {
-            return;
+            return false;
         }
     }
     if state {
         headers.remove(&TRACESTATE);
     }
     headers.insert(TRACEPARENT, new_traceparent());
+    true
 }
 
 /// `00-<trace id>-<parent id>-<flags>`, ids not all zero (W3C §3.2).
@@ -273,6 +317,20 @@ fn new_traceparent() -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_made_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        let made = request_id(&h);
+        let s = made.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4", "version 4: {s}");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "variant: {s}");
+        assert_ne!(new_request_id(), new_request_id());
+    }
 
     #[test]
     fn strips_hop_by_hop() {

@@ -89,6 +89,18 @@ pub enum MeshError {
 }
 
 impl MeshError {
+    /// How the dashboard counts this failure.
+    pub fn counted_as(&self) -> crate::telemetry::stats::Failed {
+        use crate::telemetry::stats::Failed;
+        match self {
+            MeshError::Timeout(_) => Failed::Timeout,
+            MeshError::BreakerOpen(_) => Failed::ShortCircuited,
+            MeshError::BulkheadFull(_) => Failed::Rejected,
+            e if e.status().is_client_error() => Failed::BadRequest,
+            _ => Failed::Failure,
+        }
+    }
+
     /// The `x-mesh-error` value (DESIGN's list).
     pub fn reason(&self) -> &'static str {
         match self {

@@ -401,6 +401,9 @@ impl Bound {
                 }
             }
         };
+        let rolling = Arc::new(crate::telemetry::stats::Rolling::default());
+        let trails = Arc::new(super::outbound::trails::Trails::default());
+        let tap = Arc::new(super::outbound::tap::Tap::default());
         // The proxy's id in mesh-control's table of watchers: one per
         // process, 64 random bits (not the Via token, which every peer sees).
         let proxy_id = format!("mesh-{:016x}", fastrand::u64(..));
@@ -424,6 +427,25 @@ impl Bound {
             proxy_id.clone(),
             phases.token(Phase::Stop),
         );
+        let explain = {
+            let (trails, service) = (trails.clone(), args.service.clone());
+            let (want, take) = (tap.clone(), tap.clone());
+            discovery::Asks {
+                explain: Box::new(move |id: &str, proxy: &str| {
+                    trails.explain(id, proxy, service.as_deref())
+                }),
+                tap: Box::new(move |services| want.want(services)),
+                tapped: Box::new(move || take.take()),
+            }
+        };
+        let pushed = discovery::report_stats(
+            rolling.clone(),
+            dir.clone(),
+            metrics.clone(),
+            Some((client.clone(), proxy_id.clone())),
+            explain,
+            phases.token(Phase::Stop),
+        );
         let delivery = config.clone().run(
             client.clone(),
             dir.clone(),
@@ -433,7 +455,7 @@ impl Bound {
         let ready = identified();
         tokio::spawn(async move {
             ready.await;
-            tokio::join!(watch, report, delivery);
+            tokio::join!(watch, report, pushed, delivery);
         });
         tokio::spawn(discovery::run_cache_writer(
             dir.clone(),
@@ -462,6 +484,21 @@ impl Bound {
             ));
         }
 
+        let tracer = args.otlp_endpoint.as_ref().map(|endpoint| {
+            let service = args.service.as_deref().unwrap_or("mesh-proxy");
+            let tracer = Arc::new(crate::telemetry::trace::Tracer::new(
+                service,
+                args.trace_sample,
+                &metrics,
+            ));
+            tokio::spawn(crate::telemetry::trace::export(
+                tracer.clone(),
+                endpoint.clone(),
+                crate::control::client::Fetcher::new(mark, args.connect_timeout),
+                phases.token(Phase::Stop),
+            ));
+            tracer
+        });
         let learned = Arc::new(Learned::default());
         let admin_state = AdminState {
             dir: dir.clone(),
@@ -478,6 +515,8 @@ impl Bound {
                 let listen = e.listener.local_addr().ok()?;
                 Some((listen, e.tls.is_some()))
             }),
+            stats: rolling.clone(),
+            tracer: tracer.clone(),
         };
         let admin_stop = phases.token(Phase::Stop);
         tokio::spawn(async move {
@@ -529,8 +568,8 @@ impl Bound {
             Some(edge) => {
                 let access_log = match edge.access_log {
                     true => Some(
-                        crate::gateway::log::AccessLog::stdout(
-                            metrics.gateway.access_log_dropped.clone(),
+                        crate::telemetry::access_log::AccessLog::stdout(
+                            metrics.access_log_dropped.clone(),
                         )
                         .map_err(|e| ProxyError::Config(format!("access log: {e}")))?,
                     ),
@@ -557,6 +596,9 @@ impl Bound {
                         args.connect_timeout,
                     )),
                     limiters: crate::gateway::limit::Limiters::new(edge.redis),
+                    tracer: tracer.clone(),
+                    trails: trails.clone(),
+                    tap: tap.clone(),
                 });
                 Some(tokio::spawn(gw.serve(
                     edge.listener,
@@ -581,6 +623,13 @@ impl Bound {
                     via_token,
                     caller,
                     opaque: opaque.clone(),
+                    tracer: tracer.clone(),
+                    access_log: crate::telemetry::access_log::OutboundLog::new(
+                        args.access_log.as_deref() == Some("json"),
+                        metrics.access_log_dropped.clone(),
+                    ),
+                    trails: trails.clone(),
+                    tap: tap.clone(),
                 }),
                 opaque,
                 metrics: metrics.clone(),
@@ -612,6 +661,7 @@ impl Bound {
                     )),
                     max_concurrent: args.inbound_max_concurrent,
                     idle: args.tcp_idle_timeout,
+                    tracer: tracer.clone(),
                 }),
                 metrics: metrics.clone(),
                 app_port,

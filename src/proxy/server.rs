@@ -39,14 +39,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The one error edge: a handler's failure becomes the caller's response.
+/// The one error edge: a handler's failure becomes the caller's response,
+/// carrying the request's id (what `mesh-ctl explain` takes).
 fn answer_or_rescue(
     answer: Result<Response<RespBody>, MeshError>,
     grpc: bool,
+    id: Option<http::HeaderValue>,
 ) -> Response<RespBody> {
     answer.unwrap_or_else(|e| {
         tracing::debug!(error = %e, "answered by the mesh");
-        rescue::render(&e, grpc)
+        let mut resp = rescue::render(&e, grpc);
+        if let Some(id) = id {
+            resp.headers_mut().insert(super::headers::X_REQUEST_ID, id);
+        }
+        resp
     })
 }
 
@@ -204,12 +210,15 @@ where
         let busy = act.request_started();
         let checked = limits::check_request(&req, &lim);
         let refused = checked.is_err();
+        // Every request that passes has an id from here on (a refused
+        // one's headers are not to be trusted with one).
+        let id = (!refused).then(|| super::headers::ensure_request_id(req.headers_mut()));
         let answer = match checked {
             Ok(()) => futures_util::future::Either::Left(handler(req)),
             Err(e) => futures_util::future::Either::Right(std::future::ready(Err(e))),
         };
         answer.map(move |answer| {
-            let mut resp = answer_or_rescue(answer, grpc);
+            let mut resp = answer_or_rescue(answer, grpc, id);
             if refused && h1 {
                 // Framing the proxy refused: nothing after it on this
                 // connection can be trusted either.

@@ -34,8 +34,6 @@ pub struct GatewayMetrics {
     rate_limited: Family<RouteLabel, Counter>,
     /// Global rate-limit checks let through because Redis did not answer.
     pub rate_limit_fail_open: Counter,
-    /// Access log lines dropped because the writer fell behind.
-    pub access_log_dropped: Counter,
 }
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -48,7 +46,6 @@ impl GatewayMetrics {
             auth_failures: Family::default(),
             rate_limited: Family::default(),
             rate_limit_fail_open: Counter::default(),
-            access_log_dropped: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("gateway");
         r.register(
@@ -75,11 +72,6 @@ impl GatewayMetrics {
             "rate_limit_fail_open",
             "Global rate-limit checks let through because Redis did not answer in time",
             m.rate_limit_fail_open.clone(),
-        );
-        r.register(
-            "access_log_dropped",
-            "Access log lines dropped because stdout fell behind",
-            m.access_log_dropped.clone(),
         );
         m
     }

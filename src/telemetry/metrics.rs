@@ -7,6 +7,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::histogram::{Counts, LatencyHistogram};
+use super::stats::{Failed, Outcomes};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -61,7 +66,9 @@ pub struct ProxyMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     attempts: Family<RequestLabels, Counter>,
-    latency: Family<ServiceLabel, Histogram, fn() -> Histogram>,
+    latency: Family<ServiceLabel, LatencyHistogram>,
+    /// Not exported: the dashboard's outcome counts, shared per service.
+    outcomes: Family<ServiceLabel, Arc<Outcomes>>,
     endpoints: Family<EndpointLabels, Gauge>,
     errors: Family<ErrorLabels, Counter>,
     breaker_state: Family<ServiceLabel, Gauge>,
@@ -85,6 +92,12 @@ pub struct ProxyMetrics {
     pub listeners: super::ListenerMetrics,
     /// Gateway mode, per route.
     pub gateway: super::GatewayMetrics,
+    /// Spans the exporter sent, and those it dropped (queue full, or the
+    /// collector away).
+    pub spans_exported: Counter,
+    pub spans_dropped: Counter,
+    /// Access log lines dropped because stdout fell behind.
+    pub access_log_dropped: Counter,
     /// This proxy's certificate and trust roots (set at scrape time).
     pub identity: IdentityMetrics,
     /// Held by a scrape while it resets and sets the gauges it reads, so
@@ -116,7 +129,8 @@ pub struct ServiceMetrics {
     by_class: [Counter; 5],
     /// Tries sent to an endpoint, by the class of what came back.
     attempts_by_class: [Counter; 5],
-    latency: Histogram,
+    latency: LatencyHistogram,
+    outcomes: Arc<Outcomes>,
     retries: Counter,
     budget_exhausted: Counter,
     ejections: Counter,
@@ -139,8 +153,7 @@ impl ProxyMetrics {
         let gateway = super::GatewayMetrics::register(registry);
         let requests = Family::<RequestLabels, Counter>::default();
         let attempts = Family::<RequestLabels, Counter>::default();
-        let latency: Family<ServiceLabel, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(latency_histogram);
+        let latency = Family::<ServiceLabel, LatencyHistogram>::default();
         let endpoints = Family::<EndpointLabels, Gauge>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
         let tcp_relays = Counter::default();
@@ -244,6 +257,24 @@ impl ProxyMetrics {
             "DNS queries answered or forwarded",
             dns_queries.clone(),
         );
+        let spans_exported = Counter::default();
+        let spans_dropped = Counter::default();
+        registry.register(
+            "trace_spans_exported",
+            "Spans sent to the OTLP collector (--otlp-endpoint)",
+            spans_exported.clone(),
+        );
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped: the export queue was full, or the collector did not take them",
+            spans_dropped.clone(),
+        );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because stdout fell behind (gateway and sidecar lines)",
+            access_log_dropped.clone(),
+        );
         let identity = IdentityMetrics {
             cert_expiry: Gauge::default(),
             renew_failures: Gauge::default(),
@@ -270,6 +301,7 @@ impl ProxyMetrics {
             requests,
             attempts,
             latency,
+            outcomes: Family::default(),
             endpoints,
             errors,
             breaker_state,
@@ -287,6 +319,9 @@ impl ProxyMetrics {
             traffic,
             listeners,
             gateway,
+            spans_exported,
+            spans_dropped,
+            access_log_dropped,
             scrape: std::sync::Mutex::new(()),
         }
     }
@@ -310,6 +345,7 @@ impl ProxyMetrics {
             by_class,
             attempts_by_class,
             latency: self.latency.get_or_create_owned(&label),
+            outcomes: self.outcomes.get_or_create_owned(&label),
             retries: self.retries.get_or_create_owned(&label),
             budget_exhausted: self.budget_exhausted.get_or_create_owned(&label),
             ejections: self.ejections.get_or_create_owned(&label),
@@ -395,11 +431,28 @@ impl ProxyMetrics {
 }
 
 impl ServiceMetrics {
-    /// Records one request's outcome: its final status and the time to the
-    /// final response's headers.
-    pub fn record(&self, status: u16, seconds: f64) {
+    /// Records one request's outcome: its final status, the time to the
+    /// final response's headers, and how it failed (`None`: it did not
+    /// fail in the mesh), and whether a fallback answered it then.
+    pub fn record(&self, status: u16, elapsed: Duration, failed: Option<Failed>, fell_back: bool) {
         self.by_class[class_index(status)].inc();
-        self.latency.observe(seconds);
+        self.latency.observe(elapsed);
+        match failed {
+            Some(how) => self.outcomes.failed(how, fell_back),
+            None if status >= 500 => self.outcomes.failed(Failed::Failure, false),
+            None => self.outcomes.success(),
+        }
+    }
+
+    /// Every call's outcome so far (cumulative), for the rolling window.
+    pub fn tally(&self) -> crate::model::stats::Tally {
+        self.outcomes
+            .tally(self.retries.get(), self.budget_exhausted.get())
+    }
+
+    /// The latency histogram so far (cumulative).
+    pub fn latency_counts(&self) -> Counts {
+        self.latency.snapshot()
     }
 
     /// Records one try sent to an endpoint.
@@ -444,8 +497,8 @@ mod tests {
         // One request, retried once: two attempts, one request.
         s.attempted(503);
         s.attempted(200);
-        s.record(200, 0.002);
-        s.record(503, 0.001);
+        s.record(200, Duration::from_millis(2), None, false);
+        s.record(503, Duration::from_millis(1), None, false);
         m.set_endpoints("hello", [2, 1, 0]);
         m.mesh_error("hello", "no-endpoints");
         let (content_type, text) = m.encode(None);

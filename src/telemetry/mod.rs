@@ -1,9 +1,14 @@
-//! Logging setup and the proxy's Prometheus metrics.
+//! Logging setup, the proxy's Prometheus metrics, and the rolling
+//! statistics the dashboard is drawn from.
 
+pub mod access_log;
 mod gateway;
+pub mod histogram;
 mod logging;
 mod metrics;
 mod process;
+pub mod stats;
+pub mod trace;
 mod traffic;
 
 pub use gateway::GatewayMetrics;

@@ -444,7 +444,9 @@ impl Loopback {
         assert!(out.status.success(), "mesh-ctl apply:\n{yaml}\n{out:?}");
     }
 
-    fn spawn(&self, label: &str, program: &str, args: &[&str]) -> Proc {
+    /// Any program as part of this test's mesh (a peer the test needs),
+    /// logged and stopped with the rest.
+    pub fn spawn(&self, label: &str, program: &str, args: &[&str]) -> Proc {
         let log = self.dir.join(format!("{label}.log"));
         if let Ok(mut logs) = self.logs.lock() {
             logs.push(log.clone());

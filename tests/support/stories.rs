@@ -50,6 +50,25 @@ pub const fn tool(
 pub const CURL: Need = tool("curl", &["--version"], "apt-get install curl");
 pub const PYTHON3: Need = tool("python3", &["--version"], "apt-get install python3");
 pub const OPENSSL: Need = tool("openssl", &["version"], "apt-get install openssl");
+pub const CHROMIUM: Need = tool("chromium", &["--version"], "apt-get install chromium");
+/// playwright-core, installed with `npm install -g` (found by NODE_PATH).
+pub const PLAYWRIGHT: Need = tool(
+    "sh",
+    &[
+        "-c",
+        "NODE_PATH=$(npm root -g) node -e \"require('playwright-core')\"",
+    ],
+    "npm install -g playwright-core",
+);
+/// PyPI's opentelemetry-proto, for the OTLP receiver of the tests.
+pub const OTLP_PROTO: Need = tool(
+    "python3",
+    &[
+        "-c",
+        "import opentelemetry.proto.collector.trace.v1.trace_service_pb2",
+    ],
+    "pip install opentelemetry-proto",
+);
 
 /// One story: its test name, what it needs, and its body (which panics
 /// to fail, like a `#[test]`).

@@ -17,6 +17,7 @@ pub use crate::control::auth::Caller;
 pub use error::ApiFailure;
 
 use crate::control::auth::{Auth, Peer};
+use crate::control::dashboard;
 use crate::control::metrics::{Metrics, RefusalLabel};
 use crate::control::proxies::Proxies;
 use crate::control::registry::Registry;
@@ -55,6 +56,10 @@ pub struct AppState {
     pub auth: Option<Arc<Auth>>,
     /// The proxies watching, and what each has applied.
     pub proxies: Arc<Proxies>,
+    /// The dashboard's open streams.
+    pub dashboard: Arc<crate::control::dashboard::Hub>,
+    /// Questions put to every proxy (`mesh-ctl explain`).
+    pub asks: Arc<crate::control::asks::Asks>,
 }
 
 /// `{"revision": N}`: the answer to heartbeat, deregister and the policy
@@ -149,6 +154,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/watch", get(watch))
         .route("/v1/proxies", get(proxies::list))
         .route("/v1/proxies/{proxy}/applied", put(proxies::applied))
+        .route(
+            "/v1/proxies/{proxy}/stats",
+            put(proxies::stats).layer(DefaultBodyLimit::max(proxies::STATS_BODY_LIMIT)),
+        )
+        .route("/v1/proxies/{proxy}/trails", put(proxies::trails))
+        .route("/v1/explain/{request_id}", get(proxies::explain))
+        .route("/v1/tap/{service}", get(proxies::tap))
+        .route("/v1/dashboard", get(dashboard::snapshot))
+        .route("/v1/dashboard/stream", get(dashboard::stream))
+        .route("/dashboard", get(dashboard::page))
         .fallback(|| async { ApiFailure::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             let body = crate::model::ApiError {

@@ -30,6 +30,8 @@ fn api(dir: &Path, keepalive: Duration) -> Api {
         shutdown,
         auth: None,
         proxies: Default::default(),
+        dashboard: Default::default(),
+        asks: Default::default(),
     };
     Api {
         app: router(state),

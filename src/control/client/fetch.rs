@@ -1,13 +1,14 @@
-//! GET a document from a server outside the mesh (the gateway's JWKS
-//! URLs), over the same name-resolving, marked connector as the control
-//! plane's client; `https://` is checked against the system's roots
-//! (rustls-native-certs), loaded once per process.
+//! Requests to servers outside the mesh (the gateway's JWKS URLs, the
+//! OTLP collector spans are exported to), over the same name-resolving,
+//! marked connector as the control plane's client; `https://` is checked
+//! against the system's roots (rustls-native-certs), loaded once per
+//! process.
 
 use super::connect::{ClientTls, ResolvingConnector};
 use crate::net::{ConnectOptions, MarkedConnector};
 use bytes::Bytes;
 use http::{Request, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::sync::{Arc, OnceLock};
@@ -16,7 +17,7 @@ use std::time::Duration;
 /// A cheap-to-clone client for outside documents.
 #[derive(Clone)]
 pub struct Fetcher {
-    http: Client<ResolvingConnector, Empty<Bytes>>,
+    http: Client<ResolvingConnector, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -73,13 +74,37 @@ impl Fetcher {
     /// The body of `GET url`, at most `limit` bytes, within `timeout`;
     /// anything but a 200 is an error naming the status.
     pub async fn get(&self, url: &Uri, limit: usize, timeout: Duration) -> Result<Bytes, String> {
-        let req = Request::get(url.clone())
-            .header(http::header::ACCEPT, "application/json")
+        let req = Request::get(url.clone()).header(http::header::ACCEPT, "application/json");
+        self.send(req, Full::default(), limit, timeout).await
+    }
+
+    /// `POST url` with `body` of `content_type`; the answer's body (at
+    /// most `limit` bytes) when it is a 200.
+    pub async fn post(
+        &self,
+        url: &Uri,
+        content_type: &'static str,
+        body: Bytes,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Bytes, String> {
+        let req = Request::post(url.clone()).header(http::header::CONTENT_TYPE, content_type);
+        self.send(req, Full::new(body), limit, timeout).await
+    }
+
+    async fn send(
+        &self,
+        req: http::request::Builder,
+        body: Full<Bytes>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Bytes, String> {
+        let req = req
             .header(
                 http::header::USER_AGENT,
-                concat!("mesh-gateway/", env!("CARGO_PKG_VERSION")),
+                concat!("mesh/", env!("CARGO_PKG_VERSION")),
             )
-            .body(Empty::new())
+            .body(body)
             .map_err(|e| e.to_string())?;
         let fetch = async {
             let resp = self.http.request(req).await.map_err(|e| {

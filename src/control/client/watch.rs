@@ -48,6 +48,15 @@ impl WatchStream {
     /// The next event; `Ok(None)` once the server ended the stream cleanly,
     /// `Err(IdleTimeout)` if no line arrived within the idle timeout.
     pub async fn next(&mut self) -> Result<Option<WatchEvent>, ClientError> {
+        match self.next_line().await? {
+            Some(line) => parse(&line).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The next line as it came (the same stream shape serves `GET
+    /// /v1/tap/{service}`), with [`next`](Self::next)'s endings.
+    pub async fn next_line(&mut self) -> Result<Option<Bytes>, ClientError> {
         let deadline = tokio::time::Instant::now() + self.idle_timeout;
         loop {
             let line = self
@@ -55,7 +64,7 @@ impl WatchStream {
                 .next_line()
                 .map_err(|e| ClientError::Decode(format!("watch stream: {e}")))?;
             if let Some(line) = line {
-                return parse(&line).map(Some);
+                return Ok(Some(line));
             }
             if self.done {
                 return Ok(None);
@@ -79,10 +88,7 @@ impl WatchStream {
                 }
                 None => {
                     self.done = true;
-                    if let Some(last) = self.lines.finish() {
-                        return parse(&last).map(Some);
-                    }
-                    return Ok(None);
+                    return Ok(self.lines.finish());
                 }
             }
         }

@@ -112,6 +112,21 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// `true` or `false`; `default` when absent (a wrong type is reported).
+    pub fn bool(&self, key: &str, default: bool, errs: &mut FieldErrors) -> bool {
+        match self.get(key) {
+            None => default,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                errs.push(
+                    self.path(key),
+                    format!("must be true or false, not {}", type_name(other)),
+                );
+                default
+            }
+        }
+    }
+
     /// A whole number in `range`.
     pub fn u32(
         &self,

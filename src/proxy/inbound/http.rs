@@ -11,6 +11,7 @@ use crate::proxy::headers::{self, MESH_CALLER};
 use crate::proxy::protocol::tunnel::splice_upgrade;
 use crate::proxy::rescue::MeshError;
 use crate::proxy::upstream::{proto_of, Dest, H1Pool, Upstreams};
+use crate::telemetry::trace::{Attr, Kind};
 use crate::telemetry::ProxyMetrics;
 use http::uri::Authority;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -101,6 +102,8 @@ pub struct InboundHttp {
     pub max_concurrent: u32,
     /// For upgraded (WebSocket) connections.
     pub idle: Duration,
+    /// With `--otlp-endpoint`: server spans.
+    pub tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
 }
 
 impl InboundHttp {
@@ -142,6 +145,7 @@ impl InboundHttp {
         .then(|| hyper::upgrade::on(&mut req));
         let slot = req.extensions_mut().remove::<ConnSlot>();
         headers::host_from_target(&mut req);
+        let method = self.tracer.as_ref().map(|_| req.method().clone());
         let h = req.headers_mut();
         let left = headers::caller_deadline(h);
         headers::strip_mesh_headers(h);
@@ -150,7 +154,13 @@ impl InboundHttp {
         }
         headers::strip_hop_by_hop(h, upgrade.is_some());
         headers::append_forwarded(h, peer.ip(), "http");
-        headers::ensure_traceparent(h);
+        let fresh_trace = headers::ensure_traceparent(h);
+        let span = match (&self.tracer, method) {
+            (Some(t), Some(method)) => t
+                .begin(h, fresh_trace, Kind::Server)
+                .map(|s| (t.clone(), s, method)),
+            _ => None,
+        };
         if let Some(left) = left {
             headers::tell_deadline(h, left, grpc);
         }
@@ -173,6 +183,30 @@ impl InboundHttp {
             None => sent.await,
         };
         let elapsed = start.elapsed().as_secs_f64();
+        if let Some((tracer, started, method)) = span {
+            let status = match &sent {
+                Ok(r) => r.status(),
+                Err(e) => e.status(),
+            };
+            let service = self.service.as_deref().unwrap_or("app");
+            let mut attrs = vec![
+                Attr::Str("http.request.method", method.to_string()),
+                Attr::Str("mesh.service", service.to_string()),
+                Attr::Str("mesh.caller", caller.to_string()),
+            ];
+            if let Some(v) = &verified {
+                attrs.push(Attr::Str("mesh.peer.identity", v.uri.clone()));
+            }
+            if let Err(e) = &sent {
+                attrs.push(Attr::Str("mesh.error", e.reason().to_string()));
+            }
+            tracer.finish(
+                started,
+                format!("{method} {service}"),
+                status.as_u16(),
+                attrs,
+            );
+        }
         match sent {
             Ok(mut resp) => {
                 // The app's own headers must not pose as the mesh's.

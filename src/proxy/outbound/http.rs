@@ -41,6 +41,14 @@ pub struct HttpOutbound {
     pub caller: Option<HeaderValue>,
     /// Opaque TCP settings, for CONNECT tunnels to mesh services.
     pub opaque: Arc<OpaqueOutbound>,
+    /// With `--otlp-endpoint`: client spans.
+    pub tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
+    /// `--access-log` and the policies' `accessLog`.
+    pub access_log: crate::telemetry::access_log::OutboundLog,
+    /// Recent decision trails (`mesh-ctl explain`).
+    pub trails: Arc<super::trails::Trails>,
+    /// Calls to tapped services (`mesh-ctl tap`).
+    pub tap: Arc<super::tap::Tap>,
 }
 
 impl HttpOutbound {
@@ -97,22 +105,30 @@ impl HttpOutbound {
         headers::host_from_target(&mut req);
         let h = req.headers_mut();
         headers::strip_hop_by_hop(h, upgrade);
-        headers::ensure_traceparent(h);
+        let fresh_trace = headers::ensure_traceparent(h);
         h.append(header::VIA, self.via.clone());
 
         match route {
-            Route::Service(svc) => self.services().call(svc, req, Caps::default()).await,
+            Route::Service(svc) => {
+                self.services(fresh_trace)
+                    .call(svc, req, Caps::default())
+                    .await
+            }
             Route::External { host, port } => Box::pin(self.external(req, &host, port)).await,
         }
     }
 
-    fn services(&self) -> Services<'_> {
+    fn services(&self, fresh_trace: bool) -> Services<'_> {
         Services {
             dir: &self.dir,
             metrics: &self.metrics,
             upstreams: &self.upstreams,
             caller: self.caller.as_ref(),
             tag_endpoint: false,
+            trace: self.tracer.as_deref().map(|t| (t, fresh_trace)),
+            access_log: Some(&self.access_log),
+            trails: &self.trails,
+            tap: &self.tap,
         }
     }
 

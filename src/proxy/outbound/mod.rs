@@ -14,7 +14,9 @@ mod opaque;
 pub mod policy;
 mod replay;
 pub mod request;
+pub mod tap;
 mod target;
+pub mod trails;
 
 pub use self::http::HttpOutbound;
 pub use crate::resilience::fallback::MESH_FALLBACK;

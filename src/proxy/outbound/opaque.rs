@@ -170,7 +170,17 @@ impl OpaqueOutbound {
         let attempt = Connect {
             dialer: self.dialer.clone(),
         };
-        policy::call(&self.dir, &self.metrics, svc, &attempt, (), Caps::default()).await
+        let mut trail = policy::Trail::default();
+        policy::call(
+            &self.dir,
+            &self.metrics,
+            svc,
+            &attempt,
+            (),
+            Caps::default(),
+            &mut trail,
+        )
+        .await
     }
 }
 

@@ -27,6 +27,7 @@ use crate::resilience::{
     classify, may_repeat, retry_delay, BreakerPermit, BulkheadPermit, Deadline, FailureKind,
     Outcome, ServiceResilience, Tried,
 };
+use crate::telemetry::stats::Failed;
 use crate::telemetry::ProxyMetrics;
 use std::future::Future;
 use std::sync::Arc;
@@ -107,9 +108,52 @@ pub struct Admitted {
     pub verdict: Verdict,
 }
 
+/// What a call went through, for the caller's accounting (statistics,
+/// its span).
+#[derive(Clone, Debug, Default)]
+pub struct Trail {
+    /// The mesh-made failure it ended with, before any fallback.
+    pub failed: Option<Failed>,
+    /// A fallback answered it instead.
+    pub fell_back: bool,
+    /// The endpoint of the last try.
+    pub endpoint: Option<Arc<Endpoint>>,
+    /// Retries sent after the first try.
+    pub retries: u32,
+    /// Each try, in order, and what was decided after it.
+    pub tries: Vec<TryRecord>,
+    /// A retry was refused because the budget was spent.
+    pub budget_exhausted: bool,
+    /// The mesh-made failure's `x-mesh-error` reason, before any fallback.
+    pub error: Option<&'static str>,
+}
+
+/// One try of a call, for its decision trail.
+#[derive(Clone, Debug)]
+pub struct TryRecord {
+    /// The endpoint the balancer picked (`None`: refused before a pick,
+    /// by the breaker, the bulkhead, or for want of endpoints).
+    pub endpoint: Option<Arc<Endpoint>>,
+    /// The answer's status (`None` for a connection), or the reason the
+    /// try failed.
+    pub outcome: Result<Option<u16>, &'static str>,
+    pub elapsed: Duration,
+    /// What was decided after it.
+    pub next: &'static str,
+}
+
+impl Trail {
+    /// Notes what was decided after the last try.
+    fn next(&mut self, why: &'static str) {
+        if let Some(t) = self.tries.last_mut() {
+            t.next = why;
+        }
+    }
+}
+
 /// Runs `first` (and its retries, and the fallback) through `svc`'s policy,
 /// within `caps`. Mesh failures are counted here, once, after the
-/// fallback's chance.
+/// fallback's chance, and noted in `trail`.
 pub async fn call<A: Attempt>(
     dir: &Directory,
     metrics: &ProxyMetrics,
@@ -117,15 +161,18 @@ pub async fn call<A: Attempt>(
     attempt: &A,
     first: A::Call,
     caps: Caps,
+    trail: &mut Trail,
 ) -> Result<A::Output, MeshError> {
     // The policy the call starts with is the one it finishes with, even if
     // a new one lands meanwhile.
     let rt = svc.resilience.clone();
-    let err = match run(svc, &rt, attempt, first, caps).await {
+    let err = match run(svc, &rt, attempt, first, caps, trail).await {
         Ok(out) => return Ok(out),
         Err(e) => e,
     };
     metrics.mesh_error(&svc.name, err.reason());
+    trail.failed = Some(err.counted_as());
+    trail.error = Some(err.reason());
     if !err.falls_back() {
         return Err(err);
     }
@@ -138,11 +185,16 @@ pub async fn call<A: Attempt>(
                 return Err(err);
             };
             let alt_rt = alt.resilience.clone();
-            let mut out = Box::pin(run(&alt, &alt_rt, attempt, again, caps)).await?;
+            let mut out = Box::pin(run(&alt, &alt_rt, attempt, again, caps, trail)).await?;
             attempt.mark_fallback(&mut out, err.reason());
+            trail.fell_back = true;
             Ok(out)
         }
-        Some(f) => attempt.static_fallback(f, err.reason()).ok_or(err),
+        Some(f) => {
+            let out = attempt.static_fallback(f, err.reason()).ok_or(err)?;
+            trail.fell_back = true;
+            Ok(out)
+        }
         None => Err(err),
     }
 }
@@ -154,12 +206,13 @@ async fn run<A: Attempt>(
     attempt: &A,
     first: A::Call,
     caps: Caps,
+    trail: &mut Trail,
 ) -> Result<A::Output, MeshError> {
     let deadline = Deadline::new(Instant::now(), rt.policy.timeouts.request, caps.left);
     let attempts = caps.retries.unwrap_or(rt.policy.retries.attempts);
     tokio::time::timeout_at(
         deadline.at,
-        tries(svc, rt, attempt, first, deadline, attempts),
+        tries(svc, rt, attempt, first, deadline, attempts, trail),
     )
     .await
     .unwrap_or(Err(MeshError::Timeout(deadline.timeout)))
@@ -174,6 +227,7 @@ async fn tries<A: Attempt>(
     first: A::Call,
     deadline: Deadline,
     attempts: u32,
+    trail: &mut Trail,
 ) -> Result<A::Output, MeshError> {
     let retries = &rt.policy.retries;
     rt.budget.deposit();
@@ -181,36 +235,66 @@ async fn tries<A: Attempt>(
     let mut tried: Vec<Arc<Endpoint>> = Vec::new();
     let mut retry: u32 = 0;
     loop {
+        let started = Instant::now();
         let (result, endpoint) = try_once(svc, rt, attempt, call, &tried, deadline).await;
+        if endpoint.is_some() {
+            trail.endpoint.clone_from(&endpoint);
+        }
         let from_peer = endpoint.as_ref().is_some_and(|e| e.inbound.is_some());
         let outcome = match &result {
             Ok(out) => attempt.answered(out, from_peer),
             Err(e) => failure_kind(e).map(Tried::Failed),
         };
+        trail.tries.push(TryRecord {
+            endpoint: endpoint.clone(),
+            outcome: match (&result, &outcome) {
+                (Ok(_), Some(Tried::Answered { status, .. })) => Ok(Some(*status)),
+                (Ok(_), _) => Ok(None),
+                (Err(e), _) => Err(e.reason()),
+            },
+            elapsed: started.elapsed(),
+            next: "",
+        });
         // Success, or breaker-open, bulkhead-full, no-endpoints, timeout:
         // a retry would not help.
         let Some(failure) = outcome.and_then(classify) else {
+            trail.next(match &result {
+                Ok(_) => "answered",
+                Err(_) => "not retried: a retry would not help",
+            });
             return result;
         };
-        if !may_repeat(attempt.idempotent(), failure)
-            || retry >= attempts
-            || !retries.on.contains(&failure.class)
-        {
+        if !may_repeat(attempt.idempotent(), failure) {
+            trail.next("not retried: not idempotent, and the endpoint may have seen it");
+            return result;
+        }
+        if retry >= attempts {
+            trail.next("not retried: every retry the policy allows was used");
+            return result;
+        }
+        if !retries.on.contains(&failure.class) {
+            trail.next("not retried: the policy does not retry this failure");
             return result;
         }
         // A streamed body is known whole only now (or never).
         let Some(again) = attempt.again() else {
+            trail.next("not retried: the body was streamed, not kept");
             return result;
         };
         if !rt.budget.try_withdraw() {
             svc.metrics.retry_budget_exhausted();
+            trail.next("not retried: the retry budget is spent");
+            trail.budget_exhausted = true;
             return result.map_err(|e| MeshError::RetryBudgetExhausted(Box::new(e)));
         }
         let delay = retry_delay(retry + 1);
         if Instant::now() + delay >= deadline.at {
+            trail.next("not retried: no time left before the deadline");
             return result;
         }
         retry += 1;
+        trail.retries = retry;
+        trail.next("retried, on another endpoint when there is one");
         svc.metrics.retried();
         tried.extend(endpoint);
         drop(result);

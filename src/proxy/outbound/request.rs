@@ -8,19 +8,26 @@
 
 use super::policy::{self, Admitted, Attempt, Caps, Target};
 use super::replay::{prepare, RequestTemplate};
+use super::tap::Tap;
+use super::trails::{Recorded, Trails};
 use crate::discovery::{Directory, Service};
 use crate::model::policy::Fallback;
+use crate::model::stats::TapLine;
 use crate::proxy::body::{ReqBody, RespBody, StreamEnd};
 use crate::proxy::grpc;
+use crate::proxy::headers::X_REQUEST_ID;
 use crate::proxy::headers::{caller_deadline, MESH_CALLER, MESH_TIMEOUT};
 use crate::proxy::rescue::{MeshError, MESH_ERROR};
 use crate::proxy::upstream::{proto_of, Dest, Upstreams};
 use crate::resilience::{fallback, is_idempotent, timeout, Tried};
+use crate::telemetry::access_log::{self, AccessLog, Entry, OutboundLog, Seen};
+use crate::telemetry::trace::{self, Attr, Kind, Tracer};
 use crate::telemetry::ProxyMetrics;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::time::Instant;
 
 /// What a request to a mesh service needs from the outbound side.
@@ -33,6 +40,15 @@ pub struct Services<'a> {
     /// Marks each response with the [`UpstreamEndpoint`] that answered
     /// (the gateway logs it; the sidecar spends nothing on it).
     pub tag_endpoint: bool,
+    /// With an exporter: the tracer, and whether this proxy just started
+    /// the request's trace (a client span is recorded when it is sampled).
+    pub trace: Option<(&'a Tracer, bool)>,
+    /// A sidecar's access log (the gateway writes its own lines).
+    pub access_log: Option<&'a OutboundLog>,
+    /// Where the call's decision trail is kept (`mesh-ctl explain`).
+    pub trails: &'a Trails,
+    /// Calls to tapped services (`mesh-ctl tap`).
+    pub tap: &'a Tap,
 }
 
 /// The endpoint that answered a request, in its response's extensions.
@@ -60,6 +76,28 @@ impl Services<'_> {
             || matches!(policy.fallback, Some(Fallback::Service { .. }));
         let grpc = grpc::is_grpc(req.headers());
         let idempotent = is_idempotent(req.method());
+        let id = req.headers().get(&X_REQUEST_ID).cloned();
+        let (method, path) = (req.method().clone(), req.uri().path_and_query().cloned());
+        let span = self
+            .trace
+            .and_then(|(t, fresh)| Some((t, t.begin(req.headers_mut(), fresh, Kind::Client)?)))
+            .map(|(t, s)| (t, s, req.method().clone()));
+        let log = self
+            .access_log
+            .and_then(|l| l.for_service(policy.access_log))
+            .map(|log| {
+                let host = req
+                    .uri()
+                    .authority()
+                    .map(|a| a.host().to_string())
+                    .or_else(|| {
+                        let h = req.headers().get(http::header::HOST)?;
+                        Some(h.to_str().ok()?.to_string())
+                    })
+                    .unwrap_or_default();
+                (log, SystemTime::now(), Seen::of(&req, host))
+            });
+        let mut trail = policy::Trail::default();
         let result = match prepare(req, replay).await {
             Ok((first, template)) => {
                 let attempt = HttpAttempt {
@@ -70,18 +108,195 @@ impl Services<'_> {
                     idempotent,
                     tag_endpoint: self.tag_endpoint,
                 };
-                policy::call(self.dir, self.metrics, &svc, &attempt, first, caps).await
+                policy::call(
+                    self.dir,
+                    self.metrics,
+                    &svc,
+                    &attempt,
+                    first,
+                    caps,
+                    &mut trail,
+                )
+                .await
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                trail.failed = Some(e.counted_as());
+                Err(e)
+            }
         };
         let status = match &result {
             Ok(resp) => resp.status(),
             Err(e) => e.status(),
         };
-        svc.metrics
-            .record(status.as_u16(), start.elapsed().as_secs_f64());
+        svc.metrics.record(
+            status.as_u16(),
+            start.elapsed(),
+            trail.failed,
+            trail.fell_back,
+        );
+        if let Some((tracer, started, method)) = span {
+            client_span(tracer, started, &method, &svc, &trail, &result);
+        }
+        if let Some((log, arrived, seen)) = log {
+            let caller = self.caller.and_then(|c| c.to_str().ok());
+            log_call(log, arrived, &seen, caller, &svc, &trail, &result, start);
+        }
+        if self.tap.on(&svc.name) {
+            self.tap.record(tap_line(
+                id.as_ref(),
+                &method,
+                path.as_ref(),
+                self.caller.and_then(|c| c.to_str().ok()),
+                &svc,
+                &trail,
+                &result,
+                start,
+            ));
+        }
+        if let Some(id) = id {
+            self.trails.record(Recorded {
+                id,
+                at: SystemTime::now() - start.elapsed(),
+                method,
+                path,
+                svc,
+                trail,
+                status: status.as_u16(),
+                elapsed: start.elapsed(),
+            });
+        }
         result
     }
+}
+
+/// A tapped call's line (the access log's fields).
+#[allow(clippy::too_many_arguments)]
+fn tap_line(
+    id: Option<&HeaderValue>,
+    method: &http::Method,
+    path: Option<&http::uri::PathAndQuery>,
+    caller: Option<&str>,
+    svc: &Service,
+    trail: &policy::Trail,
+    result: &Result<Response<RespBody>, MeshError>,
+    start: Instant,
+) -> TapLine {
+    let (status, error) = match result {
+        Ok(r) => (
+            r.status().as_u16(),
+            r.headers()
+                .get(MESH_ERROR)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+        ),
+        Err(e) => (e.status().as_u16(), Some(e.reason().to_string())),
+    };
+    let elapsed = start.elapsed();
+    TapLine {
+        time: access_log::timestamp(SystemTime::now() - elapsed),
+        request_id: id.and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+        trace_id: None,
+        proxy: String::new(),
+        caller: caller.map(str::to_string),
+        destination: svc.name.clone(),
+        endpoint: trail.endpoint.as_ref().map(|e| e.authority.to_string()),
+        method: method.to_string(),
+        path: path.map_or("/", |p| p.as_str()).to_string(),
+        status,
+        attempts: u32::try_from(trail.tries.iter().filter(|t| t.endpoint.is_some()).count())
+            .unwrap_or(u32::MAX),
+        duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+        x_mesh_error: error,
+        dropped: 0,
+    }
+}
+
+/// A sidecar's access-log line for a finished call.
+#[allow(clippy::too_many_arguments)]
+fn log_call(
+    log: &AccessLog,
+    arrived: SystemTime,
+    seen: &Seen,
+    caller: Option<&str>,
+    svc: &Service,
+    trail: &policy::Trail,
+    result: &Result<Response<RespBody>, MeshError>,
+    start: Instant,
+) {
+    let (status, bytes, error) = match result {
+        Ok(r) => (
+            r.status().as_u16(),
+            hyper::body::Body::size_hint(r.body()).exact(),
+            r.headers().get(MESH_ERROR).and_then(|v| v.to_str().ok()),
+        ),
+        Err(e) => (e.status().as_u16(), None, Some(e.reason())),
+    };
+    log.write(&Entry {
+        time: access_log::timestamp(arrived),
+        request_id: seen.request_id.as_deref().unwrap_or(""),
+        trace_id: seen.trace_id.as_deref(),
+        client: None,
+        caller,
+        method: &seen.method,
+        host: &seen.host,
+        path: &seen.path,
+        protocol: seen.protocol,
+        route: None,
+        rule: None,
+        upstream_service: Some(&svc.name),
+        upstream_endpoint: trail.endpoint.as_ref().map(|e| e.authority.to_string()),
+        status,
+        attempts: Some(trail.endpoint.as_ref().map_or(0, |_| 1 + trail.retries)),
+        bytes,
+        duration_ms: (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+        x_mesh_error: error,
+        user_agent: seen.user_agent.as_deref(),
+    });
+}
+
+/// The client span of a finished call: the service, the endpoint of its
+/// last try and whom it proved to be, retries, the breaker's state, the
+/// mesh error when there was one.
+fn client_span(
+    tracer: &Tracer,
+    started: trace::Started,
+    method: &http::Method,
+    svc: &Service,
+    trail: &policy::Trail,
+    result: &Result<Response<RespBody>, MeshError>,
+) {
+    let mut attrs = vec![
+        Attr::Str("http.request.method", method.to_string()),
+        Attr::Str("mesh.service", svc.name.clone()),
+        Attr::Int("mesh.retries", i64::from(trail.retries)),
+        Attr::Str(
+            "mesh.breaker",
+            svc.resilience.breaker.view().state.as_str().to_string(),
+        ),
+    ];
+    if let Some(ep) = &trail.endpoint {
+        attrs.push(Attr::Str("server.address", ep.authority.to_string()));
+        attrs.push(Attr::Str("mesh.endpoint", ep.id.clone()));
+        if let Some(peer) = ep.conns.peer() {
+            attrs.push(Attr::Str("mesh.peer.identity", peer.to_string()));
+        }
+    }
+    let status = match result {
+        Ok(r) => r.status(),
+        Err(e) => {
+            attrs.push(Attr::Str("mesh.error", e.reason().to_string()));
+            e.status()
+        }
+    };
+    if trail.fell_back {
+        attrs.push(Attr::Str("mesh.fallback", "true".into()));
+    }
+    tracer.finish(
+        started,
+        format!("{method} {}", svc.name),
+        status.as_u16(),
+        attrs,
+    );
 }
 
 struct HttpAttempt<'a> {

@@ -46,6 +46,8 @@ fn secure() -> Secure {
         shutdown,
         auth: Some(auth.clone()),
         proxies: Default::default(),
+        dashboard: Default::default(),
+        asks: Default::default(),
     };
     Secure {
         app: router(state),

@@ -222,6 +222,7 @@ impl World {
                 left: caller_left,
                 retries: None,
             },
+            &mut super::Trail::default(),
         )
         .await
     }
@@ -546,6 +547,7 @@ async fn mesh_mistakes_are_not_for_the_fallback() {
         &Bad,
         (),
         super::Caps::default(),
+        &mut super::Trail::default(),
     )
     .await
     .unwrap_err();

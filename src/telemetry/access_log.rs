@@ -2,8 +2,13 @@
 //! runtimes collect it; the proxy's own logs go to stderr), written by a
 //! thread of its own so a slow reader never blocks a request. Lines are
 //! queued up to [`QUEUE`]; past that they are dropped and counted
-//! (`mesh_gateway_access_log_dropped_total`), as Envoy's buffered file
-//! sink does, rather than slowing the edge down.
+//! (`mesh_access_log_dropped_total`), as Envoy's buffered file sink does,
+//! rather than slowing requests down.
+//!
+//! One format for both writers: the gateway (a line per edge request, with
+//! its route) and a sidecar's outbound side (a line per call to a mesh
+//! service, with `--access-log json` or the service's `accessLog: true`;
+//! those lines also carry `caller` and `attempts`).
 
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
@@ -21,7 +26,12 @@ pub struct Entry<'a> {
     pub time: String,
     pub request_id: &'a str,
     pub trace_id: Option<&'a str>,
-    pub client: String,
+    /// The client's address (gateway lines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The calling service (sidecar lines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller: Option<&'a str>,
     pub method: &'a str,
     pub host: &'a str,
     /// As the client sent it, query included.
@@ -32,6 +42,9 @@ pub struct Entry<'a> {
     pub upstream_service: Option<&'a str>,
     pub upstream_endpoint: Option<String>,
     pub status: u16,
+    /// Tries sent, the first and the retries (sidecar lines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
     /// The response's declared length (`null`: streamed without one).
     pub bytes: Option<u64>,
     /// To the response headers, in milliseconds.
@@ -40,6 +53,42 @@ pub struct Entry<'a> {
     /// for the header: a `mesh_` name in the docs is a metric's).
     pub x_mesh_error: Option<&'a str>,
     pub user_agent: Option<&'a str>,
+}
+
+/// What a log line shows of a request, taken before the request is
+/// changed and sent on.
+pub struct Seen {
+    pub method: String,
+    pub host: String,
+    pub path: String,
+    pub protocol: &'static str,
+    pub user_agent: Option<String>,
+    pub trace_id: Option<String>,
+    pub request_id: Option<String>,
+}
+
+impl Seen {
+    /// `req` as it arrived, for `host` (how the writer names it).
+    pub fn of<B>(req: &http::Request<B>, host: String) -> Seen {
+        let h = req.headers();
+        let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Seen {
+            method: req.method().to_string(),
+            host,
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |p| p.as_str().to_string()),
+            protocol: match req.version() {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
+            user_agent: text("user-agent"),
+            trace_id: text("traceparent").and_then(|v| v.get(3..35).map(str::to_owned)),
+            request_id: text("x-request-id"),
+        }
+    }
 }
 
 /// The log's sending side.
@@ -69,6 +118,39 @@ impl AccessLog {
                 self.dropped.inc();
             }
         }
+    }
+}
+
+/// A sidecar's access log: every call to a mesh service (`--access-log
+/// json`), or only those to services whose policy says `accessLog: true`.
+/// The writer thread starts on the first line.
+pub struct OutboundLog {
+    all: bool,
+    dropped: Counter,
+    log: std::sync::OnceLock<Option<AccessLog>>,
+}
+
+impl OutboundLog {
+    pub fn new(all: bool, dropped: Counter) -> OutboundLog {
+        OutboundLog {
+            all,
+            dropped,
+            log: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The log to write a call to a service with `policy_on` to, if any.
+    pub fn for_service(&self, policy_on: bool) -> Option<&AccessLog> {
+        if !(self.all || policy_on) {
+            return None;
+        }
+        self.log
+            .get_or_init(|| {
+                AccessLog::stdout(self.dropped.clone())
+                    .inspect_err(|e| tracing::warn!(error = %e, "cannot start the access log"))
+                    .ok()
+            })
+            .as_ref()
     }
 }
 
