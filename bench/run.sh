@@ -71,6 +71,10 @@ if [[ -n "$gw" && -z "$smoke" ]]; then
     cp "$out/RESULTS.md" "$here/GATEWAY.md"
     echo "wrote bench/GATEWAY.md"
 fi
+if [[ -n "$only" && -z "$smoke" ]]; then
+    cp "$out/RESULTS.md" "$here/INSTRUCTIONS.md"
+    echo "wrote bench/INSTRUCTIONS.md"
+fi
 if [[ -z "$smoke" && -z "$only" && -z "$gw" ]]; then
     cp "$out/RESULTS.md" "$out/latency.png" "$here/"
     echo "wrote bench/RESULTS.md and bench/latency.png"

@@ -15,6 +15,7 @@ Variants of mesh-proxy, each measured the same way:
 - `mesh-proxy-traced`: spans on (`--otlp-endpoint` to a sink in this
   process that takes every batch, `--trace-sample 1`: every request
   starts a recorded trace), the cost of tracing;
+- `mesh-proxy-sampled`: the same at the default `--trace-sample 0.01`;
 - `mesh-proxy-baseline`, only when BENCH_BASELINE_BIN_DIR names the
   release binaries of an earlier commit: the same proxy before a change
   (the rolling statistics, request ids and decision trails of issue 16 were
@@ -203,9 +204,13 @@ def run(out, smoke, log):
                "haproxy": measure(out, "haproxy", run_haproxy, n1, n2, reps, log)}
         sink = start_sink()
         try:
-            traced = ["--otlp-endpoint", f"http://127.0.0.1:{sink.server_address[1]}", "--trace-sample", "1"]
-            res["mesh-proxy-traced"] = measure(out, "mesh-proxy-traced", mesh_variant("traced", traced),
+            otlp = ["--otlp-endpoint", f"http://127.0.0.1:{sink.server_address[1]}"]
+            res["mesh-proxy-traced"] = measure(out, "mesh-proxy-traced",
+                                               mesh_variant("traced", [*otlp, "--trace-sample", "1"]),
                                                n1, n2, reps, log)
+            res["mesh-proxy-sampled"] = measure(out, "mesh-proxy-sampled",
+                                                mesh_variant("sampled", [*otlp, "--trace-sample", "0.01"]),
+                                                n1, n2, reps, log)
         finally:
             sink.shutdown()
         base = os.environ.get("BENCH_BASELINE_BIN_DIR")
@@ -219,7 +224,7 @@ def run(out, smoke, log):
     h = sum(r["per_request"] for r in res["haproxy"]) / reps
     res["mesh_over_haproxy"] = round(m / h, 2) if h > 0 else None
     log(f"  mesh-proxy ÷ haproxy: {res['mesh_over_haproxy']}")
-    for variant in ("mesh-proxy-traced", "mesh-proxy-baseline"):
+    for variant in ("mesh-proxy-traced", "mesh-proxy-sampled", "mesh-proxy-baseline"):
         if res.get(variant):
             v = sum(r["per_request"] for r in res[variant]) / reps
             res[f"{variant}_over_mesh"] = round(v / m, 3) if m > 0 else None

@@ -104,7 +104,7 @@ def two_hop_table(rows):
 def instructions_section(ins):
     out = ["| proxy | run | N1 | Ir(N1) | N2 | Ir(N2) | instructions per request | startup etc. (Ir(N1) − N1 × per request) |",
            "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in ("mesh-proxy", "haproxy", "mesh-proxy-traced", "mesh-proxy-baseline"):
+    for name in ("mesh-proxy", "haproxy", "mesh-proxy-traced", "mesh-proxy-sampled", "mesh-proxy-baseline"):
         for i, r in enumerate(ins.get(name, []), 1):
             out.append(f"| {name} | {i} | {r['n1']:,} | {r['ir1']:,} | {r['n2']:,} | {r['ir2']:,} | "
                        f"**{r['per_request']:,}** | {r['startup_ir']:,} |")
@@ -115,6 +115,10 @@ def instructions_section(ins):
     if t:
         out.append(f"- mesh-proxy-traced ÷ mesh-proxy: **{t:.3f}** (every request a recorded trace: "
                    "a client span exported over OTLP/HTTP to a sink that takes every batch)")
+    sm = ins.get("mesh-proxy-sampled_over_mesh")
+    if sm:
+        out.append(f"- mesh-proxy-sampled ÷ mesh-proxy: **{sm:.3f}** (the same exporter at the default "
+                   "`--trace-sample 0.01`)")
     b = ins.get("mesh-proxy-baseline_over_mesh")
     if b:
         out.append(f"- mesh-proxy-baseline ÷ mesh-proxy: **{b:.3f}** (the binaries in "
@@ -268,7 +272,7 @@ def checks(res):
             bad.append(f"mesh-proxy-2hop: {sent} requests answered, only {seen} through the server sidecar's inbound listener")
     ins = res.get("instructions")
     if ins:
-        for name in ("mesh-proxy", "haproxy", "mesh-proxy-traced"):
+        for name in ("mesh-proxy", "haproxy", "mesh-proxy-traced", "mesh-proxy-sampled"):
             for r in ins.get(name, []):
                 if not (r["ir2"] > r["ir1"] > 0) or not (1000 <= r["per_request"] <= 10_000_000):
                     bad.append(f"instructions {name}: impossible figures {r}")

@@ -205,19 +205,30 @@ pub fn append_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &str) {
     }
 }
 
-/// The client's `x-request-id` when it is a sane token (1 to 128
-/// characters of letters, digits and `-._:+/=`), else a new UUIDv4: an
-/// id is echoed into logs and headers, so nothing else is kept.
+/// The bytes a kept `x-request-id` may hold: letters, digits, `-._:+/=`.
+const ID_BYTE: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b':' | b'+' | b'/' | b'=');
+        i += 1;
+    }
+    t
+};
+
+/// A sane request id: 1 to 128 of [`ID_BYTE`]s (it is echoed into logs
+/// and headers, so nothing else is kept).
+fn sane_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (1..=128).contains(&b.len()) && b.iter().all(|&c| ID_BYTE[usize::from(c)])
+}
+
+/// The client's `x-request-id` when it is sane, else a new UUIDv4.
 pub fn request_id(h: &HeaderMap) -> HeaderValue {
-    let kept = h.get(&X_REQUEST_ID).filter(|v| {
-        let b = v.as_bytes();
-        (1..=128).contains(&b.len())
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-._:+/=".contains(c))
-    });
-    match kept {
-        Some(v) => v.clone(),
-        None => new_request_id(),
+    match h.get(&X_REQUEST_ID) {
+        Some(v) if sane_id(v) => v.clone(),
+        _ => new_request_id(),
     }
 }
 
@@ -225,12 +236,17 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
 /// runs on every request that arrives without an id).
 fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    /// Where each of the 32 hex digits goes (the rest are dashes).
+    const AT: [usize; 32] = [
+        0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27,
+        28, 29, 30, 31, 32, 33, 34, 35,
+    ];
     let r = fastrand::u128(..);
     // RFC 9562 version 4, variant 10.
     let r = (r & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
     let mut buf = *b"00000000-0000-0000-0000-000000000000";
-    for (nibble, b) in buf.iter_mut().filter(|b| **b != b'-').enumerate() {
-        *b = HEX[((r >> (124 - 4 * nibble)) & 0xf) as usize];
+    for (nibble, &at) in AT.iter().enumerate() {
+        buf[at] = HEX[((r >> (124 - 4 * nibble)) & 0xf) as usize];
     }
     // Hex digits and dashes are always a valid header value.
     HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
@@ -239,10 +255,11 @@ fn new_request_id() -> HeaderValue {
 /// Keeps the request's sane `x-request-id` or gives it a new one; returns
 /// it (mesh-made answers carry it back, `mesh-ctl explain` takes it).
 pub fn ensure_request_id(h: &mut HeaderMap) -> HeaderValue {
-    let id = request_id(h);
-    if h.get(&X_REQUEST_ID) != Some(&id) {
-        h.insert(X_REQUEST_ID, id.clone());
+    if let Some(v) = h.get(&X_REQUEST_ID).filter(|v| sane_id(v)) {
+        return v.clone();
     }
+    let id = new_request_id();
+    h.insert(X_REQUEST_ID, id.clone());
     id
 }
 

@@ -128,12 +128,9 @@ impl Services<'_> {
             Ok(resp) => resp.status(),
             Err(e) => e.status(),
         };
-        svc.metrics.record(
-            status.as_u16(),
-            start.elapsed(),
-            trail.failed,
-            trail.fell_back,
-        );
+        let elapsed = start.elapsed();
+        svc.metrics
+            .record(status.as_u16(), elapsed, trail.failed, trail.fell_back);
         if let Some((tracer, started, method)) = span {
             client_span(tracer, started, &method, &svc, &trail, &result);
         }
@@ -156,13 +153,13 @@ impl Services<'_> {
         if let Some(id) = id {
             self.trails.record(Recorded {
                 id,
-                at: SystemTime::now() - start.elapsed(),
+                ended: SystemTime::now(),
                 method,
                 path,
                 svc,
                 trail,
                 status: status.as_u16(),
-                elapsed: start.elapsed(),
+                elapsed,
             });
         }
         result

@@ -29,7 +29,9 @@ pub use crate::model::stats::TRAILS_KEPT as KEPT;
 /// One finished call.
 pub struct Recorded {
     pub id: HeaderValue,
-    pub at: SystemTime,
+    /// When it ended (its start is `ended - elapsed`, worked out only
+    /// when asked).
+    pub ended: SystemTime,
     pub method: Method,
     pub path: Option<http::uri::PathAndQuery>,
     pub svc: Arc<Service>,
@@ -68,7 +70,7 @@ fn words(r: &Recorded, proxy: &str, caller: Option<&str>) -> DecisionTrail {
     let t = &r.trail;
     DecisionTrail {
         request_id: r.id.to_str().unwrap_or_default().to_string(),
-        at: crate::telemetry::access_log::timestamp(r.at),
+        at: crate::telemetry::access_log::timestamp(r.ended - r.elapsed),
         proxy: proxy.to_string(),
         caller: caller.map(str::to_string),
         service: r.svc.name.clone(),
