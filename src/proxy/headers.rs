@@ -211,7 +211,8 @@ const ID_BYTE: [bool; 256] = {
     let mut i = 0;
     while i < 256 {
         let c = i as u8;
-        t[i] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b':' | b'+' | b'/' | b'=');
+        t[i] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b':' | b'+' | b'/' | b'=');
         i += 1;
     }
     t
@@ -238,8 +239,8 @@ fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     /// Where each of the 32 hex digits goes (the rest are dashes).
     const AT: [usize; 32] = [
-        0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27,
-        28, 29, 30, 31, 32, 33, 34, 35,
+        0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28,
+        29, 30, 31, 32, 33, 34, 35,
     ];
     let r = fastrand::u128(..);
     // RFC 9562 version 4, variant 10.
