@@ -478,15 +478,25 @@ fn check_says_ok_then_fails_without_the_control_plane() {
     let mut lo = Loopback::start("check");
     let app = lo.app("hello-1", &Fault::default());
     lo.register_addr("hello", app.addr);
-    let client = lo.sidecar("web", &[]);
+    lo.apply("kind: Config\napplication: hello\ndata: { greeting: hi }\n");
+    let dir = lo.dir().join("web-config");
+    let client = lo.sidecar(
+        "web",
+        &["--config", "hello", "--config-dir", dir.to_str().unwrap()],
+    );
     client.wait_ready_endpoints("hello", 1);
-    let out = lo.ctl(&["check"]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{text}\n{out:?}");
+    // The sidecar reports what it delivered: poll until check sees it.
+    let text = wait_for("check to see the delivery", secs(10), || {
+        let out = lo.ctl(&["check"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}\n{out:?}");
+        text.contains("[ok]   config: 1 deliveries").then_some(text)
+    });
     for line in [
         "[ok]   control plane",
         "[ok]   proxies: 1 connected",
         "[ok]   self-preservation: off",
+        "[ok]   config: 1 deliveries, every one on its latest version",
     ] {
         assert!(text.contains(line), "{line} in:\n{text}");
     }

@@ -143,6 +143,64 @@ pub enum Level {
 /// Trust roots this close to expiry are a warning.
 const ROOT_WARN_SECS: i64 = 30 * 24 * 3600;
 
+/// Config drift: every proxy delivering a config is on its latest version.
+async fn config_drift(client: &ControlClient, list: &mesh::model::proxies::ProxyList) -> Check {
+    let line = |status, detail: String| Check {
+        check: "config".to_string(),
+        status,
+        detail,
+    };
+    let latest = match client.configs().await {
+        Ok(l) => l,
+        Err(e) => return line(Level::Warn, e.to_string()),
+    };
+    let mut behind = Vec::new();
+    let mut delivering = 0;
+    for p in &list.proxies {
+        for d in &p.configs {
+            delivering += 1;
+            let want = latest
+                .iter()
+                .find(|m| m.application == d.application && m.profile == d.profile)
+                .map(|m| m.version);
+            let stale = match (d.version, want) {
+                (_, None) => false,
+                (Some(have), Some(want)) => have < want,
+                (None, Some(_)) => true,
+            };
+            if stale || d.error.is_some() {
+                behind.push(format!(
+                    "{} {}/{} at v{}{}",
+                    p.watcher.proxy,
+                    d.application,
+                    d.profile,
+                    d.version.map_or("-".to_string(), |v| v.to_string()),
+                    d.error
+                        .as_ref()
+                        .map_or(String::new(), |e| format!(" ({e})"))
+                ));
+            }
+        }
+    }
+    match (delivering, behind.is_empty()) {
+        (0, _) => line(
+            Level::Ok,
+            format!(
+                "{} configs, none delivered by a connected proxy",
+                latest.len()
+            ),
+        ),
+        (n, true) => line(
+            Level::Ok,
+            format!("{n} deliveries, every one on its latest version"),
+        ),
+        (_, false) => line(
+            Level::Warn,
+            format!("not on the latest version: {}", behind.join(", ")),
+        ),
+    }
+}
+
 /// `mesh-ctl check`: exit 1 when any line fails.
 pub async fn check(client: &ControlClient, format: Output) -> Result<(), CtlError> {
     let lines = checks(client).await;
@@ -203,7 +261,11 @@ async fn checks(client: &ControlClient) -> Vec<Check> {
         ),
         false => line("self-preservation", Level::Ok, "off".into()),
     });
-    match client.proxies(None, None).await {
+    let proxies = client.proxies(None, None).await;
+    if let Ok(list) = &proxies {
+        out.push(config_drift(client, list).await);
+    }
+    match proxies {
         Ok(list) => {
             let behind: Vec<String> = list
                 .proxies

@@ -149,10 +149,14 @@ fn is_zero(n: &u64) -> bool {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Percentiles {
+    pub min: f64,
+    pub p25: f64,
     pub p50: f64,
+    pub p75: f64,
     pub p90: f64,
     pub p95: f64,
     pub p99: f64,
+    pub p995: f64,
     pub max: f64,
     pub mean: f64,
 }

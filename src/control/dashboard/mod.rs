@@ -164,10 +164,14 @@ fn worse(a: BreakerState, b: BreakerState) -> BreakerState {
 
 fn percentiles(c: &Counts) -> Percentiles {
     Percentiles {
+        min: c.quantile_ms(0.0),
+        p25: c.quantile_ms(0.25),
         p50: c.quantile_ms(0.5),
+        p75: c.quantile_ms(0.75),
         p90: c.quantile_ms(0.9),
         p95: c.quantile_ms(0.95),
         p99: c.quantile_ms(0.99),
+        p995: c.quantile_ms(0.995),
         max: c.quantile_ms(1.0),
         mean: c.mean_ms(),
     }
@@ -286,11 +290,11 @@ pub fn events(d: &Dashboard, now_ms: u64) -> Vec<Value> {
 }
 
 fn latency_map(p: &Percentiles) -> Value {
-    // Hystrix's keys; 0 and 25/75 from what the percentiles give.
+    // Hystrix's keys, in whole milliseconds as Hystrix sends them.
     json!({
-        "0": 0, "25": p.p50.min(p.mean).round(), "50": p.p50.round(),
-        "75": ((p.p50 + p.p90) / 2.0).round(), "90": p.p90.round(), "95": p.p95.round(),
-        "99": p.p99.round(), "99.5": ((p.p99 + p.max) / 2.0).round(), "100": p.max.round(),
+        "0": p.min.round(), "25": p.p25.round(), "50": p.p50.round(),
+        "75": p.p75.round(), "90": p.p90.round(), "95": p.p95.round(),
+        "99": p.p99.round(), "99.5": p.p995.round(), "100": p.max.round(),
     })
 }
 
