@@ -251,9 +251,10 @@ mod tests {
         assert_eq!(asks.asked().explain, ["r-1"]);
         // Trails of other ids are not kept.
         asks.answer(vec![trail("r-2", "a")]);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Pushes a second apart, on the paused clock.
+        tokio::time::advance(Duration::from_millis(300)).await;
         asks.answer(vec![trail("r-1", "a")]);
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        tokio::time::advance(Duration::from_millis(700)).await;
         asks.answer(vec![trail("r-1", "b"), trail("r-1", "b")]);
         let started = Instant::now();
         let got = waiting.await.unwrap().unwrap();
@@ -283,8 +284,13 @@ mod tests {
                     .await
             }));
         }
-        // Let every asker register (the clock is paused: this is no wait).
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Let every asker register: bounded rounds of the scheduler.
+        for _ in 0..10 * MAX_OPEN {
+            if asks.asked().explain.len() == MAX_OPEN {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
         assert_eq!(asks.asked().explain.len(), MAX_OPEN);
         assert_eq!(
             asks.explain("one-more", Duration::from_secs(1)).await,

@@ -80,8 +80,7 @@ impl Services<'_> {
         let (method, path) = (req.method().clone(), req.uri().path_and_query().cloned());
         let span = self
             .trace
-            .and_then(|(t, fresh)| Some((t, t.begin(req.headers_mut(), fresh, Kind::Client)?)))
-            .map(|(t, s)| (t, s, req.method().clone()));
+            .and_then(|(t, fresh)| Some((t, t.begin(req.headers_mut(), fresh, Kind::Client)?)));
         let log = self
             .access_log
             .and_then(|l| l.for_service(policy.access_log))
@@ -131,7 +130,7 @@ impl Services<'_> {
         let elapsed = start.elapsed();
         svc.metrics
             .record(status.as_u16(), elapsed, trail.failed, trail.fell_back);
-        if let Some((tracer, started, method)) = span {
+        if let Some((tracer, started)) = span {
             client_span(tracer, started, &method, &svc, &trail, &result);
         }
         if let Some((log, arrived, seen)) = log {
@@ -166,6 +165,18 @@ impl Services<'_> {
     }
 }
 
+/// What a call's caller got: the status, and the `x-mesh-error` reason
+/// when the mesh made the answer (here, or a peer proxy).
+fn answered(result: &Result<Response<RespBody>, MeshError>) -> (u16, Option<&str>) {
+    match result {
+        Ok(r) => (
+            r.status().as_u16(),
+            r.headers().get(MESH_ERROR).and_then(|v| v.to_str().ok()),
+        ),
+        Err(e) => (e.status().as_u16(), Some(e.reason())),
+    }
+}
+
 /// A tapped call's line (the access log's fields).
 #[allow(clippy::too_many_arguments)]
 fn tap_line(
@@ -178,16 +189,7 @@ fn tap_line(
     result: &Result<Response<RespBody>, MeshError>,
     start: Instant,
 ) -> TapLine {
-    let (status, error) = match result {
-        Ok(r) => (
-            r.status().as_u16(),
-            r.headers()
-                .get(MESH_ERROR)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
-        ),
-        Err(e) => (e.status().as_u16(), Some(e.reason().to_string())),
-    };
+    let (status, error) = answered(result);
     let elapsed = start.elapsed();
     TapLine {
         time: access_log::timestamp(SystemTime::now() - elapsed),
@@ -203,7 +205,7 @@ fn tap_line(
         attempts: u32::try_from(trail.tries.iter().filter(|t| t.endpoint.is_some()).count())
             .unwrap_or(u32::MAX),
         duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-        x_mesh_error: error,
+        x_mesh_error: error.map(str::to_string),
         dropped: 0,
     }
 }
@@ -220,14 +222,11 @@ fn log_call(
     result: &Result<Response<RespBody>, MeshError>,
     start: Instant,
 ) {
-    let (status, bytes, error) = match result {
-        Ok(r) => (
-            r.status().as_u16(),
-            hyper::body::Body::size_hint(r.body()).exact(),
-            r.headers().get(MESH_ERROR).and_then(|v| v.to_str().ok()),
-        ),
-        Err(e) => (e.status().as_u16(), None, Some(e.reason())),
-    };
+    let (status, error) = answered(result);
+    let bytes = result
+        .as_ref()
+        .ok()
+        .and_then(|r| hyper::body::Body::size_hint(r.body()).exact());
     log.write(&Entry {
         time: access_log::timestamp(arrived),
         request_id: seen.request_id.as_deref().unwrap_or(""),
@@ -278,22 +277,14 @@ fn client_span(
             attrs.push(Attr::Str("mesh.peer.identity", peer.to_string()));
         }
     }
-    let status = match result {
-        Ok(r) => r.status(),
-        Err(e) => {
-            attrs.push(Attr::Str("mesh.error", e.reason().to_string()));
-            e.status()
-        }
-    };
+    let (status, error) = answered(result);
+    if let Some(reason) = error {
+        attrs.push(Attr::Str("mesh.error", reason.to_string()));
+    }
     if trail.fell_back {
         attrs.push(Attr::Str("mesh.fallback", "true".into()));
     }
-    tracer.finish(
-        started,
-        format!("{method} {}", svc.name),
-        status.as_u16(),
-        attrs,
-    );
+    tracer.finish(started, format!("{method} {}", svc.name), status, attrs);
 }
 
 struct HttpAttempt<'a> {
