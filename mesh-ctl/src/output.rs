@@ -238,7 +238,7 @@ pub fn status_table(url: &str, s: &ControlStatus) -> String {
     } else {
         "off"
     };
-    let rows = [
+    let mut rows = vec![
         ("control", url.to_string()),
         ("revision", s.revision.to_string()),
         ("services", s.services.to_string()),
@@ -246,6 +246,31 @@ pub fn status_table(url: &str, s: &ControlStatus) -> String {
         ("policies", s.policies.to_string()),
         ("self-preservation", preservation.to_string()),
     ];
+    if !s.store.is_empty() {
+        rows.push(("store", s.store.clone()));
+    }
+    if let Some(ha) = &s.ha {
+        let reach = if ha.store_reachable {
+            "reachable"
+        } else {
+            "UNREACHABLE"
+        };
+        rows.push(("store revision", s.store_revision.to_string()));
+        rows.push(("etcd", format!("{} ({reach})", ha.endpoints.join(","))));
+        rows.push(("replica", ha.replica.clone()));
+        rows.push((
+            "leader",
+            ha.leader.clone().unwrap_or_else(|| "none elected".into()),
+        ));
+        for r in &ha.replicas {
+            let lead = if ha.leader.as_deref() == Some(r.id.as_str()) {
+                "  (leader)"
+            } else {
+                ""
+            };
+            rows.push(("replicas", format!("{}  {}{lead}", r.id, r.url)));
+        }
+    }
     let rows: Vec<Vec<String>> = rows.into_iter().map(|(k, v)| vec![k.into(), v]).collect();
     align(&rows)
 }

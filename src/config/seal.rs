@@ -48,7 +48,13 @@ impl Sealer {
     /// Reads `<dir>/config.key`, creating it (32 random bytes, 0600) the
     /// first time.
     pub fn open_or_create(dir: &Path) -> Result<Sealer, SealError> {
-        let path = dir.join(KEY_FILE);
+        Sealer::open_or_create_file(&dir.join(KEY_FILE))
+    }
+
+    /// Reads the key at `path`, creating it the first time (`--seal-key`:
+    /// with `--store etcd` every replica is given the same file).
+    pub fn open_or_create_file(path: &Path) -> Result<Sealer, SealError> {
+        let path = path.to_path_buf();
         let bad = |reason: String| SealError::Key {
             path: path.clone(),
             reason,

@@ -6,7 +6,7 @@
 //! of tokio, hyper, rustls and aws-lc instead of two).
 
 use crate::control::vip::VipCidr;
-use crate::control::{run, ControlConfig, IdentityConfig};
+use crate::control::{run, ControlConfig, IdentityConfig, StoreChoice};
 use crate::model::parse_duration;
 use crate::telemetry::LogFormat;
 use clap::Parser;
@@ -70,6 +70,28 @@ struct Args {
     /// `json` (one object per line).
     #[arg(long, env = "MESH_LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
+    /// Where the registry rests: `embedded` (one redb file, one
+    /// mesh-control) or `etcd` (replicas sharing an etcd cluster).
+    #[arg(long, env = "MESH_STORE", value_enum, default_value_t)]
+    store: StoreKind,
+    /// With `--store etcd`: the etcd members' URLs, comma separated.
+    #[arg(long, env = "MESH_ETCD_ENDPOINTS", value_delimiter = ',')]
+    etcd_endpoints: Vec<String>,
+    /// With `--store etcd`: the 32-byte key file that seals secrets and the
+    /// CA's files in etcd; the same file on every replica (made if absent).
+    #[arg(long, env = "MESH_SEAL_KEY")]
+    seal_key: Option<PathBuf>,
+    /// With `--store etcd`: this replica's name (default: host name and
+    /// listen port).
+    #[arg(long, env = "MESH_REPLICA_ID")]
+    replica_id: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum StoreKind {
+    #[default]
+    Embedded,
+    Etcd,
 }
 
 /// The program's `main`: flags from the command line and environment.
@@ -90,6 +112,13 @@ pub fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> ExitCode {
+    let store = match store_choice(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mesh-control: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let config = ControlConfig {
         listen: args.listen,
         data_dir: args.data_dir,
@@ -113,6 +142,7 @@ async fn serve(args: Args) -> ExitCode {
                 server_names: names,
             }
         }),
+        store,
         ..ControlConfig::default()
     };
     match run(config, shutdown_signal()).await {
@@ -120,6 +150,40 @@ async fn serve(args: Args) -> ExitCode {
         Err(e) => {
             tracing::error!("{e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--store` and the flags that go with it, checked together.
+fn store_choice(args: &Args) -> Result<StoreChoice, String> {
+    match args.store {
+        StoreKind::Embedded => Ok(StoreChoice::Embedded),
+        StoreKind::Etcd => {
+            if args.etcd_endpoints.is_empty() {
+                return Err("--store etcd needs --etcd-endpoints URL[,URL...]".into());
+            }
+            let Some(seal_key) = args.seal_key.clone() else {
+                return Err(
+                    "--store etcd needs --seal-key FILE (the same key file on every replica)"
+                        .into(),
+                );
+            };
+            let host = nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "mesh-control".into());
+            let replica = args
+                .replica_id
+                .clone()
+                .unwrap_or_else(|| format!("{host}-{}", args.listen.port()));
+            let scheme = if args.identity { "https" } else { "http" };
+            let url = format!("{scheme}://{}", args.listen);
+            Ok(StoreChoice::Etcd {
+                endpoints: args.etcd_endpoints.clone(),
+                seal_key,
+                replica,
+                url,
+            })
         }
     }
 }

@@ -15,7 +15,7 @@ pub mod listener; // TCP or TLS listener, handshakes off the accept path
 pub mod metrics; //  Prometheus metrics
 pub mod proxies; //  the proxies watching, and the revision each has applied
 pub mod registry; // services, instances, leases, revision, change fan-out
-pub mod store; //    redb persistence
+pub mod store; //    the store seam: redb (default) or etcd
 pub mod vip; //      VIP allocation from --vip-cidr
 pub mod watch; //    the NDJSON watch stream
 
@@ -62,6 +62,25 @@ pub struct ControlConfig {
     /// `--identity on` (the binary's default): the CA, TLS and
     /// authentication. `None`: plaintext, nothing checked.
     pub identity: Option<IdentityConfig>,
+    /// Where the registry rests (`--store`).
+    pub store: StoreChoice,
+}
+
+/// `--store`: the embedded file, or etcd shared by replicas.
+#[derive(Clone, Debug, Default)]
+pub enum StoreChoice {
+    #[default]
+    Embedded,
+    Etcd {
+        /// `--etcd-endpoints`.
+        endpoints: Vec<String>,
+        /// `--seal-key`: the same 32-byte key file on every replica.
+        seal_key: PathBuf,
+        /// `--replica-id`: this replica's name among the others.
+        replica: String,
+        /// How this replica is reached, for `mesh-ctl status`.
+        url: String,
+    },
 }
 
 impl Default for ControlConfig {
@@ -76,6 +95,7 @@ impl Default for ControlConfig {
             keepalive_interval: Duration::from_secs(5),
             change_log_capacity: 4096,
             identity: None,
+            store: StoreChoice::Embedded,
         }
     }
 }
@@ -133,15 +153,60 @@ impl ControlServer {
         };
         let (data_dir, cidr) = (config.data_dir.clone(), config.vip_cidr);
         let identity = config.identity.clone();
+        let etcd = match &config.store {
+            StoreChoice::Embedded => None,
+            StoreChoice::Etcd {
+                endpoints,
+                seal_key,
+                replica,
+                url,
+            } => {
+                let store = store::etcd::EtcdStore::connect(
+                    endpoints.clone(),
+                    replica.clone(),
+                    url.clone(),
+                )
+                .await?;
+                Some((store, seal_key.clone()))
+            }
+        };
         // Opening redb reads and may repair the file, and the CA makes keys
-        // on first start: keep both off the runtime threads.
+        // on first start: keep both off the runtime threads (etcd calls
+        // block on them too).
         let (registry, auth) = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&data_dir)?;
-            let registry = Registry::open(store, cidr, settings)?;
-            let auth = match &identity {
-                Some(cfg) => Some(Auth::open(cfg, &data_dir).map_err(ControlError::Identity)?),
-                None => None,
+            let open_auth = |cfg: &IdentityConfig| Auth::open(cfg, &data_dir);
+            let (store, auth) = match etcd {
+                None => {
+                    let store = Store::open(&data_dir)?;
+                    let auth = match &identity {
+                        Some(cfg) => Some(open_auth(cfg).map_err(ControlError::Identity)?),
+                        None => None,
+                    };
+                    (store, auth)
+                }
+                Some((etcd, seal_key)) => {
+                    std::fs::create_dir_all(&data_dir).map_err(|source| {
+                        store::StoreError::DataDir {
+                            path: data_dir.clone(),
+                            source,
+                        }
+                    })?;
+                    let sealer = crate::config::seal::Sealer::open_or_create_file(&seal_key)
+                        .map_err(store::StoreError::from)?;
+                    etcd.check_seal(&sealer)?;
+                    // The CA's files are the cluster's: one CA for every replica.
+                    let auth = match &identity {
+                        Some(cfg) => Some(etcd.share_identity(
+                            &data_dir.join("identity"),
+                            &sealer,
+                            || open_auth(cfg),
+                        )?),
+                        None => None,
+                    };
+                    (Store::etcd(etcd, sealer), auth)
+                }
             };
+            let registry = Registry::open(store, cidr, settings)?;
             if let Some(a) = &auth {
                 registry.set_bundle(a.ca.bundle());
             }
@@ -195,6 +260,10 @@ impl ControlServer {
         if let Some(auth) = &self.auth {
             tokio::spawn(refresh_own_cert(auth.clone(), stop_rx.clone()));
         }
+        if let Some(etcd) = self.registry.store().shared() {
+            tokio::spawn(etcd.clone().follow(self.registry.clone(), stop_rx.clone()));
+            tokio::spawn(etcd.clone().lead(self.registry.clone(), stop_rx.clone()));
+        }
         let sweeper = tokio::spawn(sweep_loop(
             self.registry.clone(),
             self.metrics.clone(),
@@ -204,7 +273,8 @@ impl ControlServer {
         let revision = self.registry.revision();
         let tls = self.auth.as_ref().map(|a| a.tls.clone());
         let scheme = if tls.is_some() { "https" } else { "http" };
-        tracing::info!(listen = %self.local_addr, scheme, revision, data_dir = %self.config.data_dir.display(), "mesh-control serving");
+        let store = self.registry.store().kind();
+        tracing::info!(listen = %self.local_addr, scheme, revision, store, data_dir = %self.config.data_dir.display(), "mesh-control serving");
         if let Some(a) = &self.auth {
             let dir = self.config.data_dir.join("identity");
             tracing::info!(trust_domain = %a.ca.trust_domain(), bundle = %dir.join("bundle.pem").display(), admin_token = %dir.join("admin.token").display(), "identity on: proxies need the bundle and a bootstrap token (mesh-ctl token create)");

@@ -239,7 +239,7 @@ pub struct ServiceSummary {
 }
 
 /// `GET /v1/status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlStatus {
     pub revision: u64,
     pub services: usize,
@@ -250,6 +250,17 @@ pub struct ControlStatus {
     /// True while evictions are suspended because too many leases expired
     /// at once (the Eureka rule).
     pub self_preservation: bool,
+    /// `embedded` or `etcd`.
+    #[serde(default)]
+    pub store: String,
+    /// The store's own revision (etcd: counts heartbeat flushes, which
+    /// watchers never see, so it may run ahead of `revision`).
+    #[serde(default)]
+    pub store_revision: u64,
+    /// `--store etcd`: the replicas, the leader, and whether this replica
+    /// reaches etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<crate::control::store::etcd::HaStatus>,
 }
 
 /// The JSON body of every 4xx/5xx the control plane returns.

@@ -124,6 +124,7 @@ fn json_and_yaml_round_trip() {
         instances: 2,
         policies: 3,
         self_preservation: true,
+        ..ControlStatus::default()
     };
     let json = render(Output::Json, &status, |_| unreachable!()).unwrap();
     assert_eq!(

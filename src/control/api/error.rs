@@ -84,6 +84,8 @@ impl ApiFailure {
     }
 }
 
+use crate::control::store::StoreError;
+
 impl From<RegistryError> for ApiFailure {
     fn from(e: RegistryError) -> Self {
         match e {
@@ -92,6 +94,10 @@ impl From<RegistryError> for ApiFailure {
             | RegistryError::UnknownRoute(_)
             | RegistryError::UnknownConfig(_) => ApiFailure::NotFound(e.to_string()),
             RegistryError::VipExhausted(_) => ApiFailure::Unavailable(e.to_string()),
+            // A replica cut off from etcd (or behind it) answers 503, so
+            // clients try another replica.
+            RegistryError::Store(StoreError::Etcd { .. } | StoreError::Lagging { .. })
+            | RegistryError::Contended(_) => ApiFailure::Unavailable(e.to_string()),
             RegistryError::Store(_) => ApiFailure::Internal(e.to_string()),
         }
     }

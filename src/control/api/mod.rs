@@ -151,6 +151,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/snapshot", get(snapshot))
         .route("/v1/status", get(status))
+        .route("/ready", get(ready))
+        .route("/live", get(|| async { "live\n" }))
         .route("/v1/watch", get(watch))
         .route("/v1/proxies", get(proxies::list))
         .route("/v1/proxies/{proxy}/applied", put(proxies::applied))
@@ -350,7 +352,25 @@ async fn status(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<ControlStatus>> {
     caller.reader()?;
-    Ok(Json(st.registry.status()))
+    let mut status = st.registry.status();
+    if let Some(etcd) = st.registry.store().shared() {
+        status.ha = Some(etcd.ha_status().await);
+    }
+    Ok(Json(status))
+}
+
+/// `/ready`: 200 while this replica can serve what it is asked, 503 while
+/// its store is out of reach (etcd lost: its view may be stale, and writes
+/// would fail). Open to anyone, like a probe.
+async fn ready(State(st): State<AppState>) -> Response {
+    match st.registry.store().shared() {
+        Some(etcd) if !etcd.reachable() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: etcd is out of reach\n",
+        )
+            .into_response(),
+        _ => "ready\n".into_response(),
+    }
 }
 
 async fn watch(

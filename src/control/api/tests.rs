@@ -122,7 +122,7 @@ async fn register_then_visible() {
     let (_, st) = api.call(Method::GET, "/v1/status", Body::empty()).await;
     assert_eq!(
         st,
-        json!({"revision": 1, "services": 1, "instances": 1, "policies": 0, "self_preservation": false})
+        json!({"revision": 1, "services": 1, "instances": 1, "policies": 0, "self_preservation": false, "store": "embedded", "store_revision": 1})
     );
 }
 

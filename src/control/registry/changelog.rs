@@ -13,31 +13,45 @@ pub struct Change {
     pub line: Bytes,
 }
 
-/// Ring buffer of the most recent changes. Revisions in it are contiguous
-/// because every change bumps the global revision by exactly one.
+/// Ring buffer of the most recent changes. Revisions increase but need not
+/// be contiguous (etcd's revision also counts writes watchers never see),
+/// so the log remembers its `floor`: it holds every change after it.
 #[derive(Debug)]
 pub struct ChangeLog {
     /// Oldest first.
     entries: VecDeque<Change>,
     /// Bounded so memory stays flat however long the daemon runs.
     capacity: usize,
+    /// Every change after this revision is in `entries`: the revision the
+    /// registry was loaded at, then that of the last change dropped.
+    floor: u64,
 }
 
 // === impl ChangeLog ===
 
 impl ChangeLog {
-    pub fn new(capacity: usize) -> Self {
+    /// An empty log for a registry loaded at revision `floor`.
+    pub fn new(capacity: usize, floor: u64) -> Self {
         ChangeLog {
             entries: VecDeque::with_capacity(capacity.min(4096)),
             capacity: capacity.max(1),
+            floor,
         }
     }
 
     pub fn push(&mut self, change: Change) {
         if self.entries.len() == self.capacity {
-            self.entries.pop_front();
+            if let Some(old) = self.entries.pop_front() {
+                self.floor = old.revision;
+            }
         }
         self.entries.push_back(change);
+    }
+
+    /// Forgets everything: the view was reloaded whole at `floor`.
+    pub fn reset(&mut self, floor: u64) {
+        self.entries.clear();
+        self.floor = floor;
     }
 
     /// The changes after `since`, or `None` when the log no longer reaches
@@ -47,11 +61,7 @@ impl ChangeLog {
         if since == current {
             return Some(Vec::new());
         }
-        if since > current {
-            return None;
-        }
-        let oldest = self.entries.front()?.revision;
-        if oldest > since + 1 {
+        if since > current || since < self.floor {
             return None;
         }
         Some(
@@ -77,7 +87,7 @@ mod tests {
 
     #[test]
     fn answers_only_what_it_still_holds() {
-        let mut log = ChangeLog::new(3);
+        let mut log = ChangeLog::new(3, 0);
         for rev in 1..=5 {
             log.push(change(rev));
         }
@@ -95,9 +105,20 @@ mod tests {
             "a watcher ahead of us needs a snapshot"
         );
         assert_eq!(
-            ChangeLog::new(3).since(2, 7),
+            ChangeLog::new(3, 7).since(2, 7),
             None,
             "empty log after a restart"
         );
+        // etcd: gaps between revisions (heartbeat flushes) are fine.
+        let mut log = ChangeLog::new(2, 10);
+        for rev in [12, 15, 19] {
+            log.push(change(rev));
+        }
+        assert_eq!(log.since(15, 19), Some(vec![Bytes::from("19\n")]));
+        assert_eq!(
+            log.since(13, 19),
+            Some(vec![Bytes::from("15\n"), "19\n".into()])
+        );
+        assert_eq!(log.since(11, 19), None, "12 was dropped");
     }
 }

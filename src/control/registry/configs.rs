@@ -10,10 +10,9 @@
 //! seals secret values on the way in (`Store::seal`) and opens them only
 //! for a caller allowed to see them (`Store::unseal`).
 
-use super::{Registry, RegistryError, State};
+use super::{Registry, RegistryError, MAX_PLANS};
 use crate::control::store::{StoredConfig, Write};
 use crate::model::config::{ConfigApplied, ConfigDocument, ConfigHead, ConfigMeta, ConfigVersion};
-use crate::model::WatchEvent;
 use std::time::SystemTime;
 
 /// Who applied a change and why: what a version records.
@@ -79,47 +78,46 @@ impl Registry {
         let _w = self.writer();
         let key = (doc.application.clone(), doc.profile.clone());
         let hash = self.store.content_hash(&doc);
-        let (revision, version) = {
-            let st = self.state();
-            let latest = st.configs.get(&key);
-            if let Some(l) = latest.filter(|l| l.meta.hash == hash) {
-                return Ok(applied(l, st.revision, false));
+        // On etcd two replicas may make the same version number at once:
+        // the store takes the first (create-if-absent), the other plans
+        // again on top of it.
+        for _ in 0..MAX_PLANS {
+            let (next, version) = {
+                let st = self.state();
+                let latest = st.configs.get(&key);
+                if let Some(l) = latest.filter(|l| l.meta.hash == hash) {
+                    return Ok(applied(l, st.revision, false));
+                }
+                (st.revision + 1, latest.map_or(0, |l| l.meta.version) + 1)
+            };
+            let meta = ConfigMeta {
+                application: doc.application.clone(),
+                profile: doc.profile.clone(),
+                version,
+                // The embedded store's; etcd's is set when the commit is read
+                // back (`store::etcd`).
+                revision: next,
+                created_at: crate::identity::rfc3339(SystemTime::now()),
+                author: by.author.clone(),
+                message: by.message.clone(),
+                hash: hash.clone(),
+                restores,
+            };
+            let stored = self.store.seal(&doc, meta)?;
+            if let Some(revision) = self.commit(next, vec![Write::PutConfig(stored)])? {
+                let st = self.state();
+                if let Some(made) = st.configs.get(&key) {
+                    tracing::info!(
+                        keys = doc.data.len(),
+                        files = doc.files.len(),
+                        secrets = doc.secret.len(),
+                        "config content"
+                    );
+                    return Ok(applied(made, revision, true));
+                }
             }
-            (st.revision + 1, latest.map_or(0, |l| l.meta.version) + 1)
-        };
-        let meta = ConfigMeta {
-            application: doc.application.clone(),
-            profile: doc.profile.clone(),
-            version,
-            revision,
-            created_at: crate::identity::rfc3339(SystemTime::now()),
-            author: by.author,
-            message: by.message,
-            hash,
-            restores,
-        };
-        let stored = self.store.seal(&doc, meta)?;
-        self.commit(revision, &[Write::PutConfig(&stored)])?;
-        let mut st = self.state();
-        tracing::info!(
-            application = %doc.application,
-            profile = %doc.profile,
-            version,
-            revision,
-            keys = doc.data.len(),
-            files = doc.files.len(),
-            secrets = doc.secret.len(),
-            restores,
-            "config version made"
-        );
-        let done = applied(&stored, revision, true);
-        let event = WatchEvent::Config {
-            revision,
-            config: head(&stored),
-        };
-        insert(&mut st, key, stored);
-        self.publish(&mut st, &event);
-        Ok(done)
+        }
+        Err(RegistryError::Contended(MAX_PLANS))
     }
 
     /// A version (`None`: the latest), secrets opened only when `secrets`.
@@ -171,10 +169,6 @@ impl Registry {
     }
 }
 
-fn insert(st: &mut State, key: (String, String), stored: StoredConfig) {
-    st.configs.insert(key, stored);
-}
-
 fn applied(c: &StoredConfig, revision: u64, changed: bool) -> ConfigApplied {
     ConfigApplied {
         application: c.meta.application.clone(),
@@ -192,6 +186,7 @@ mod tests {
     use crate::control::registry::RegistrySettings;
     use crate::control::store::Store;
     use crate::model::config::REDACTED;
+    use crate::model::WatchEvent;
     use serde_json::json;
     use std::path::Path;
 

@@ -7,7 +7,14 @@
 //! to redb with no state lock held, then apply and publish under the state
 //! lock. Readers therefore never wait for a disk flush, and changes reach
 //! the store, the change log and the broadcast in revision order.
+//!
+//! With `--store etcd` several replicas write one store, so "apply" is not
+//! done by the writer: every replica applies every commit (its own and the
+//! others') when its etcd watch delivers it (`apply.rs`), and a writer
+//! waits on `applied` until its own revision is in the view before it
+//! answers. Both stores reach the view through the same `apply`.
 
+mod apply;
 mod changelog;
 mod configs;
 mod ops;
@@ -19,7 +26,7 @@ pub use changelog::Change;
 pub use configs::Authored;
 pub use ops::SweepOutcome;
 
-use crate::control::store::{Store, StoreError, StoredConfig, Write};
+use crate::control::store::{Committed, Store, StoreError, StoredConfig, Write};
 use crate::control::vip::{VipAllocator, VipCidr, VipExhausted};
 use crate::model::identity::TrustBundle;
 use crate::model::{
@@ -28,9 +35,10 @@ use crate::model::{
 };
 use bytes::Bytes;
 use changelog::ChangeLog;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -75,7 +83,17 @@ pub enum RegistryError {
     VipExhausted(#[from] VipExhausted),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another replica changed the same rows first, again and again.
+    #[error("the change lost to concurrent changes on other replicas {0} times; retry")]
+    Contended(usize),
 }
+
+/// How often a guarded change (a new VIP, a config version) is planned
+/// again after losing to another replica.
+const MAX_PLANS: usize = 8;
+/// How long a writer waits for its own etcd commit to reach this
+/// replica's view.
+const APPLIED_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a new watcher starts from.
 pub struct Subscription {
@@ -97,6 +115,12 @@ pub struct Registry {
     writer: Mutex<()>,
     /// Durable copy of VIPs, instances, policies and the revision.
     store: Store,
+    /// Signalled (with `state`) whenever a revision is applied: writers on
+    /// etcd wait here for their own commit.
+    applied: Condvar,
+    /// May this replica evict? Always with the embedded store; with etcd
+    /// only while it holds the leadership (`store::etcd::lead`).
+    evicts: AtomicBool,
     /// Fan-out of committed changes to watch streams.
     changes: broadcast::Sender<Change>,
     settings: RegistrySettings,
@@ -123,6 +147,12 @@ struct State {
     configs: BTreeMap<(String, String), StoredConfig>,
     /// Gateway routes by name.
     routes: BTreeMap<String, Route>,
+    /// etcd only: instances heartbeated here since the last flush, for the
+    /// other replicas (`store::etcd` writes them out every second).
+    beats: BTreeSet<String>,
+    /// The store's own latest revision (etcd counts heartbeat flushes too,
+    /// which watchers never see, so it runs ahead of `revision`).
+    store_revision: u64,
 }
 
 struct Service {
@@ -134,6 +164,9 @@ struct Entry {
     instance: Instance,
     /// `None` for static registrations, which never expire.
     expires_at: Option<Instant>,
+    /// The revision this instance was last written at: an eviction on etcd
+    /// is guarded by it.
+    written: u64,
 }
 
 // === impl Registry ===
@@ -159,7 +192,7 @@ impl Registry {
             services.insert(name, Service { vip, instances });
         }
         let mut orphans = Vec::new();
-        for instance in loaded.instances {
+        for (instance, written) in loaded.instances {
             let Some(svc) = services.get_mut(&instance.service) else {
                 orphans.push(instance);
                 continue;
@@ -170,6 +203,7 @@ impl Registry {
                 Entry {
                     instance,
                     expires_at,
+                    written,
                 },
             );
         }
@@ -205,14 +239,19 @@ impl Registry {
             authorizations,
             bundle: None,
             revision: loaded.revision,
+            store_revision: loaded.revision,
             services,
             vips,
-            log: ChangeLog::new(settings.change_log_capacity),
-            self_preservation: false,
+            log: ChangeLog::new(settings.change_log_capacity, loaded.revision),
+            self_preservation: loaded.self_preservation,
+            beats: BTreeSet::new(),
         };
+        let evicts = AtomicBool::new(store.shared().is_none());
         Ok(Registry {
             state: Mutex::new(state),
             writer: Mutex::new(()),
+            applied: Condvar::new(),
+            evicts,
             store,
             changes,
             settings,
@@ -231,6 +270,12 @@ impl Registry {
 
     pub fn revision(&self) -> u64 {
         self.state().revision
+    }
+
+    /// The store revision the view has reached (etcd: resume the watch
+    /// after it).
+    pub fn store_revision(&self) -> u64 {
+        self.state().store_revision
     }
 
     /// `GET /v1/services`, sorted by name.
@@ -276,7 +321,15 @@ impl Registry {
             instances: st.services.values().map(|s| s.instances.len()).sum(),
             policies: st.policies.len(),
             self_preservation: st.self_preservation,
+            store: self.store.kind().to_string(),
+            store_revision: st.store_revision,
+            ha: None,
         }
+    }
+
+    /// The store under this registry (etcd: its replica, leader, health).
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
     /// Starts a watcher at `since`: the changes after it if the change log
@@ -310,8 +363,68 @@ impl Registry {
         let _ = self.changes.send(change);
     }
 
-    fn commit(&self, revision: u64, writes: &[Write<'_>]) -> Result<(), RegistryError> {
-        Ok(self.store.commit(Some(revision), writes)?)
+    /// Commits `writes` (at `next` on the embedded store) and returns once
+    /// they are in the view, at the revision they took. `Ok(None)`: a
+    /// guard failed and the view has caught up with whoever won; plan
+    /// again.
+    fn commit(&self, next: u64, writes: Vec<Write>) -> Result<Option<u64>, RegistryError> {
+        match self.store.commit(next, &writes)? {
+            Committed::Done(rev) if self.store.shared().is_none() => {
+                self.apply(rev, &writes);
+                Ok(Some(rev))
+            }
+            Committed::Done(rev) => {
+                self.wait_applied(rev)?;
+                Ok(Some(rev))
+            }
+            Committed::Conflict(rev) => {
+                self.wait_applied(rev)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A commit that no guard can refuse (no VIP, no new config version,
+    /// no conditional delete).
+    fn commit_plain(&self, next: u64, writes: Vec<Write>) -> Result<u64, RegistryError> {
+        self.commit(next, writes)?
+            .ok_or(RegistryError::Contended(1))
+    }
+
+    /// Blocks (a blocking thread, never the runtime) until the view holds
+    /// the store's revision `rev`.
+    fn wait_applied(&self, rev: u64) -> Result<(), RegistryError> {
+        let st = self.state();
+        let (_st, timeout) = self
+            .applied
+            .wait_timeout_while(st, APPLIED_TIMEOUT, |st| st.store_revision < rev)
+            .unwrap_or_else(PoisonError::into_inner);
+        match timeout.timed_out() {
+            true => Err(StoreError::Lagging { revision: rev }.into()),
+            false => Ok(()),
+        }
+    }
+
+    /// etcd: may this replica run the eviction sweep (is it the leader)?
+    pub fn set_evicts(&self, on: bool) {
+        if on && !self.evicts.swap(true, Ordering::SeqCst) {
+            // A new leader gives every lease a full term: it knows of the
+            // heartbeats other replicas flushed, but not how recent each
+            // is, and a leader change must never evict the healthy.
+            let now = Instant::now();
+            let mut st = self.state();
+            for svc in st.services.values_mut() {
+                for e in svc.instances.values_mut() {
+                    e.expires_at = lease_end(now, e.instance.ttl_secs);
+                }
+            }
+        } else if !on {
+            self.evicts.store(false, Ordering::SeqCst);
+        }
+    }
+
+    pub fn evicts(&self) -> bool {
+        self.evicts.load(Ordering::SeqCst)
     }
 }
 

@@ -2,12 +2,12 @@
 //! with self-preservation.
 //!
 //! Each mutation follows plan → commit → apply (see the module above):
-//! these methods may block on a disk flush, so async callers run them in
-//! `spawn_blocking`.
+//! these methods may block on a disk flush or on etcd, so async callers run
+//! them in `spawn_blocking`.
 
-use super::{lease_end, Entry, Registry, RegistryError, Service};
+use super::{lease_end, Registry, RegistryError, MAX_PLANS};
 use crate::control::store::Write;
-use crate::model::{Health, Instance, RegisterRequest, Registered, RemoveReason, WatchEvent};
+use crate::model::{Health, Instance, RegisterRequest, Registered, RemoveReason};
 use tokio::time::Instant;
 
 /// What one sweep saw and did.
@@ -28,12 +28,15 @@ pub struct SweepOutcome {
 impl Registry {
     /// Registers (or replaces) an instance, creating the service and its VIP
     /// on first use. An identical re-registration only renews the lease.
+    ///
+    /// On etcd a new VIP is claimed by compare-and-swap; losing it to
+    /// another replica (the same service, or the same address for another
+    /// one) means planning again once the winner's change is in the view.
     pub fn register(
         &self,
         service: &str,
         req: RegisterRequest,
     ) -> Result<Registered, RegistryError> {
-        let now = Instant::now();
         let instance = Instance {
             id: req.effective_id(),
             service: service.to_string(),
@@ -45,68 +48,59 @@ impl Registry {
             inbound_port: req.inbound_port,
             identity: req.identity,
         };
-        let expires_at = lease_end(now, instance.ttl_secs);
         let _w = self.writer();
-
-        // Plan.
-        let (vip, new_vip, revision) = {
-            let mut st = self.state();
-            let st = &mut *st;
-            match st.services.get_mut(service) {
-                Some(svc) => {
-                    if let Some(e) = svc.instances.get_mut(&instance.id) {
-                        if e.instance == instance {
-                            e.expires_at = expires_at;
-                            return Ok(Registered {
-                                revision: st.revision,
-                                vip: svc.vip,
-                                instance,
-                            });
+        for _ in 0..MAX_PLANS {
+            // Plan.
+            let (vip, new_vip, next) = {
+                let now = Instant::now();
+                let mut st = self.state();
+                let st = &mut *st;
+                let shared = self.store.shared().is_some();
+                match st.services.get_mut(service) {
+                    Some(svc) => {
+                        if let Some(e) = svc.instances.get_mut(&instance.id) {
+                            if e.instance == instance {
+                                e.expires_at = lease_end(now, instance.ttl_secs);
+                                if shared {
+                                    st.beats.insert(format!("{service}/{}", instance.id));
+                                }
+                                return Ok(Registered {
+                                    revision: st.revision,
+                                    vip: svc.vip,
+                                    instance,
+                                });
+                            }
                         }
+                        (svc.vip, false, st.revision + 1)
                     }
-                    (svc.vip, false, st.revision + 1)
+                    None => (st.vips.next_free()?, true, st.revision + 1),
                 }
-                None => (st.vips.next_free()?, true, st.revision + 1),
+            };
+            let mut writes = Vec::with_capacity(2);
+            if new_vip {
+                writes.push(Write::PutVip {
+                    service: service.to_string(),
+                    vip,
+                });
             }
-        };
-
-        // Commit, with no state lock held.
-        let mut writes = vec![Write::PutInstance(&instance)];
-        if new_vip {
-            writes.push(Write::PutVip { service, vip });
+            writes.push(Write::PutInstance(instance.clone()));
+            match self.commit(next, writes)? {
+                Some(revision) => {
+                    return Ok(Registered {
+                        revision,
+                        vip,
+                        instance,
+                    })
+                }
+                None if new_vip => {
+                    // The address may be taken by a service the view has
+                    // not heard of yet: never offer it again here.
+                    self.state().vips.take(vip);
+                }
+                None => {}
+            }
         }
-        self.commit(revision, &writes)?;
-
-        // Apply and publish.
-        let mut st = self.state();
-        let st = &mut *st;
-        if new_vip {
-            st.vips.take(vip);
-            tracing::info!(%service, %vip, "service created");
-        }
-        let svc = st.services.entry(service.to_string()).or_insert(Service {
-            vip,
-            instances: Default::default(),
-        });
-        let entry = Entry {
-            instance: instance.clone(),
-            expires_at,
-        };
-        svc.instances.insert(instance.id.clone(), entry);
-        tracing::info!(%service, id = %instance.id, addr = %instance.address, port = instance.port, revision, "registered");
-        self.publish(
-            st,
-            &WatchEvent::Upsert {
-                revision,
-                vip,
-                instance: instance.clone(),
-            },
-        );
-        Ok(Registered {
-            revision,
-            vip,
-            instance,
-        })
+        Err(RegistryError::Contended(MAX_PLANS))
     }
 
     /// Renews the lease and records the reported health. Returns the
@@ -127,13 +121,17 @@ impl Registry {
                 .and_then(|s| s.instances.get_mut(id))
                 .ok_or_else(unknown)?;
             e.expires_at = lease_end(now, e.instance.ttl_secs);
-            if e.instance.health == health {
+            let same = e.instance.health == health;
+            if self.store.shared().is_some() {
+                st.beats.insert(format!("{service}/{id}"));
+            }
+            if same {
                 return Ok(st.revision);
             }
         }
 
         let _w = self.writer();
-        let (updated, vip, revision) = {
+        let (updated, next) = {
             let st = self.state();
             let svc = st.services.get(service).ok_or_else(unknown)?;
             let e = svc.instances.get(id).ok_or_else(unknown)?;
@@ -142,35 +140,16 @@ impl Registry {
             }
             let mut updated = e.instance.clone();
             updated.health = health;
-            (updated, svc.vip, st.revision + 1)
+            (updated, st.revision + 1)
         };
-        self.commit(revision, &[Write::PutInstance(&updated)])?;
-        let mut st = self.state();
-        let st = &mut *st;
-        // Still there: only writers remove instances, and we are the writer.
-        if let Some(e) = st
-            .services
-            .get_mut(service)
-            .and_then(|s| s.instances.get_mut(id))
-        {
-            e.instance = updated.clone();
-        }
-        tracing::info!(%service, %id, health = health.as_str(), revision, "health changed");
-        self.publish(
-            st,
-            &WatchEvent::Upsert {
-                revision,
-                vip,
-                instance: updated,
-            },
-        );
-        Ok(revision)
+        tracing::info!(%service, %id, health = health.as_str(), "health changed");
+        self.commit_plain(next, vec![Write::PutInstance(updated)])
     }
 
     /// Removes an instance. Returns the new revision.
     pub fn deregister(&self, service: &str, id: &str) -> Result<u64, RegistryError> {
         let _w = self.writer();
-        let revision = {
+        let next = {
             let st = self.state();
             let known = st
                 .services
@@ -184,44 +163,41 @@ impl Registry {
             }
             st.revision + 1
         };
-        self.commit(revision, &[Write::DeleteInstance { service, id }])?;
-        let mut st = self.state();
-        if let Some(svc) = st.services.get_mut(service) {
-            svc.instances.remove(id);
-        }
-        tracing::info!(%service, %id, revision, "deregistered");
-        self.publish(
-            &mut st,
-            &WatchEvent::Remove {
-                revision,
-                service: service.to_string(),
-                id: id.to_string(),
-                reason: RemoveReason::Deregistered,
-            },
-        );
-        Ok(revision)
+        let write = Write::DeleteInstance {
+            service: service.to_string(),
+            id: id.to_string(),
+            reason: RemoveReason::Deregistered,
+            if_written_at: None,
+        };
+        self.commit_plain(next, vec![write])
     }
 
     /// Evicts the leases expired at `now`, unless so many expired at once
     /// that the fault is more likely ours (a partition) than theirs: then
     /// nothing is evicted and self-preservation is on until a sweep finds
-    /// the expired share back within the threshold.
+    /// the expired share back within the threshold. On etcd only the
+    /// leader sweeps ([`Registry::evicts`]); the others return at once.
     ///
     /// A heartbeat that lands while the eviction is being committed still
     /// answers 200 but the instance goes anyway; its next heartbeat gets a
-    /// 404 and the sidecar re-registers, as after any eviction.
+    /// 404 and the sidecar re-registers, as after any eviction. (On etcd a
+    /// re-registration committed first wins: the eviction is guarded by
+    /// the revision the instance was written at.)
     pub fn sweep(&self, now: Instant) -> Result<SweepOutcome, RegistryError> {
-        let _w = self.writer();
         let mut out = SweepOutcome::default();
-        let mut expired: Vec<(String, String)> = Vec::new();
-        let first_revision = {
+        if !self.evicts() {
+            return Ok(out);
+        }
+        let _w = self.writer();
+        let mut expired: Vec<(String, String, u64)> = Vec::new();
+        let changed = {
             let mut st = self.state();
             for (name, svc) in &st.services {
                 for (id, e) in &svc.instances {
                     let Some(end) = e.expires_at else { continue };
                     out.leased += 1;
                     if end <= now {
-                        expired.push((name.clone(), id.clone()));
+                        expired.push((name.clone(), id.clone(), e.written));
                     }
                 }
             }
@@ -229,7 +205,8 @@ impl Registry {
             let threshold = usize::from(self.settings.self_preservation_threshold);
             let engage = out.expired >= self.settings.self_preservation_min
                 && out.expired * 100 > threshold * out.leased;
-            if engage != st.self_preservation {
+            let changed = engage != st.self_preservation;
+            if changed {
                 if engage {
                     tracing::warn!(
                         expired = out.expired,
@@ -247,36 +224,32 @@ impl Registry {
                 st.self_preservation = engage;
             }
             out.self_preservation = engage;
-            if engage || expired.is_empty() {
-                return Ok(out);
-            }
-            st.revision + 1
+            changed
         };
-
-        let last_revision = first_revision + expired.len() as u64 - 1;
-        let writes: Vec<Write<'_>> = expired
-            .iter()
-            .map(|(service, id)| Write::DeleteInstance { service, id })
-            .collect();
-        self.commit(last_revision, &writes)?;
-
-        let mut st = self.state();
-        for (revision, (service, id)) in (first_revision..).zip(&expired) {
-            if let Some(svc) = st.services.get_mut(service) {
-                svc.instances.remove(id);
+        if changed && self.store.shared().is_some() {
+            // So every replica's status (and mesh-ctl check) says it.
+            let next = self.revision() + 1;
+            let on = out.self_preservation;
+            if let Err(e) = self.commit_plain(next, vec![Write::SelfPreservation(on)]) {
+                tracing::warn!(error = %e, "cannot record self-preservation in the store");
             }
-            tracing::info!(%service, %id, revision, "lease expired; evicted");
-            self.publish(
-                &mut st,
-                &WatchEvent::Remove {
-                    revision,
-                    service: service.clone(),
-                    id: id.clone(),
-                    reason: RemoveReason::LeaseExpired,
-                },
-            );
         }
-        out.evicted = expired;
+        if out.self_preservation {
+            return Ok(out);
+        }
+        for (service, id, written) in expired {
+            let next = self.revision() + 1;
+            let write = Write::DeleteInstance {
+                service: service.clone(),
+                id: id.clone(),
+                reason: RemoveReason::LeaseExpired,
+                if_written_at: Some(written),
+            };
+            // `None`: rewritten since we looked (re-registered): it stays.
+            if self.commit(next, vec![write])?.is_some() {
+                out.evicted.push((service, id));
+            }
+        }
         Ok(out)
     }
 }

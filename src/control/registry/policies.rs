@@ -10,7 +10,7 @@
 use super::{Registry, RegistryError, State};
 use crate::control::store::Write;
 use crate::model::identity::TrustBundle;
-use crate::model::{AuthorizationPolicy, Route, ServicePolicy, WatchEvent};
+use crate::model::{AuthorizationPolicy, Route, ServicePolicy};
 use std::collections::BTreeMap;
 
 /// A document kept whole under one key and pushed live: the one mechanism
@@ -21,10 +21,8 @@ trait Document: Clone + PartialEq {
     const WHAT: &'static str;
     fn key(&self) -> &str;
     fn held(st: &mut State) -> &mut BTreeMap<String, Self>;
-    fn put(&self) -> Write<'_>;
-    fn delete(key: &str) -> Write<'_>;
-    fn applied(self, revision: u64) -> WatchEvent;
-    fn removed(key: String, revision: u64) -> WatchEvent;
+    fn put(self) -> Write;
+    fn delete(key: &str) -> Write;
     fn unknown(key: &str) -> RegistryError {
         RegistryError::UnknownPolicy {
             what: Self::WHAT,
@@ -41,20 +39,13 @@ impl Document for ServicePolicy {
     fn held(st: &mut State) -> &mut BTreeMap<String, Self> {
         &mut st.policies
     }
-    fn put(&self) -> Write<'_> {
+    fn put(self) -> Write {
         Write::PutPolicy(self)
     }
-    fn delete(service: &str) -> Write<'_> {
-        Write::DeletePolicy { service }
-    }
-    fn applied(self, revision: u64) -> WatchEvent {
-        WatchEvent::Policy {
-            revision,
-            policy: self,
+    fn delete(service: &str) -> Write {
+        Write::DeletePolicy {
+            service: service.to_string(),
         }
-    }
-    fn removed(service: String, revision: u64) -> WatchEvent {
-        WatchEvent::PolicyRemoved { revision, service }
     }
 }
 
@@ -66,20 +57,13 @@ impl Document for AuthorizationPolicy {
     fn held(st: &mut State) -> &mut BTreeMap<String, Self> {
         &mut st.authorizations
     }
-    fn put(&self) -> Write<'_> {
+    fn put(self) -> Write {
         Write::PutAuthorization(self)
     }
-    fn delete(service: &str) -> Write<'_> {
-        Write::DeleteAuthorization { service }
-    }
-    fn applied(self, revision: u64) -> WatchEvent {
-        WatchEvent::Authorization {
-            revision,
-            policy: self,
+    fn delete(service: &str) -> Write {
+        Write::DeleteAuthorization {
+            service: service.to_string(),
         }
-    }
-    fn removed(service: String, revision: u64) -> WatchEvent {
-        WatchEvent::AuthorizationRemoved { revision, service }
     }
 }
 
@@ -91,20 +75,13 @@ impl Document for Route {
     fn held(st: &mut State) -> &mut BTreeMap<String, Self> {
         &mut st.routes
     }
-    fn put(&self) -> Write<'_> {
+    fn put(self) -> Write {
         Write::PutRoute(self)
     }
-    fn delete(name: &str) -> Write<'_> {
-        Write::DeleteRoute { name }
-    }
-    fn applied(self, revision: u64) -> WatchEvent {
-        WatchEvent::Route {
-            revision,
-            route: self,
+    fn delete(name: &str) -> Write {
+        Write::DeleteRoute {
+            name: name.to_string(),
         }
-    }
-    fn removed(name: String, revision: u64) -> WatchEvent {
-        WatchEvent::RouteRemoved { revision, name }
     }
     fn unknown(name: &str) -> RegistryError {
         RegistryError::UnknownRoute(name.to_string())
@@ -174,12 +151,8 @@ impl Registry {
     /// revision makes watchers see it in order with everything else).
     pub fn publish_bundle(&self, bundle: TrustBundle) -> Result<u64, RegistryError> {
         let _w = self.writer();
-        let revision = self.state().revision + 1;
-        self.commit(revision, &[])?;
-        let mut st = self.state();
-        st.bundle = Some(bundle.clone());
-        self.publish(&mut st, &WatchEvent::TrustBundle { revision, bundle });
-        Ok(revision)
+        let next = self.state().revision + 1;
+        self.commit_plain(next, vec![Write::PutBundle(bundle)])
     }
 
     /// The bundle at startup, before anyone watches: no revision of its own.
@@ -189,36 +162,26 @@ impl Registry {
 
     fn apply_doc<D: Document>(&self, doc: D) -> Result<u64, RegistryError> {
         let _w = self.writer();
-        let revision = {
+        let next = {
             let mut st = self.state();
             if D::held(&mut st).get(doc.key()) == Some(&doc) {
                 return Ok(st.revision);
             }
             st.revision + 1
         };
-        self.commit(revision, &[doc.put()])?;
-        let mut st = self.state();
-        tracing::info!(key = %doc.key(), revision, "{} applied", D::WHAT);
-        D::held(&mut st).insert(doc.key().to_string(), doc.clone());
-        self.publish(&mut st, &doc.applied(revision));
-        Ok(revision)
+        self.commit_plain(next, vec![doc.put()])
     }
 
     fn delete_doc<D: Document>(&self, service: &str) -> Result<u64, RegistryError> {
         let _w = self.writer();
-        let revision = {
+        let next = {
             let mut st = self.state();
             if !D::held(&mut st).contains_key(service) {
                 return Err(D::unknown(service));
             }
             st.revision + 1
         };
-        self.commit(revision, &[D::delete(service)])?;
-        let mut st = self.state();
-        D::held(&mut st).remove(service);
-        tracing::info!(%service, revision, "{} deleted", D::WHAT);
-        self.publish(&mut st, &D::removed(service.to_string(), revision));
-        Ok(revision)
+        self.commit_plain(next, vec![D::delete(service)])
     }
 }
 
@@ -227,6 +190,7 @@ mod tests {
     use super::*;
     use crate::control::registry::RegistrySettings;
     use crate::control::store::Store;
+    use crate::model::WatchEvent;
     use std::path::Path;
 
     fn open(dir: &Path) -> Registry {

@@ -7,13 +7,10 @@
 //! before anyone can observe it, so a restart never shows a revision lower
 //! than one a watcher has already seen.
 
-use crate::config::seal::{SealError, Sealer};
-use crate::model::config::{ConfigDocument, ConfigMeta, ConfigVersion, REDACTED};
-use crate::model::{AuthorizationPolicy, Instance, Route, ServicePolicy};
+use super::{Backend, Committed, Loaded, StoreError, StoredConfig, Write};
+use crate::model::config::ConfigMeta;
+use crate::model::Instance;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -38,98 +35,29 @@ const ROUTES: TableDefinition<&str, &[u8]> = TableDefinition::new("routes");
 const REVISION_KEY: &str = "revision";
 const FILE_NAME: &str = "control.redb";
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("store {path}: {source}")]
-    Db { path: PathBuf, source: redb::Error },
-    #[error(transparent)]
-    Seal(#[from] SealError),
-    #[error("store {path}: {table} row {key:?} is corrupt: {reason}")]
-    Corrupt {
-        path: PathBuf,
-        table: &'static str,
-        key: String,
-        reason: String,
-    },
-}
-
-/// One row-level change inside a commit.
-#[derive(Debug, Clone)]
-pub enum Write<'a> {
-    PutInstance(&'a Instance),
-    DeleteInstance { service: &'a str, id: &'a str },
-    PutVip { service: &'a str, vip: Ipv4Addr },
-    PutPolicy(&'a ServicePolicy),
-    DeletePolicy { service: &'a str },
-    PutAuthorization(&'a AuthorizationPolicy),
-    DeleteAuthorization { service: &'a str },
-    PutConfig(&'a StoredConfig),
-    PutRoute(&'a Route),
-    DeleteRoute { name: &'a str },
-}
-
-/// One config version as it rests: secret values only sealed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredConfig {
-    #[serde(flatten)]
-    pub meta: ConfigMeta,
-    #[serde(default)]
-    pub data: BTreeMap<String, Value>,
-    /// Secret key → its sealed value.
-    #[serde(default)]
-    pub sealed: BTreeMap<String, String>,
-    #[serde(default)]
-    pub files: BTreeMap<String, String>,
-}
-
-/// Everything the store held at startup.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    pub revision: u64,
-    pub vips: BTreeMap<String, Ipv4Addr>,
-    pub instances: Vec<Instance>,
-    pub policies: Vec<ServicePolicy>,
-    pub authorizations: Vec<AuthorizationPolicy>,
-    /// The latest version of each application and profile.
-    pub configs: Vec<StoredConfig>,
-    pub routes: Vec<Route>,
-}
-
 /// Handle on the redb file. Every method is synchronous and short; the
 /// registry calls them while holding its lock so commits apply in revision
 /// order.
-pub struct Store {
+pub struct Embedded {
     /// The open database; redb serialises write transactions itself.
     db: Database,
     /// For error messages.
     path: PathBuf,
-    /// Seals and opens secret config values; `<data_dir>/config.key`.
-    sealer: Sealer,
 }
 
-// === impl Store ===
+// === impl Embedded ===
 
-impl Store {
-    /// Opens (or creates) `<data_dir>/control.redb`.
+impl Embedded {
+    /// Opens (or creates) `<data_dir>/control.redb`; the directory exists.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
-            path: data_dir.to_path_buf(),
-            source,
-        })?;
         let path = data_dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(|e| StoreError::Db {
             path: path.clone(),
             source: e.into(),
         })?;
-        let sealer = Sealer::open_or_create(data_dir)?;
-        let store = Store { db, path, sealer };
+        let store = Embedded { db, path };
         // Create the tables up front so reads on a fresh file find them.
-        store.commit(None, &[])?;
+        store.write(None, &[])?;
         Ok(store)
     }
 
@@ -141,7 +69,7 @@ impl Store {
     }
 
     /// Reads the whole store: used once at startup.
-    pub fn load(&self) -> Result<Loaded, StoreError> {
+    fn read_all(&self) -> Result<Loaded, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let meta = txn.open_table(META).map_err(|e| self.err(e))?;
         let revision = meta
@@ -159,7 +87,8 @@ impl Store {
                 .vips
                 .insert(k.value().to_string(), Ipv4Addr::from(v.value()));
         }
-        loaded.instances = self.json_rows(&txn, INSTANCES, "instance")?;
+        let instances: Vec<Instance> = self.json_rows(&txn, INSTANCES, "instance")?;
+        loaded.instances = instances.into_iter().map(|i| (i, 0)).collect();
         loaded.policies = self.json_rows(&txn, POLICIES, "policy")?;
         loaded.authorizations = self.json_rows(&txn, AUTHORIZATIONS, "authorization")?;
         loaded.configs = self.latest_configs(&txn)?;
@@ -199,8 +128,7 @@ impl Store {
         })
     }
 
-    /// One stored version; `None` when there is no such version.
-    pub fn config_version(
+    fn version(
         &self,
         application: &str,
         profile: &str,
@@ -215,13 +143,7 @@ impl Store {
         }
     }
 
-    /// Every version of one application and profile, oldest first, without
-    /// their content.
-    pub fn config_history(
-        &self,
-        application: &str,
-        profile: &str,
-    ) -> Result<Vec<ConfigMeta>, StoreError> {
+    fn history(&self, application: &str, profile: &str) -> Result<Vec<ConfigMeta>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(CONFIGS).map_err(|e| self.err(e))?;
         let (from, to) = (
@@ -237,62 +159,6 @@ impl Store {
             out.push(self.config_row(k.value(), v.value())?.meta);
         }
         Ok(out)
-    }
-
-    /// `doc` as it will rest: its secret values sealed for their place.
-    pub fn seal(&self, doc: &ConfigDocument, meta: ConfigMeta) -> Result<StoredConfig, StoreError> {
-        let mut data = BTreeMap::new();
-        let mut sealed = BTreeMap::new();
-        for (k, v) in &doc.data {
-            if doc.secret.contains(k) {
-                let place = secret_place(&doc.application, &doc.profile, k);
-                let plain = serde_json::to_vec(v).unwrap_or_default();
-                sealed.insert(k.clone(), self.sealer.seal(&place, &plain)?);
-            } else {
-                data.insert(k.clone(), v.clone());
-            }
-        }
-        Ok(StoredConfig {
-            meta,
-            data,
-            sealed,
-            files: doc.files.clone(),
-        })
-    }
-
-    /// A stored version for the API: secrets opened when `secrets`,
-    /// replaced by [`REDACTED`] otherwise.
-    pub fn unseal(
-        &self,
-        stored: &StoredConfig,
-        secrets: bool,
-    ) -> Result<ConfigVersion, StoreError> {
-        let mut data = stored.data.clone();
-        for (k, sealed) in &stored.sealed {
-            let value = match secrets {
-                false => Value::String(REDACTED.into()),
-                true => {
-                    let place = secret_place(&stored.meta.application, &stored.meta.profile, k);
-                    let plain = self.sealer.open(&place, sealed)?;
-                    serde_json::from_slice(&plain).map_err(|_| SealError::Open)?
-                }
-            };
-            data.insert(k.clone(), value);
-        }
-        Ok(ConfigVersion {
-            meta: stored.meta.clone(),
-            data,
-            files: stored.files.clone(),
-            secret: stored.sealed.keys().cloned().collect(),
-            redacted: !secrets && !stored.sealed.is_empty(),
-        })
-    }
-
-    /// The keyed content hash of a document (see `config::seal`).
-    pub fn content_hash(&self, doc: &ConfigDocument) -> String {
-        // BTreeMaps and BTreeSets serialise in key order: one text per content.
-        self.sealer
-            .hash(&serde_json::to_vec(doc).unwrap_or_default())
     }
 
     /// Every row of a table of JSON documents.
@@ -319,7 +185,7 @@ impl Store {
 
     /// Applies `writes` and, if given, sets the revision, atomically and
     /// durably (redb's default `Durability::Immediate`).
-    pub fn commit(&self, revision: Option<u64>, writes: &[Write<'_>]) -> Result<(), StoreError> {
+    fn write(&self, revision: Option<u64>, writes: &[Write]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
@@ -342,12 +208,12 @@ impl Store {
                             .insert(key.as_str(), json.as_slice())
                             .map_err(|e| self.err(e))?;
                     }
-                    Write::DeleteInstance { service, id } => {
+                    Write::DeleteInstance { service, id, .. } => {
                         let key = row_key(service, id);
                         instances.remove(key.as_str()).map_err(|e| self.err(e))?;
                     }
                     Write::PutVip { service, vip } => {
-                        vips.insert(*service, u32::from(*vip))
+                        vips.insert(service.as_str(), u32::from(*vip))
                             .map_err(|e| self.err(e))?;
                     }
                     Write::PutPolicy(policy) => {
@@ -358,7 +224,7 @@ impl Store {
                             .map_err(|e| self.err(e))?;
                     }
                     Write::DeletePolicy { service } => {
-                        policies.remove(*service).map_err(|e| self.err(e))?;
+                        policies.remove(service.as_str()).map_err(|e| self.err(e))?;
                     }
                     Write::PutAuthorization(policy) => {
                         let json = serde_json::to_vec(policy).unwrap_or_default();
@@ -367,7 +233,9 @@ impl Store {
                             .map_err(|e| self.err(e))?;
                     }
                     Write::DeleteAuthorization { service } => {
-                        authorizations.remove(*service).map_err(|e| self.err(e))?;
+                        authorizations
+                            .remove(service.as_str())
+                            .map_err(|e| self.err(e))?;
                     }
                     Write::PutConfig(stored) => {
                         let m = &stored.meta;
@@ -384,8 +252,12 @@ impl Store {
                             .map_err(|e| self.err(e))?;
                     }
                     Write::DeleteRoute { name } => {
-                        routes.remove(*name).map_err(|e| self.err(e))?;
+                        routes.remove(name.as_str()).map_err(|e| self.err(e))?;
                     }
+                    // Held in memory: a restart starts with evictions on.
+                    Write::SelfPreservation(_) => {}
+                    // The CA's files hold the bundle durably.
+                    Write::PutBundle(_) => {}
                 }
             }
         }
@@ -393,14 +265,42 @@ impl Store {
     }
 }
 
+impl Backend for Embedded {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn load(&self) -> Result<Loaded, StoreError> {
+        self.read_all()
+    }
+
+    /// One writer (the registry's lock) and no guards to fail: always done.
+    fn commit(&self, next: u64, writes: &[Write]) -> Result<Committed, StoreError> {
+        self.write(Some(next), writes)?;
+        Ok(Committed::Done(next))
+    }
+
+    fn config_version(
+        &self,
+        application: &str,
+        profile: &str,
+        version: u64,
+    ) -> Result<Option<StoredConfig>, StoreError> {
+        self.version(application, profile, version)
+    }
+
+    fn config_history(
+        &self,
+        application: &str,
+        profile: &str,
+    ) -> Result<Vec<ConfigMeta>, StoreError> {
+        self.history(application, profile)
+    }
+}
+
 fn config_key(application: &str, profile: &str, version: u64) -> String {
     // Names are DNS labels: no '/' in either.
     format!("{application}/{profile}/{version:020}")
-}
-
-/// What a sealed value is bound to: it opens only there.
-fn secret_place(application: &str, profile: &str, key: &str) -> String {
-    format!("{application}/{profile}/{key}")
 }
 
 fn row_key(service: &str, id: &str) -> String {
@@ -411,7 +311,9 @@ fn row_key(service: &str, id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Health;
+    use crate::model::ServicePolicy;
+    use crate::model::{Health, RemoveReason};
+    use std::collections::BTreeMap;
 
     fn inst(service: &str, id: &str) -> Instance {
         Instance {
@@ -431,28 +333,30 @@ mod tests {
     fn round_trips_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Embedded::open(dir.path()).unwrap();
             let a = inst("web", "a");
             let b = inst("web", "b");
             store
-                .commit(
+                .write(
                     Some(2),
                     &[
                         Write::PutVip {
-                            service: "web",
+                            service: "web".into(),
                             vip: "127.100.0.1".parse().unwrap(),
                         },
-                        Write::PutInstance(&a),
-                        Write::PutInstance(&b),
+                        Write::PutInstance(a),
+                        Write::PutInstance(b),
                     ],
                 )
                 .unwrap();
             store
-                .commit(
+                .write(
                     Some(3),
                     &[Write::DeleteInstance {
-                        service: "web",
-                        id: "a",
+                        service: "web".into(),
+                        id: "a".into(),
+                        reason: RemoveReason::Deregistered,
+                        if_written_at: None,
                     }],
                 )
                 .unwrap();
@@ -460,13 +364,18 @@ mod tests {
             web.retries.attempts = 0;
             let api = ServicePolicy::defaults("api");
             store
-                .commit(Some(4), &[Write::PutPolicy(&web), Write::PutPolicy(&api)])
+                .write(Some(4), &[Write::PutPolicy(web), Write::PutPolicy(api)])
                 .unwrap();
             store
-                .commit(Some(5), &[Write::DeletePolicy { service: "api" }])
+                .write(
+                    Some(5),
+                    &[Write::DeletePolicy {
+                        service: "api".into(),
+                    }],
+                )
                 .unwrap();
         }
-        let loaded = Store::open(dir.path()).unwrap().load().unwrap();
+        let loaded = Embedded::open(dir.path()).unwrap().load().unwrap();
         assert_eq!(loaded.revision, 5);
         assert_eq!(loaded.policies.len(), 1);
         assert_eq!(
@@ -480,14 +389,14 @@ mod tests {
             loaded.vips["web"],
             "127.100.0.1".parse::<Ipv4Addr>().unwrap()
         );
-        assert_eq!(loaded.instances, vec![inst("web", "b")]);
+        assert_eq!(loaded.instances, vec![(inst("web", "b"), 0)]);
     }
 
     #[test]
     fn loads_rows_written_before_inbound_port() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = Embedded::open(dir.path()).unwrap();
             // A row exactly as an older control plane wrote it.
             let old = br#"{"id":"a","service":"web","address":"127.0.0.1","port":8080,"metadata":{},"health":"up","ttl_secs":10}"#;
             let txn = store.db.begin_write().unwrap();
@@ -497,10 +406,10 @@ mod tests {
             }
             txn.commit().unwrap();
         }
-        let loaded = Store::open(dir.path()).unwrap().load().unwrap();
+        let loaded = Embedded::open(dir.path()).unwrap().load().unwrap();
         let mut want = inst("web", "a");
         want.metadata.clear();
         want.inbound_port = None;
-        assert_eq!(loaded.instances, vec![want]);
+        assert_eq!(loaded.instances, vec![(want, 0)]);
     }
 }
