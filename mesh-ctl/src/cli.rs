@@ -21,7 +21,8 @@ use std::time::Duration;
 )]
 pub struct Cli {
     /// Control-plane URL (https://host:port; http:// when its identity is
-    /// off); `MESH_CONTROL_URL`, its old name, is still read.
+    /// off); several replicas comma separated, the next one tried when one
+    /// gives no answer. `MESH_CONTROL_URL`, its old name, is still read.
     #[arg(
         long,
         global = true,

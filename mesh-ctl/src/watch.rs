@@ -2,8 +2,9 @@
 //!
 //! The first connection must succeed (an unreachable control plane is an
 //! ordinary failure, exit 1). After that a dropped or silent stream is
-//! resumed from the last revision seen, with a growing pause between
-//! attempts, until the operator presses Ctrl-C.
+//! resumed from the last revision seen (on the next replica, when
+//! `--control` lists several), with a growing pause between attempts,
+//! until the operator presses Ctrl-C.
 
 use crate::cli::Output;
 use crate::error::{emit, CtlError};
@@ -38,6 +39,8 @@ pub async fn follow(
             Ok(None) => "the control plane closed the stream".to_string(),
             Err(e) => fatal(e)?,
         };
+        // With several replicas, the reconnect tries the next one first.
+        client.fail_over(stream.url(), &lost);
         stream = reconnect(client, since, idle_timeout, lost, &mut backoff).await?;
     }
 }

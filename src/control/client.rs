@@ -4,14 +4,21 @@
 //! mesh-ctl. Requests go over the proxy's marked sockets so interception
 //! rules let them through; every plain request has a connect deadline and
 //! an overall deadline, while a watch lives as long as its keep-alives do.
+//! With several replicas listed, one that gives no answer is left for the
+//! next (`failover`), by every request kind and the watch alike.
 
 mod config;
 mod connect;
+mod exchange;
+mod failover;
+#[cfg(test)]
+pub(crate) mod fake;
 mod fetch;
 mod lines;
 mod policy;
 mod watch;
 
+pub use failover::control_urls;
 pub use lines::{LineSplitter, LineTooLong, MAX_LINE_BYTES};
 pub use watch::WatchStream;
 
@@ -27,12 +34,16 @@ use crate::model::{
 use crate::net::{ConnectOptions, MarkedConnector};
 use bytes::Bytes;
 use connect::ResolvingConnector;
+#[cfg(test)]
+use exchange::api_error;
+use exchange::{Call, Replay};
+use failover::Targets;
 pub use fetch::Fetcher;
-use http::{Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Method, Uri};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde::de::DeserializeOwned;
+use prometheus_client::metrics::counter::Counter;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -133,35 +144,43 @@ pub fn error_summary(error: &ApiError) -> &str {
 /// A cheap-to-clone handle on the control plane's API.
 #[derive(Clone, Debug)]
 pub struct ControlClient {
-    /// `http://host:port` as the user gave it, without a trailing slash;
-    /// request URIs are built on it and errors name it.
-    base_url: String,
+    /// The replicas' `http://host:port` as the user gave them (without a
+    /// trailing slash) and the one in use, shared by every clone: request
+    /// URIs are built on it and errors name it.
+    targets: Arc<Targets>,
     /// Pooled HTTP/1 connections over marked, name-resolving sockets.
     http: Client<ResolvingConnector, Full<Bytes>>,
     /// `Authorization: Bearer ...` on every request (mesh-ctl's admin token).
     bearer: Option<http::HeaderValue>,
+    /// Counts the moves to another replica (mesh-proxy's metric).
+    failovers: Option<Counter>,
 }
 
 impl ControlClient {
-    /// A client for `http://host[:port]` (no path). `host` may be an IP
-    /// or a name; names are resolved when a connection is opened.
+    /// A client for `http://host[:port]` (no path), or several such URLs
+    /// separated by commas (replicas, tried in turn: see `failover`).
+    /// `host` may be an IP or a name; names are resolved when a connection
+    /// is opened.
     pub fn new(base_url: &str, mark: Option<u32>) -> Result<Self, ClientError> {
         Self::with_tls(base_url, mark, None)
     }
 
-    /// A client for `http://` or `https://host[:port]`; `https` needs `tls`
-    /// (the roots that mesh-control's certificate must chain to, and this
-    /// process's certificate slot).
+    /// A client for `http://` or `https://host[:port]` (or a comma
+    /// separated list of them); `https` needs `tls` (the roots that
+    /// mesh-control's certificate must chain to, and this process's
+    /// certificate slot).
     pub fn with_tls(
         base_url: &str,
         mark: Option<u32>,
         tls: Option<Arc<TlsIdentity>>,
     ) -> Result<Self, ClientError> {
-        let base_url = check_base_url(base_url)?;
-        if base_url.starts_with("https://") && tls.is_none() {
-            return Err(ClientError::InvalidUrl(format!(
-                "{base_url:?}: https:// needs the trust bundle (--trust-bundle)"
-            )));
+        let targets = Targets::parse(base_url)?;
+        if let Some(url) = targets.urls().iter().find(|u| u.starts_with("https://")) {
+            if tls.is_none() {
+                return Err(ClientError::InvalidUrl(format!(
+                    "{url:?}: https:// needs the trust bundle (--trust-bundle)"
+                )));
+            }
         }
         let inner = MarkedConnector {
             opts: ConnectOptions {
@@ -176,10 +195,26 @@ impl ControlClient {
                 tls: tls.map(connect::ClientTls::Mesh),
             });
         Ok(ControlClient {
-            base_url,
+            targets: Arc::new(targets),
             http,
             bearer: None,
+            failovers: None,
         })
+    }
+
+    /// Counts every move to another replica on `counter`.
+    pub fn with_failover_counter(mut self, counter: Counter) -> Self {
+        self.failovers = Some(counter);
+        self
+    }
+
+    /// The replica at `url` let this process down outside a request (a
+    /// watch stream it served broke, went silent or ended): the next
+    /// request goes to the next replica, if `url` is still the one in use.
+    pub fn fail_over(&self, url: &str, why: &dyn fmt::Display) {
+        if let Some(at) = self.targets.position(url) {
+            self.targets.fail_over(at, why, self.failovers.as_ref());
+        }
     }
 
     /// Sends `token` as `Authorization: Bearer` on every request.
@@ -195,18 +230,24 @@ impl ControlClient {
         let body = json_body(&CertifyRequest {
             csr: csr.to_string(),
         })?;
-        let mut req = self.request(Method::POST, "/v1/identity/certify", Some(body))?;
+        let mut headers = Vec::new();
         if let Some(token) = token {
-            req.headers_mut()
-                .insert(http::header::AUTHORIZATION, bearer(token)?);
+            headers.push((http::header::AUTHORIZATION, bearer(token)?));
             // This session has no certificate; the next requests must
             // come on one that presents the certificate about to arrive.
-            req.headers_mut().insert(
+            headers.push((
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("close"),
-            );
+            ));
         }
-        self.exchange(req, "/v1/identity/certify").await
+        self.exchange(Call {
+            method: Method::POST,
+            path: "/v1/identity/certify",
+            body: Some(body),
+            headers,
+            replay: Replay::Safe,
+        })
+        .await
     }
 
     pub async fn create_token(&self, req: &TokenRequest) -> Result<TokenIssued, ClientError> {
@@ -244,8 +285,14 @@ impl ControlClient {
             .map(drop)
     }
 
+    /// The URL of the replica in use (the first given, until one failed).
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        self.targets.url(self.targets.current())
+    }
+
+    /// Every replica's URL, in the order given.
+    pub fn urls(&self) -> &[String] {
+        self.targets.urls()
     }
 
     pub async fn services(&self) -> Result<Vec<ServiceSummary>, ClientError> {
@@ -270,8 +317,16 @@ impl ControlClient {
         service: &str,
         req: &RegisterRequest,
     ) -> Result<Registered, ClientError> {
+        // A registration is an upsert by instance id: safe to send again.
         let path = format!("/v1/services/{}/instances", segment(service));
-        self.call(Method::POST, path, Some(json_body(req)?)).await
+        self.exchange(Call {
+            method: Method::POST,
+            path: &path,
+            body: Some(json_body(req)?),
+            headers: Vec::new(),
+            replay: Replay::Safe,
+        })
+        .await
     }
 
     /// Renews the lease and reports health; `UnknownInstance` on 404.
@@ -410,143 +465,6 @@ impl ControlClient {
             }
         }
         self.stream(&path, idle_timeout).await
-    }
-
-    /// An NDJSON stream at `path`: only the response headers have a
-    /// deadline.
-    async fn stream(&self, path: &str, idle_timeout: Duration) -> Result<WatchStream, ClientError> {
-        let req = self.request(Method::GET, path, None)?;
-        let resp = match tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(req)).await {
-            Err(_) => return Err(self.timed_out()),
-            Ok(res) => res.map_err(|e| self.transport(e))?,
-        };
-        let (parts, body) = resp.into_parts();
-        if !parts.status.is_success() {
-            let bytes = read_body(body, &self.base_url).await?;
-            return Err(api_error(parts.status, &bytes));
-        }
-        let body = body
-            .map_err(|e| Box::new(e) as watch::BodyError)
-            .boxed_unsync();
-        Ok(WatchStream::new(body, idle_timeout, self.base_url.clone()))
-    }
-
-    async fn call<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: String,
-        body: Option<Bytes>,
-    ) -> Result<T, ClientError> {
-        let req = self.request(method, &path, body)?;
-        self.exchange(req, &path).await
-    }
-
-    async fn exchange<T: DeserializeOwned>(
-        &self,
-        req: Request<Full<Bytes>>,
-        path: &str,
-    ) -> Result<T, ClientError> {
-        let exchange = async {
-            let resp = self
-                .http
-                .request(req)
-                .await
-                .map_err(|e| self.transport(e))?;
-            let (parts, body) = resp.into_parts();
-            let bytes = read_body(body, &self.base_url).await?;
-            Ok::<_, ClientError>((parts.status, bytes))
-        };
-        let (status, bytes) = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Err(_) => return Err(self.timed_out()),
-            Ok(res) => res?,
-        };
-        if !status.is_success() {
-            return Err(api_error(status, &bytes));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(format!("{path}: {e}")))
-    }
-
-    fn request(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Bytes>,
-    ) -> Result<Request<Full<Bytes>>, ClientError> {
-        let uri: Uri = format!("{}{path}", self.base_url)
-            .parse()
-            .map_err(|e| ClientError::InvalidUrl(format!("{}{path}: {e}", self.base_url)))?;
-        let mut builder = Request::builder().method(method).uri(uri);
-        if body.is_some() {
-            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        if let Some(token) = &self.bearer {
-            builder = builder.header(http::header::AUTHORIZATION, token.clone());
-        }
-        builder
-            .header(http::header::ACCEPT, "application/json")
-            .body(Full::new(body.unwrap_or_default()))
-            .map_err(|e| ClientError::InvalidUrl(e.to_string()))
-    }
-
-    fn transport(&self, err: hyper_util::client::legacy::Error) -> ClientError {
-        // The useful part (refused, timed out, reset) is the io::Error at
-        // the bottom of the chain; hyper's own layers only say "connect".
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-        while let Some(e) = cur {
-            if let Some(io) = e.downcast_ref::<io::Error>() {
-                let copy = match io.raw_os_error() {
-                    Some(code) => io::Error::from_raw_os_error(code),
-                    None => io::Error::new(io.kind(), io.to_string()),
-                };
-                return ClientError::unreachable(&self.base_url, copy);
-            }
-            cur = e.source();
-        }
-        let msg = match std::error::Error::source(&err) {
-            Some(src) => format!("{err}: {src}"),
-            None => err.to_string(),
-        };
-        ClientError::unreachable(&self.base_url, io::Error::other(msg))
-    }
-
-    fn timed_out(&self) -> ClientError {
-        let msg = format!("no answer within {}s", REQUEST_TIMEOUT.as_secs());
-        ClientError::unreachable(&self.base_url, io::Error::new(io::ErrorKind::TimedOut, msg))
-    }
-}
-
-async fn read_body(body: hyper::body::Incoming, url: &str) -> Result<Bytes, ClientError> {
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ClientError::Decode(format!(
-            "response body larger than {MAX_BODY_BYTES} bytes"
-        ))),
-        Err(e) => Err(ClientError::unreachable(
-            url,
-            io::Error::other(format!("reading the response: {e}")),
-        )),
-    }
-}
-
-/// Non-2xx: the body should be an [`ApiError`]; anything else (a proxy's
-/// HTML page, say) is kept readable in the message.
-fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
-    let error = serde_json::from_slice::<ApiError>(body).unwrap_or_else(|_| {
-        let text = String::from_utf8_lossy(&body[..body.len().min(200)])
-            .trim()
-            .to_string();
-        ApiError {
-            error: if text.is_empty() {
-                status.canonical_reason().unwrap_or("error").to_lowercase()
-            } else {
-                text
-            },
-            fields: Vec::new(),
-        }
-    });
-    ClientError::Api {
-        status: status.as_u16(),
-        error,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Exponential backoff with full jitter, so a fleet of proxies that lost the
+//! Exponential backoff with jitter, so a fleet of proxies that lost the
 //! control plane together does not reconnect in lockstep.
 
 use std::time::Duration;
@@ -19,11 +19,13 @@ impl Backoff {
         }
     }
 
-    /// The next delay: uniform in [min, min·2^attempt], capped at max.
+    /// The next delay: uniform in [min, min·2^(attempt+1)], capped at max.
+    /// Even the first is spread (over [min, 2·min]): that is the one a
+    /// whole fleet takes at once when a control-plane replica dies.
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self
             .min
-            .saturating_mul(1u32 << self.attempt.min(16))
+            .saturating_mul(2u32 << self.attempt.min(16))
             .min(self.max);
         self.attempt = self.attempt.saturating_add(1);
         let span = ceiling.saturating_sub(self.min).as_millis() as u64;
@@ -43,14 +45,29 @@ mod tests {
     fn grows_within_bounds_and_resets() {
         let (min, max) = (Duration::from_millis(100), Duration::from_secs(5));
         let mut b = Backoff::new(min, max);
-        for _ in 0..50 {
+        for attempt in 0..50u32 {
             let d = b.next_delay();
-            assert!(d >= min && d <= max, "{d:?}");
+            let ceiling = (min * 2u32.pow(attempt.min(10) + 1)).min(max);
+            assert!(d >= min && d <= ceiling, "attempt {attempt}: {d:?}");
         }
         // After many attempts the ceiling is max; the spread is real.
         let ds: Vec<_> = (0..20).map(|_| b.next_delay()).collect();
         assert!(ds.iter().any(|d| *d > Duration::from_secs(1)), "{ds:?}");
         b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
+        assert!(b.next_delay() <= 2 * min);
+    }
+
+    #[test]
+    fn the_first_delay_is_quick_but_spread() {
+        // The watch's settings: a killed replica costs one of these.
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(5));
+        let firsts: Vec<Duration> = (0..200)
+            .map(|_| Backoff::new(min, max).next_delay())
+            .collect();
+        assert!(firsts
+            .iter()
+            .all(|d| *d >= min && *d <= Duration::from_millis(200)));
+        let distinct: std::collections::HashSet<_> = firsts.iter().collect();
+        assert!(distinct.len() > 10, "not spread: {firsts:?}");
     }
 }

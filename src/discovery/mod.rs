@@ -13,6 +13,6 @@ pub use agent::{AgentConfig, AgentState, HealthCheck, RegistrationAgent};
 pub use applied::{await_removal, report_applied, report_stats, Asks, STATS_EVERY};
 pub use backoff::Backoff;
 pub use cache::SnapshotCache;
-pub use directory::Directory;
+pub use directory::{Directory, Preservation};
 pub use table::{Endpoint, Service, Table, TableState};
 pub use watch::{run_cache_writer, run_watch, WATCH_IDLE_TIMEOUT};

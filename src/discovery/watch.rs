@@ -1,5 +1,6 @@
 //! Keeps the directory current: one long-lived watch stream, resumed by
-//! revision after any failure, and a writer that mirrors it to disk.
+//! revision after any failure (on the next replica, when `--control`
+//! lists several), and a writer that mirrors it to disk.
 
 use super::{Backoff, Directory, SnapshotCache};
 use crate::control::client::ControlClient;
@@ -14,6 +15,10 @@ pub const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Follows the control plane's watch stream until `shutdown`. Never gives
 /// up: while the control plane is away the directory keeps what it had.
+/// A stream that worked and was lost is reopened after a jittered
+/// 100-200 ms on the next replica, with `since` the directory's revision,
+/// so a replica's death costs a fraction of a second and no snapshot
+/// (unless that revision was compacted away).
 /// `who` names this proxy to the control plane, which then lists it and
 /// waits for its acknowledgements (see `discovery::applied`).
 pub async fn run_watch(
@@ -34,12 +39,12 @@ pub async fn run_watch(
         };
         match attempt {
             Ok(mut stream) => {
-                tracing::info!(url = client.base_url(), since, "watching the registry");
+                tracing::info!(url = stream.url(), since, "watching the registry");
                 metrics.control_connected.set(1);
                 dir.mark_connected();
                 was_up = true;
                 let mut saw_event = false;
-                loop {
+                let lost = loop {
                     let next = tokio::select! {
                         n = stream.next() => n,
                         () = shutdown.cancelled() => {
@@ -55,17 +60,16 @@ pub async fn run_watch(
                             }
                             dir.apply(event);
                         }
-                        Ok(None) => {
-                            tracing::warn!("watch stream ended; reconnecting");
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "watch stream failed; reconnecting");
-                            break;
-                        }
+                        Ok(None) => break "the stream ended".to_string(),
+                        Err(e) => break e.to_string(),
                     }
-                }
+                };
                 metrics.control_connected.set(0);
+                tracing::warn!(url = stream.url(), why = %lost, "watch stream lost; reconnecting");
+                // The replica that served it is suspect (killed, cut off,
+                // shutting down): with several listed, the reconnect goes
+                // to the next one, from the same revision.
+                client.fail_over(stream.url(), &lost);
             }
             Err(e) => {
                 // Log the first failure loudly, the repeats quietly.

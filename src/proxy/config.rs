@@ -12,7 +12,9 @@ use std::time::Duration;
 
 #[derive(Args, Clone, Debug)]
 pub struct ProxyArgs {
-    /// The control plane's URL (`https://` with identity on, `http://` off).
+    /// The control plane's URL (`https://` with identity on, `http://` off);
+    /// several replicas comma separated, the next one tried when one gives
+    /// no answer.
     #[arg(long, env = "MESH_CONTROL", default_value = "https://127.0.0.1:15010")]
     pub control: String,
     /// Workload identity and mTLS between sidecars: `on` (the default) or
@@ -56,6 +58,19 @@ pub struct ProxyArgs {
     /// changes).
     #[arg(long, env = "MESH_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub health_interval: Duration,
+    /// Client-side self-preservation: the largest share (percent) of a
+    /// service's ready endpoints that removals the control plane did not
+    /// mean (expired leases, endpoints a snapshot misses) may take within
+    /// 10 s; the rest are refused and held. Deregistrations always apply;
+    /// 100 turns the rule off.
+    #[arg(long, env = "MESH_MAX_ENDPOINT_REMOVAL", default_value_t = 50, value_name = "PERCENT",
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_endpoint_removal: u8,
+    /// How long an endpoint whose removal was refused stays (routed)
+    /// before it is removed anyway, unless the control plane lists it
+    /// again first.
+    #[arg(long, env = "MESH_ENDPOINT_HOLD", default_value = "60s", value_parser = parse_duration)]
+    pub endpoint_hold: Duration,
     /// Lease length; heartbeats go out every third of it.
     #[arg(long, env = "MESH_LEASE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub lease_ttl: Duration,

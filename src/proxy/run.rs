@@ -147,10 +147,13 @@ pub async fn bind_gateway(args: ProxyArgs, edge: EdgeSettings) -> Result<Bound, 
 
 async fn bind_as(args: ProxyArgs, edge: Option<EdgeSettings>) -> Result<Bound, ProxyError> {
     let metrics = Arc::new(ProxyMetrics::new());
-    let dir = Arc::new(Directory::new(
-        args.lb.iter().cloned().collect(),
-        metrics.clone(),
-    ));
+    let preservation =
+        crate::discovery::Preservation::try_new(args.max_endpoint_removal, args.endpoint_hold)
+            .map_err(ProxyError::Config)?;
+    let dir = Arc::new(
+        Directory::new(args.lb.iter().cloned().collect(), metrics.clone())
+            .with_preservation(preservation),
+    );
     let cache = SnapshotCache::new(&args.cache_dir);
     match cache.load() {
         Ok(Some(snap)) => {
@@ -177,7 +180,8 @@ async fn bind_as(args: ProxyArgs, edge: Option<EdgeSettings>) -> Result<Bound, P
     let config = crate::config::Delivery::open(&args.config, &args.cache_dir);
     let tls = workload.as_ref().map(|w| w.tls.clone());
     let client = ControlClient::with_tls(&args.control, mark, tls)
-        .map_err(|e| ProxyError::Control(e.to_string()))?;
+        .map_err(|e| ProxyError::Control(e.to_string()))?
+        .with_failover_counter(metrics.control_failovers.clone());
 
     let edge = match edge {
         Some(e) => {
@@ -313,10 +317,11 @@ fn identity(
     if !args.identity {
         return Ok((None, None));
     }
-    if !args.control.starts_with("https://") {
+    let urls = crate::control::client::control_urls(&args.control)
+        .map_err(|e| ProxyError::Control(e.to_string()))?;
+    if let Some(plain) = urls.iter().find(|u| !u.starts_with("https://")) {
         return Err(ProxyError::Control(format!(
-            "{:?}: with identity on, the control plane is reached over https:// (or pass --identity off)",
-            args.control
+            "{plain:?}: with identity on, the control plane is reached over https:// (or pass --identity off)"
         )));
     }
     let read = |flag: &str, p: &std::path::Path| {

@@ -85,6 +85,10 @@ pub struct ProxyMetrics {
     pub revision: Gauge,
     /// 1 while the watch stream to the control plane is up.
     pub control_connected: Gauge,
+    /// Moves to another mesh-control replica (`--control` lists several).
+    pub control_failovers: Counter,
+    /// Endpoint removals refused by client-side self-preservation.
+    removals_refused: Family<ServiceLabel, Counter>,
     pub dns_queries: Counter,
     /// Connections, protocols, and the inbound side.
     pub traffic: super::TrafficMetrics,
@@ -159,6 +163,8 @@ impl ProxyMetrics {
         let tcp_relays = Counter::default();
         let revision = Gauge::default();
         let control_connected = Gauge::default();
+        let control_failovers = Counter::default();
+        let removals_refused = Family::<ServiceLabel, Counter>::default();
         let dns_queries = Counter::default();
         let breaker_state = Family::<ServiceLabel, Gauge>::default();
         let breaker_transitions = Family::<TransitionLabels, Counter>::default();
@@ -253,6 +259,17 @@ impl ProxyMetrics {
             control_connected.clone(),
         );
         registry.register(
+            "control_failovers",
+            "Moves from one mesh-control replica to the next after it gave no answer (or a 503)",
+            control_failovers.clone(),
+        );
+        registry.register(
+            "endpoint_removals_refused",
+            "Endpoint removals refused by client-side self-preservation (too many of a \
+             service's ready endpoints at once), by service",
+            super::Declared(removals_refused.clone()),
+        );
+        registry.register(
             "dns_queries",
             "DNS queries answered or forwarded",
             dns_queries.clone(),
@@ -315,6 +332,8 @@ impl ProxyMetrics {
             tcp_relays,
             revision,
             control_connected,
+            control_failovers,
+            removals_refused,
             dns_queries,
             traffic,
             listeners,
@@ -351,6 +370,15 @@ impl ProxyMetrics {
             ejections: self.ejections.get_or_create_owned(&label),
             fast_failed: self.fast_failed.get_or_create_owned(&label),
         }
+    }
+
+    /// `n` removals of `service`'s endpoints were refused (and held).
+    pub fn endpoint_removals_refused(&self, service: &str, n: u64) {
+        self.removals_refused
+            .get_or_create(&ServiceLabel {
+                service: service.to_string(),
+            })
+            .inc_by(n);
     }
 
     /// A breaker hook for `service`: logs each transition and counts it.
@@ -523,8 +551,12 @@ mod tests {
         let counts = s.request_counts();
         assert_eq!((counts.total, counts.failed), (2, 1));
         assert_eq!((counts.fast_failed, counts.attempts), (1, 2));
+        m.control_failovers.inc();
+        m.endpoint_removals_refused("hello", 2);
         let (_, text) = m.encode(None);
         assert!(text.contains(r#"mesh_retries_total{service="hello"} 1"#));
+        assert!(text.contains("mesh_control_failovers_total 1"), "{text}");
+        assert!(text.contains(r#"mesh_endpoint_removals_refused_total{service="hello"} 2"#));
         let (_, text) = m.scrape(|| {}, None);
         assert!(!text.contains(r#"mesh_endpoints{"#), "{text}");
         let (content_type, open) = m.encode(Some("application/openmetrics-text;version=1.0.0"));

@@ -24,7 +24,7 @@ pub struct WatchStream {
     lines: LineSplitter,
     /// Longest silence tolerated between two lines.
     idle_timeout: Duration,
-    /// Control-plane URL, for error messages.
+    /// The replica's URL, for error messages and failover.
     url: String,
     /// Set once the body ended, so later calls keep answering `Ok(None)`.
     done: bool,
@@ -43,6 +43,13 @@ impl WatchStream {
             url,
             done: false,
         }
+    }
+
+    /// The replica this stream came from (for
+    /// [`ControlClient::fail_over`](super::ControlClient::fail_over) when
+    /// it is lost).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The next event; `Ok(None)` once the server ended the stream cleanly,

@@ -15,6 +15,14 @@
 //! service updates its record and, when its VIP is new or moved, one
 //! entry of the name and VIP maps; the table's persistent maps make the
 //! new table share everything else with the old one.
+//!
+//! Removals the control plane did not mean (expired leases, endpoints a
+//! snapshot misses) are checked first: a proxy does not drop most of a
+//! service at once (`preserve`).
+
+mod preserve;
+
+pub use preserve::{Preservation, WINDOW as REMOVAL_WINDOW};
 
 use super::table::{service_state, Endpoint, Service, Table};
 use crate::authz::Policies;
@@ -31,6 +39,7 @@ use crate::proxy::upstream::H1Pool;
 use crate::resilience::ServiceResilience;
 use crate::telemetry::ProxyMetrics;
 use arc_swap::ArcSwap;
+use preserve::Guard;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -96,6 +105,10 @@ struct Inner {
     bundle: Option<TrustBundle>,
     configs: ConfigHeads,
     routes: BTreeMap<String, Route>,
+    /// Client-side self-preservation: the removal windows, and the
+    /// endpoints kept although the control plane dropped them (routed,
+    /// but not in `services`, which is what the control plane lists).
+    guard: Guard,
 }
 
 impl Directory {
@@ -112,6 +125,13 @@ impl Directory {
             configs_tx: watch::channel(Arc::default()).0,
             connected_tx: watch::channel(0).0,
         }
+    }
+
+    /// Checks removals with `settings` instead of the defaults (50 %, 60 s).
+    pub fn with_preservation(mut self, settings: Preservation) -> Self {
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        inner.guard = Guard::new(settings);
+        self
     }
 
     /// Follows the openings of the watch stream.
@@ -227,19 +247,27 @@ impl Directory {
     }
 
     /// Replaces everything with `snap`. Services routed before stay
-    /// routed (their state is rebuilt); the rest are records only.
+    /// routed (their state is rebuilt); the rest are records only. Ready
+    /// endpoints it no longer lists are removals checked by `preserve`.
     pub fn replace(&self, snap: Snapshot) {
         let mut inner = self.lock();
         inner.revision = snap.revision;
-        inner.services = snap
+        let services = snap
             .services
             .into_iter()
             .map(|s| (s.name.clone(), s))
             .collect();
+        self.replace_services(&mut inner, services);
         let live: HashSet<(String, String)> = inner
             .services
             .values()
             .flat_map(|s| s.instances.iter().map(|i| (s.name.clone(), i.id.clone())))
+            .chain(
+                inner
+                    .guard
+                    .held_keys()
+                    .map(|(s, id)| (s.to_string(), id.to_string())),
+            )
             .collect();
         inner.stats.retain(|k, _| live.contains(k));
         inner.policies = snap
@@ -294,8 +322,10 @@ impl Directory {
     }
 
     /// Applies one watch event. Events at or below the current revision
-    /// (a replay after reconnect) are ignored.
+    /// (a replay after reconnect) are ignored. Every event (keep-alives
+    /// too) first ends the holds that lasted their time.
     pub fn apply(&self, event: WatchEvent) {
+        self.expire_held();
         let event = match event {
             WatchEvent::Snapshot { snapshot } => return self.replace(snapshot),
             WatchEvent::Keepalive { .. } => return,
@@ -354,6 +384,9 @@ impl Directory {
                 instance,
             } => {
                 let name = instance.service.clone();
+                if inner.guard.release(&name, &instance.id) {
+                    tracing::info!(service = %name, instance = %instance.id, "held endpoint listed again: hold ended");
+                }
                 let svc = inner
                     .services
                     .entry(name.clone())
@@ -376,12 +409,9 @@ impl Directory {
                 revision,
                 service,
                 id,
-                ..
+                reason,
             } => {
-                if let Some(svc) = inner.services.get_mut(&service) {
-                    svc.instances.retain(|i| i.id != id);
-                }
-                inner.stats.remove(&(service.clone(), id));
+                self.remove(&mut inner, &service, &id, reason);
                 (Some(service), revision)
             }
         };
@@ -469,6 +499,7 @@ impl Directory {
     }
 
     fn record_state(&self, inner: &Inner, info: &ServiceInfo) -> ServiceState {
+        let info = &*inner.guard.with_held(info);
         let policy = inner
             .policies
             .get(&info.name)
@@ -517,10 +548,11 @@ impl Directory {
             stats,
             policies,
             runtimes,
+            guard,
             ..
         } = inner;
-        let info = services.get(name)?;
-        Some(Arc::new(self.build(info, stats, policies, runtimes)))
+        let info = guard.with_held(services.get(name)?);
+        Some(Arc::new(self.build(&info, stats, policies, runtimes)))
     }
 
     fn build(
