@@ -154,6 +154,9 @@ pub struct ControlClient {
     bearer: Option<http::HeaderValue>,
     /// Counts the moves to another replica (mesh-proxy's metric).
     failovers: Option<Counter>,
+    /// How long one replica has to answer a plain request (or a watch's
+    /// headers) before the next is tried: [`REQUEST_TIMEOUT`] unless set.
+    request_timeout: Duration,
 }
 
 impl ControlClient {
@@ -199,12 +202,22 @@ impl ControlClient {
             http,
             bearer: None,
             failovers: None,
+            request_timeout: REQUEST_TIMEOUT,
         })
     }
 
     /// Counts every move to another replica on `counter`.
     pub fn with_failover_counter(mut self, counter: Counter) -> Self {
         self.failovers = Some(counter);
+        self
+    }
+
+    /// Gives each replica `timeout` (at least 1 s) to answer instead of
+    /// [`REQUEST_TIMEOUT`]: the registration agent's heartbeats must move
+    /// on from a replica cut off by a partition (which answers nothing,
+    /// not even a refusal) well within the lease.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout.max(Duration::from_secs(1));
         self
     }
 

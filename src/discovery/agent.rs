@@ -65,6 +65,10 @@ impl RegistrationAgent {
             instance_id: cfg.instance_id.clone(),
             ..Default::default()
         };
+        // A heartbeat that hangs on a partitioned replica must leave it
+        // for the next one in time for the lease: a third of the lease
+        // per replica, as often as heartbeats go.
+        let client = client.with_request_timeout(cfg.lease_ttl / 3);
         RegistrationAgent {
             cfg,
             client,

@@ -33,6 +33,9 @@ pub struct Loopback {
     logs: std::sync::Mutex<Vec<PathBuf>>,
     /// Workload identity on (mTLS, tokens, TLS to mesh-control).
     identity: bool,
+    /// Set by a test that runs its own control-plane replicas: the
+    /// `--control` every sidecar and mesh-ctl is given instead.
+    pub control_urls: Option<String>,
 }
 
 /// In each test's directory: one `PID<tab>ARGV` line per process started
@@ -169,7 +172,24 @@ impl Loopback {
         Loopback::open(name, true)
     }
 
+    /// A fresh directory and no control plane: the test starts its own
+    /// (replicas over etcd) and sets [`Loopback::control_urls`]. The first
+    /// replica's data dir should be [`Loopback::control_data`], where the
+    /// bundle and admin token are looked for.
+    pub fn bare(name: &str, identity: bool) -> Loopback {
+        Loopback::open_with(name, identity, false)
+    }
+
+    /// The data dir whose `identity/` the helpers read.
+    pub fn control_data(&self) -> PathBuf {
+        self.dir.join("control-data")
+    }
+
     fn open(name: &str, identity: bool) -> Loopback {
+        Loopback::open_with(name, identity, true)
+    }
+
+    fn open_with(name: &str, identity: bool, control: bool) -> Loopback {
         static CLEANED: std::sync::Once = std::sync::Once::new();
         CLEANED.call_once(stop_leftovers);
         let dir = std::env::temp_dir().join(format!("mesh-lo-{name}-{}", std::process::id()));
@@ -181,8 +201,11 @@ impl Loopback {
             control_proc: None,
             logs: Default::default(),
             identity,
+            control_urls: None,
         };
-        lo.start_control(&[]);
+        if control {
+            lo.start_control(&[]);
+        }
         lo
     }
 
@@ -242,6 +265,9 @@ impl Loopback {
     }
 
     pub fn control_url(&self) -> String {
+        if let Some(urls) = &self.control_urls {
+            return urls.clone();
+        }
         match self.identity {
             true => format!("https://{}", self.control),
             false => format!("http://{}", self.control),
@@ -630,7 +656,7 @@ pub fn log_event(proc: &Proc, message: &str, within: Duration) -> Value {
     )
 }
 
-fn addr_field(ev: &Value, field: &str) -> SocketAddr {
+pub fn addr_field(ev: &Value, field: &str) -> SocketAddr {
     ev[field]
         .as_str()
         .and_then(|s| s.parse().ok())

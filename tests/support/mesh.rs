@@ -121,9 +121,14 @@ impl Hello {
         let cache = net.subdir(&format!("{name}-cache"));
         let mut args = sidecar_args(ctrl_url, &cache);
         let ip = pod.ip().to_string();
+        // `extra` may choose another lease.
+        let lease = match extra.contains(&"--lease-ttl") {
+            true => String::new(),
+            false => format!("--lease-ttl {LEASE_TTL_ARG}"),
+        };
         let own = format!(
             "--service hello --app-port {APP_PORT} --advertise {ip} --instance-id {name} \
-             --lease-ttl {LEASE_TTL_ARG} --health-interval 200ms"
+             {lease} --health-interval 200ms"
         );
         args.extend(words(&own).into_iter().map(String::from));
         args.extend(extra.iter().map(|a| a.to_string()));

@@ -3,7 +3,7 @@
 //! replica when that one gave no answer (see `failover`).
 
 use super::watch::{self, WatchStream};
-use super::{ClientError, ControlClient, MAX_BODY_BYTES, REQUEST_TIMEOUT};
+use super::{ClientError, ControlClient, MAX_BODY_BYTES};
 use crate::model::ApiError;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
@@ -91,8 +91,8 @@ impl ControlClient {
         let req = self
             .request(base, Method::GET, path, None)
             .map_err(|e| Failed::answer(e, StatusCode::OK))?;
-        let resp = match tokio::time::timeout(REQUEST_TIMEOUT, self.http.request(req)).await {
-            Err(_) => return Err(Failed::lost(timed_out(base))),
+        let resp = match tokio::time::timeout(self.request_timeout, self.http.request(req)).await {
+            Err(_) => return Err(Failed::lost(timed_out(base, self.request_timeout))),
             Ok(res) => res.map_err(|e| transport(base, e))?,
         };
         let (parts, body) = resp.into_parts();
@@ -165,8 +165,8 @@ impl ControlClient {
             let bytes = read_body(body, base).await.map_err(Failed::lost)?;
             Ok::<_, Failed>((parts.status, bytes))
         };
-        let (status, bytes) = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Err(_) => return Err(Failed::lost(timed_out(base))),
+        let (status, bytes) = match tokio::time::timeout(self.request_timeout, exchange).await {
+            Err(_) => return Err(Failed::lost(timed_out(base, self.request_timeout))),
             Ok(res) => res?,
         };
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -266,8 +266,8 @@ fn transport(base: &str, err: hyper_util::client::legacy::Error) -> Failed {
     }
 }
 
-fn timed_out(base: &str) -> ClientError {
-    let msg = format!("no answer within {}s", REQUEST_TIMEOUT.as_secs());
+fn timed_out(base: &str, within: Duration) -> ClientError {
+    let msg = format!("no answer within {}s", within.as_secs_f64());
     ClientError::unreachable(base, io::Error::new(io::ErrorKind::TimedOut, msg))
 }
 

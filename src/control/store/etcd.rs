@@ -141,10 +141,15 @@ impl EtcdStore {
             .with_keep_alive_while_idle(true)
             // Refuse a member cut off from its quorum instead of hanging.
             .with_require_leader(true);
-        let mut client = Client::connect(&endpoints, Some(options))
+        let client = Client::connect(&endpoints, Some(options))
             .await
             .map_err(err)?;
-        within(client.status()).await.map_err(err)?;
+        retried(|| {
+            let mut c = client.clone();
+            async move { c.status().await }
+        })
+        .await
+        .map_err(err)?;
         Ok(Arc::new(EtcdStore {
             client,
             rt: Handle::current(),
@@ -172,21 +177,19 @@ impl EtcdStore {
         }
     }
 
-    /// Runs an etcd call from a blocking thread.
-    fn block<T>(
-        &self,
-        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
-        let out = self
-            .rt
-            .block_on(async { tokio::time::timeout(CALL_TIMEOUT, f).await });
-        match out {
-            Ok(Ok(v)) => {
+    /// Runs an etcd call from a blocking thread ([`retried`]: `call` makes
+    /// each attempt).
+    fn block<T, F, Fut>(&self, call: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        match self.rt.block_on(retried(call)) {
+            Ok(v) => {
                 self.reachable.store(true, Ordering::Relaxed);
                 Ok(v)
             }
-            Ok(Err(e)) => Err(self.err(e)),
-            Err(_) => Err(self.err("no answer in time")),
+            Err(e) => Err(self.err(e)),
         }
     }
 
@@ -199,8 +202,11 @@ impl EtcdStore {
             .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(k.clone(), mine.clone(), None)])
             .or_else([TxnOp::get(k.clone(), None)]);
-        let mut c = self.client.clone();
-        let resp = self.block(async move { c.txn(txn).await })?;
+        let c = self.client.clone();
+        let resp = self.block(|| {
+            let (mut c, txn) = (c.clone(), txn.clone());
+            async move { c.txn(txn).await }
+        })?;
         if resp.succeeded() {
             return Ok(());
         }
@@ -228,10 +234,12 @@ impl EtcdStore {
     ) -> Result<T, StoreError> {
         let prefix = key("identity/");
         for _ in 0..2 {
-            let mut c = self.client.clone();
+            let c = self.client.clone();
             let p = prefix.clone();
-            let got =
-                self.block(async move { c.get(p, Some(GetOptions::new().with_prefix())).await })?;
+            let got = self.block(|| {
+                let (mut c, p) = (c.clone(), p.clone());
+                async move { c.get(p, Some(GetOptions::new().with_prefix())).await }
+            })?;
             if !got.kvs().is_empty() {
                 let _ = std::fs::remove_dir_all(dir);
                 for kv in got.kvs() {
@@ -266,8 +274,14 @@ impl EtcdStore {
             let txn = Txn::new()
                 .when([Compare::create_revision(marker, CompareOp::Equal, 0)])
                 .and_then(ops);
-            let mut c = self.client.clone();
-            if self.block(async move { c.txn(txn).await })?.succeeded() {
+            let c = self.client.clone();
+            if self
+                .block(|| {
+                    let (mut c, txn) = (c.clone(), txn.clone());
+                    async move { c.txn(txn).await }
+                })?
+                .succeeded()
+            {
                 tracing::info!("identity made here and shared through etcd");
                 return Ok(made);
             }
@@ -278,16 +292,28 @@ impl EtcdStore {
 
     /// What `mesh-ctl status` shows.
     pub async fn ha_status(&self) -> HaStatus {
-        let mut c = self.client.clone();
-        let replicas = within(c.get(key("replicas/"), Some(GetOptions::new().with_prefix())))
-            .await
-            .map(|r| {
-                r.kvs()
-                    .iter()
-                    .filter_map(|kv| serde_json::from_slice::<Replica>(kv.value()).ok())
-                    .collect()
-            });
-        let leader = within(c.leader(key("leader"))).await.ok().and_then(|r| {
+        let c = self.client.clone();
+        let replicas = retried(|| {
+            let mut c = c.clone();
+            async move {
+                c.get(key("replicas/"), Some(GetOptions::new().with_prefix()))
+                    .await
+            }
+        })
+        .await
+        .map(|r| {
+            r.kvs()
+                .iter()
+                .filter_map(|kv| serde_json::from_slice::<Replica>(kv.value()).ok())
+                .collect()
+        });
+        let leader = retried(|| {
+            let mut c = c.clone();
+            async move { c.leader(key("leader")).await }
+        })
+        .await
+        .ok()
+        .and_then(|r| {
             r.kv()
                 .and_then(|kv| kv.value_str().ok().map(str::to_string))
         });
@@ -412,9 +438,12 @@ impl EtcdStore {
                         let lease = match marker_lease {
                             Some(l) => l,
                             None => {
-                                let mut c = self.client.clone();
+                                let c = self.client.clone();
                                 let l = self
-                                    .block(async move { c.lease_grant(MARKER_TTL, None).await })?
+                                    .block(|| {
+                                        let mut c = c.clone();
+                                        async move { c.lease_grant(MARKER_TTL, None).await }
+                                    })?
                                     .id();
                                 marker_lease = Some(l);
                                 l
@@ -660,7 +689,12 @@ impl EtcdStore {
         let stopped = stopped(stop);
         tokio::pin!(stopped);
         let mut c = self.client.clone();
-        let lease = within(c.lease_grant(REPLICA_TTL, None)).await?.id();
+        let lease = retried(|| {
+            let mut c = c.clone();
+            async move { c.lease_grant(REPLICA_TTL, None).await }
+        })
+        .await?
+        .id();
         let (mut keeper, mut acks) = within(c.lease_keep_alive(lease)).await?;
         let me = serde_json::to_vec(&Replica {
             id: self.replica.clone(),
@@ -732,9 +766,11 @@ impl Backend for Arc<EtcdStore> {
     }
 
     fn load(&self) -> Result<Loaded, StoreError> {
-        let mut c = self.client.clone();
-        let resp =
-            self.block(async move { c.get(PREFIX, Some(GetOptions::new().with_prefix())).await })?;
+        let c = self.client.clone();
+        let resp = self.block(|| {
+            let mut c = c.clone();
+            async move { c.get(PREFIX, Some(GetOptions::new().with_prefix())).await }
+        })?;
         let mut loaded = Loaded {
             revision: resp.header().map_or(0, |h| h.revision() as u64),
             ..Loaded::default()
@@ -770,8 +806,11 @@ impl Backend for Arc<EtcdStore> {
 
     fn commit(&self, _next: u64, writes: &[Write]) -> Result<Committed, StoreError> {
         let txn = self.txn(writes)?;
-        let mut c = self.client.clone();
-        let resp = self.block(async move { c.txn(txn).await })?;
+        let c = self.client.clone();
+        let resp = self.block(|| {
+            let (mut c, txn) = (c.clone(), txn.clone());
+            async move { c.txn(txn).await }
+        })?;
         let rev = resp.header().map_or(0, |h| h.revision() as u64);
         Ok(match resp.succeeded() {
             true => Committed::Done(rev),
@@ -786,8 +825,11 @@ impl Backend for Arc<EtcdStore> {
         version: u64,
     ) -> Result<Option<StoredConfig>, StoreError> {
         let k = config_key(application, profile, version);
-        let mut c = self.client.clone();
-        let resp = self.block(async move { c.get(k, None).await })?;
+        let c = self.client.clone();
+        let resp = self.block(|| {
+            let (mut c, k) = (c.clone(), k.clone());
+            async move { c.get(k, None).await }
+        })?;
         match resp.kvs().first().map(|kv| self.decode(kv)) {
             Some(Ok(Row::Write(Write::PutConfig(c)))) => Ok(Some(c)),
             Some(Err(e)) => Err(e),
@@ -801,9 +843,11 @@ impl Backend for Arc<EtcdStore> {
         profile: &str,
     ) -> Result<Vec<ConfigMeta>, StoreError> {
         let p = key(&format!("config/{application}/{profile}/"));
-        let mut c = self.client.clone();
-        let resp =
-            self.block(async move { c.get(p, Some(GetOptions::new().with_prefix())).await })?;
+        let c = self.client.clone();
+        let resp = self.block(|| {
+            let (mut c, p) = (c.clone(), p.clone());
+            async move { c.get(p, Some(GetOptions::new().with_prefix())).await }
+        })?;
         let mut out = Vec::new();
         for kv in resp.kvs() {
             if let Row::Write(Write::PutConfig(c)) = self.decode(kv)? {
@@ -814,7 +858,48 @@ impl Backend for Arc<EtcdStore> {
     }
 }
 
-/// An etcd call bounded by [`CALL_TIMEOUT`].
+/// An etcd call bounded by [`CALL_TIMEOUT`], made again while it fails
+/// before it left: the client balances over every endpoint, and a call
+/// that lands on a dead member's connection fails at connect (nothing was
+/// sent, so any call may be repeated) while the live members would answer.
+async fn retried<T, F, Fut>(mut call: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, call()).await {
+            Ok(Err(e)) if unsent(&e) && tokio::time::Instant::now() + RETRY_PAUSE < deadline => {
+                tracing::debug!(error = %e, "etcd call not sent; again");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            Ok(res) => return res,
+            Err(_) => {
+                return Err(etcd_client::Error::InvalidArgs(
+                    "etcd gave no answer in time".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Pause between attempts of [`retried`].
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// The call failed opening its connection: no member saw it.
+fn unsent(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable && s.message().contains("connect")
+        }
+        _ => false,
+    }
+}
+
+/// An etcd call bounded by [`CALL_TIMEOUT`] (one attempt: for calls on
+/// a stream or a borrowed keeper, which cannot be remade).
 async fn within<T>(
     f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, etcd_client::Error> {
