@@ -19,13 +19,15 @@ smoke=""
 only=""
 gw=""
 scale=""
+ha_scale=""
 for arg in "$@"; do
     case "$arg" in
         --smoke) smoke="--smoke" ;;
         --only-instructions) only="--only-instructions" ;;
         --only-gateway) gw="--only-gateway" ;;
         --scale) scale=1 ;;
-        *) echo "usage: $0 [--smoke] [--only-instructions] [--only-gateway] [--scale]" >&2; exit 2 ;;
+        --ha-scale) ha_scale=1 ;;
+        *) echo "usage: $0 [--smoke] [--only-instructions] [--only-gateway] [--scale] [--ha-scale]" >&2; exit 2 ;;
     esac
 done
 [[ -n "${BENCH_ONLY_INSTRUCTIONS:-}" && "${BENCH_ONLY_INSTRUCTIONS}" != 0 ]] && only="--only-instructions"
@@ -47,7 +49,8 @@ export PATH="$HOME/.cargo/bin:$PATH"
 command -v oha >/dev/null 2>&1 || cargo install --locked oha
 
 cd "$root"
-cargo build --release --bins --workspace
+# ha_scale: the control plane's scale driver (bench/ha_scale.rs).
+cargo build --release --bins --workspace --example ha_scale
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 export MESH_BIN_DIR="$target_dir/release"
 
@@ -62,11 +65,25 @@ if [[ -n "$scale" ]]; then
     echo "wrote bench/SCALE.md"
     exit 0
 fi
+if [[ -n "$ha_scale" ]]; then
+    out="$here/out/$(date +%Y%m%d-%H%M%S)-ha-scale"
+    mkdir -p "$out"
+    echo "output: $out"
+    cd "$here"
+    python3 -m harness.ha_scale --out "$out"
+    cp "$out/HA_SCALE.md" "$here/"
+    echo "wrote bench/HA_SCALE.md"
+    exit 0
+fi
 out="$here/out/$(date +%Y%m%d-%H%M%S)${smoke:+-smoke}${only:+-instructions}${gw:+-gateway}"
 mkdir -p "$out"
 echo "output: $out"
 cd "$here"
 python3 -m harness $smoke $only $gw --out "$out"
+if [[ -n "$smoke" ]]; then
+    # The control plane's scale driver too, at tiny sizes (needs etcd).
+    python3 -m harness.ha_scale --smoke --out "$out/ha-scale"
+fi
 if [[ -n "$gw" && -z "$smoke" ]]; then
     cp "$out/RESULTS.md" "$here/GATEWAY.md"
     echo "wrote bench/GATEWAY.md"
