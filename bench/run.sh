@@ -55,26 +55,20 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 export MESH_BIN_DIR="$target_dir/release"
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-if [[ -n "$scale" ]]; then
-    out="$here/out/$(date +%Y%m%d-%H%M%S)-scale"
+# run_alone SUFFIX MODULE FILE: one harness module on its own, its FILE
+# copied into bench/.
+run_alone() {
+    out="$here/out/$(date +%Y%m%d-%H%M%S)-$1"
     mkdir -p "$out"
     echo "output: $out"
     cd "$here"
-    python3 -m harness.scale --out "$out"
-    cp "$out/SCALE.md" "$here/"
-    echo "wrote bench/SCALE.md"
+    python3 -m "harness.$2" --out "$out"
+    cp "$out/$3" "$here/"
+    echo "wrote bench/$3"
     exit 0
-fi
-if [[ -n "$ha_scale" ]]; then
-    out="$here/out/$(date +%Y%m%d-%H%M%S)-ha-scale"
-    mkdir -p "$out"
-    echo "output: $out"
-    cd "$here"
-    python3 -m harness.ha_scale --out "$out"
-    cp "$out/HA_SCALE.md" "$here/"
-    echo "wrote bench/HA_SCALE.md"
-    exit 0
-fi
+}
+[[ -n "$scale" ]] && run_alone scale scale SCALE.md
+[[ -n "$ha_scale" ]] && run_alone ha-scale ha_scale HA_SCALE.md
 out="$here/out/$(date +%Y%m%d-%H%M%S)${smoke:+-smoke}${only:+-instructions}${gw:+-gateway}"
 mkdir -p "$out"
 echo "output: $out"
