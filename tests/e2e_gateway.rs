@@ -162,8 +162,8 @@ rules:
     // orders to orders-v2 with no request failing.
     let live = format!("http://{}:{GATEWAY_PORT}/live", gw_pod.ip());
     // Six threads, each pausing 20 ms after a call: ~200 a second here
-    // (debug builds on two cores vary from ~140 to ~215 a second between
-    // runs, so the floor asserted below only proves the load was real).
+    // alone; beside the other stories on two cores, ~110-215. What the story
+    // needs is calls meeting the change, asserted below, not a speed.
     let opts = LoadOpts {
         requests: 2000,
         concurrency: 6,
@@ -198,9 +198,10 @@ rules:
         "failed across the change: {:?}",
         &failed[..failed.len().min(5)]
     );
+    let met = load.started_within(changed_ms, 1000.0);
     assert!(
-        load.results.len() as f64 / secs_run >= 120.0,
-        "the load ran at under 120 rps: not the load this story is about"
+        met >= 50,
+        "only {met} calls started in the second after the change: it met no load"
     );
     let after: Vec<&str> = load
         .results

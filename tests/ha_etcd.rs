@@ -361,6 +361,7 @@ fn replicas_fail_over_without_losing_requests_or_evicting() {
     // The client watches the first replica in its list.
     reps.kill(0);
     let killed = Instant::now();
+    let killed_ms = support::resilience::epoch_ms();
     let (code, body) = api(
         &lo,
         &reps.url(1),
@@ -390,12 +391,16 @@ fn replicas_fail_over_without_losing_requests_or_evicting() {
         load.results.len(),
         failed.len()
     );
-    let rps = load.results.len() as f64 / 6.0;
-    println!("load: {rps:.0} requests/s");
     // Alone it runs at ~260/s; beside the other stories on two cores, less.
+    // What the story needs is calls meeting the kill, not a speed.
+    let met = load.started_within(killed_ms, 1000.0);
+    println!(
+        "load: {:.0} requests/s, {met} started in the second after the kill",
+        load.results.len() as f64 / 6.0
+    );
     assert!(
-        rps >= 150.0,
-        "only {rps:.0} requests/s: not the load this story is about"
+        met >= 50,
+        "only {met} calls started in the second after the kill: it met no load"
     );
     assert!(
         failed.is_empty(),

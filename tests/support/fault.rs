@@ -189,6 +189,15 @@ impl Load {
             .collect()
     }
 
+    /// Calls started in `[from_ms, from_ms + window_ms)` (epoch ms): how
+    /// much of the load met an event, not how fast the machine is.
+    pub fn started_within(&self, from_ms: f64, window_ms: f64) -> usize {
+        self.results
+            .iter()
+            .filter(|c| c.start >= from_ms && c.start < from_ms + window_ms)
+            .count()
+    }
+
     /// Calls that got no HTTP response at all.
     pub fn transport_errors(&self) -> Vec<&Call> {
         self.results.iter().filter(|c| c.status == 0).collect()
