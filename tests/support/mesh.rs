@@ -108,6 +108,18 @@ impl Hello {
 
     /// [`Hello::spawn`] with more sidecar flags.
     pub fn spawn_with(net: &Net, name: &str, ctrl_url: &str, extra: &[&str]) -> Hello {
+        Hello::spawn_env(net, name, ctrl_url, extra, &[])
+    }
+
+    /// [`Hello::spawn_with`] with the sidecar's environment (identity on:
+    /// `MESH_IDENTITY`, see `resilience::identify`).
+    pub fn spawn_env(
+        net: &Net,
+        name: &str,
+        ctrl_url: &str,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Hello {
         let pod = net.pod(name);
         let app = start_app(net, &pod);
         wait_for(&format!("{name}'s app"), secs(10), || {
@@ -132,7 +144,7 @@ impl Hello {
         );
         args.extend(words(&own).into_iter().map(String::from));
         args.extend(extra.iter().map(|a| a.to_string()));
-        let proxy = pod.spawn(MESH_PROXY, &strs(&args), &[]);
+        let proxy = pod.spawn(MESH_PROXY, &strs(&args), envs);
         Hello { pod, app, proxy }
     }
 }

@@ -48,7 +48,9 @@ pub struct Upstream {
 
 /// mesh-ctl in `control_pod` as the operator (with identity on: the trust
 /// bundle and the admin token).
-fn ctl(
+/// mesh-ctl in `control_pod` against `ctrl_url`, as the operator when
+/// identity is on (bundle, admin token).
+pub fn ctl(
     control_pod: &Pod,
     ctrl_url: &str,
     identity: &Option<(PathBuf, PathBuf)>,
@@ -67,8 +69,8 @@ fn ctl(
     control_pod.run_with(mesh_ctl(), &all, &env, secs(10))
 }
 
-/// See [`Mesh::identify`].
-fn identify(
+/// See [`Mesh::identify`]; `identity` is (bundle, admin token).
+pub fn identify(
     control_pod: &Pod,
     ctrl_url: &str,
     identity: &Option<(PathBuf, PathBuf)>,
