@@ -296,6 +296,21 @@ impl Ha {
         (pod, proxy)
     }
 
+    /// Three `hello` pods with `lease`, and the client pod, every proxy
+    /// routing to all three and watching r1 (the first listed).
+    fn workloads(&self, lease: &str) -> (Vec<Hello>, Pod, Proc) {
+        let names = ["hello-a", "hello-b", "hello-c"];
+        let hellos: Vec<Hello> = names.iter().map(|n| self.hello(n, lease)).collect();
+        let (client, proxy) = self.client();
+        calls_until_seen(&client, "http://hello.mesh/name", &names);
+        wait_for(
+            "every proxy watching r1, the first listed",
+            secs(10),
+            || (self.watching(0) == 4).then_some(()),
+        );
+        (hellos, client, proxy)
+    }
+
     fn identify(&self, service: &str, args: &mut Vec<String>) -> Vec<(&'static str, &'static str)> {
         let first = &self.replicas[0].pod;
         identify(
@@ -346,21 +361,7 @@ fn replicas_fail_over_without_losing_requests_or_evicting() {
         let theirs = std::fs::read(r.data.join("identity/bundle.pem")).expect("bundle");
         assert_eq!(theirs, bundle, "{} has another CA", r.id);
     }
-    let hellos: Vec<Hello> = ["hello-a", "hello-b", "hello-c"]
-        .iter()
-        .map(|n| ha.hello(n, "3s"))
-        .collect();
-    let (client, _proxy) = ha.client();
-    calls_until_seen(
-        &client,
-        "http://hello.mesh/name",
-        &["hello-a", "hello-b", "hello-c"],
-    );
-    wait_for(
-        "every proxy watching r1, the first listed",
-        secs(10),
-        || (ha.watching(0) == 4).then_some(()),
-    );
+    let (hellos, client, _proxy) = ha.workloads("3s");
 
     // About 200 rps: 16 threads, each pausing 30 ms after a request, for 6 s.
     let args = [
@@ -493,21 +494,7 @@ fn a_partitioned_replica_loses_its_proxies_and_returns_current() {
     let ha = Ha::start("ha-cut", false);
     // Leases of 6 s: a heartbeat stuck on the cut-off replica has 2 s
     // before it goes to the next.
-    let hellos: Vec<Hello> = ["hello-a", "hello-b", "hello-c"]
-        .iter()
-        .map(|n| ha.hello(n, "6s"))
-        .collect();
-    let (client, _proxy) = ha.client();
-    calls_until_seen(
-        &client,
-        "http://hello.mesh/name",
-        &["hello-a", "hello-b", "hello-c"],
-    );
-    wait_for(
-        "every proxy watching r1, the first listed",
-        secs(10),
-        || (ha.watching(0) == 4).then_some(()),
-    );
+    let (hellos, client, _proxy) = ha.workloads("6s");
 
     // | cut r1 off | the proxies move to r2 and r3; calls keep answering |
     partition(&ha.replicas[0].pod, true);
