@@ -29,7 +29,7 @@ use support::mesh::{call, calls_until_seen, intercept, sidecar_args, wait_ready,
 use support::netns::{Net, Pod};
 use support::proc::Proc;
 use support::protocols::{metric, metrics};
-use support::resilience::{epoch_ms, identify};
+use support::resilience::{epoch_ms, identify, operator_curl_args};
 use support::{path, secs, strs, wait_for};
 
 /// etcd's client port in its pod.
@@ -165,8 +165,12 @@ impl Ha {
         let proc = rep.pod.spawn(MESH_CONTROL, &args, envs);
         wait_for(&format!("{} ready", rep.id), secs(20), || {
             proc.assert_running();
-            let bundle_made = !self.identity || self.bundle().exists();
-            (bundle_made && self.api(i, "GET", "/ready", None).0 == 200).then_some(())
+            // With identity on, the first replica writes the bundle and the
+            // operator's token as it starts.
+            let made = self
+                .operator()
+                .is_none_or(|(b, t)| b.exists() && t.exists());
+            (made && self.api(i, "GET", "/ready", None).0 == 200).then_some(())
         });
         self.replicas[i].proc = Some(proc);
     }
@@ -195,31 +199,23 @@ impl Ha {
         urls.join(",")
     }
 
-    /// The trust bundle and admin token the first replica wrote (one CA:
-    /// the others serve the same).
+    /// The trust bundle the first replica wrote (one CA: the others serve
+    /// the same).
     fn bundle(&self) -> PathBuf {
         self.replicas[0].data.join("identity/bundle.pem")
     }
 
+    /// With identity on: the bundle and the operator's admin token.
     fn operator(&self) -> Option<(PathBuf, PathBuf)> {
-        self.identity.then(|| {
-            let dir = self.replicas[0].data.join("identity");
-            (dir.join("bundle.pem"), dir.join("admin.token"))
-        })
+        let dir = self.replicas[0].data.join("identity");
+        self.identity
+            .then(|| (self.bundle(), dir.join("admin.token")))
     }
 
     /// curl to replica `i` from its own pod, as the operator: (status, body).
     fn api(&self, i: usize, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let mut args: Vec<String> = vec!["-X".into(), method.into()];
-        if let Some((bundle, admin)) = self.operator() {
-            let token = std::fs::read_to_string(admin).unwrap_or_default();
-            args.extend([
-                "--cacert".into(),
-                support::path(&bundle),
-                "-H".into(),
-                format!("authorization: Bearer {}", token.trim()),
-            ]);
-        }
+        args.extend(operator_curl_args(&self.operator()));
         if let Some(b) = body {
             args.extend([
                 "-H".into(),
@@ -333,11 +329,10 @@ fn routes(client: &Pod, service: &str) -> bool {
         .is_some_and(|s| s.iter().any(|s| s["name"] == service))
 }
 
-/// For `secs` seconds, every alive replica lists `n` instances of `service`.
-fn holds_for(ha: &Ha, service: &str, n: usize, secs: u64) {
-    let until = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < until {
-        for i in ha.alive() {
+/// For `window`, each replica of `on` lists `n` instances of `service`.
+fn keeps(ha: &Ha, on: &[usize], service: &str, n: usize, window: Duration) {
+    support::holds_for(window, || {
+        for &i in on {
             assert_eq!(
                 ha.instances(i, service),
                 Some(n),
@@ -345,8 +340,7 @@ fn holds_for(ha: &Ha, service: &str, n: usize, secs: u64) {
                 ha.replicas[i].id
             );
         }
-        std::thread::sleep(Duration::from_millis(300)); // poll interval of an invariant
-    }
+    });
 }
 
 fn evictions(ha: &Ha) -> f64 {
@@ -456,7 +450,7 @@ fn replicas_fail_over_without_losing_requests_or_evicting() {
     // | three lease terms | nobody evicted |
     // Heartbeats through the new etcd leader, and a new mesh-control leader
     // (r1, the first, being dead).
-    holds_for(&ha, "hello", 3, 9);
+    keeps(&ha, &ha.alive(), "hello", 3, secs(9));
     assert_eq!(
         evictions(&ha) - before,
         0.0,
@@ -528,15 +522,7 @@ fn a_partitioned_replica_loses_its_proxies_and_returns_current() {
     });
 
     // | three leases later | nobody evicted (r1 is asked nothing: cut off) |
-    let until = Instant::now() + Duration::from_secs(6);
-    while Instant::now() < until {
-        assert_eq!(
-            ha.instances(1, "hello"),
-            Some(4),
-            "hello lost an instance during the partition"
-        );
-        std::thread::sleep(Duration::from_millis(300)); // poll interval of an invariant
-    }
+    keeps(&ha, &[1], "hello", 4, secs(6));
     assert_eq!(ha.evictions(1) + ha.evictions(2), 0.0, "evictions");
 
     // | heal | r1 ready again, at the current revision, with hello-x |

@@ -47,6 +47,16 @@ pub fn wait_for<T>(what: &str, within: Duration, f: impl FnMut() -> Option<T>) -
     poll(within, f).unwrap_or_else(|| panic!("timed out after {within:?} waiting for {what}"))
 }
 
+/// Checks `invariant` (it panics when broken) every poll interval for
+/// `window`: for what must stay true while time passes (no instance
+/// evicted over three lease terms), where no state marks the end.
+pub fn holds_for(window: Duration, mut invariant: impl FnMut()) {
+    let _never = poll(window, || {
+        invariant();
+        None::<()>
+    });
+}
+
 /// Milliseconds from `from` to `to`, for figures printed about events
 /// known to be in that order (saturates at zero).
 pub fn ms_between(from: Instant, to: Instant) -> u128 {

@@ -48,9 +48,7 @@ pub struct Upstream {
 
 /// mesh-ctl in `control_pod` as the operator (with identity on: the trust
 /// bundle and the admin token).
-/// mesh-ctl in `control_pod` against `ctrl_url`, as the operator when
-/// identity is on (bundle, admin token).
-pub fn ctl(
+fn ctl(
     control_pod: &Pod,
     ctrl_url: &str,
     identity: &Option<(PathBuf, PathBuf)>,
@@ -67,6 +65,23 @@ pub fn ctl(
     };
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     control_pod.run_with(mesh_ctl(), &all, &env, secs(10))
+}
+
+/// curl flags that reach mesh-control as the operator: with identity on
+/// (bundle, admin token), the bundle to trust and the admin token.
+pub fn operator_curl_args(identity: &Option<(PathBuf, PathBuf)>) -> Vec<String> {
+    match identity {
+        Some((bundle, admin)) => {
+            let token = std::fs::read_to_string(admin).expect("admin token");
+            vec![
+                "--cacert".into(),
+                path(bundle),
+                "-H".into(),
+                format!("authorization: Bearer {}", token.trim()),
+            ]
+        }
+        None => Vec::new(),
+    }
 }
 
 /// See [`Mesh::identify`]; `identity` is (bundle, admin token).
@@ -216,18 +231,7 @@ impl Mesh {
 
     /// curl flags that reach mesh-control as the operator.
     pub fn control_curl_args(&self) -> Vec<String> {
-        match &self.identity {
-            Some((bundle, admin)) => {
-                let token = std::fs::read_to_string(admin).expect("admin token");
-                vec![
-                    "--cacert".into(),
-                    path(bundle),
-                    "-H".into(),
-                    format!("authorization: Bearer {}", token.trim()),
-                ]
-            }
-            None => Vec::new(),
-        }
+        operator_curl_args(&self.identity)
     }
 
     /// Starts one instance of `service` (fault server with `initial` knobs,
